@@ -1,0 +1,287 @@
+/*
+ * CPU backend: elementwise ops, data movement and activations.
+ * Plain loops, one per op and direction; large loops are split across OpenMP threads, small
+ * ones stay serial (thread start-up costs more than the work). Transcendentals are evaluated in
+ * double so the fp32 results are correctly rounded up to the final store.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "../core/backend.h"
+
+/* Below this many elements a loop runs on one thread. */
+#define PAR_MIN 32768
+
+/* ---- fill, copy, axpby ---- */
+
+// y is (n)
+gc_status be_fill(be_ctx *bc, float *y, int64_t n, float value) {
+  (void)bc;
+#pragma omp parallel for if (n > PAR_MIN)
+  for (int64_t i = 0; i < n; i++) y[i] = value;
+  return GC_OK;
+}
+
+// y, x are (n); views of one storage may overlap, hence memmove
+gc_status be_copy(be_ctx *bc, float *y, const float *x, int64_t n) {
+  (void)bc;
+  if (y != x && n > 0) memmove(y, x, (size_t)n * sizeof(float));
+  return GC_OK;
+}
+
+// y, x are (n). beta == 0 does not read y, so y may hold uninitialised memory (NaN) then.
+gc_status be_axpby(be_ctx *bc, float *y, float alpha, const float *x, float beta, int64_t n) {
+  (void)bc;
+  if (beta == 0.0f) {
+#pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) y[i] = alpha * x[i];
+  } else {
+#pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) y[i] = alpha * x[i] + beta * y[i];
+  }
+  return GC_OK;
+}
+
+/* ---- broadcast add ---- */
+
+// y, a are (R, S); b is (R), broadcast over S (S == 1: same-shape add). y may alias a.
+gc_status be_add_forward(be_ctx *bc, float *y, const float *a, const float *b, int64_t R,
+                         int64_t S) {
+  (void)bc;
+#pragma omp parallel for if (R * S > PAR_MIN)
+  for (int64_t r = 0; r < R; r++) {
+    float br = b[r];
+    const float *ar = a + r * S;
+    float *yr = y + r * S;
+    for (int64_t s = 0; s < S; s++) yr[s] = ar[s] + br;
+  }
+  return GC_OK;
+}
+
+// dy, da are (R, S); db is (R). da = dy, db = sum over S (both written, both optional).
+gc_status be_add_backward(be_ctx *bc, float *da, float *db, const float *dy, int64_t R, int64_t S) {
+  (void)bc;
+  if (da) be_copy(bc, da, dy, R * S);
+  if (db) {
+#pragma omp parallel for if (R * S > PAR_MIN)
+    for (int64_t r = 0; r < R; r++) {
+      const float *dyr = dy + r * S;
+      double sum = 0.0;
+      for (int64_t s = 0; s < S; s++) sum += dyr[s];
+      db[r] = (float)sum;
+    }
+  }
+  return GC_OK;
+}
+
+/* ---- transpose of the last two dims ---- */
+
+#define TILE 32
+
+// x is (B, M, N); y is (B, N, M). Tiled so both sides are read/written a cache line at a time.
+gc_status be_transpose(be_ctx *bc, float *y, const float *x, int64_t B, int64_t M, int64_t N) {
+  (void)bc;
+#pragma omp parallel for collapse(3) if (B * M * N > PAR_MIN)
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t m0 = 0; m0 < M; m0 += TILE) {
+      for (int64_t n0 = 0; n0 < N; n0 += TILE) {
+        const float *xb = x + b * M * N;
+        float *yb = y + b * M * N;
+        int64_t m1 = m0 + TILE < M ? m0 + TILE : M;
+        int64_t n1 = n0 + TILE < N ? n0 + TILE : N;
+        for (int64_t m = m0; m < m1; m++)
+          for (int64_t n = n0; n < n1; n++) yb[n * M + m] = xb[m * N + n];
+      }
+    }
+  }
+  return GC_OK;
+}
+
+/* ---- channel concat ---- */
+
+// a is (B, Ca, S), b is (B, Cb, S), y is (B, Ca+Cb, S). One row of S per (batch, channel).
+gc_status be_concat_forward(be_ctx *bc, float *y, const float *a, const float *b, int64_t B,
+                            int64_t Ca, int64_t Cb, int64_t S) {
+  (void)bc;
+  int64_t C = Ca + Cb;
+#pragma omp parallel for if (B * C * S > PAR_MIN)
+  for (int64_t row = 0; row < B * C; row++) {
+    int64_t bi = row / C, c = row % C;
+    const float *src = c < Ca ? a + (bi * Ca + c) * S : b + (bi * Cb + (c - Ca)) * S;
+    memcpy(y + row * S, src, (size_t)S * sizeof(float));
+  }
+  return GC_OK;
+}
+
+// dy is (B, Ca+Cb, S); da (B, Ca, S) and db (B, Cb, S) written, each optional.
+gc_status be_concat_backward(be_ctx *bc, float *da, float *db, const float *dy, int64_t B,
+                             int64_t Ca, int64_t Cb, int64_t S) {
+  (void)bc;
+  int64_t C = Ca + Cb;
+#pragma omp parallel for if (B * C * S > PAR_MIN)
+  for (int64_t row = 0; row < B * C; row++) {
+    int64_t bi = row / C, c = row % C;
+    float *dst = c < Ca ? (da ? da + (bi * Ca + c) * S : NULL)
+                        : (db ? db + (bi * Cb + (c - Ca)) * S : NULL);
+    if (dst) memcpy(dst, dy + row * S, (size_t)S * sizeof(float));
+  }
+  return GC_OK;
+}
+
+/* ---- nearest-neighbour 2x upsample ---- */
+
+// x is (P, H, W), y is (P, 2H, 2W); P = B*C. Each input row fills two output rows.
+gc_status be_upsample2x_forward(be_ctx *bc, float *y, const float *x, int64_t P, int64_t H,
+                                int64_t W) {
+  (void)bc;
+#pragma omp parallel for if (P * H * W * 4 > PAR_MIN)
+  for (int64_t ph = 0; ph < P * H; ph++) {
+    const float *xr = x + ph * W;
+    float *y0 = y + ph * 4 * W; // rows 2h and 2h+1 of plane p are adjacent: (p*2H + 2h) * 2W
+    float *y1 = y0 + 2 * W;
+    for (int64_t w = 0; w < W; w++) {
+      float v = xr[w];
+      y0[2 * w] = v;
+      y0[2 * w + 1] = v;
+      y1[2 * w] = v;
+      y1[2 * w + 1] = v;
+    }
+  }
+  return GC_OK;
+}
+
+// dy is (P, 2H, 2W), dx is (P, H, W): each input pixel collects its 2x2 block.
+gc_status be_upsample2x_backward(be_ctx *bc, float *dx, const float *dy, int64_t P, int64_t H,
+                                 int64_t W) {
+  (void)bc;
+#pragma omp parallel for if (P * H * W * 4 > PAR_MIN)
+  for (int64_t ph = 0; ph < P * H; ph++) {
+    const float *d0 = dy + ph * 4 * W;
+    const float *d1 = d0 + 2 * W;
+    float *dxr = dx + ph * W;
+    for (int64_t w = 0; w < W; w++) {
+      double s = (double)d0[2 * w] + d0[2 * w + 1] + d1[2 * w] + d1[2 * w + 1];
+      dxr[w] = (float)s;
+    }
+  }
+  return GC_OK;
+}
+
+/* ---- activations ---- */
+
+#define SQRT1_2 0.70710678118654752440       /* 1/sqrt(2) */
+#define INV_SQRT_2PI 0.39894228040143267794  /* 1/sqrt(2 pi) */
+#define SQRT_2_OVER_PI 0.79788456080286535588 /* sqrt(2/pi) */
+#define GELU_TANH_C 0.044715
+#define QUICK_GELU_C 1.702
+
+// Overflow-free logistic: exp of a non-positive argument only.
+static inline double sigmoid(double x) {
+  if (x >= 0.0) return 1.0 / (1.0 + exp(-x));
+  double e = exp(x);
+  return e / (1.0 + e);
+}
+
+static inline double gelu_erf(double x) { return 0.5 * x * (1.0 + erf(x * SQRT1_2)); }
+
+static inline double gelu_erf_grad(double x) {
+  return 0.5 * (1.0 + erf(x * SQRT1_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x);
+}
+
+static inline double act_value(gc_activation kind, double x) {
+  switch (kind) {
+  case GC_ACT_SILU: return x * sigmoid(x);
+  case GC_ACT_GELU: return gelu_erf(x);
+  case GC_ACT_GELU_TANH: {
+    double t = tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x));
+    return 0.5 * x * (1.0 + t);
+  }
+  case GC_ACT_QUICK_GELU: return x * sigmoid(QUICK_GELU_C * x);
+  }
+  return 0.0;
+}
+
+// d act(x) / dx
+static inline double act_grad(gc_activation kind, double x) {
+  switch (kind) {
+  case GC_ACT_SILU: {
+    double s = sigmoid(x);
+    return s * (1.0 + x * (1.0 - s));
+  }
+  case GC_ACT_GELU: return gelu_erf_grad(x);
+  case GC_ACT_GELU_TANH: {
+    double t = tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x));
+    double dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x);
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner;
+  }
+  case GC_ACT_QUICK_GELU: {
+    double s = sigmoid(QUICK_GELU_C * x);
+    return s * (1.0 + QUICK_GELU_C * x * (1.0 - s));
+  }
+  }
+  return 0.0;
+}
+
+static gc_status check_activation(gc_activation kind) {
+  if (kind == GC_ACT_SILU || kind == GC_ACT_GELU || kind == GC_ACT_GELU_TANH ||
+      kind == GC_ACT_QUICK_GELU)
+    return GC_OK;
+  return gc_set_error(GC_ERR_INVALID_ARGUMENT, "activation: unknown kind %d", (int)kind);
+}
+
+// y, x are (n); y may alias x
+gc_status be_activation_forward(be_ctx *bc, gc_activation kind, float *y, const float *x,
+                                int64_t n) {
+  (void)bc;
+  gc_status st = check_activation(kind);
+  if (st != GC_OK) return st;
+#pragma omp parallel for if (n > PAR_MIN / 8)
+  for (int64_t i = 0; i < n; i++) y[i] = (float)act_value(kind, x[i]);
+  return GC_OK;
+}
+
+// dx, dy, x are (n); dx may alias dy
+gc_status be_activation_backward(be_ctx *bc, gc_activation kind, float *dx, const float *dy,
+                                 const float *x, int64_t n) {
+  (void)bc;
+  gc_status st = check_activation(kind);
+  if (st != GC_OK) return st;
+#pragma omp parallel for if (n > PAR_MIN / 8)
+  for (int64_t i = 0; i < n; i++) dx[i] = (float)((double)dy[i] * act_grad(kind, x[i]));
+  return GC_OK;
+}
+
+/* ---- GEGLU (diffusers): x = [h | g] along the last dim, y = h * gelu(g), erf form ---- */
+
+// x is (N, 2D), y is (N, D)
+gc_status be_geglu_forward(be_ctx *bc, float *y, const float *x, int64_t N, int64_t D) {
+  (void)bc;
+#pragma omp parallel for if (N * D > PAR_MIN / 8)
+  for (int64_t r = 0; r < N; r++) {
+    const float *h = x + r * 2 * D;
+    const float *g = h + D;
+    float *yr = y + r * D;
+    for (int64_t i = 0; i < D; i++) yr[i] = (float)((double)h[i] * gelu_erf(g[i]));
+  }
+  return GC_OK;
+}
+
+// dy is (N, D), x and dx are (N, 2D): dh = dy gelu(g), dg = dy h gelu'(g)
+gc_status be_geglu_backward(be_ctx *bc, float *dx, const float *dy, const float *x, int64_t N,
+                            int64_t D) {
+  (void)bc;
+#pragma omp parallel for if (N * D > PAR_MIN / 8)
+  for (int64_t r = 0; r < N; r++) {
+    const float *h = x + r * 2 * D;
+    const float *g = h + D;
+    const float *dyr = dy + r * D;
+    float *dh = dx + r * 2 * D;
+    float *dg = dh + D;
+    for (int64_t i = 0; i < D; i++) {
+      double hi = h[i], gi = g[i], d = dyr[i];
+      dh[i] = (float)(d * gelu_erf(gi));
+      dg[i] = (float)(d * hi * gelu_erf_grad(gi));
+    }
+  }
+  return GC_OK;
+}

@@ -1,0 +1,212 @@
+/*
+ * CPU backend: group norm and layer norm (PyTorch semantics: biased variance,
+ * rstd = 1/sqrt(var + eps)). Statistics are accumulated in double with two passes (mean, then
+ * centred squares) so a large mean does not cancel the variance. The saved mean/rstd are fp32,
+ * and backward uses those saved values, as PyTorch does.
+ *
+ * Backward, with xhat = (x - mean) rstd and dxhat = dy gamma over the n normalised elements:
+ *   dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+ *   dgamma += sum dy xhat, dbeta += sum dy (reduced over everything but the channel).
+ * Parameter-gradient reductions run in a fixed order, so results do not depend on thread count.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "../core/backend.h"
+
+/* Below this many elements a loop runs on one thread. */
+#define PAR_MIN 32768
+
+/* ---- group norm ---- */
+
+// x, y are (B, C, S); mean, rstd are (B, G), optional; gamma, beta are (C), optional.
+// Group g of sample b is the contiguous block of C/G channels * S elements.
+gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, const float *x,
+                                const float *gamma, const float *beta, int64_t B, int64_t C,
+                                int64_t S, int64_t G, float eps) {
+  (void)bc;
+  if (G <= 0 || C % G != 0)
+    return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
+                        (long long)C, (long long)G);
+  int64_t Cg = C / G, n = Cg * S;
+#pragma omp parallel for if (B * C * S > PAR_MIN)
+  for (int64_t bg = 0; bg < B * G; bg++) {
+    const float *xg = x + bg * n;
+    float *yg = y + bg * n;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += xg[i];
+    double m = n > 0 ? sum / (double)n : 0.0;
+    double sq = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+      double d = xg[i] - m;
+      sq += d * d;
+    }
+    double var = n > 0 ? sq / (double)n : 0.0;
+    double r = 1.0 / sqrt(var + (double)eps);
+    if (mean) mean[bg] = (float)m;
+    if (rstd) rstd[bg] = (float)r;
+    int64_t c0 = (bg % G) * Cg;
+    for (int64_t c = 0; c < Cg; c++) {
+      double gm = gamma ? gamma[c0 + c] : 1.0, bt = beta ? beta[c0 + c] : 0.0;
+      const float *xc = xg + c * S;
+      float *yc = yg + c * S;
+      for (int64_t s = 0; s < S; s++) yc[s] = (float)((xc[s] - m) * r * gm + bt);
+    }
+  }
+  return GC_OK;
+}
+
+// dy, x, dx are (B, C, S); mean, rstd are (B, G) from forward; gamma (C) optional.
+// dx written (optional); dgamma, dbeta (C) accumulate (+=), each optional.
+gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *dbeta,
+                                 const float *dy, const float *x, const float *mean,
+                                 const float *rstd, const float *gamma, int64_t B, int64_t C,
+                                 int64_t S, int64_t G) {
+  (void)bc;
+  if (G <= 0 || C % G != 0)
+    return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
+                        (long long)C, (long long)G);
+  int64_t Cg = C / G, n = Cg * S;
+  // Per (sample, channel) sums of dy xhat and dy: dx needs them per group, dgamma/dbeta per
+  // channel summed over the batch afterwards (a second, race-free pass).
+  double *sum_dy_xhat = malloc((size_t)(2 * B * C) * sizeof(double)); // (B, C)
+  if (!sum_dy_xhat && B * C > 0)
+    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "group_norm_backward: no memory for %lld sums",
+                        (long long)(2 * B * C));
+  double *sum_dy = sum_dy_xhat + B * C; // (B, C)
+
+#pragma omp parallel for if (B * C * S > PAR_MIN)
+  for (int64_t bg = 0; bg < B * G; bg++) {
+    double m = mean[bg], r = rstd[bg];
+    int64_t b = bg / G, c0 = (bg % G) * Cg;
+    double g_dxhat = 0.0, g_dxhat_xhat = 0.0; // group sums of dxhat and dxhat * xhat
+    for (int64_t c = 0; c < Cg; c++) {
+      const float *xc = x + bg * n + c * S;
+      const float *dyc = dy + bg * n + c * S;
+      double sdx = 0.0, sd = 0.0;
+      for (int64_t s = 0; s < S; s++) {
+        sdx += dyc[s] * (xc[s] - m);
+        sd += dyc[s];
+      }
+      sdx *= r;
+      sum_dy_xhat[b * C + c0 + c] = sdx;
+      sum_dy[b * C + c0 + c] = sd;
+      double gm = gamma ? gamma[c0 + c] : 1.0;
+      g_dxhat += gm * sd;
+      g_dxhat_xhat += gm * sdx;
+    }
+    if (!dx) continue;
+    double mean_dxhat = n > 0 ? g_dxhat / (double)n : 0.0;
+    double mean_dxhat_xhat = n > 0 ? g_dxhat_xhat / (double)n : 0.0;
+    for (int64_t c = 0; c < Cg; c++) {
+      const float *xc = x + bg * n + c * S;
+      const float *dyc = dy + bg * n + c * S;
+      float *dxc = dx + bg * n + c * S;
+      double gm = gamma ? gamma[c0 + c] : 1.0;
+      for (int64_t s = 0; s < S; s++) {
+        double xhat = (xc[s] - m) * r;
+        dxc[s] = (float)(r * (dyc[s] * gm - mean_dxhat - xhat * mean_dxhat_xhat));
+      }
+    }
+  }
+
+  if (dgamma || dbeta) {
+    for (int64_t c = 0; c < C; c++) {
+      double sg = 0.0, sb = 0.0;
+      for (int64_t b = 0; b < B; b++) {
+        sg += sum_dy_xhat[b * C + c];
+        sb += sum_dy[b * C + c];
+      }
+      if (dgamma) dgamma[c] = (float)((double)dgamma[c] + sg);
+      if (dbeta) dbeta[c] = (float)((double)dbeta[c] + sb);
+    }
+  }
+  free(sum_dy_xhat);
+  return GC_OK;
+}
+
+/* ---- layer norm over the last dim ---- */
+
+// x, y are (N, D); mean, rstd are (N), optional; gamma, beta are (D), optional.
+gc_status be_layer_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, const float *x,
+                                const float *gamma, const float *beta, int64_t N, int64_t D,
+                                float eps) {
+  (void)bc;
+#pragma omp parallel for if (N * D > PAR_MIN)
+  for (int64_t row = 0; row < N; row++) {
+    const float *xr = x + row * D;
+    float *yr = y + row * D;
+    double sum = 0.0;
+    for (int64_t i = 0; i < D; i++) sum += xr[i];
+    double m = D > 0 ? sum / (double)D : 0.0;
+    double sq = 0.0;
+    for (int64_t i = 0; i < D; i++) {
+      double d = xr[i] - m;
+      sq += d * d;
+    }
+    double var = D > 0 ? sq / (double)D : 0.0;
+    double r = 1.0 / sqrt(var + (double)eps);
+    if (mean) mean[row] = (float)m;
+    if (rstd) rstd[row] = (float)r;
+    for (int64_t i = 0; i < D; i++) {
+      double v = (xr[i] - m) * r;
+      if (gamma) v *= gamma[i];
+      if (beta) v += beta[i];
+      yr[i] = (float)v;
+    }
+  }
+  return GC_OK;
+}
+
+/* Columns of dgamma/dbeta reduced by one thread: a block of column sums stays in registers/L1
+ * while the rows stream past, and each column is owned by exactly one thread. */
+#define LN_COLS 32
+
+// dy, x, dx are (N, D); mean, rstd are (N) from forward; gamma (D) optional.
+// dx written (optional); dgamma, dbeta (D) accumulate (+=), each optional.
+gc_status be_layer_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *dbeta,
+                                 const float *dy, const float *x, const float *mean,
+                                 const float *rstd, const float *gamma, int64_t N, int64_t D) {
+  (void)bc;
+  if (dx) {
+#pragma omp parallel for if (N * D > PAR_MIN)
+    for (int64_t row = 0; row < N; row++) {
+      const float *xr = x + row * D, *dyr = dy + row * D;
+      float *dxr = dx + row * D;
+      double m = mean[row], r = rstd[row];
+      double s_dxhat = 0.0, s_dxhat_xhat = 0.0;
+      for (int64_t i = 0; i < D; i++) {
+        double dxhat = gamma ? (double)dyr[i] * gamma[i] : (double)dyr[i];
+        s_dxhat += dxhat;
+        s_dxhat_xhat += dxhat * (xr[i] - m) * r;
+      }
+      double mean_dxhat = D > 0 ? s_dxhat / (double)D : 0.0;
+      double mean_dxhat_xhat = D > 0 ? s_dxhat_xhat / (double)D : 0.0;
+      for (int64_t i = 0; i < D; i++) {
+        double dxhat = gamma ? (double)dyr[i] * gamma[i] : (double)dyr[i];
+        double xhat = (xr[i] - m) * r;
+        dxr[i] = (float)(r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+      }
+    }
+  }
+  if (dgamma || dbeta) {
+#pragma omp parallel for if (N * D > PAR_MIN)
+    for (int64_t d0 = 0; d0 < D; d0 += LN_COLS) {
+      int64_t w = D - d0 < LN_COLS ? D - d0 : LN_COLS;
+      double sg[LN_COLS] = {0}, sb[LN_COLS] = {0};
+      for (int64_t row = 0; row < N; row++) {
+        const float *xr = x + row * D + d0, *dyr = dy + row * D + d0;
+        double m = mean[row], r = rstd[row];
+        for (int64_t i = 0; i < w; i++) {
+          sg[i] += dyr[i] * (xr[i] - m) * r;
+          sb[i] += dyr[i];
+        }
+      }
+      for (int64_t i = 0; i < w; i++) {
+        if (dgamma) dgamma[d0 + i] = (float)((double)dgamma[d0 + i] + sg[i]);
+        if (dbeta) dbeta[d0 + i] = (float)((double)dbeta[d0 + i] + sb[i]);
+      }
+    }
+  }
+  return GC_OK;
+}

@@ -1,0 +1,786 @@
+// The TypeScript face of gpu-core: an Engine (one backend context) that owns Tensors and Arenas,
+// and one method per op and direction. C errors surface as GpuCoreError with the C message.
+// Works in the main thread and in Bun Workers (each thread has its own last-error slot).
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { type GpuCoreLibrary, openLibrary } from "./ffi.ts";
+
+export type Backend = "cpu" | "cuda";
+export type DType = "f32" | "i32";
+export type Activation = "silu" | "gelu" | "gelu_tanh" | "quick_gelu";
+
+const STATUS_CODES = [
+  "OK",
+  "INVALID_ARGUMENT",
+  "SHAPE",
+  "HANDLE",
+  "OUT_OF_MEMORY",
+  "UNSUPPORTED",
+  "BACKEND",
+] as const;
+export type StatusCode = (typeof STATUS_CODES)[number];
+
+const ACTIVATIONS: Record<Activation, number> = { silu: 0, gelu: 1, gelu_tanh: 2, quick_gelu: 3 };
+const DTYPES: Record<DType, number> = { f32: 0, i32: 1 };
+const MAX_DIMS = 6;
+
+export class GpuCoreError extends Error {
+  constructor(
+    readonly code: StatusCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = "GpuCoreError";
+  }
+}
+
+/** Where the backend libraries live: GPU_CORE_LIB_DIR, else gpu-core/build beside this file. */
+export function libraryPath(backend: Backend): string {
+  const dir = process.env.GPU_CORE_LIB_DIR ?? join(import.meta.dir, "build");
+  return join(dir, `libgpucore_${backend}.so`);
+}
+
+export function backendAvailable(backend: Backend): boolean {
+  return existsSync(libraryPath(backend));
+}
+
+// One dlopen per backend per thread; the library itself is shared by the process.
+const libraries = new Map<Backend, GpuCoreLibrary>();
+
+function loadLibrary(backend: Backend): GpuCoreLibrary {
+  let lib = libraries.get(backend);
+  if (!lib) {
+    const path = libraryPath(backend);
+    if (!existsSync(path)) {
+      throw new GpuCoreError(
+        "UNSUPPORTED",
+        `gpu-core ${backend} backend is not built (${path} is missing): run \`npm run build\``,
+      );
+    }
+    lib = openLibrary(path).lib;
+    libraries.set(backend, lib);
+  }
+  return lib;
+}
+
+function cString(s: string): Buffer {
+  return Buffer.from(`${s}\0`, "utf8");
+}
+
+type Optional<T> = T | null | undefined;
+
+// Tensors dropped without close() are freed by the GC as a safety net; close() is the contract.
+const leakedTensors = new FinalizationRegistry<{ lib: GpuCoreLibrary; handle: number }>(
+  ({ lib, handle }) => {
+    lib.gc_tensor_free(handle);
+  },
+);
+
+export class Tensor<D extends DType = DType> {
+  #handle: number;
+  readonly numel: number;
+
+  constructor(
+    readonly engine: Engine,
+    handle: number,
+    readonly shape: readonly number[],
+    readonly dtype: D,
+    readonly arena: Arena | null,
+  ) {
+    this.#handle = handle;
+    this.numel = shape.reduce((a, b) => a * b, 1);
+    if (!arena) leakedTensors.register(this, { lib: engine.lib, handle }, this);
+  }
+
+  get closed(): boolean {
+    return this.#handle === 0;
+  }
+
+  /** The C handle; throws when the tensor is closed (or its arena was reset). */
+  get handle(): number {
+    if (this.#handle === 0) {
+      throw new GpuCoreError("HANDLE", `tensor [${this.shape.join(",")}] is closed`);
+    }
+    return this.#handle;
+  }
+
+  /** Copies the tensor (or `count` elements from `offset`) to a new host array. */
+  read(offset = 0, count = this.numel - offset): D extends "i32" ? Int32Array : Float32Array {
+    const out = this.dtype === "i32" ? new Int32Array(count) : new Float32Array(count);
+    this.engine.check(this.engine.lib.gc_tensor_read(this.handle, offset, out, out.byteLength));
+    return out as D extends "i32" ? Int32Array : Float32Array;
+  }
+
+  write(data: ArrayLike<number>, offset = 0): this {
+    const typed =
+      this.dtype === "i32"
+        ? data instanceof Int32Array
+          ? data
+          : Int32Array.from(data)
+        : data instanceof Float32Array
+          ? data
+          : Float32Array.from(data);
+    if (typed.length === 0) return this;
+    this.engine.check(this.engine.lib.gc_tensor_write(this.handle, offset, typed, typed.byteLength));
+    return this;
+  }
+
+  /** A view of `numel(shape)` elements starting at `offset`, sharing storage. */
+  view(offset: number, shape: readonly number[]): Tensor<D> {
+    const dims = dimsArray(shape);
+    const out = new BigInt64Array(1);
+    this.engine.check(this.engine.lib.gc_tensor_view(this.handle, offset, shape.length, dims, out));
+    return new Tensor(this.engine, Number(out[0]), [...shape], this.dtype, this.arena);
+  }
+
+  /** The same elements under another shape (a view). */
+  reshape(shape: readonly number[]): Tensor<D> {
+    return this.view(0, shape);
+  }
+
+  close(): void {
+    if (this.#handle === 0) return;
+    const handle = this.#handle;
+    this.#handle = 0;
+    if (this.arena) {
+      this.arena.forget(this);
+    } else {
+      leakedTensors.unregister(this);
+    }
+    // A handle already released by an arena reset or by Engine.close() is not an error here.
+    this.engine.lib.gc_tensor_free(handle);
+  }
+
+  /** Marks the tensor closed without freeing (its memory was released natively). */
+  invalidate(): void {
+    this.#handle = 0;
+  }
+}
+
+function dimsArray(shape: readonly number[]): BigInt64Array {
+  if (shape.length < 1 || shape.length > MAX_DIMS) {
+    throw new GpuCoreError("SHAPE", `shape must have 1..${MAX_DIMS} dims, got [${shape.join(",")}]`);
+  }
+  const dims = new BigInt64Array(shape.length);
+  shape.forEach((d, i) => {
+    if (!Number.isSafeInteger(d)) throw new GpuCoreError("SHAPE", `dimension ${i} is not an integer: ${d}`);
+    dims[i] = BigInt(d);
+  });
+  return dims;
+}
+
+/** Activation memory: tensors carved from it die together at reset(). */
+export class Arena {
+  #handle: number;
+  readonly #tensors = new Set<Tensor>();
+
+  constructor(
+    readonly engine: Engine,
+    handle: number,
+  ) {
+    this.#handle = handle;
+  }
+
+  get handle(): number {
+    if (this.#handle === 0) throw new GpuCoreError("HANDLE", "arena is closed");
+    return this.#handle;
+  }
+
+  track(t: Tensor): void {
+    this.#tensors.add(t);
+  }
+
+  forget(t: Tensor): void {
+    this.#tensors.delete(t);
+  }
+
+  get liveTensors(): number {
+    return this.#tensors.size;
+  }
+
+  reset(): void {
+    this.engine.check(this.engine.lib.gc_arena_reset(this.handle));
+    for (const t of this.#tensors) t.invalidate();
+    this.#tensors.clear();
+  }
+
+  close(): void {
+    if (this.#handle === 0) return;
+    const h = this.#handle;
+    this.#handle = 0;
+    for (const t of this.#tensors) t.invalidate();
+    this.#tensors.clear();
+    this.engine.lib.gc_arena_destroy(h);
+  }
+}
+
+export interface TimestepEmbeddingOptions {
+  flipSinToCos: boolean;
+  freqShift: number;
+  maxPeriod?: number;
+}
+
+export interface AdamWOptions {
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  step: number;
+}
+
+type Alphas = Float64Array | readonly number[];
+
+function toF64(a: Alphas): Float64Array {
+  return a instanceof Float64Array ? a : Float64Array.from(a);
+}
+
+function h(t: Optional<Tensor>): number {
+  return t ? t.handle : 0;
+}
+
+/** One backend context. Create with Engine.open(); close() frees everything it owns. */
+export class Engine {
+  #handle: number;
+  readonly backend: Backend;
+
+  private constructor(
+    readonly lib: GpuCoreLibrary,
+    handle: number,
+    backend: Backend,
+  ) {
+    this.#handle = handle;
+    this.backend = backend;
+  }
+
+  static open(opts: { backend?: Backend; options?: string } = {}): Engine {
+    const backend = opts.backend ?? "cpu";
+    const lib = loadLibrary(backend);
+    const out = new BigInt64Array(1);
+    const status = lib.gc_ctx_create(cString(opts.options ?? ""), out);
+    if (status !== 0) {
+      throw new GpuCoreError(STATUS_CODES[status] ?? "BACKEND", String(lib.gc_last_error()));
+    }
+    return new Engine(lib, Number(out[0]), backend);
+  }
+
+  get handle(): number {
+    if (this.#handle === 0) throw new GpuCoreError("HANDLE", "engine is closed");
+    return this.#handle;
+  }
+
+  get closed(): boolean {
+    return this.#handle === 0;
+  }
+
+  /** Throws the C error for a non-zero status. */
+  check(status: number): void {
+    if (status === 0) return;
+    const code = STATUS_CODES[status] ?? "BACKEND";
+    throw new GpuCoreError(code, String(this.lib.gc_last_error()) || `gpu-core status ${code}`);
+  }
+
+  close(): void {
+    if (this.#handle === 0) return;
+    const h0 = this.#handle;
+    this.#handle = 0;
+    this.lib.gc_ctx_destroy(h0);
+  }
+
+  synchronize(): void {
+    this.check(this.lib.gc_ctx_synchronize(this.handle));
+  }
+
+  memory(): { inUse: number; peak: number } {
+    const inUse = new BigInt64Array(1);
+    const peak = new BigInt64Array(1);
+    this.check(this.lib.gc_ctx_memory(this.handle, inUse, peak));
+    return { inUse: Number(inUse[0]), peak: Number(peak[0]) };
+  }
+
+  arena(initialBytes = 0): Arena {
+    const out = new BigInt64Array(1);
+    this.check(this.lib.gc_arena_create(this.handle, initialBytes, out));
+    return new Arena(this, Number(out[0]));
+  }
+
+  /** A new tensor with undefined contents (from `arena` when given). */
+  tensor<D extends DType = "f32">(
+    shape: readonly number[],
+    opts: { dtype?: D; arena?: Arena } = {},
+  ): Tensor<D> {
+    const dtype = (opts.dtype ?? "f32") as D;
+    const dims = dimsArray(shape);
+    const out = new BigInt64Array(1);
+    const arena = opts.arena ?? null;
+    this.check(
+      this.lib.gc_tensor_new(this.handle, arena ? arena.handle : 0, DTYPES[dtype], shape.length, dims, out),
+    );
+    const t = new Tensor(this, Number(out[0]), [...shape], dtype, arena);
+    arena?.track(t);
+    return t;
+  }
+
+  zeros(shape: readonly number[], opts: { arena?: Arena } = {}): Tensor<"f32"> {
+    const t = this.tensor(shape, opts);
+    this.fill(t, 0);
+    return t;
+  }
+
+  fromArray(data: ArrayLike<number>, shape: readonly number[], opts: { arena?: Arena } = {}): Tensor<"f32"> {
+    return this.tensor(shape, opts).write(data);
+  }
+
+  fromInt32(data: ArrayLike<number>, shape: readonly number[], opts: { arena?: Arena } = {}): Tensor<"i32"> {
+    return this.tensor(shape, { ...opts, dtype: "i32" }).write(data);
+  }
+
+  // ---- elementwise and data movement -------------------------------------------------------
+
+  fill(y: Tensor, value: number): void {
+    this.check(this.lib.gc_fill(this.handle, y.handle, value));
+  }
+  copy(y: Tensor, x: Tensor): void {
+    this.check(this.lib.gc_copy(this.handle, y.handle, x.handle));
+  }
+  /** y = alpha * x + beta * y */
+  axpby(y: Tensor, alpha: number, x: Tensor, beta: number): void {
+    this.check(this.lib.gc_axpby(this.handle, y.handle, alpha, x.handle, beta));
+  }
+  addForward(y: Tensor, a: Tensor, b: Tensor): void {
+    this.check(this.lib.gc_add_forward(this.handle, y.handle, a.handle, b.handle));
+  }
+  addBackward(da: Optional<Tensor>, db: Optional<Tensor>, dy: Tensor): void {
+    this.check(this.lib.gc_add_backward(this.handle, h(da), h(db), dy.handle));
+  }
+  transposeForward(y: Tensor, x: Tensor): void {
+    this.check(this.lib.gc_transpose_forward(this.handle, y.handle, x.handle));
+  }
+  transposeBackward(dx: Tensor, dy: Tensor): void {
+    this.check(this.lib.gc_transpose_backward(this.handle, dx.handle, dy.handle));
+  }
+  concatForward(y: Tensor, a: Tensor, b: Tensor): void {
+    this.check(this.lib.gc_concat_forward(this.handle, y.handle, a.handle, b.handle));
+  }
+  concatBackward(da: Tensor, db: Tensor, dy: Tensor): void {
+    this.check(this.lib.gc_concat_backward(this.handle, da.handle, db.handle, dy.handle));
+  }
+  upsample2xForward(y: Tensor, x: Tensor): void {
+    this.check(this.lib.gc_upsample2x_forward(this.handle, y.handle, x.handle));
+  }
+  upsample2xBackward(dx: Tensor, dy: Tensor): void {
+    this.check(this.lib.gc_upsample2x_backward(this.handle, dx.handle, dy.handle));
+  }
+
+  // ---- layers ----------------------------------------------------------------------------
+
+  conv2dForward(y: Tensor, x: Tensor, w: Tensor, b: Optional<Tensor>, stride: number, pad: number): void {
+    this.check(this.lib.gc_conv2d_forward(this.handle, y.handle, x.handle, w.handle, h(b), stride, pad));
+  }
+  conv2dBackward(
+    dx: Optional<Tensor>,
+    dw: Optional<Tensor>,
+    db: Optional<Tensor>,
+    dy: Tensor,
+    x: Tensor,
+    w: Tensor,
+    stride: number,
+    pad: number,
+  ): void {
+    this.check(
+      this.lib.gc_conv2d_backward(this.handle, h(dx), h(dw), h(db), dy.handle, x.handle, w.handle, stride, pad),
+    );
+  }
+  linearForward(y: Tensor, x: Tensor, w: Tensor, b: Optional<Tensor>): void {
+    this.check(this.lib.gc_linear_forward(this.handle, y.handle, x.handle, w.handle, h(b)));
+  }
+  linearBackward(
+    dx: Optional<Tensor>,
+    dw: Optional<Tensor>,
+    db: Optional<Tensor>,
+    dy: Tensor,
+    x: Tensor,
+    w: Tensor,
+  ): void {
+    this.check(this.lib.gc_linear_backward(this.handle, h(dx), h(dw), h(db), dy.handle, x.handle, w.handle));
+  }
+  groupNormForward(
+    y: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    x: Tensor,
+    gamma: Optional<Tensor>,
+    beta: Optional<Tensor>,
+    groups: number,
+    eps: number,
+  ): void {
+    this.check(
+      this.lib.gc_group_norm_forward(
+        this.handle,
+        y.handle,
+        mean.handle,
+        rstd.handle,
+        x.handle,
+        h(gamma),
+        h(beta),
+        groups,
+        eps,
+      ),
+    );
+  }
+  groupNormBackward(
+    dx: Optional<Tensor>,
+    dgamma: Optional<Tensor>,
+    dbeta: Optional<Tensor>,
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    gamma: Optional<Tensor>,
+    groups: number,
+  ): void {
+    this.check(
+      this.lib.gc_group_norm_backward(
+        this.handle,
+        h(dx),
+        h(dgamma),
+        h(dbeta),
+        dy.handle,
+        x.handle,
+        mean.handle,
+        rstd.handle,
+        h(gamma),
+        groups,
+      ),
+    );
+  }
+  layerNormForward(
+    y: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    x: Tensor,
+    gamma: Optional<Tensor>,
+    beta: Optional<Tensor>,
+    eps: number,
+  ): void {
+    this.check(
+      this.lib.gc_layer_norm_forward(this.handle, y.handle, mean.handle, rstd.handle, x.handle, h(gamma), h(beta), eps),
+    );
+  }
+  layerNormBackward(
+    dx: Optional<Tensor>,
+    dgamma: Optional<Tensor>,
+    dbeta: Optional<Tensor>,
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    gamma: Optional<Tensor>,
+  ): void {
+    this.check(
+      this.lib.gc_layer_norm_backward(
+        this.handle,
+        h(dx),
+        h(dgamma),
+        h(dbeta),
+        dy.handle,
+        x.handle,
+        mean.handle,
+        rstd.handle,
+        h(gamma),
+      ),
+    );
+  }
+  activationForward(kind: Activation, y: Tensor, x: Tensor): void {
+    this.check(this.lib.gc_activation_forward(this.handle, activationCode(kind), y.handle, x.handle));
+  }
+  activationBackward(kind: Activation, dx: Tensor, dy: Tensor, x: Tensor): void {
+    this.check(this.lib.gc_activation_backward(this.handle, activationCode(kind), dx.handle, dy.handle, x.handle));
+  }
+  gegluForward(y: Tensor, x: Tensor): void {
+    this.check(this.lib.gc_geglu_forward(this.handle, y.handle, x.handle));
+  }
+  gegluBackward(dx: Tensor, dy: Tensor, x: Tensor): void {
+    this.check(this.lib.gc_geglu_backward(this.handle, dx.handle, dy.handle, x.handle));
+  }
+  /** scale 0 means 1/sqrt(head size). */
+  attentionForward(
+    out: Tensor,
+    probs: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    heads: number,
+    causal: boolean,
+    scale = 0,
+  ): void {
+    this.check(
+      this.lib.gc_attention_forward(
+        this.handle,
+        out.handle,
+        probs.handle,
+        q.handle,
+        k.handle,
+        v.handle,
+        heads,
+        causal ? 1 : 0,
+        scale,
+      ),
+    );
+  }
+  attentionBackward(
+    dq: Optional<Tensor>,
+    dk: Optional<Tensor>,
+    dv: Optional<Tensor>,
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    probs: Tensor,
+    heads: number,
+    scale = 0,
+  ): void {
+    this.check(
+      this.lib.gc_attention_backward(
+        this.handle,
+        h(dq),
+        h(dk),
+        h(dv),
+        dout.handle,
+        q.handle,
+        k.handle,
+        v.handle,
+        probs.handle,
+        heads,
+        scale,
+      ),
+    );
+  }
+  embeddingForward(y: Tensor, ids: Tensor<"i32">, tok: Tensor, pos: Optional<Tensor>): void {
+    this.check(this.lib.gc_embedding_forward(this.handle, y.handle, ids.handle, tok.handle, h(pos)));
+  }
+  embeddingBackward(dtok: Optional<Tensor>, dpos: Optional<Tensor>, dy: Tensor, ids: Tensor<"i32">): void {
+    this.check(this.lib.gc_embedding_backward(this.handle, h(dtok), h(dpos), dy.handle, ids.handle));
+  }
+  timestepEmbeddingForward(y: Tensor, t: Tensor, o: TimestepEmbeddingOptions): void {
+    this.check(
+      this.lib.gc_timestep_embedding_forward(
+        this.handle,
+        y.handle,
+        t.handle,
+        o.flipSinToCos ? 1 : 0,
+        o.freqShift,
+        o.maxPeriod ?? 10000,
+      ),
+    );
+  }
+  timestepEmbeddingBackward(dt: Tensor, dy: Tensor, t: Tensor, o: TimestepEmbeddingOptions): void {
+    this.check(
+      this.lib.gc_timestep_embedding_backward(
+        this.handle,
+        dt.handle,
+        dy.handle,
+        t.handle,
+        o.flipSinToCos ? 1 : 0,
+        o.freqShift,
+        o.maxPeriod ?? 10000,
+      ),
+    );
+  }
+  mseForward(loss: Tensor, a: Tensor, b: Tensor, weights: Optional<Tensor> = null): void {
+    this.check(this.lib.gc_mse_forward(this.handle, loss.handle, a.handle, b.handle, h(weights)));
+  }
+  mseBackward(
+    da: Optional<Tensor>,
+    db: Optional<Tensor>,
+    dloss: number,
+    a: Tensor,
+    b: Tensor,
+    weights: Optional<Tensor> = null,
+  ): void {
+    this.check(this.lib.gc_mse_backward(this.handle, h(da), h(db), dloss, a.handle, b.handle, h(weights)));
+  }
+
+  // ---- diffusion and DDPO ----------------------------------------------------------------
+
+  /** x_prev = mean + sigma * noise; alphas are per sample ([B], host). */
+  ddimStepSample(
+    xPrev: Tensor,
+    logProb: Optional<Tensor>,
+    mean: Optional<Tensor>,
+    xT: Tensor,
+    eps: Tensor,
+    noise: Tensor,
+    alphaT: Alphas,
+    alphaPrev: Alphas,
+    eta: number,
+    clipX0 = 0,
+  ): void {
+    const [a, ap] = this.#alphas(xT, alphaT, alphaPrev);
+    this.check(
+      this.lib.gc_ddim_step_sample(
+        this.handle,
+        xPrev.handle,
+        h(logProb),
+        h(mean),
+        xT.handle,
+        eps.handle,
+        noise.handle,
+        a,
+        ap,
+        eta,
+        clipX0,
+      ),
+    );
+  }
+  ddimStepLogProb(
+    logProb: Tensor,
+    mean: Optional<Tensor>,
+    xPrev: Tensor,
+    xT: Tensor,
+    eps: Tensor,
+    alphaT: Alphas,
+    alphaPrev: Alphas,
+    eta: number,
+    clipX0 = 0,
+  ): void {
+    const [a, ap] = this.#alphas(xT, alphaT, alphaPrev);
+    this.check(
+      this.lib.gc_ddim_step_log_prob(
+        this.handle,
+        logProb.handle,
+        h(mean),
+        xPrev.handle,
+        xT.handle,
+        eps.handle,
+        a,
+        ap,
+        eta,
+        clipX0,
+      ),
+    );
+  }
+  ddimStepLogProbBackward(
+    deps: Tensor,
+    dLogProb: Tensor,
+    xPrev: Tensor,
+    xT: Tensor,
+    eps: Tensor,
+    alphaT: Alphas,
+    alphaPrev: Alphas,
+    eta: number,
+    clipX0 = 0,
+  ): void {
+    const [a, ap] = this.#alphas(xT, alphaT, alphaPrev);
+    this.check(
+      this.lib.gc_ddim_step_log_prob_backward(
+        this.handle,
+        deps.handle,
+        dLogProb.handle,
+        xPrev.handle,
+        xT.handle,
+        eps.handle,
+        a,
+        ap,
+        eta,
+        clipX0,
+      ),
+    );
+  }
+  #alphas(xT: Tensor, alphaT: Alphas, alphaPrev: Alphas): [Float64Array, Float64Array] {
+    const batch = xT.shape[0] ?? 0;
+    if (alphaT.length !== batch || alphaPrev.length !== batch) {
+      throw new GpuCoreError(
+        "SHAPE",
+        `ddim step: alphaT and alphaPrev need one value per sample (${batch}), got ${alphaT.length} and ${alphaPrev.length}`,
+      );
+    }
+    return [toF64(alphaT), toF64(alphaPrev)];
+  }
+  ddpoIsForward(
+    loss: Tensor,
+    stats: Optional<Tensor>,
+    logProb: Tensor,
+    oldLogProb: Tensor,
+    advantages: Tensor,
+    clipRange: number,
+    advClipMax: number,
+  ): void {
+    this.check(
+      this.lib.gc_ddpo_is_forward(
+        this.handle,
+        loss.handle,
+        h(stats),
+        logProb.handle,
+        oldLogProb.handle,
+        advantages.handle,
+        clipRange,
+        advClipMax,
+      ),
+    );
+  }
+  ddpoIsBackward(
+    dLogProb: Tensor,
+    dloss: number,
+    logProb: Tensor,
+    oldLogProb: Tensor,
+    advantages: Tensor,
+    clipRange: number,
+    advClipMax: number,
+  ): void {
+    this.check(
+      this.lib.gc_ddpo_is_backward(
+        this.handle,
+        dLogProb.handle,
+        dloss,
+        logProb.handle,
+        oldLogProb.handle,
+        advantages.handle,
+        clipRange,
+        advClipMax,
+      ),
+    );
+  }
+  ddpoSfForward(loss: Tensor, logProb: Tensor, advantages: Tensor, advClipMax: number): void {
+    this.check(this.lib.gc_ddpo_sf_forward(this.handle, loss.handle, logProb.handle, advantages.handle, advClipMax));
+  }
+  ddpoSfBackward(dLogProb: Tensor, dloss: number, advantages: Tensor, advClipMax: number): void {
+    this.check(this.lib.gc_ddpo_sf_backward(this.handle, dLogProb.handle, dloss, advantages.handle, advClipMax));
+  }
+
+  // ---- optimisation and randomness ---------------------------------------------------------
+
+  adamwStep(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, o: AdamWOptions): void {
+    this.check(
+      this.lib.gc_adamw_step(
+        this.handle,
+        params.handle,
+        grads.handle,
+        m.handle,
+        v.handle,
+        o.lr,
+        o.beta1 ?? 0.9,
+        o.beta2 ?? 0.999,
+        o.eps ?? 1e-8,
+        o.weightDecay ?? 1e-4,
+        o.step,
+      ),
+    );
+  }
+  /** Returns the gradient norm before clipping; clips when maxNorm > 0. */
+  clipGradNorm(grads: Tensor, maxNorm: number): number {
+    const out = new Float64Array(1);
+    this.check(this.lib.gc_clip_grad_norm(this.handle, grads.handle, maxNorm, out));
+    return out[0] ?? Number.NaN;
+  }
+  /** Philox normals: element i is normal number (offset + i) of the stream `seed`. */
+  randn(y: Tensor, seed: number | bigint, offset: number | bigint = 0): void {
+    this.check(this.lib.gc_randn(this.handle, y.handle, BigInt.asUintN(64, BigInt(seed)), BigInt(offset)));
+  }
+}
+
+function activationCode(kind: Activation): number {
+  const code = ACTIVATIONS[kind];
+  if (code === undefined) throw new GpuCoreError("INVALID_ARGUMENT", `unknown activation '${kind}'`);
+  return code;
+}
