@@ -31,25 +31,25 @@ static gc_status ddim_coefs(ddim_coef *c, const double *alpha_t, const double *a
                             float eta, int64_t B) {
   if (!(eta > 0.0f) || !isfinite(eta))
     return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                        "ddim_step: eta must be finite and > 0 (got %g): the log-prob needs "
+                        "eta must be finite and > 0 (got %g): the log-prob needs "
                         "sigma > 0", (double)eta);
   for (int64_t b = 0; b < B; b++) {
     double a = alpha_t[b], ap = alpha_prev[b];
     if (!(a > 0.0 && a < 1.0) || !(ap > 0.0 && ap <= 1.0))
       return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "ddim_step: sample %lld: need 0 < alpha_t < 1 and 0 < alpha_prev <= 1 "
+                          "sample %lld: need 0 < alpha_t < 1 and 0 < alpha_prev <= 1 "
                           "(got alpha_t %.17g, alpha_prev %.17g)", (long long)b, a, ap);
     double sigma = (double)eta * sqrt((1.0 - ap) / (1.0 - a)) * sqrt(1.0 - a / ap);
     if (!(sigma > 0.0) || !isfinite(sigma))
       return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "ddim_step: sample %lld: sigma = %g is not > 0 (alpha_t %.17g, "
+                          "sample %lld: sigma = %g is not > 0 (alpha_t %.17g, "
                           "alpha_prev %.17g, eta %g); a step needs alpha_t < alpha_prev < 1",
                           (long long)b, sigma, a, ap, (double)eta);
     /* 1 - a' - sigma^2 >= 0 holds for eta <= 1; a larger eta can push it below zero. */
     double dir2 = 1.0 - ap - sigma * sigma;
     if (dir2 < -1e-12)
       return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "ddim_step: sample %lld: 1 - alpha_prev - sigma^2 = %g < 0 (eta %g "
+                          "sample %lld: 1 - alpha_prev - sigma^2 = %g < 0 (eta %g "
                           "too large for alpha_t %.17g, alpha_prev %.17g)",
                           (long long)b, dir2, (double)eta, a, ap);
     c[b].sqrt_a = sqrt(a);
@@ -64,7 +64,7 @@ static gc_status ddim_coefs(ddim_coef *c, const double *alpha_t, const double *a
 
 static gc_status check_clip(float clip_x0) {
   if (isnan(clip_x0))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "ddim_step: clip_x0 is NaN");
+    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "clip_x0 is NaN");
   return GC_OK;
 }
 
@@ -77,18 +77,18 @@ gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, 
                        const double *alpha_prev, float eta, float clip_x0, int64_t B, int64_t M) {
   (void)bc;
   if (!x_prev)
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "ddim_step: x_prev is required in both forms");
+    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "x_prev is required in both forms");
   gc_status st = check_clip(clip_x0);
   if (st != GC_OK) return st;
   if (B <= 0) return GC_OK;
-  if (M <= 0) return gc_set_error(GC_ERR_SHAPE, "ddim_step: samples have no elements");
+  if (M <= 0) return gc_set_error(GC_ERR_SHAPE, "samples have no elements");
 
   int64_t nch = (M + DDIM_CHUNK - 1) / DDIM_CHUNK;
   ddim_coef *coef = malloc((size_t)B * sizeof(ddim_coef));
   double *partial = malloc((size_t)(B * nch) * sizeof(double));
   if (!coef || !partial) {
     free(coef); free(partial);
-    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "ddim_step: scratch for %lld samples", (long long)B);
+    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "DDIM step scratch for %lld samples", (long long)B);
   }
   st = ddim_coefs(coef, alpha_t, alpha_prev, eta, B);
   if (st != GC_OK) { free(coef); free(partial); return st; }
@@ -141,7 +141,7 @@ gc_status be_ddim_step_log_prob_backward(be_ctx *bc, float *deps, const float *d
   if (B <= 0 || M <= 0) return GC_OK;
   ddim_coef *coef = malloc((size_t)B * sizeof(ddim_coef));
   if (!coef)
-    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "ddim_step_log_prob_backward: scratch");
+    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "DDIM backward scratch");
   st = ddim_coefs(coef, alpha_t, alpha_prev, eta, B);
   if (st != GC_OK) { free(coef); return st; }
 
@@ -168,13 +168,13 @@ gc_status be_ddim_step_log_prob_backward(be_ctx *bc, float *deps, const float *d
 
 /* ---- DDPO losses ---- */
 
-static gc_status check_loss_args(const char *op, int64_t N, float clip_range, float adv_clip_max) {
-  if (N <= 0) return gc_set_error(GC_ERR_SHAPE, "%s: needs at least one log-prob", op);
+static gc_status check_loss_args(int64_t N, float clip_range, float adv_clip_max) {
+  if (N <= 0) return gc_set_error(GC_ERR_SHAPE, "needs at least one log-prob");
   if (!(clip_range >= 0.0f))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "%s: clip_range must be >= 0 (got %g)", op,
+    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "clip_range must be >= 0 (got %g)",
                         (double)clip_range);
   if (!(adv_clip_max >= 0.0f))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "%s: adv_clip_max must be >= 0 (got %g)", op,
+    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "adv_clip_max must be >= 0 (got %g)",
                         (double)adv_clip_max);
   return GC_OK;
 }
@@ -190,7 +190,7 @@ gc_status be_ddpo_is_forward(be_ctx *bc, float *loss, float *stats, const float 
                              const float *old_log_prob, const float *advantages, int64_t N,
                              float clip_range, float adv_clip_max) {
   (void)bc;
-  gc_status st = check_loss_args("ddpo_is_forward", N, clip_range, adv_clip_max);
+  gc_status st = check_loss_args(N, clip_range, adv_clip_max);
   if (st != GC_OK) return st;
   double lo = 1.0 - (double)clip_range, hi = 1.0 + (double)clip_range;
   double sum = 0.0, kl = 0.0, clipped = 0.0;
@@ -218,7 +218,7 @@ gc_status be_ddpo_is_backward(be_ctx *bc, float *dlog_prob, float dloss, const f
                               const float *old_log_prob, const float *advantages, int64_t N,
                               float clip_range, float adv_clip_max) {
   (void)bc;
-  gc_status st = check_loss_args("ddpo_is_backward", N, clip_range, adv_clip_max);
+  gc_status st = check_loss_args(N, clip_range, adv_clip_max);
   if (st != GC_OK) return st;
   double lo = 1.0 - (double)clip_range, hi = 1.0 + (double)clip_range;
   double scale = (double)dloss / (double)N;
@@ -236,7 +236,7 @@ gc_status be_ddpo_is_backward(be_ctx *bc, float *dlog_prob, float dloss, const f
 gc_status be_ddpo_sf_forward(be_ctx *bc, float *loss, const float *log_prob,
                              const float *advantages, int64_t N, float adv_clip_max) {
   (void)bc;
-  gc_status st = check_loss_args("ddpo_sf_forward", N, 0.0f, adv_clip_max);
+  gc_status st = check_loss_args(N, 0.0f, adv_clip_max);
   if (st != GC_OK) return st;
   double sum = 0.0;
   for (int64_t i = 0; i < N; i++) sum += -clip_adv(advantages[i], adv_clip_max) * log_prob[i];
@@ -248,7 +248,7 @@ gc_status be_ddpo_sf_forward(be_ctx *bc, float *loss, const float *log_prob,
 gc_status be_ddpo_sf_backward(be_ctx *bc, float *dlog_prob, float dloss, const float *advantages,
                               int64_t N, float adv_clip_max) {
   (void)bc;
-  gc_status st = check_loss_args("ddpo_sf_backward", N, 0.0f, adv_clip_max);
+  gc_status st = check_loss_args(N, 0.0f, adv_clip_max);
   if (st != GC_OK) return st;
   double scale = (double)dloss / (double)N;
 #pragma omp parallel for if (N > PAR_MIN)

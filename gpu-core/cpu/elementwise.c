@@ -30,14 +30,16 @@ gc_status be_copy(be_ctx *bc, float *y, const float *x, int64_t n) {
 }
 
 // y, x are (n). beta == 0 does not read y, so y may hold uninitialised memory (NaN) then.
+// The sum is formed in double (memory-bound anyway), so cancellation costs one rounding only.
 gc_status be_axpby(be_ctx *bc, float *y, float alpha, const float *x, float beta, int64_t n) {
   (void)bc;
+  double a = alpha, b = beta;
   if (beta == 0.0f) {
 #pragma omp parallel for if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = alpha * x[i];
+    for (int64_t i = 0; i < n; i++) y[i] = (float)(a * x[i]);
   } else {
 #pragma omp parallel for if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = alpha * x[i] + beta * y[i];
+    for (int64_t i = 0; i < n; i++) y[i] = (float)(a * x[i] + b * y[i]);
   }
   return GC_OK;
 }
@@ -182,10 +184,12 @@ static inline double sigmoid(double x) {
   return e / (1.0 + e);
 }
 
-static inline double gelu_erf(double x) { return 0.5 * x * (1.0 + erf(x * SQRT1_2)); }
+/* Phi(x) = 0.5 (1 + erf(x/sqrt 2)) written as 0.5 erfc(-x/sqrt 2): the same function without the
+ * cancellation of 1 + erf for negative x, so gelu keeps its relative accuracy in the left tail. */
+static inline double gelu_erf(double x) { return 0.5 * x * erfc(-x * SQRT1_2); }
 
 static inline double gelu_erf_grad(double x) {
-  return 0.5 * (1.0 + erf(x * SQRT1_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x);
+  return 0.5 * erfc(-x * SQRT1_2) + x * INV_SQRT_2PI * exp(-0.5 * x * x);
 }
 
 static inline double act_value(gc_activation kind, double x) {

@@ -8,6 +8,8 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#undef I /* OpenBLAS's config header pulls in <complex.h>, whose I would clash with our sizes */
+
 enum { LINEAR_MAX_THREADS = 256 };
 
 /* y[N,O] (=), x[N,I], w[O,I], b[O] optional */

@@ -23,17 +23,17 @@ gc_status be_adamw_step(be_ctx *bc, float *params, const float *grads, float *m,
                         float weight_decay, int64_t step) {
   (void)bc;
   if (step < 1)
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "adamw_step: step must be >= 1 (got %lld)",
+    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "step must be >= 1 (got %lld)",
                         (long long)step);
   if (!(lr >= 0.0f) || !isfinite(lr) || !(eps >= 0.0f) || !isfinite(eps) ||
       !(weight_decay >= 0.0f) || !isfinite(weight_decay))
     return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                        "adamw_step: lr, eps and weight_decay must be finite and >= 0 "
+                        "lr, eps and weight_decay must be finite and >= 0 "
                         "(got lr %g, eps %g, weight_decay %g)",
                         (double)lr, (double)eps, (double)weight_decay);
   if (!(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f))
     return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                        "adamw_step: betas must lie in [0, 1) (got %g, %g)", (double)beta1,
+                        "betas must lie in [0, 1) (got %g, %g)", (double)beta1,
                         (double)beta2);
   /* per-call scalars in double, rounded once, as PyTorch computes them on the host */
   float decay = (float)(1.0 - (double)lr * (double)weight_decay);
@@ -65,7 +65,7 @@ gc_status be_sum_squares(be_ctx *bc, const float *x, int64_t n, double *out) {
   }
   double *partial = malloc((size_t)nch * sizeof(double));
   if (!partial)
-    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "sum_squares: scratch for %lld chunks",
+    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "sum of squares scratch for %lld chunks",
                         (long long)nch);
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < nch; k++) {
