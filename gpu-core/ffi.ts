@@ -76,4 +76,3 @@ export function openLibrary(path: string): { lib: GpuCoreLibrary; close: () => v
   const handle = dlopen(path, symbols);
   return { lib: handle.symbols, close: () => handle.close() };
 }
-

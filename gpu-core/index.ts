@@ -9,15 +9,7 @@ export type Backend = "cpu" | "cuda";
 export type DType = "f32" | "i32";
 export type Activation = "silu" | "gelu" | "gelu_tanh" | "quick_gelu";
 
-const STATUS_CODES = [
-  "OK",
-  "INVALID_ARGUMENT",
-  "SHAPE",
-  "HANDLE",
-  "OUT_OF_MEMORY",
-  "UNSUPPORTED",
-  "BACKEND",
-] as const;
+const STATUS_CODES = ["OK", "INVALID_ARGUMENT", "SHAPE", "HANDLE", "OUT_OF_MEMORY", "UNSUPPORTED", "BACKEND"] as const;
 export type StatusCode = (typeof STATUS_CODES)[number];
 
 const ACTIVATIONS: Record<Activation, number> = { silu: 0, gelu: 1, gelu_tanh: 2, quick_gelu: 3 };
@@ -70,11 +62,9 @@ function cString(s: string): Buffer {
 type Optional<T> = T | null | undefined;
 
 // Tensors dropped without close() are freed by the GC as a safety net; close() is the contract.
-const leakedTensors = new FinalizationRegistry<{ lib: GpuCoreLibrary; handle: number }>(
-  ({ lib, handle }) => {
-    lib.gc_tensor_free(handle);
-  },
-);
+const leakedTensors = new FinalizationRegistry<{ lib: GpuCoreLibrary; handle: number }>(({ lib, handle }) => {
+  lib.gc_tensor_free(handle);
+});
 
 export class Tensor<D extends DType = DType> {
   #handle: number;
@@ -305,17 +295,12 @@ export class Engine {
   }
 
   /** A new tensor with undefined contents (from `arena` when given). */
-  tensor<D extends DType = "f32">(
-    shape: readonly number[],
-    opts: { dtype?: D; arena?: Arena } = {},
-  ): Tensor<D> {
+  tensor<D extends DType = "f32">(shape: readonly number[], opts: { dtype?: D; arena?: Arena } = {}): Tensor<D> {
     const dtype = (opts.dtype ?? "f32") as D;
     const dims = dimsArray(shape);
     const out = new BigInt64Array(1);
     const arena = opts.arena ?? null;
-    this.check(
-      this.lib.gc_tensor_new(this.handle, arena ? arena.handle : 0, DTYPES[dtype], shape.length, dims, out),
-    );
+    this.check(this.lib.gc_tensor_new(this.handle, arena ? arena.handle : 0, DTYPES[dtype], shape.length, dims, out));
     const t = new Tensor(this, Number(out[0]), [...shape], dtype, arena);
     arena?.track(t);
     return t;

@@ -12,6 +12,7 @@
 #ifndef GPU_CORE_PHILOX_H
 #define GPU_CORE_PHILOX_H
 
+#include <math.h>
 #include <stdint.h>
 
 #ifdef __CUDACC__

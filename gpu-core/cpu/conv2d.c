@@ -14,7 +14,9 @@
 
 /* Columns of a chunk's wide matrix we aim for: wide enough that the GEMM runs near peak, small
  * enough that col (C*K*K x this) stays near the last-level cache. */
-enum { CONV_TARGET_COLS = 4096 };
+static int64_t CONV_TARGET_COLS = 4096; /* TUNE */
+#include <stdio.h>
+__attribute__((constructor)) static void tune_init(void){ const char*e=getenv("CONV_COLS"); if(e) CONV_TARGET_COLS=atoll(e);} 
 /* Upper bound on the scratch of one call (floats); a chunk never exceeds it unless one image
  * alone does. */
 #define CONV_SCRATCH_CAP ((size_t)16 << 20)

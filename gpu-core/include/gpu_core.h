@@ -91,6 +91,7 @@ gc_status gc_axpby(gc_handle ctx, gc_handle y, float alpha, gc_handle x, float b
 /* y = a + b. b has a's shape, or b's dims are a leading prefix of a's dims and b broadcasts
  * over the rest (a time-embedding bias [B,C] onto [B,C,H,W]). */
 gc_status gc_add_forward(gc_handle ctx, gc_handle y, gc_handle a, gc_handle b);
+/* da = dy and db = dy summed over the broadcast dims: both activation gradients, written (=). */
 gc_status gc_add_backward(gc_handle ctx, gc_handle da, gc_handle db, gc_handle dy);
 /* y[B,N,M] = transpose of x[B,M,N] over the last two dims (NCHW <-> tokens). */
 gc_status gc_transpose_forward(gc_handle ctx, gc_handle y, gc_handle x);

@@ -1,12 +1,12 @@
 // Bad input: every misuse returns a clear error (GpuCoreError with the C message) and the process
 // and the engine live on.
 import { afterAll, describe, expect, test } from "bun:test";
-import { Engine, GpuCoreError } from "../../gpu-core/index.ts";
+import { Engine, GpuCoreError, type StatusCode } from "../../gpu-core/index.ts";
 
 const engine = Engine.open();
 afterAll(() => engine.close());
 
-function expectError(fn: () => unknown, code: string, message: RegExp): void {
+function expectError(fn: () => unknown, code: StatusCode, message: RegExp): void {
   let caught: unknown;
   try {
     fn();
@@ -29,7 +29,11 @@ describe("bad input is refused with a clear error", () => {
     expectError(() => engine.conv2dForward(y, flat, w, null, 1, 1), "SHAPE", /x must be 4-D \[B,C,H,W\], got \[6\]/);
     const w3 = engine.zeros([4, 3, 3, 3]);
     const yBad = engine.zeros([2, 4, 7, 8]);
-    expectError(() => engine.conv2dForward(yBad, x, w3, null, 1, 1), "SHAPE", /y must have shape \[2,4,8,8\], got \[2,4,7,8\]/);
+    expectError(
+      () => engine.conv2dForward(yBad, x, w3, null, 1, 1),
+      "SHAPE",
+      /y must have shape \[2,4,8,8\], got \[2,4,7,8\]/,
+    );
     expectError(() => engine.conv2dForward(y, x, w3, null, 0, 1), "INVALID_ARGUMENT", /stride must be >= 1/);
     const lin = engine.zeros([5, 7]);
     const lw = engine.zeros([3, 6]);
@@ -49,7 +53,11 @@ describe("bad input is refused with a clear error", () => {
     const q = engine.zeros([2, 4, 8]);
     const k = engine.zeros([2, 5, 8]);
     const probs = engine.zeros([2, 2, 4, 5]);
-    expectError(() => engine.attentionForward(q, probs, q, k, k, 3, false), "INVALID_ARGUMENT", /heads \(3\) must divide/);
+    expectError(
+      () => engine.attentionForward(q, probs, q, k, k, 3, false),
+      "INVALID_ARGUMENT",
+      /heads \(3\) must divide/,
+    );
     expectError(() => engine.attentionForward(q, probs, q, k, k, 2, true), "SHAPE", /causal attention needs Tq == Tk/);
     for (const t of [x, w, y, flat, w3, yBad, lin, lw, ly, a, b, gx, stat, q, k, probs]) t.close();
   });
@@ -58,7 +66,11 @@ describe("bad input is refused with a clear error", () => {
     const ids = engine.fromInt32([0, 1, 70, 2], [1, 4]);
     const tok = engine.zeros([64, 8]);
     const y = engine.zeros([1, 4, 8]);
-    expectError(() => engine.embeddingForward(y, ids, tok, null), "INVALID_ARGUMENT", /token id 70 at \[0,2\] is outside \[0,64\)/);
+    expectError(
+      () => engine.embeddingForward(y, ids, tok, null),
+      "INVALID_ARGUMENT",
+      /token id 70 at \[0,2\] is outside \[0,64\)/,
+    );
     const fids = engine.zeros([1, 4]);
     expect(engine.lib.gc_embedding_forward(engine.handle, y.handle, fids.handle, tok.handle, 0)).toBe(1);
     expect(String(engine.lib.gc_last_error())).toMatch(/ids must be i32/);
@@ -69,8 +81,16 @@ describe("bad input is refused with a clear error", () => {
       "INVALID_ARGUMENT",
       /sample 0: alpha_prev \(0.4\) must be >= alpha_t \(0.5\)/,
     );
-    expectError(() => engine.ddimStepLogProb(lp, null, x, x, x, [0.5, Number.NaN], [0.6, 0.6], 1), "INVALID_ARGUMENT", /sample 1: alphas must lie in \(0,1\]/);
-    expectError(() => engine.ddimStepLogProb(lp, null, x, x, x, [0.5], [0.6], 1), "SHAPE", /one value per sample \(2\)/);
+    expectError(
+      () => engine.ddimStepLogProb(lp, null, x, x, x, [0.5, Number.NaN], [0.6, 0.6], 1),
+      "INVALID_ARGUMENT",
+      /sample 1: alphas must lie in \(0,1\]/,
+    );
+    expectError(
+      () => engine.ddimStepLogProb(lp, null, x, x, x, [0.5], [0.6], 1),
+      "SHAPE",
+      /one value per sample \(2\)/,
+    );
     expectError(() => engine.adamwStep(x, x, x, x, { lr: 1e-3, step: 0 }), "INVALID_ARGUMENT", /step must be >= 1/);
     expectError(() => engine.adamwStep(x, x, x, x, { lr: Number.NaN, step: 1 }), "INVALID_ARGUMENT", /need lr >= 0/);
     expectError(() => engine.axpby(x, Number.NaN, x, 1), "INVALID_ARGUMENT", /alpha must be finite/);

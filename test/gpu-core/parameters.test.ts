@@ -25,7 +25,13 @@ test("named views alias the flat buffers", () => {
   p.zeroGrad();
   expect(Array.from(p.grad("b.weight").read())).toEqual([0, 0, 0, 0]);
   expect(() => p.value("nope")).toThrow(/unknown parameter 'nope'/);
-  expect(() => new FlatParameters(engine, [{ name: "x", shape: [1] }, { name: "x", shape: [2] }])).toThrow(/duplicate/);
+  expect(
+    () =>
+      new FlatParameters(engine, [
+        { name: "x", shape: [1] },
+        { name: "x", shape: [2] },
+      ]),
+  ).toThrow(/duplicate/);
   p.close();
 });
 
