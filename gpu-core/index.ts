@@ -120,7 +120,9 @@ export class Tensor<D extends DType = DType> {
     const dims = dimsArray(shape);
     const out = new BigInt64Array(1);
     this.engine.check(this.engine.lib.gc_tensor_view(this.handle, offset, shape.length, dims, out));
-    return new Tensor(this.engine, Number(out[0]), [...shape], this.dtype, this.arena);
+    const t = new Tensor(this.engine, Number(out[0]), [...shape], this.dtype, this.arena);
+    this.arena?.track(t);
+    return t;
   }
 
   /** The same elements under another shape (a view). */

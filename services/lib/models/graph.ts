@@ -1,0 +1,343 @@
+// Graph: the Layers vocabulary computed on gpu-core. Forward ops allocate activations from an
+// arena and push their backward onto a tape; backward() replays the tape in reverse, writing
+// activation gradients (summed when a tensor feeds several ops) and accumulating parameter
+// gradients into the flat gradient buffer. Parameters without a gradient slot are frozen.
+
+import type { Activation, Arena, Engine, Tensor } from "../../../gpu-core/index.ts";
+import type { Layers } from "./layers.ts";
+
+export interface ParameterSlot {
+  value: Tensor;
+  grad: Tensor | null; // null: frozen
+}
+
+export interface ParameterSource {
+  lookup(name: string): ParameterSlot | undefined;
+}
+
+/** LoRA adapters on linear layers: y = W x + scale * B (A x), looked up by the base layer's name. */
+export interface LoraAdapters {
+  scale: number;
+  has(name: string): boolean;
+}
+
+export class Graph implements Layers<Tensor> {
+  readonly #tape: Array<() => void> = [];
+  readonly #grads = new Map<Tensor, Tensor>();
+  readonly #requires = new Set<Tensor>();
+  readonly #owned: Tensor[] = [];
+
+  constructor(
+    readonly engine: Engine,
+    readonly params: ParameterSource,
+    readonly arena: Arena,
+    readonly lora: LoraAdapters | null = null,
+  ) {}
+
+  /** Marks an input whose gradient backward() should compute (e.g. the sample, for tests). */
+  requireGrad(t: Tensor): Tensor {
+    this.#requires.add(t);
+    return t;
+  }
+
+  gradOf(t: Tensor): Tensor | undefined {
+    return this.#grads.get(t);
+  }
+
+  /** Runs the tape backwards from `output` with upstream gradient `seed` (same shape). */
+  backward(output: Tensor, seed: Tensor): void {
+    if (seed.shape.join() !== output.shape.join()) {
+      throw new Error(`backward: seed [${seed.shape}] does not match output [${output.shape}]`);
+    }
+    this.#grads.set(output, seed);
+    for (let i = this.#tape.length - 1; i >= 0; i--) this.#tape[i]!();
+    this.#tape.length = 0;
+  }
+
+  /** Closes views of non-arena inputs; arena tensors die with arena.reset(). */
+  dispose(): void {
+    for (const t of this.#owned) t.close();
+    this.#owned.length = 0;
+    this.#tape.length = 0;
+    this.#grads.clear();
+    this.#requires.clear();
+  }
+
+  // ---- plumbing ---------------------------------------------------------------------------
+
+  #new(shape: readonly number[]): Tensor<"f32"> {
+    return this.engine.tensor(shape, { arena: this.arena });
+  }
+
+  #param(name: string): ParameterSlot {
+    const p = this.params.lookup(name);
+    if (!p) throw new Error(`model parameter '${name}' is missing`);
+    return p;
+  }
+
+  #optionalParam(name: string): ParameterSlot | null {
+    return this.params.lookup(name) ?? null;
+  }
+
+  /** y requires a gradient when any input does or any parameter is trainable. */
+  #mark(y: Tensor, inputs: Tensor[], params: Array<ParameterSlot | null> = []): Tensor {
+    if (inputs.some((t) => this.#requires.has(t)) || params.some((p) => p?.grad)) this.#requires.add(y);
+    return y;
+  }
+
+  /** A fresh buffer for x's gradient contribution, or null when x needs none. */
+  #slot(x: Tensor): Tensor | null {
+    return this.#requires.has(x) ? this.#new(x.shape) : null;
+  }
+
+  /** Adds a contribution to x's gradient (the first one is kept as is). */
+  #commit(x: Tensor, contribution: Tensor | null): void {
+    if (!contribution) return;
+    const prior = this.#grads.get(x);
+    if (prior) this.engine.axpby(prior, 1, contribution, 1);
+    else this.#grads.set(x, contribution);
+  }
+
+  /** Records a backward step that runs only when y received a gradient. */
+  #onBackward(y: Tensor, step: (gy: Tensor) => void): void {
+    if (!this.#requires.has(y)) return;
+    this.#tape.push(() => {
+      const gy = this.#grads.get(y);
+      if (gy) step(gy);
+    });
+  }
+
+  // ---- layers ----------------------------------------------------------------------------
+
+  linear(x: Tensor, name: string, out: number, bias = true): Tensor {
+    const w = this.#param(`${name}.weight`);
+    const b = bias ? this.#param(`${name}.bias`) : null;
+    if (w.value.shape[0] !== out) {
+      throw new Error(`${name}.weight has ${w.value.shape[0]} outputs, the model expects ${out}`);
+    }
+    const y = this.#new([...x.shape.slice(0, -1), out]);
+    this.engine.linearForward(y, x, w.value, b?.value);
+    this.#mark(y, [x], [w, b]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      this.engine.linearBackward(dx, w.grad, b?.grad, gy, x, w.value);
+      this.#commit(x, dx);
+    });
+    if (this.lora?.has(name)) return this.add(y, this.#loraDelta(x, name, out));
+    return y;
+  }
+
+  /** scale * B (A x) with A [r,in], B [out,r]. */
+  #loraDelta(x: Tensor, name: string, out: number): Tensor {
+    const a = this.#param(`${name}.lora_A.weight`);
+    const rank = a.value.shape[0] ?? 0;
+    const down = this.linear(x, `${name}.lora_A`, rank, false);
+    const up = this.linear(down, `${name}.lora_B`, out, false);
+    return this.scale(up, this.lora?.scale ?? 1);
+  }
+
+  /** y = alpha * x. */
+  scale(x: Tensor, alpha: number): Tensor {
+    const y = this.#new(x.shape);
+    this.engine.axpby(y, alpha, x, 0);
+    this.#mark(y, [x]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      if (dx) this.engine.axpby(dx, alpha, gy, 0);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  conv2d(x: Tensor, name: string, out: number, k: number, stride: number, pad: number): Tensor {
+    const w = this.#param(`${name}.weight`);
+    const b = this.#optionalParam(`${name}.bias`);
+    const [bs, , h, wd] = x.shape as [number, number, number, number];
+    if (w.value.shape[0] !== out || w.value.shape[2] !== k) {
+      throw new Error(`${name}.weight is [${w.value.shape}], the model expects ${out} outputs and kernel ${k}`);
+    }
+    const y = this.#new([
+      bs,
+      out,
+      Math.floor((h + 2 * pad - k) / stride) + 1,
+      Math.floor((wd + 2 * pad - k) / stride) + 1,
+    ]);
+    this.engine.conv2dForward(y, x, w.value, b?.value, stride, pad);
+    this.#mark(y, [x], [w, b]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      this.engine.conv2dBackward(dx, w.grad, b?.grad, gy, x, w.value, stride, pad);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  groupNorm(x: Tensor, name: string, groups: number, eps: number): Tensor {
+    const gamma = this.#param(`${name}.weight`);
+    const beta = this.#param(`${name}.bias`);
+    const y = this.#new(x.shape);
+    const mean = this.#new([x.shape[0] ?? 1, groups]);
+    const rstd = this.#new([x.shape[0] ?? 1, groups]);
+    this.engine.groupNormForward(y, mean, rstd, x, gamma.value, beta.value, groups, eps);
+    this.#mark(y, [x], [gamma, beta]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      this.engine.groupNormBackward(dx, gamma.grad, beta.grad, gy, x, mean, rstd, gamma.value, groups);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  layerNorm(x: Tensor, name: string, eps: number): Tensor {
+    const gamma = this.#param(`${name}.weight`);
+    const beta = this.#param(`${name}.bias`);
+    const rows = x.numel / (x.shape[x.shape.length - 1] ?? 1);
+    const y = this.#new(x.shape);
+    const mean = this.#new([rows]);
+    const rstd = this.#new([rows]);
+    this.engine.layerNormForward(y, mean, rstd, x, gamma.value, beta.value, eps);
+    this.#mark(y, [x], [gamma, beta]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      this.engine.layerNormBackward(dx, gamma.grad, beta.grad, gy, x, mean, rstd, gamma.value);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  act(kind: Activation, x: Tensor): Tensor {
+    const y = this.#new(x.shape);
+    this.engine.activationForward(kind, y, x);
+    this.#mark(y, [x]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      if (dx) this.engine.activationBackward(kind, dx, gy, x);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  geglu(x: Tensor): Tensor {
+    const y = this.#new([...x.shape.slice(0, -1), (x.shape[x.shape.length - 1] ?? 0) / 2]);
+    this.engine.gegluForward(y, x);
+    this.#mark(y, [x]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      if (dx) this.engine.gegluBackward(dx, gy, x);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  attention(q: Tensor, k: Tensor, v: Tensor, heads: number, causal: boolean): Tensor {
+    const [b, tq] = q.shape as [number, number, number];
+    const tk = k.shape[1] ?? 0;
+    const out = this.#new(q.shape);
+    const probs = this.#new([b, heads, tq, tk]);
+    this.engine.attentionForward(out, probs, q, k, v, heads, causal);
+    this.#mark(out, [q, k, v]);
+    this.#onBackward(out, (gy) => {
+      const dq = this.#slot(q);
+      const dk = this.#slot(k);
+      const dv = this.#slot(v);
+      this.engine.attentionBackward(dq, dk, dv, gy, q, k, v, probs, heads);
+      this.#commit(q, dq);
+      this.#commit(k, dk);
+      this.#commit(v, dv);
+    });
+    return out;
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    const y = this.#new(a.shape);
+    this.engine.addForward(y, a, b);
+    this.#mark(y, [a, b]);
+    this.#onBackward(y, (gy) => {
+      // da = gy exactly: the first contribution to a's gradient can share gy's memory, since gy
+      // is final once this step runs. b always gets its own buffer so the two never alias.
+      if (this.#requires.has(a)) {
+        if (this.#grads.has(a)) this.engine.axpby(this.#grads.get(a)!, 1, gy, 1);
+        else this.#grads.set(a, gy);
+      }
+      const db = this.#slot(b);
+      if (db) this.engine.addBackward(null, db, gy);
+      this.#commit(b, db);
+    });
+    return y;
+  }
+
+  concat(a: Tensor, b: Tensor): Tensor {
+    const y = this.#new([a.shape[0] ?? 0, (a.shape[1] ?? 0) + (b.shape[1] ?? 0), ...a.shape.slice(2)]);
+    this.engine.concatForward(y, a, b);
+    this.#mark(y, [a, b]);
+    this.#onBackward(y, (gy) => {
+      const da = this.#new(a.shape);
+      const db = this.#new(b.shape);
+      this.engine.concatBackward(da, db, gy);
+      if (this.#requires.has(a)) this.#commit(a, da);
+      if (this.#requires.has(b)) this.#commit(b, db);
+    });
+    return y;
+  }
+
+  upsample2x(x: Tensor): Tensor {
+    const [b, c, h, w] = x.shape as [number, number, number, number];
+    const y = this.#new([b, c, 2 * h, 2 * w]);
+    this.engine.upsample2xForward(y, x);
+    this.#mark(y, [x]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      if (dx) this.engine.upsample2xBackward(dx, gy);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  transpose(x: Tensor): Tensor {
+    const n = x.shape.length;
+    const y = this.#new([...x.shape.slice(0, n - 2), x.shape[n - 1] ?? 0, x.shape[n - 2] ?? 0]);
+    this.engine.transposeForward(y, x);
+    this.#mark(y, [x]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      if (dx) this.engine.transposeBackward(dx, gy);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  reshape(x: Tensor, shape: readonly number[]): Tensor {
+    const y = x.view(0, shape);
+    if (!x.arena) this.#owned.push(y);
+    this.#mark(y, [x]);
+    this.#onBackward(y, (gy) => {
+      if (!this.#requires.has(x)) return;
+      const gx = gy.view(0, x.shape);
+      if (!gy.arena) this.#owned.push(gx);
+      // As in add(): gy is final here, so its memory may serve as x's gradient.
+      const prior = this.#grads.get(x);
+      if (prior) this.engine.axpby(prior, 1, gx, 1);
+      else this.#grads.set(x, gx);
+    });
+    return y;
+  }
+
+  timestepEmbedding(t: Tensor, dim: number, flipSinToCos: boolean, freqShift: number): Tensor {
+    const y = this.#new([t.shape[0] ?? 0, dim]);
+    this.engine.timestepEmbeddingForward(y, t, { flipSinToCos, freqShift });
+    return y;
+  }
+
+  embedding(ids: Tensor, tokName: string, _vocab: number, dim: number, posName: string): Tensor {
+    const tok = this.#param(tokName);
+    const pos = this.#param(posName);
+    const y = this.#new([...ids.shape, dim]);
+    const idsI32 = ids as Tensor<"i32">;
+    this.engine.embeddingForward(y, idsI32, tok.value, pos.value);
+    this.#mark(y, [], [tok, pos]);
+    this.#onBackward(y, (gy) => {
+      this.engine.embeddingBackward(tok.grad, pos.grad, gy, idsI32);
+    });
+    return y;
+  }
+}

@@ -1,0 +1,157 @@
+// The layer vocabulary models are written in. A model is one function over `Layers<T>`, run
+// twice in two meanings: over ShapeRecorder it lists the parameters (names from diffusers /
+// transformers, shapes from the config), over Graph (graph.ts) it computes on gpu-core and
+// records the backward pass. One definition, so names, shapes and order cannot drift apart.
+
+import type { Activation } from "../../../gpu-core/index.ts";
+
+export interface Shaped {
+  readonly shape: readonly number[];
+}
+
+export interface ParameterShape {
+  name: string;
+  shape: number[];
+  /** How a fresh model initialises it (PyTorch defaults). */
+  init: "fan_in" | "ones" | "zeros" | "normal";
+  fanIn: number;
+  std?: number;
+}
+
+export interface Layers<T extends Shaped> {
+  /** y[..., out] = x[..., in] W^T + b, parameters `${name}.weight` [out,in] and `${name}.bias`. */
+  linear(x: T, name: string, out: number, bias?: boolean): T;
+  /** NCHW conv with square kernel k; `${name}.weight` [out,in,k,k], `${name}.bias` [out]. */
+  conv2d(x: T, name: string, out: number, k: number, stride: number, pad: number): T;
+  /** Affine group norm over x[B,C,...] (`${name}.weight`, `${name}.bias` [C]). */
+  groupNorm(x: T, name: string, groups: number, eps: number): T;
+  /** Affine layer norm over the last dim. */
+  layerNorm(x: T, name: string, eps: number): T;
+  act(kind: Activation, x: T): T;
+  geglu(x: T): T;
+  /** q[B,Tq,C], k,v[B,Tk,C] -> [B,Tq,C]. */
+  attention(q: T, k: T, v: T, heads: number, causal: boolean): T;
+  /** a + b; b the same shape or a leading-prefix broadcast ([B,C] onto [B,C,H,W]). */
+  add(a: T, b: T): T;
+  /** Channel concat of [B,Ca,...] and [B,Cb,...]. */
+  concat(a: T, b: T): T;
+  upsample2x(x: T): T;
+  /** [B,M,N] -> [B,N,M]. */
+  transpose(x: T): T;
+  reshape(x: T, shape: readonly number[]): T;
+  /** t[B] -> [B,dim] sinusoidal (no parameters, no gradient). */
+  timestepEmbedding(t: T, dim: number, flipSinToCos: boolean, freqShift: number): T;
+  /** ids[B,L] (i32) -> tok[ids] + pos[0..L) with `${tokName}` [vocab,dim], `${posName}` [maxPos,dim]. */
+  embedding(ids: T, tokName: string, vocab: number, dim: number, posName: string, maxPositions: number): T;
+}
+
+class Shape implements Shaped {
+  constructor(readonly shape: readonly number[]) {}
+}
+
+function last(shape: readonly number[]): number {
+  return shape[shape.length - 1] ?? 0;
+}
+
+function fail(message: string): never {
+  throw new Error(`model definition: ${message}`);
+}
+
+/** Runs a model definition on shapes only and collects its parameters in order of first use. */
+export class ShapeRecorder implements Layers<Shaped> {
+  readonly parameters: ParameterShape[] = [];
+  readonly #seen = new Map<string, ParameterShape>();
+
+  input(shape: readonly number[]): Shaped {
+    return new Shape(shape);
+  }
+
+  #param(p: ParameterShape): void {
+    const prior = this.#seen.get(p.name);
+    if (prior) {
+      if (prior.shape.join() !== p.shape.join()) {
+        fail(`parameter ${p.name} used with shapes [${prior.shape}] and [${p.shape}]`);
+      }
+      return;
+    }
+    this.#seen.set(p.name, p);
+    this.parameters.push(p);
+  }
+
+  linear(x: Shaped, name: string, out: number, bias = true): Shaped {
+    const inF = last(x.shape);
+    this.#param({ name: `${name}.weight`, shape: [out, inF], init: "fan_in", fanIn: inF });
+    if (bias) this.#param({ name: `${name}.bias`, shape: [out], init: "fan_in", fanIn: inF });
+    return new Shape([...x.shape.slice(0, -1), out]);
+  }
+
+  conv2d(x: Shaped, name: string, out: number, k: number, stride: number, pad: number): Shaped {
+    const [b, c, h, w] = x.shape as [number, number, number, number];
+    const fanIn = c * k * k;
+    this.#param({ name: `${name}.weight`, shape: [out, c, k, k], init: "fan_in", fanIn });
+    this.#param({ name: `${name}.bias`, shape: [out], init: "fan_in", fanIn });
+    return new Shape([b, out, Math.floor((h + 2 * pad - k) / stride) + 1, Math.floor((w + 2 * pad - k) / stride) + 1]);
+  }
+
+  groupNorm(x: Shaped, name: string, groups: number, _eps: number): Shaped {
+    const c = x.shape[1] ?? 0;
+    if (c % groups !== 0) fail(`${name}: ${groups} groups do not divide ${c} channels`);
+    this.#param({ name: `${name}.weight`, shape: [c], init: "ones", fanIn: 1 });
+    this.#param({ name: `${name}.bias`, shape: [c], init: "zeros", fanIn: 1 });
+    return x;
+  }
+
+  layerNorm(x: Shaped, name: string, _eps: number): Shaped {
+    const d = last(x.shape);
+    this.#param({ name: `${name}.weight`, shape: [d], init: "ones", fanIn: 1 });
+    this.#param({ name: `${name}.bias`, shape: [d], init: "zeros", fanIn: 1 });
+    return x;
+  }
+
+  act(_kind: Activation, x: Shaped): Shaped {
+    return x;
+  }
+
+  geglu(x: Shaped): Shaped {
+    return new Shape([...x.shape.slice(0, -1), last(x.shape) / 2]);
+  }
+
+  attention(q: Shaped, k: Shaped, _v: Shaped, heads: number, _causal: boolean): Shaped {
+    if (last(q.shape) % heads !== 0) fail(`${heads} heads do not divide width ${last(q.shape)}`);
+    if (last(k.shape) !== last(q.shape)) fail("q and k widths differ");
+    return q;
+  }
+
+  add(a: Shaped, b: Shaped): Shaped {
+    if (!b.shape.every((d, i) => a.shape[i] === d)) fail(`cannot add [${b.shape}] to [${a.shape}]`);
+    return a;
+  }
+
+  concat(a: Shaped, b: Shaped): Shaped {
+    return new Shape([a.shape[0] ?? 0, (a.shape[1] ?? 0) + (b.shape[1] ?? 0), ...a.shape.slice(2)]);
+  }
+
+  upsample2x(x: Shaped): Shaped {
+    const [b, c, h, w] = x.shape as [number, number, number, number];
+    return new Shape([b, c, 2 * h, 2 * w]);
+  }
+
+  transpose(x: Shaped): Shaped {
+    const n = x.shape.length;
+    return new Shape([...x.shape.slice(0, n - 2), x.shape[n - 1] ?? 0, x.shape[n - 2] ?? 0]);
+  }
+
+  reshape(_x: Shaped, shape: readonly number[]): Shaped {
+    return new Shape(shape);
+  }
+
+  timestepEmbedding(t: Shaped, dim: number): Shaped {
+    return new Shape([t.shape[0] ?? 0, dim]);
+  }
+
+  embedding(ids: Shaped, tokName: string, vocab: number, dim: number, posName: string, maxPositions: number): Shaped {
+    this.#param({ name: tokName, shape: [vocab, dim], init: "normal", fanIn: 1, std: 0.02 });
+    this.#param({ name: posName, shape: [maxPositions, dim], init: "normal", fanIn: 1, std: 0.01 });
+    return new Shape([...ids.shape, dim]);
+  }
+}
