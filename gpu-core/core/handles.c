@@ -285,19 +285,9 @@ gc_status gc_arena_reset(gc_handle arena) {
   gc_arena *a = handle_get(arena, KIND_ARENA, "arena");
   if (!a) return GC_ERR_HANDLE;
   arena_release_tensors(a);
-  if (a->nchunks > 1) {
-    /* Coalesce into one chunk as large as everything used, so the next step needs no growth. */
-    int64_t total = 0;
-    for (int i = 0; i < a->nchunks; i++) {
-      total += a->chunks[i].cap;
-      be_free(a->ctx->be, a->chunks[i].data);
-      account(a->ctx, -a->chunks[i].cap);
-    }
-    a->nchunks = 0;
-    gc_status s = arena_add_chunk(a, total);
-    if (s != GC_OK) return s;
-  }
-  if (a->nchunks == 1) a->chunks[0].used = 0;
+  /* Chunks are kept: the next step reuses the same (already faulted-in) memory. */
+  for (int i = 0; i < a->nchunks; i++) a->chunks[i].used = 0;
+  a->current = 0;
   return GC_OK;
 }
 
@@ -313,10 +303,11 @@ gc_status gc_arena_destroy(gc_handle arena) {
   return GC_OK;
 }
 
+/* Bump allocation through the chunks in order; a new chunk (twice the last) when none fits. */
 static void *arena_alloc(gc_arena *a, int64_t bytes) {
   int64_t need = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
-  if (a->nchunks > 0) {
-    arena_chunk *ch = &a->chunks[a->nchunks - 1];
+  for (; a->current < a->nchunks; a->current++) {
+    arena_chunk *ch = &a->chunks[a->current];
     if (ch->cap - ch->used >= need) {
       void *p = (char *)ch->data + ch->used;
       ch->used += need;
@@ -327,7 +318,8 @@ static void *arena_alloc(gc_arena *a, int64_t bytes) {
   int64_t cap = last * 2 > need ? last * 2 : need;
   if (cap < ((int64_t)1 << 20)) cap = (int64_t)1 << 20;
   if (arena_add_chunk(a, cap) != GC_OK) return NULL;
-  arena_chunk *ch = &a->chunks[a->nchunks - 1];
+  a->current = a->nchunks - 1;
+  arena_chunk *ch = &a->chunks[a->current];
   ch->used = need;
   return ch->data;
 }

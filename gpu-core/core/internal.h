@@ -22,6 +22,7 @@ typedef struct gc_arena {
   gc_handle id;
   gc_ctx *ctx;
   int nchunks;
+  int current; /* chunk that bump allocation continues in */
   arena_chunk chunks[ARENA_MAX_CHUNKS];
 } gc_arena;
 

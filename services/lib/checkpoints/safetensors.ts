@@ -28,6 +28,7 @@ export const DTYPE_SIZES = {
 
 export type SafetensorsDType = keyof typeof DTYPE_SIZES;
 export type WritableDType = "F32" | "F16" | "BF16" | "I32";
+export const WRITABLE_DTYPES: readonly WritableDType[] = ["F32", "F16", "BF16", "I32"];
 
 const DTYPE_RANK = new Map(Object.keys(DTYPE_SIZES).map((d, i) => [d, i]));
 const FLOAT_DTYPES = new Set<SafetensorsDType>(["F16", "BF16", "F32", "F64"]);
@@ -73,8 +74,11 @@ export interface LoadedTensor {
 export interface TensorToWrite {
   readonly shape: readonly number[];
   readonly data: Float32Array | Int32Array;
-  /** Defaults to F32 for Float32Array and I32 for Int32Array; F16/BF16 round a Float32Array. */
-  readonly dtype?: WritableDType;
+  /**
+   * Defaults to F32 for Float32Array and I32 for Int32Array; F16/BF16 round a Float32Array. Typed
+   * as any dtype so tensors read from a file write back as they are; only WRITABLE_DTYPES pass.
+   */
+  readonly dtype?: SafetensorsDType;
 }
 
 export type TensorsToWrite = ReadonlyMap<string, TensorToWrite> | Readonly<Record<string, TensorToWrite>>;
@@ -262,7 +266,12 @@ function fileSource(path: string): ByteSource {
       const out = new Uint8Array(length);
       let done = 0;
       while (done < length) {
-        const n = readSync(fd, out, done, length - done, position + done);
+        let n: number;
+        try {
+          n = readSync(fd, out, done, length - done, position + done);
+        } catch (err) {
+          throw new SafetensorsError(path, `cannot read: ${(err as Error).message}`);
+        }
         if (n === 0) throw new SafetensorsError(path, `file ended at byte ${position + done} (changed while reading?)`);
         done += n;
       }
@@ -596,12 +605,15 @@ function entriesOf(tensors: TensorsToWrite): [string, TensorToWrite][] {
 }
 
 /** The tensor's bytes in `dtype` (views, not copies, for F32 and I32). */
-function encodeTensor(name: string, t: TensorToWrite): { dtype: WritableDType; bytes: Uint8Array } {
+function encodeTensor(name: string, t: TensorToWrite): { dtype: SafetensorsDType; bytes: Uint8Array } {
   const isFloat = t.data instanceof Float32Array;
   if (!isFloat && !(t.data instanceof Int32Array)) {
     throw new Error(`tensor '${name}': data must be a Float32Array or an Int32Array`);
   }
   const dtype = t.dtype ?? (isFloat ? "F32" : "I32");
+  if (!(WRITABLE_DTYPES as readonly string[]).includes(dtype)) {
+    throw new Error(`tensor '${name}': writing ${dtype} is not supported (writable: ${WRITABLE_DTYPES.join(", ")})`);
+  }
   if ((dtype === "I32") === isFloat) {
     throw new Error(`tensor '${name}': dtype ${dtype} does not match its ${t.data.constructor.name}`);
   }

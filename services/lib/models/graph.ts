@@ -322,6 +322,66 @@ export class Graph implements Layers<Tensor> {
     return y;
   }
 
+  /** [Ba,...] and [Bb,...] -> [Ba+Bb,...] along the batch (classifier-free guidance). */
+  batchConcat(a: Tensor, b: Tensor): Tensor {
+    const y = this.#new([(a.shape[0] ?? 0) + (b.shape[0] ?? 0), ...a.shape.slice(1)]);
+    const [ya, yb] = [y.view(0, a.shape), y.view(a.numel, b.shape)];
+    this.engine.copy(ya, a);
+    this.engine.copy(yb, b);
+    this.#mark(y, [a, b]);
+    this.#onBackward(y, (gy) => {
+      // Disjoint views of the final gy serve as the halves' gradient contributions.
+      this.#commit(a, this.#requires.has(a) ? gy.view(0, a.shape) : null);
+      this.#commit(b, this.#requires.has(b) ? gy.view(a.numel, b.shape) : null);
+    });
+    return y;
+  }
+
+  /** x[B,...] -> (x[:first], x[first:]) as views. */
+  batchSplit(x: Tensor, first: number): [Tensor, Tensor] {
+    const rows = x.shape[0] ?? 0;
+    const per = x.numel / rows;
+    const parts: Array<[number, number]> = [
+      [0, first],
+      [first, rows - first],
+    ];
+    const views = parts.map(([start, count]) => {
+      const y = x.view(start * per, [count, ...x.shape.slice(1)]);
+      if (!x.arena) this.#owned.push(y);
+      this.#mark(y, [x]);
+      this.#onBackward(y, (gy) => {
+        if (!this.#requires.has(x)) return;
+        let gx = this.#grads.get(x);
+        if (!gx) {
+          gx = this.#new(x.shape);
+          this.engine.fill(gx, 0);
+          this.#grads.set(x, gx);
+        }
+        const region = gx.view(start * per, y.shape);
+        this.engine.axpby(region, 1, gy, 1);
+      });
+      return y;
+    });
+    return [views[0]!, views[1]!];
+  }
+
+  /** y = alpha * a + beta * b (same shapes). */
+  combine(a: Tensor, alpha: number, b: Tensor, beta: number): Tensor {
+    const y = this.#new(a.shape);
+    this.engine.copy(y, b);
+    this.engine.axpby(y, alpha, a, beta);
+    this.#mark(y, [a, b]);
+    this.#onBackward(y, (gy) => {
+      const da = this.#slot(a);
+      if (da) this.engine.axpby(da, alpha, gy, 0);
+      this.#commit(a, da);
+      const db = this.#slot(b);
+      if (db) this.engine.axpby(db, beta, gy, 0);
+      this.#commit(b, db);
+    });
+    return y;
+  }
+
   timestepEmbedding(t: Tensor, dim: number, flipSinToCos: boolean, freqShift: number): Tensor {
     const y = this.#new([t.shape[0] ?? 0, dim]);
     this.engine.timestepEmbeddingForward(y, t, { flipSinToCos, freqShift });

@@ -1,0 +1,162 @@
+// The `ddpo` command: `bun run services/cli/ddpo.ts <command> [--flag value ...]`.
+//   pretrain   train a base model on the emoji images (resumable)
+//   sample     draw images for prompts from a model folder into a PNG grid
+import { parseArgs } from "node:util";
+import { Engine } from "../../gpu-core/index.ts";
+import { loadEmojiDataset } from "../lib/data/emoji.ts";
+import { sampleImages, toUint8Images } from "../lib/diffusion/sampler.ts";
+import { TextToImageModel } from "../lib/models/text-to-image.ts";
+import { imageGridPng } from "../lib/plots/image-grid.ts";
+import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
+import { formatSeconds, ProgressBar } from "./progress.ts";
+
+export const SHOWCASE_PROMPTS = [
+  "cat face",
+  "red apple",
+  "tiger",
+  "dog face",
+  "sun",
+  "fire",
+  "green heart",
+  "pizza",
+  "frog",
+  "banana",
+  "panda",
+  "snowman",
+  "rocket",
+  "blue heart",
+  "watermelon",
+  "penguin",
+];
+
+const USAGE = `usage: ddpo <command> [options]
+  pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
+  sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]`;
+
+function num(v: string | undefined, fallback: number, name: string): number {
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new Error(`--${name} must be a number, got '${v}'`);
+  return n;
+}
+
+async function pretrainCommand(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      out: { type: "string" },
+      "state-dir": { type: "string" },
+      steps: { type: "string" },
+      batch: { type: "string" },
+      lr: { type: "string" },
+      seed: { type: "string" },
+      channels: { type: "string" },
+      "checkpoint-every": { type: "string" },
+      fresh: { type: "boolean" },
+      samples: { type: "string" },
+    },
+  });
+  if (!values.out) throw new Error("pretrain: --out DIR is required");
+  const d = PRETRAIN_DEFAULTS;
+  const options = {
+    ...d,
+    out: values.out,
+    stateDir: values["state-dir"] ?? `${values.out}.training`,
+    steps: num(values.steps, d.steps, "steps"),
+    batchSize: num(values.batch, d.batchSize, "batch"),
+    lr: num(values.lr, d.lr, "lr"),
+    seed: num(values.seed, d.seed, "seed"),
+    checkpointEvery: num(values["checkpoint-every"], d.checkpointEvery, "checkpoint-every"),
+    blockOutChannels: values.channels
+      ? values.channels.split(",").map((c) => num(c, 0, "channels"))
+      : d.blockOutChannels,
+    resume: !values.fresh,
+  };
+  const dataset = await loadEmojiDataset();
+  console.error(
+    `pretrain: ${dataset.records.length} captioned emoji images, ${options.steps} steps of ${options.batchSize}`,
+  );
+  const engine = Engine.open();
+  const bar = new ProgressBar(options.steps);
+  const { model, losses } = await pretrain(engine, dataset, options, (p) => {
+    const eta = ((p.steps - p.step) * options.batchSize) / p.imagesPerSecond;
+    bar.update(
+      p.step,
+      `loss ${p.loss.toFixed(4)} (ema ${p.lossEma.toFixed(4)}) ${p.imagesPerSecond.toFixed(1)} img/s lr ${p.lr.toExponential(1)} eta ${formatSeconds(eta)}`,
+    );
+  });
+  const tail = losses.slice(-100);
+  console.log(
+    `pretrain: done, ${losses.length} steps, mean loss of the last ${tail.length}: ${(tail.reduce((a, b) => a + b, 0) / tail.length).toFixed(4)}; ` +
+      `model in ${options.out} (${model.parameterCount.unet} UNet + ${model.parameterCount.textEncoder} text-encoder parameters)`,
+  );
+  if (values.samples)
+    await writeSampleGrid(model, SHOWCASE_PROMPTS, values.samples, { steps: 50, guidance: 3, eta: 1, seed: 1 });
+  model.close();
+  engine.close();
+}
+
+async function writeSampleGrid(
+  model: TextToImageModel,
+  prompts: readonly string[],
+  out: string,
+  o: { steps: number; guidance: number; eta: number; seed: number },
+): Promise<void> {
+  const started = performance.now();
+  const result = sampleImages(model, prompts, { ...o, seeds: prompts.map((_, i) => o.seed + i) });
+  const size = model.unetConfig.sample_size;
+  await imageGridPng(out, toUint8Images(result.images, prompts.length, model.unetConfig.out_channels, size), {
+    cols: Math.min(8, prompts.length),
+    scale: 3,
+    height: size,
+    width: size,
+    captions: [...prompts],
+  });
+  console.log(`sample: ${prompts.length} images in ${((performance.now() - started) / 1000).toFixed(1)} s -> ${out}`);
+}
+
+async function sampleCommand(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: "string" },
+      prompt: { type: "string", multiple: true },
+      out: { type: "string" },
+      steps: { type: "string" },
+      guidance: { type: "string" },
+      eta: { type: "string" },
+      seed: { type: "string" },
+    },
+  });
+  if (!values.model) throw new Error("sample: --model DIR is required");
+  const engine = Engine.open();
+  const model = TextToImageModel.load(engine, values.model);
+  await writeSampleGrid(model, values.prompt?.length ? values.prompt : SHOWCASE_PROMPTS, values.out ?? "samples.png", {
+    steps: num(values.steps, 50, "steps"),
+    guidance: num(values.guidance, 3, "guidance"),
+    eta: num(values.eta, 1, "eta"),
+    seed: num(values.seed, 1, "seed"),
+  });
+  model.close();
+  engine.close();
+}
+
+const commands: Record<string, (argv: string[]) => Promise<void>> = {
+  pretrain: pretrainCommand,
+  sample: sampleCommand,
+};
+
+if (import.meta.main) {
+  const [name, ...rest] = process.argv.slice(2);
+  const command = name ? commands[name] : undefined;
+  if (!command) {
+    console.error(USAGE);
+    process.exit(2);
+  }
+  try {
+    await command(rest);
+  } catch (err) {
+    console.error(`ddpo ${name}: ${err instanceof Error ? err.message : String(err)}`);
+    process.exit(1);
+  }
+}

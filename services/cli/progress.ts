@@ -1,0 +1,33 @@
+// A terminal progress bar on stderr: redrawn in place on a TTY, one line every `every` updates
+// otherwise (logs, CI).
+
+export class ProgressBar {
+  #last = 0;
+  readonly #tty = Boolean(process.stderr.isTTY);
+
+  constructor(
+    readonly total: number,
+    readonly every = 25,
+  ) {}
+
+  update(done: number, text: string): void {
+    const width = 28;
+    const filled = Math.round((width * done) / this.total);
+    const bar = `[${"#".repeat(filled)}${" ".repeat(width - filled)}] ${done}/${this.total} ${text}`;
+    if (this.#tty) {
+      process.stderr.write(`\r${bar}\x1b[K`);
+      if (done === this.total) process.stderr.write("\n");
+    } else if (done - this.#last >= this.every || done === this.total) {
+      this.#last = done;
+      process.stderr.write(`${bar}\n`);
+    }
+  }
+}
+
+export function formatSeconds(s: number): string {
+  if (!Number.isFinite(s)) return "?";
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = Math.floor(s % 60);
+  return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(sec).padStart(2, "0")}s`;
+}
