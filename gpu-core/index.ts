@@ -49,6 +49,9 @@ function loadLibrary(backend: Backend): GpuCoreLibrary {
         `gpu-core ${backend} backend is not built (${path} is missing): run \`npm run build\``,
       );
     }
+    // OpenMP threads that spin while waiting starve everything else when a machine runs several
+    // engine processes (Sampler and Trainer side by side); libgomp reads this when it loads.
+    process.env.OMP_WAIT_POLICY ??= "PASSIVE";
     lib = openLibrary(path).lib;
     libraries.set(backend, lib);
   }

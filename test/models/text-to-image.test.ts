@@ -51,7 +51,7 @@ function predict(model: TextToImageModel, prompts: string[], seed: number): Floa
     { arena },
   );
   const { context } = model.encodePrompts(g, prompts);
-  const out = model.predictNoise(g, x, t, context).read();
+  const out = model.predictNoise(g, x, t, context).read() as Float32Array;
   g.dispose();
   arena.close();
   return out;

@@ -1,0 +1,34 @@
+// The machine's own sgemm rate, measured through the engine (a bias-free linearForward is one
+// cblas_sgemm on the CPU backend, one cublasSgemm on CUDA): the denominator of every ratio.
+import type { Engine } from "../gpu-core/index.ts";
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? Number.NaN;
+}
+
+/** Median seconds of fn over `samples` runs after one warm-up (synchronised). */
+export function timeIt(engine: Engine, fn: () => void, samples: number): number {
+  fn();
+  engine.synchronize();
+  const times: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t0 = performance.now();
+    fn();
+    engine.synchronize();
+    times.push((performance.now() - t0) / 1000);
+  }
+  return median(times);
+}
+
+/** GFLOP/s of an n x n x n sgemm. */
+export function sgemmGflops(engine: Engine, n = 1536, samples = 5): number {
+  const x = engine.tensor([n, n]);
+  const w = engine.tensor([n, n]);
+  const y = engine.tensor([n, n]);
+  engine.randn(x, 1, 0);
+  engine.randn(w, 2, 0);
+  const seconds = timeIt(engine, () => engine.linearForward(y, x, w, null), samples);
+  for (const t of [x, w, y]) t.close();
+  return (2 * n * n * n) / seconds / 1e9;
+}
