@@ -5,10 +5,12 @@ import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
 import { loadEmojiDataset } from "../lib/data/emoji.ts";
 import { sampleImages, toUint8Images } from "../lib/diffusion/sampler.ts";
+import { writeTrajectories } from "../lib/diffusion/trajectory-file.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
+import { TRAIN_USAGE, trainCommand } from "./train.ts";
 
 export const SHOWCASE_PROMPTS = [
   "cat face",
@@ -31,7 +33,9 @@ export const SHOWCASE_PROMPTS = [
 
 const USAGE = `usage: ddpo <command> [options]
   pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
-  sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]`;
+  sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
+           [--trajectories FILE.safetensors]
+  ${TRAIN_USAGE}`;
 
 function num(v: string | undefined, fallback: number, name: string): number {
   if (v === undefined) return fallback;
@@ -100,10 +104,23 @@ async function writeSampleGrid(
   model: TextToImageModel,
   prompts: readonly string[],
   out: string,
-  o: { steps: number; guidance: number; eta: number; seed: number },
+  o: { steps: number; guidance: number; eta: number; seed: number; trajectories?: string; checkpoint?: string },
 ): Promise<void> {
   const started = performance.now();
-  const result = sampleImages(model, prompts, { ...o, seeds: prompts.map((_, i) => o.seed + i) });
+  const result = sampleImages(model, prompts, {
+    ...o,
+    seeds: prompts.map((_, i) => o.seed + i),
+    keepTrajectory: o.trajectories !== undefined,
+  });
+  if (o.trajectories) {
+    writeTrajectories(
+      o.trajectories,
+      result,
+      { channels: model.unetConfig.out_channels, size: model.unetConfig.sample_size },
+      { guidance: o.guidance, eta: o.eta, checkpoint: o.checkpoint ?? "" },
+    );
+    console.log(`sample: trajectories -> ${o.trajectories}`);
+  }
   const size = model.unetConfig.sample_size;
   await imageGridPng(out, toUint8Images(result.images, prompts.length, model.unetConfig.out_channels, size), {
     cols: Math.min(8, prompts.length),
@@ -126,6 +143,7 @@ async function sampleCommand(argv: string[]): Promise<void> {
       guidance: { type: "string" },
       eta: { type: "string" },
       seed: { type: "string" },
+      trajectories: { type: "string" },
     },
   });
   if (!values.model) throw new Error("sample: --model DIR is required");
@@ -136,6 +154,8 @@ async function sampleCommand(argv: string[]): Promise<void> {
     guidance: num(values.guidance, 3, "guidance"),
     eta: num(values.eta, 1, "eta"),
     seed: num(values.seed, 1, "seed"),
+    trajectories: values.trajectories,
+    checkpoint: values.model,
   });
   model.close();
   engine.close();
@@ -144,6 +164,7 @@ async function sampleCommand(argv: string[]): Promise<void> {
 const commands: Record<string, (argv: string[]) => Promise<void>> = {
   pretrain: pretrainCommand,
   sample: sampleCommand,
+  train: trainCommand,
 };
 
 if (import.meta.main) {

@@ -3,7 +3,7 @@
 // (w = 1) and by RWR (w = reward weights). Computes the loss and accumulates parameter gradients.
 
 import type { Arena, Tensor } from "../../../gpu-core/index.ts";
-import { Graph, type ParameterSource } from "../models/graph.ts";
+import { Graph, type LoraAdapters, type ParameterSource } from "../models/graph.ts";
 import type { TextToImageModel } from "../models/text-to-image.ts";
 
 export interface DenoisingBatch {
@@ -25,6 +25,7 @@ export function denoisingLossAndGrad(
   source: ParameterSource,
   arena: Arena,
   batch: DenoisingBatch,
+  lora: LoraAdapters | null = null,
 ): number {
   const engine = model.engine;
   const cfg = model.unetConfig;
@@ -51,7 +52,7 @@ export function denoisingLossAndGrad(
   const t = engine.fromArray(batch.timesteps, [B], a);
   const weights: Tensor | null = batch.weights ? engine.fromArray(batch.weights, [B], a) : null;
 
-  const g = new Graph(engine, source, arena);
+  const g = new Graph(engine, source, arena, lora);
   try {
     const { context } = model.encodePrompts(g, batch.prompts);
     const eps = model.predictNoise(g, x, t, context);
