@@ -180,6 +180,7 @@ export class DdpoTrainer {
           seeds: seeds.map((s) => s % 2 ** 52),
           keepTrajectory: true,
           source: this.source(false),
+          lora: this.lora,
         }),
       );
     }

@@ -4,7 +4,7 @@
 // at (k+1)·numel, so a sample's trajectory depends only on its seed, prompt and the weights.
 
 import type { Arena, Engine, Tensor } from "../../../gpu-core/index.ts";
-import { Graph, type ParameterSource } from "../models/graph.ts";
+import { Graph, type LoraAdapters, type ParameterSource } from "../models/graph.ts";
 import { combineSources } from "../models/parameters.ts";
 import type { TextToImageModel } from "../models/text-to-image.ts";
 
@@ -19,6 +19,8 @@ export interface SampleOptions {
   keepTrajectory?: boolean;
   /** Parameters to sample with (e.g. LoRA over a frozen base); the model's own by default. */
   source?: ParameterSource;
+  /** LoRA adapters applied on top of `source` (the policy being trained). */
+  lora?: LoraAdapters | null;
 }
 
 export interface SampleResult {
@@ -92,12 +94,12 @@ export function sampleImages(model: TextToImageModel, prompts: readonly string[]
     for (let b = 0; b < B; b++) latents[b]!.set(host.subarray(b * per, (b + 1) * per), k * per);
   };
   try {
-    const textGraph = new Graph(engine, source, textArena);
+    const textGraph = new Graph(engine, source, textArena, o.lora ?? null);
     const context = encodeContexts(model, textGraph, prompts, guided);
     fillPerSampleNoise(engine, x, o.seeds, 0);
     record(0);
     timesteps.forEach((t, k) => {
-      const g = new Graph(engine, source, stepArena);
+      const g = new Graph(engine, source, stepArena, o.lora ?? null);
       const tt = engine.fromArray(new Array(B).fill(t), [B], { arena: stepArena });
       const eps = guidedNoise(model, g, x, tt, context, o.guidance);
       fillPerSampleNoise(engine, noise, o.seeds, (k + 1) * per);
