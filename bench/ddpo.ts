@@ -1,0 +1,82 @@
+// DDPO benchmark: one epoch of the in-process trainer on the shipped base model, its time split
+// into sampling, reward and training, samples/s and trained (sample, timestep) pairs/s, and the
+// achieved GFLOP/s of the UNet's matrix products against the sgemm rate measured in the same run.
+//
+//   npm run bench -- ddpo [--json] [--samples 16] [--steps 20] [--model models/emoji-base]
+import { join } from "node:path";
+import { Engine } from "../gpu-core/index.ts";
+import { promptSetByName } from "../services/lib/ddpo/prompts.ts";
+import { DDPO_DEFAULTS, DdpoTrainer } from "../services/lib/ddpo/trainer.ts";
+import { FlopCounter } from "../services/lib/models/flops.ts";
+import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
+import { rewardByName } from "../services/lib/rewards/index.ts";
+import { sgemmGflops } from "./sgemm.ts";
+
+export async function main(args: string[]): Promise<void> {
+  const json = args.includes("--json");
+  const flag = (name: string, fallback: string) => {
+    const i = args.indexOf(name);
+    return i >= 0 ? (args[i + 1] ?? fallback) : fallback;
+  };
+  const samples = Number(flag("--samples", "16"));
+  const steps = Number(flag("--steps", "20"));
+  const engine = Engine.open();
+  const model = TextToImageModel.load(engine, flag("--model", join(import.meta.dir, "..", "models", "emoji-base")));
+  const config = {
+    ...DDPO_DEFAULTS,
+    sampleBatchSize: samples,
+    sampleBatchesPerEpoch: 1,
+    steps,
+    trainBatchSize: 4,
+    gradientAccumulation: 4,
+  };
+  const trainer = new DdpoTrainer(
+    engine,
+    model,
+    config,
+    rewardByName("jpeg_compressibility"),
+    await promptSetByName("animals"),
+  );
+
+  // FLOPs of one UNet pass per image (conv, linear, attention products), LoRA adapters aside.
+  const size = model.unetConfig.sample_size;
+  const counter = new FlopCounter();
+  model.predictNoise(
+    counter,
+    counter.input([1, 3, size, size]),
+    counter.input([1]),
+    counter.input([1, model.tokenizer.maxLength, model.textConfig.hidden_size]),
+  );
+  const perImage = counter.forward;
+  const cfgPasses = config.guidance === 1 ? 1 : 2;
+
+  const sgemmBefore = sgemmGflops(engine);
+  const report = await trainer.runEpoch();
+  const sgemm = (sgemmBefore + sgemmGflops(engine)) / 2;
+  const samplingFlops = samples * steps * cfgPasses * perImage;
+  const trainingFlops = report.pairs * cfgPasses * 3 * perImage; // forward + backward (2x)
+  const achieved = (samplingFlops + trainingFlops) / (report.samplingSeconds + report.trainingSeconds) / 1e9;
+  const result = {
+    machine: `${navigator.hardwareConcurrency} threads, ${engine.backend} backend`,
+    samples,
+    steps,
+    pairs: report.pairs,
+    epoch_s: report.seconds,
+    sampling_s: report.samplingSeconds,
+    reward_s: report.rewardSeconds,
+    training_s: report.trainingSeconds,
+    samples_per_s: samples / report.samplingSeconds,
+    pairs_per_s: report.pairs / report.trainingSeconds,
+    sgemm_gflops: sgemm,
+    achieved_gflops: achieved,
+    ratio_to_sgemm: achieved / sgemm,
+  };
+  for (const [k, v] of Object.entries(result))
+    console.log(`${k.padEnd(16)} ${typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(3)) : v}`);
+  if (json) console.log(JSON.stringify(result));
+  trainer.close();
+  model.close();
+  engine.close();
+}
+
+if (import.meta.main) await main(process.argv.slice(2));
