@@ -6,30 +6,17 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
-import { WordTokenizer } from "../../services/lib/data/tokenizer.ts";
 import { policyGradientStep } from "../../services/lib/ddpo/policy-gradient.ts";
 import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { sampleImages } from "../../services/lib/diffusion/sampler.ts";
 import { readTrajectories, writeTrajectories } from "../../services/lib/diffusion/trajectory-file.ts";
-import { combineSources } from "../../services/lib/models/parameters.ts";
-import { EMOJI_SCHEDULER, emojiTextEncoderConfig, emojiUNetConfig } from "../../services/lib/models/presets.ts";
-import { TextToImageModel } from "../../services/lib/models/text-to-image.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
+import { tinyModel } from "../models/tiny-model.ts";
 
 const engine = Engine.open();
 const dir = mkdtempSync(join(tmpdir(), "ddpo-trainer-test-"));
-const tokenizer = WordTokenizer.fromCaptions(["cat face", "red apple", "tiger", "frog"]);
-const model = TextToImageModel.create(
-  engine,
-  {
-    unet: { ...emojiUNetConfig([16, 32, 32], 32), norm_num_groups: 8, sample_size: 16 },
-    textEncoder: emojiTextEncoderConfig(tokenizer.vocabSize, 32),
-    scheduler: EMOJI_SCHEDULER,
-  },
-  tokenizer,
-  5,
-);
+const model = tinyModel(engine, ["cat face", "red apple", "tiger", "frog"], 5);
 afterAll(() => {
   model.close();
   engine.close();
@@ -76,7 +63,9 @@ describe("ddpo", () => {
     // and the update must both see the current policy.
     for (let epoch = 1; epoch <= 2; epoch++) {
       const report = await trainer.runEpoch();
-      console.log(`epoch ${epoch}: on-policy max |logp_new - logp_old| = ${report.onPolicyMaxLogProbDiff.toExponential(2)}`);
+      console.log(
+        `epoch ${epoch}: on-policy max |logp_new - logp_old| = ${report.onPolicyMaxLogProbDiff.toExponential(2)}`,
+      );
       expect(report.onPolicyMaxLogProbDiff).toBeLessThan(1e-5);
       expect(report.pairs).toBe(4 * 4);
       expect(Number.isFinite(report.loss) && Number.isFinite(report.approxKl)).toBe(true);

@@ -6,12 +6,10 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
-import { WordTokenizer } from "../../services/lib/data/tokenizer.ts";
 import { Graph, type ParameterSource } from "../../services/lib/models/graph.ts";
 import { LoraAdapterSet } from "../../services/lib/models/lora.ts";
 import { combineSources } from "../../services/lib/models/parameters.ts";
-import { EMOJI_SCHEDULER, emojiTextEncoderConfig, emojiUNetConfig } from "../../services/lib/models/presets.ts";
-import { TextToImageModel } from "../../services/lib/models/text-to-image.ts";
+import { tinyModel } from "./tiny-model.ts";
 
 const engine = Engine.open();
 const dir = mkdtempSync(join(tmpdir(), "ddpo-lora-test-"));
@@ -19,17 +17,7 @@ afterAll(() => {
   engine.close();
   rmSync(dir, { recursive: true, force: true });
 });
-const tokenizer = WordTokenizer.fromCaptions(["cat face", "tiger"]);
-const model = TextToImageModel.create(
-  engine,
-  {
-    unet: { ...emojiUNetConfig([16, 32, 32], 32), norm_num_groups: 8, sample_size: 16 },
-    textEncoder: emojiTextEncoderConfig(tokenizer.vocabSize, 32),
-    scheduler: EMOJI_SCHEDULER,
-  },
-  tokenizer,
-  3,
-);
+const model = tinyModel(engine, ["cat face", "tiger"], 3);
 
 function run(source: ParameterSource, lora: LoraAdapterSet | null, probe?: Float32Array): Float32Array {
   const arena = engine.arena();

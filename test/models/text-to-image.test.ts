@@ -14,6 +14,7 @@ import { TextToImageModel } from "../../services/lib/models/text-to-image.ts";
 import { denoisingLossAndGrad } from "../../services/lib/training/denoising.ts";
 import { JointAdamW } from "../../services/lib/training/optimizer.ts";
 import { PRETRAIN_DEFAULTS } from "../../services/lib/training/pretrain.ts";
+import { tinyModel } from "./tiny-model.ts";
 
 const engine = Engine.open();
 const dir = mkdtempSync(join(tmpdir(), "ddpo-model-test-"));
@@ -24,15 +25,7 @@ afterAll(() => {
 
 const tokenizer = WordTokenizer.fromCaptions(["cat face", "red apple", "tiger", "blue heart"]);
 
-function smallModel(seed: number, channels = [16, 32, 32]): TextToImageModel {
-  const unet = { ...emojiUNetConfig(channels, 32), norm_num_groups: 8, sample_size: 16 };
-  return TextToImageModel.create(
-    engine,
-    { unet, textEncoder: emojiTextEncoderConfig(tokenizer.vocabSize, 32), scheduler: EMOJI_SCHEDULER },
-    tokenizer,
-    seed,
-  );
-}
+const smallModel = (seed: number) => tinyModel(engine, ["cat face", "red apple", "tiger", "blue heart"], seed);
 
 /** eps for fixed inputs, frozen parameters. */
 function predict(model: TextToImageModel, prompts: string[], seed: number): Float32Array {
