@@ -1,6 +1,7 @@
 // The TypeScript face of gpu-core: an Engine (one backend context) that owns Tensors and Arenas,
 // and one method per op and direction. C errors surface as GpuCoreError with the C message.
 // Works in the main thread and in Bun Workers (each thread has its own last-error slot).
+import { dlopen, FFIType } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { type GpuCoreLibrary, openLibrary } from "./ffi.ts";
@@ -49,13 +50,29 @@ function loadLibrary(backend: Backend): GpuCoreLibrary {
         `gpu-core ${backend} backend is not built (${path} is missing): run \`npm run build\``,
       );
     }
-    // OpenMP threads that spin while waiting starve everything else when a machine runs several
-    // engine processes (Sampler and Trainer side by side); libgomp reads this when it loads.
-    process.env.OMP_WAIT_POLICY ??= "PASSIVE";
+    preferPassiveOpenMP();
     lib = openLibrary(path).lib;
     libraries.set(backend, lib);
   }
   return lib;
+}
+
+/**
+ * OpenMP threads that spin while waiting starve everything else when a machine runs several
+ * engine processes (Sampler and Trainer side by side). libgomp reads OMP_WAIT_POLICY from the C
+ * environment when it loads, and Bun's process.env does not reach that environment, so it is set
+ * with libc's setenv (without overwriting a user's choice) before the engine library is opened.
+ */
+function preferPassiveOpenMP(): void {
+  try {
+    const libc = dlopen("libc.so.6", {
+      setenv: { args: [FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    });
+    libc.symbols.setenv(cString("OMP_WAIT_POLICY"), cString("PASSIVE"), 0);
+    libc.close();
+  } catch {
+    // Not glibc: OpenMP keeps its default wait policy.
+  }
 }
 
 function cString(s: string): Buffer {

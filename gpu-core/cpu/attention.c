@@ -34,13 +34,12 @@ static inline v8 v8_fma(v8 a, v8 b, v8 c) {
 
 enum { NR = 16, MR = 6 }; /* a 6x16 block of C lives in 12 vector registers */
 
-/* C[M,16] = alpha A B for one 16-column panel. A(m,k) = A[m*sam + k*sak] (strides let the same
- * kernel read A or A^T); B[K,16] rows at stride ldb; C rows at stride ldc. */
+/* C[M,16] = alpha A B for one 16-column panel, M a multiple of 6. A(m,k) = A[m*sam + k*sak]
+ * (strides let the same kernel read A or A^T); B[K,16] rows at stride ldb; C rows at ldc. */
 static void gemm_panel(int64_t M, int64_t K, float alpha, const float *A, int64_t sam,
                        int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc) {
   const v8 va = v8_splat(alpha);
-  int64_t m = 0;
-  for (; m + MR <= M; m += MR) {
+  for (int64_t m = 0; m + MR <= M; m += MR) {
     const float *a0 = A + m * sam;
     v8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
     v8 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
@@ -74,34 +73,47 @@ static void gemm_panel(int64_t M, int64_t K, float alpha, const float *A, int64_
     v8_store(c, va * c40), v8_store(c + 8, va * c41), c += ldc;
     v8_store(c, va * c50), v8_store(c + 8, va * c51);
   }
-  for (; m < M; m++) {
-    const float *a = A + m * sam;
-    v8 c0 = {0}, c1 = {0};
-    for (int64_t k = 0; k < K; k++) {
-      const v8 x = v8_splat(a[k * sak]);
-      c0 = v8_fma(x, v8_load(B + k * ldb), c0);
-      c1 = v8_fma(x, v8_load(B + k * ldb + 8), c1);
-    }
-    v8_store(C + m * ldc, va * c0);
-    v8_store(C + m * ldc + 8, va * c1);
-  }
 }
 
-/* C[M,N] = alpha A B (written), A as in gemm_panel, B[K,N] rows at stride ldb. The last N % 16
- * columns go through a zero-padded copy in tail[K*16 + M*16] so every panel is a full one. */
+/* Floats of `tmp` that gemm needs for sizes up to M, K. */
+static int64_t gemm_tmp_floats(int64_t M, int64_t K) { return K * (NR + MR) + (M + MR) * NR; }
+
+/* C[M,N] = alpha A B (written), A as in gemm_panel, B[K,N] rows at stride ldb. Ragged edges
+ * (the last M % 6 rows, the last N % 16 columns) run through zero-padded copies in tmp, so the
+ * kernel only ever sees full blocks. */
 static void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t sam,
-                 int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc, float *tail) {
-  int64_t n = 0;
-  for (; n + NR <= N; n += NR) gemm_panel(M, K, alpha, A, sam, sak, B + n, ldb, C + n, ldc);
-  if (n == N) return;
-  const int64_t w = N - n;
-  float *bt = tail, *ct = tail + K * NR;
-  for (int64_t k = 0; k < K; k++) {
-    for (int64_t j = 0; j < w; j++) bt[k * NR + j] = B[k * ldb + n + j];
-    for (int64_t j = w; j < NR; j++) bt[k * NR + j] = 0.0f;
+                 int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc, float *tmp) {
+  const int64_t M6 = M / MR * MR, mt = M - M6;
+  float *bt = tmp;           /* [K,16]: a ragged column panel of B */
+  float *at = bt + K * NR;   /* [K,6]: the ragged rows of A, at(m,k) = at[k*6 + m] */
+  float *ct = at + K * MR;   /* [M6,16]: C of a ragged column panel */
+  float *c6 = ct + M6 * NR;  /* [6,16]: C of the ragged rows */
+  if (mt) {
+    for (int64_t k = 0; k < K; k++)
+      for (int64_t m = 0; m < MR; m++) at[k * MR + m] = m < mt ? A[(M6 + m) * sam + k * sak] : 0.0f;
   }
-  gemm_panel(M, K, alpha, A, sam, sak, bt, NR, ct, NR);
-  for (int64_t m = 0; m < M; m++) memcpy(C + m * ldc + n, ct + m * NR, (size_t)w * sizeof(float));
+  for (int64_t n = 0; n < N; n += NR) {
+    const int64_t w = N - n < NR ? N - n : NR;
+    const float *bp = B + n;
+    int64_t lb = ldb;
+    if (w < NR) {
+      for (int64_t k = 0; k < K; k++)
+        for (int64_t j = 0; j < NR; j++) bt[k * NR + j] = j < w ? B[k * ldb + n + j] : 0.0f;
+      bp = bt;
+      lb = NR;
+    }
+    if (w == NR) {
+      gemm_panel(M6, K, alpha, A, sam, sak, bp, lb, C + n, ldc);
+    } else {
+      gemm_panel(M6, K, alpha, A, sam, sak, bp, lb, ct, NR);
+      for (int64_t m = 0; m < M6; m++) memcpy(C + m * ldc + n, ct + m * NR, (size_t)w * sizeof(float));
+    }
+    if (mt) {
+      gemm_panel(MR, K, alpha, at, 1, MR, bp, lb, c6, NR);
+      for (int64_t m = 0; m < mt; m++)
+        memcpy(C + (M6 + m) * ldc + n, c6 + m * NR, (size_t)w * sizeof(float));
+    }
+  }
 }
 
 /* ---- per-thread scratch ------------------------------------------------------------------ */
@@ -137,22 +149,23 @@ static void transpose_pad(float *dst, int64_t ldd, const float *src, int64_t lds
 }
 
 /* e^x for x <= 0 (softmax after max subtraction), ~1e-7 relative error: Cephes' expf polynomial
- * in branch-free form so the softmax loops vectorize (libm's expf is a call per element). */
+ * in branch-free form with explicit fmaf, so the softmax loops vectorize (libm's expf is a call
+ * per element, and -std=c11 does not contract a*b+c on its own). */
 static inline float exp_nonpositive(float x) {
   uint32_t ix;
   memcpy(&ix, &x, sizeof ix);
   ix = ix > 0xC2AE0000u ? 0xC2AE0000u : ix; /* x < -87 -> -87 (e^-87 ~ 1.6e-38, still normal) */
   memcpy(&x, &ix, sizeof ix);
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
-  float r = x - n * 0.693359375f; /* x - n ln2, ln2 split in two for precision */
-  r = r - n * -2.12194440e-4f;
+  const float n = fmaf(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f; /* round(x/ln 2) */
+  float r = fmaf(n, -0.693359375f, x); /* x - n ln2, ln2 split in two for precision */
+  r = fmaf(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  p = fmaf(p, r, 1.3981999507e-3f);
+  p = fmaf(p, r, 8.3334519073e-3f);
+  p = fmaf(p, r, 4.1665795894e-2f);
+  p = fmaf(p, r, 1.6666665459e-1f);
+  p = fmaf(p, r, 5.0000001201e-1f);
+  p = fmaf(p, r * r, r + 1.0f);
   const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* 2^n */
   float scale;
   memcpy(&scale, &bits, sizeof scale);
@@ -172,9 +185,9 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
     memset(out, 0, (size_t)(B * Tq * D) * sizeof(float));
     return GC_OK;
   }
-  const int64_t tail = 2 * NR * max3(Tq, Tk, Dh);
-  /* per thread: kt[Dh,Tkp] (K^T padded), s[Tq,Tkp] (scores, then probabilities), tail */
-  const size_t need = (size_t)(Dh * Tkp + Tq * Tkp + tail);
+  const int64_t tmp = gemm_tmp_floats(Tq > Tk ? Tq : Tk, max3(Tq, Tk, Dh));
+  /* per thread: kt[Dh,Tkp] (K^T padded), s[Tq,Tkp] (scores, then exponentials), gemm tmp */
+  const size_t need = (size_t)(Dh * Tkp + Tq * Tkp + tmp);
   int oom = 0;
 
 #pragma omp parallel for schedule(dynamic) if (BH > 1 && BH * Tq * Tk * Dh > 65536)
@@ -210,13 +223,12 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
         sum += e;
       }
       const float inv = (float)(1.0 / sum);
-      for (int64_t j = 0; j < n; j++) row[j] *= inv;
-      for (int64_t j = n; j < Tk; j++) row[j] = 0.0f;
-      memcpy(prow, row, (size_t)Tk * sizeof(float));
+      for (int64_t j = 0; j < n; j++) prow[j] = row[j] * inv;
+      for (int64_t j = n; j < Tk; j++) prow[j] = 0.0f;
     }
 
     /* out_h[Tq,Dh] = p[Tq,Tk] v_h[Tk,Dh] */
-    gemm(Tq, Dh, Tk, 1.0f, s, Tkp, 1, vh, D, out + b * Tq * D + h * Dh, D, tl);
+    gemm(Tq, Dh, Tk, 1.0f, ph, Tk, 1, vh, D, out + b * Tq * D + h * Dh, D, tl);
   }
   if (oom)
     return gc_set_error(GC_ERR_OUT_OF_MEMORY, "attention scratch of %zu floats per thread", need);
@@ -235,9 +247,9 @@ gc_status be_attention_backward(be_ctx *bc, float *dq, float *dk, float *dv, con
   (void)bc;
   if (!dq && !dk && !dv) return GC_OK;
   const int64_t D = H * Dh, BH = B * H, Tkp = round_up(Tk, NR);
-  const int64_t tail = 2 * NR * max3(Tq, Tk, Dh);
-  /* per thread: vt[Dh,Tkp] (v^T padded), g[Tq,Tkp] (dP, then dS), tail */
-  const size_t need = (size_t)(Dh * Tkp + Tq * Tkp + tail);
+  const int64_t tmp = gemm_tmp_floats(Tq > Tk ? Tq : Tk, max3(Tq, Tk, Dh));
+  /* per thread: vt[Dh,Tkp] (v^T padded), g[Tq,Tkp] (dP, then dS), gemm tmp */
+  const size_t need = (size_t)(Dh * Tkp + Tq * Tkp + tmp);
   int oom = 0;
 
 #pragma omp parallel for schedule(dynamic) if (BH > 1 && BH * Tq * Tk * Dh > 65536)

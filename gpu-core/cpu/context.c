@@ -8,6 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* OpenBLAS's own threads and OpenMP's spin against each other on a shared machine (a GEMM right
+ * after an OpenMP loop ran 3-10x slower): keep one pool, OpenMP's, and let kernels split work
+ * across it with single-threaded BLAS calls (see conv2d.c, linear.c). */
+void openblas_set_num_threads(int num_threads);
+
 struct be_ctx {
   int threads; /* OpenMP threads this context was created with */
 };
@@ -18,6 +23,7 @@ gc_status be_ctx_create(const char *options, be_ctx **out) {
   be_ctx *bc = calloc(1, sizeof *bc);
   if (!bc) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "cannot allocate the CPU context");
   bc->threads = omp_get_max_threads();
+  openblas_set_num_threads(1);
   if (options && options[0] && strncmp(options, "threads=", 8) == 0) {
     int n = atoi(options + 8);
     if (n < 1) {
