@@ -42,10 +42,12 @@ describe("ddpo", () => {
     const b = sampleImages(model, ["cat face", "tiger"], o);
     expect(a.latents).toEqual(b.latents);
     expect(a.logProbs).toEqual(b.logProbs);
-    // A sample's trajectory does not depend on its batch mates.
+    // A sample's trajectory does not depend on its batch mates, up to fp32 rounding (the kernels
+    // group images differently for another batch size; latents are O(1)).
     const alone = sampleImages(model, ["tiger"], { ...o, seeds: [12] });
     const diff = Math.max(...alone.latents[0]!.map((v, i) => Math.abs(v - a.latents[1]![i]!)));
-    expect(diff).toBeLessThan(1e-5);
+    console.log(`trajectory alone vs in a batch: max abs diff ${diff.toExponential(2)}`);
+    expect(diff).toBeLessThan(1e-4);
     const path = join(dir, "traj.safetensors");
     writeTrajectories(path, a, { channels: 3, size: 16 }, { guidance: 3, eta: 1, checkpoint: "test" });
     const back = readTrajectories(path);
