@@ -12,7 +12,7 @@ import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../../services/lib/
 import { sampleImages } from "../../services/lib/diffusion/sampler.ts";
 import { readTrajectories, writeTrajectories } from "../../services/lib/diffusion/trajectory-file.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
-import { tinyModel } from "../models/tiny-model.ts";
+import { relativeError, tinyModel } from "../models/tiny-model.ts";
 
 const engine = Engine.open();
 const dir = mkdtempSync(join(tmpdir(), "ddpo-trainer-test-"));
@@ -124,15 +124,7 @@ describe("ddpo", () => {
       [0, 2],
     ]);
     const singles = gradientFor([[2], [0], [3], [1]]);
-    const rel = (a: Float32Array, b: Float32Array) => {
-      let d = 0;
-      let n = 0;
-      for (let i = 0; i < a.length; i++) {
-        d += (a[i]! - b[i]!) ** 2;
-        n += b[i]! ** 2;
-      }
-      return Math.sqrt(d / n);
-    };
+    const rel = relativeError;
     console.log(
       `minibatch split: rel diff halves ${rel(halves, whole).toExponential(2)}, singles ${rel(singles, whole).toExponential(2)}`,
     );

@@ -9,7 +9,7 @@ import { Engine } from "../../gpu-core/index.ts";
 import { Graph, type ParameterSource } from "../../services/lib/models/graph.ts";
 import { LoraAdapterSet } from "../../services/lib/models/lora.ts";
 import { combineSources } from "../../services/lib/models/parameters.ts";
-import { tinyModel } from "./tiny-model.ts";
+import { relativeError, tinyModel } from "./tiny-model.ts";
 
 const engine = Engine.open();
 const dir = mkdtempSync(join(tmpdir(), "ddpo-lora-test-"));
@@ -36,15 +36,7 @@ function run(source: ParameterSource, lora: LoraAdapterSet | null, probe?: Float
 
 const frozenBase = () => combineSources(model.unetSource({ frozen: true }), model.textSource({ frozen: true }));
 
-function relErr(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let n = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += (a[i]! - b[i]!) ** 2;
-    n += b[i]! ** 2;
-  }
-  return Math.sqrt(d / n);
-}
+const relErr = relativeError;
 
 test("adapters cover every attention projection; a fresh set is the base model", () => {
   const lora = LoraAdapterSet.create(engine, model.unetShapes, { rank: 4, alpha: 8 }, 1);

@@ -18,3 +18,14 @@ export function tinyModel(engine: Engine, captions: readonly string[], seed: num
     seed,
   );
 }
+
+/** ||mine - ref|| / ||ref||, the error measure of the model and DDPO tests. */
+export function relativeError(mine: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let d = 0;
+  let n = 0;
+  for (let i = 0; i < ref.length; i++) {
+    d += (mine[i]! - ref[i]!) ** 2;
+    n += ref[i]! ** 2;
+  }
+  return Math.sqrt(d / n);
+}
