@@ -91,6 +91,14 @@ export async function pretrain(
   const statePath = join(o.stateDir, "state.json");
   const momentsPath = join(o.stateDir, "optimizer.safetensors");
   const resuming = o.resume && existsSync(statePath) && existsSync(join(o.out, "model_index.json"));
+  if (o.resume && !resuming && existsSync(join(o.out, "model_index.json"))) {
+    // Never train a fresh model over an existing one by accident (e.g. the shipped base model on
+    // a machine that lacks its training state).
+    throw new Error(
+      `${o.out} already holds a model but ${statePath} has no training state to resume: ` +
+        "pass --fresh to start over in that folder, or choose another --out",
+    );
+  }
   let model: TextToImageModel;
   let state: TrainingState;
   const { resume: _resume, ...recorded } = o;
