@@ -8,6 +8,7 @@
 //
 //   npm run bench -- engine [--json] [--rounds N] [--samples N] [--backend cpu|cuda]
 import { type Backend, Engine, type Tensor } from "../gpu-core/index.ts";
+import { median } from "./sgemm.ts";
 
 interface OpCase {
   op: string;
@@ -59,12 +60,6 @@ function positiveInt(s: string, name: string): number {
   const n = Number(s);
   if (!Number.isInteger(n) || n < 1) throw new Error(`bench engine: ${name} must be a positive integer`);
   return n;
-}
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** Seconds of one call, the engine synchronised after it. */

@@ -3,8 +3,10 @@
 import type { Engine } from "../gpu-core/index.ts";
 
 export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN;
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? Number.NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** Median seconds of fn over `samples` runs after one warm-up (synchronised). */
