@@ -11,13 +11,13 @@ import {
   loraTensorNames,
   saveLora,
 } from "../../services/lib/checkpoints/lora.ts";
-import { CheckpointMismatchError } from "../../services/lib/checkpoints/model-folder.ts";
 import {
   readSafetensors,
   SafetensorsReader,
   type TensorToWrite,
   writeSafetensors,
 } from "../../services/lib/checkpoints/safetensors.ts";
+import { expectMismatch } from "./expect-mismatch.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "lora-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -167,40 +167,30 @@ describe("loading refuses", () => {
     writeSafetensors(file, m);
   }
 
-  function mismatch(f: () => unknown): CheckpointMismatchError {
-    try {
-      f();
-    } catch (err) {
-      expect(err).toBeInstanceOf(CheckpointMismatchError);
-      return err as CheckpointMismatchError;
-    }
-    throw new Error("expected a CheckpointMismatchError");
-  }
-
   test("a missing half, an unexpected tensor, a wrong rank", () => {
     const file = saved("halves");
     rewrite(file, (m) => {
       m.delete(loraTensorNames(Q).b);
       m.set("base_model.model.conv_in.weight", { shape: [1], data: new Float32Array(1) });
     });
-    const err = mismatch(() => loadLora(file));
+    const err = expectMismatch(() => loadLora(file));
     expect(err.missing).toEqual([loraTensorNames(Q).b]);
     expect(err.unexpected).toEqual(["base_model.model.conv_in.weight"]);
 
     const ranked = saved("rank");
     rewrite(ranked, (m) => m.set(loraTensorNames(Q).a, { shape: [3, 32], data: random(96) }));
-    expect(mismatch(() => loadLora(ranked)).mismatched[0]).toMatch(
+    expect(expectMismatch(() => loadLora(ranked)).mismatched[0]).toMatch(
       /rank 4 needs lora_A \[4, in\] and lora_B \[out, 4\]/,
     );
   });
 
   test("an adapter that does not fit the base model, or a targeted module without one", () => {
     const file = saved("base");
-    const wrong = mismatch(() => loadLora(file, { baseShapes: new Map([[Q, [64, 32] as [number, number]]]) }));
+    const wrong = expectMismatch(() => loadLora(file, { baseShapes: new Map([[Q, [64, 32] as [number, number]]]) }));
     expect(wrong.mismatched).toEqual([`${Q}: adapter is [32 x 32] but the linear is [64 x 32]`]);
-    const unknown = mismatch(() => loadLora(file, { baseShapes: new Map() }));
+    const unknown = expectMismatch(() => loadLora(file, { baseShapes: new Map() }));
     expect(unknown.mismatched).toEqual([`${Q}: no such linear in the base model`]);
-    const lacking = mismatch(() =>
+    const lacking = expectMismatch(() =>
       loadLora(file, {
         baseShapes: new Map<string, [number, number]>([
           [Q, [32, 32]],
@@ -237,7 +227,7 @@ describe("loading refuses", () => {
     const configPath = join(dir, "untargeted", "adapter_config.json");
     const config = JSON.parse(readFileSync(configPath, "utf8"));
     writeFileSync(configPath, JSON.stringify({ ...config, target_modules: ["to_k"] }));
-    expect(mismatch(() => loadLora(file)).mismatched).toEqual([`${Q}: not matched by target_modules`]);
+    expect(expectMismatch(() => loadLora(file)).mismatched).toEqual([`${Q}: not matched by target_modules`]);
     using r = SafetensorsReader.open(file);
     expect(r.names.length).toBe(2);
   });

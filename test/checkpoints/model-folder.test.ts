@@ -8,7 +8,6 @@ import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
 import { FlatParameters, type ParameterSpec } from "../../gpu-core/parameters.ts";
 import {
-  CheckpointMismatchError,
   CLIP_TEXT_IGNORED,
   CLIP_TEXT_PREFIXES,
   ConfigError,
@@ -21,6 +20,7 @@ import {
   savePipeline,
 } from "../../services/lib/checkpoints/model-folder.ts";
 import { readSafetensors, SafetensorsReader, writeSafetensors } from "../../services/lib/checkpoints/safetensors.ts";
+import { expectMismatch } from "./expect-mismatch.ts";
 
 const FIXTURES = join(import.meta.dir, "..", "fixtures");
 const UNET = join(FIXTURES, "unet_tiny", "diffusion_pytorch_model.safetensors");
@@ -42,16 +42,6 @@ function specsOf(path: string): ParameterSpec[] {
 
 function sha256(path: string): string {
   return createHash("sha256").update(readFileSync(path)).digest("hex");
-}
-
-function mismatch(f: () => unknown): CheckpointMismatchError {
-  try {
-    f();
-  } catch (err) {
-    expect(err).toBeInstanceOf(CheckpointMismatchError);
-    return err as CheckpointMismatchError;
-  }
-  throw new Error("expected a CheckpointMismatchError, got none");
 }
 
 /** A deterministic shuffle, so views are laid out in another order than the file's. */
@@ -94,7 +84,7 @@ describe("loadIntoParameters / saveParameters", () => {
     );
     const params = new FlatParameters(engine, [...reshaped, { name: "extra.weight", shape: [3, 4] }]);
     engine.fill(params.values, 7);
-    const err = mismatch(() => loadIntoParameters(params, CLIP));
+    const err = expectMismatch(() => loadIntoParameters(params, CLIP));
     expect(err.missing).toEqual(["extra.weight [3, 4]"]);
     expect(err.unexpected).toEqual(["final_layer_norm.bias [32]"]);
     expect(err.mismatched).toEqual(["embeddings.token_embedding.weight: checkpoint [64, 32] vs model [32, 64]"]);
@@ -109,12 +99,12 @@ describe("loadIntoParameters / saveParameters", () => {
   test("each kind of mismatch alone", () => {
     const specs = specsOf(CLIP);
     const missing = new FlatParameters(engine, [...specs, { name: "x", shape: [1] }]);
-    expect(mismatch(() => loadIntoParameters(missing, CLIP)).message).toMatch(
+    expect(expectMismatch(() => loadIntoParameters(missing, CLIP)).message).toMatch(
       /missing from the checkpoint \(1\):\n {4}x \[1\]$/,
     );
     missing.close();
     const unexpected = new FlatParameters(engine, specs.slice(1));
-    expect(mismatch(() => loadIntoParameters(unexpected, CLIP)).unexpected).toEqual([
+    expect(expectMismatch(() => loadIntoParameters(unexpected, CLIP)).unexpected).toEqual([
       "embeddings.position_embedding.weight [16, 32]",
     ]);
     unexpected.close();
@@ -122,7 +112,7 @@ describe("loadIntoParameters / saveParameters", () => {
       engine,
       specs.map((s) => (s.name === "final_layer_norm.weight" ? { ...s, shape: [1, 32] } : s)),
     );
-    expect(mismatch(() => loadIntoParameters(shaped, CLIP)).mismatched).toEqual([
+    expect(expectMismatch(() => loadIntoParameters(shaped, CLIP)).mismatched).toEqual([
       "final_layer_norm.weight: checkpoint [32] vs model [1, 32]",
     ]);
     shaped.close();
@@ -130,7 +120,7 @@ describe("loadIntoParameters / saveParameters", () => {
 
   test("long lists are cut in the message but kept whole on the error", () => {
     const params = new FlatParameters(engine, [{ name: "only", shape: [1] }]);
-    const err = mismatch(() => loadIntoParameters(params, UNET));
+    const err = expectMismatch(() => loadIntoParameters(params, UNET));
     expect(err.unexpected.length).toBe(324);
     expect(err.message).toContain("... and 304 more");
     params.close();
@@ -148,7 +138,7 @@ describe("loadIntoParameters / saveParameters", () => {
     const withPrefix = new Map([...tensors].map(([n, t]) => [`text_model.${n}`, { shape: t.shape, data: t.data }]));
     writeSafetensors(prefixed, withPrefix);
     const target = new FlatParameters(engine, shuffled(specs));
-    const strictErr = mismatch(() => loadIntoParameters(target, prefixed));
+    const strictErr = expectMismatch(() => loadIntoParameters(target, prefixed));
     expect(strictErr.missing.length).toBe(specs.length);
     expect(strictErr.unexpected.length).toBe(specs.length);
     const report = loadIntoParameters(target, prefixed, { stripPrefix: CLIP_TEXT_PREFIXES });
@@ -165,7 +155,7 @@ describe("loadIntoParameters / saveParameters", () => {
       ]),
     );
     expect(
-      mismatch(() => loadIntoParameters(target, withBuffer, { stripPrefix: CLIP_TEXT_PREFIXES })).unexpected,
+      expectMismatch(() => loadIntoParameters(target, withBuffer, { stripPrefix: CLIP_TEXT_PREFIXES })).unexpected,
     ).toEqual(["text_model.embeddings.position_ids [1, 16]"]);
     const ignoredReport = loadIntoParameters(target, withBuffer, {
       stripPrefix: CLIP_TEXT_PREFIXES,
@@ -200,7 +190,7 @@ describe("loadIntoParameters / saveParameters", () => {
       { name: "w", shape: [2] },
       { name: "n", shape: [2] },
     ]);
-    const err = mismatch(() => loadIntoParameters(params, both, { stripPrefix: ["text_model."] }));
+    const err = expectMismatch(() => loadIntoParameters(params, both, { stripPrefix: ["text_model."] }));
     expect(err.mismatched).toEqual([
       "n: dtype I32 cannot fill a float32 parameter",
       "w: parameter 'w' is already given by 'text_model.w'",

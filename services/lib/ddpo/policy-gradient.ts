@@ -88,20 +88,19 @@ export function policyGradientStep(
     engine.ddimStepLogProbBackward(dEps, dLogProb, xPrev, xT, eps, alphaT, alphaPrev, s.eta, clipX0);
     g.backward(eps, dEps);
     const logProbs = logProb.read() as Float32Array;
-    let approxKl = 0;
-    let clipped = 0;
-    for (let i = 0; i < b; i++) {
-      const d = logProbs[i]! - batch.oldLogProbs[i]!;
-      approxKl += (d * d) / 2 / b;
-      if (Math.abs(Math.exp(d) - 1) > s.clipRange) clipped += 1 / b;
+    // DDPO_IS computes its statistics in the kernel; for DDPO_SF they are logged the same way.
+    let st = stats?.read();
+    if (!st) {
+      let approxKl = 0;
+      let clipped = 0;
+      for (let i = 0; i < b; i++) {
+        const d = logProbs[i]! - batch.oldLogProbs[i]!;
+        approxKl += (d * d) / 2 / b;
+        if (Math.abs(Math.exp(d) - 1) > s.clipRange) clipped += 1 / b;
+      }
+      st = Float32Array.of(approxKl, clipped);
     }
-    const st = stats?.read();
-    return {
-      loss: loss.read()[0]!,
-      approxKl: st ? st[0]! : approxKl,
-      clipFraction: st ? st[1]! : clipped,
-      logProbs,
-    };
+    return { loss: loss.read()[0]!, approxKl: st[0]!, clipFraction: st[1]!, logProbs };
   } finally {
     g.dispose();
   }
