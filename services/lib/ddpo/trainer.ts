@@ -97,6 +97,18 @@ export interface EpochReport extends UpdateStats {
   seconds: number;
 }
 
+/** What the update reads from an epoch's trajectories (latents [T+1, C, H, W] per sample). */
+export type TrainingBatch = Pick<
+  EpochTrajectories,
+  "prompts" | "timesteps" | "latents" | "logProbs" | "advantages" | "rewards"
+>;
+
+/** One sample batch of an epoch: the prompts and the per-sample noise seeds. */
+export interface SampleBatchPlan {
+  prompts: string[];
+  seeds: number[];
+}
+
 /** What one epoch sampled and scored (the Registry records it). */
 export interface EpochTrajectories extends SampleResult {
   rewards: Float64Array;
@@ -137,7 +149,8 @@ export class DdpoTrainer {
     readonly engine: Engine,
     readonly model: TextToImageModel,
     readonly config: DdpoConfig,
-    readonly reward: RewardFunction,
+    /** null when rewards come from elsewhere (the Rewarder services); collect() needs one. */
+    readonly reward: RewardFunction | null,
     readonly prompts: PromptSet,
   ) {
     validateConfig(config);
@@ -164,38 +177,66 @@ export class DdpoTrainer {
     return combineSources(this.model.unetSource({ frozen: !trainable }), text);
   }
 
-  /** Samples this epoch's trajectories and scores them. */
+  /**
+   * This epoch's prompts and seeds, one entry per sample batch; advances the prompt RNG, so call
+   * it once per epoch. Seeds depend only on (config seed, epoch, position): a resumed or retried
+   * epoch samples the same trajectories.
+   */
+  planEpoch(): SampleBatchPlan[] {
+    const c = this.config;
+    const plan: SampleBatchPlan[] = [];
+    for (let k = 0; k < c.sampleBatchesPerEpoch; k++) {
+      const prompts = this.prompts.sample(this.#rng, c.sampleBatchSize);
+      const seeds = prompts.map(
+        (_, i) => (c.seed * 1_000_003 + this.#epoch * 10_007 + k * c.sampleBatchSize + i) % 2 ** 52,
+      );
+      plan.push({ prompts, seeds });
+    }
+    return plan;
+  }
+
+  /** Per-prompt (or whole-batch) normalised advantages; updates the stat tracker's buffers. */
+  computeAdvantages(prompts: readonly string[], rewards: Float64Array): Float64Array {
+    if (rewards.length !== prompts.length || !rewards.every(Number.isFinite)) {
+      throw new Error(`rewards: got ${rewards.length} values for ${prompts.length} samples (all must be finite)`);
+    }
+    return this.statTracker
+      ? this.statTracker.update(prompts, rewards)
+      : Float64Array.from(rewards, (r) => (r - mean(rewards)) / (std(rewards) + 1e-6));
+  }
+
+  /** Marks the epoch done (after its update); returns the number of completed epochs. */
+  endEpoch(): number {
+    this.#epoch += 1;
+    return this.#epoch;
+  }
+
+  /** Samples this epoch's trajectories in this process and scores them. */
   async collect(): Promise<{ trajectories: EpochTrajectories; samplingSeconds: number; rewardSeconds: number }> {
     const c = this.config;
     const t0 = performance.now();
-    const results: SampleResult[] = [];
-    for (let k = 0; k < c.sampleBatchesPerEpoch; k++) {
-      const prompts = this.prompts.sample(this.#rng, c.sampleBatchSize);
-      const seeds = prompts.map((_, i) => c.seed * 1_000_003 + this.#epoch * 10_007 + k * c.sampleBatchSize + i);
-      results.push(
-        sampleImages(this.model, prompts, {
-          steps: c.steps,
-          guidance: c.guidance,
-          eta: c.eta,
-          seeds: seeds.map((s) => s % 2 ** 52),
-          keepTrajectory: true,
-          source: this.source(false),
-          lora: this.lora,
-        }),
-      );
-    }
+    const results = this.planEpoch().map(({ prompts, seeds }) =>
+      sampleImages(this.model, prompts, {
+        steps: c.steps,
+        guidance: c.guidance,
+        eta: c.eta,
+        seeds,
+        keepTrajectory: true,
+        source: this.source(false),
+        lora: this.lora,
+      }),
+    );
     const merged = mergeSamples(results);
     const t1 = performance.now();
     const size = this.model.unetConfig.sample_size;
     const n = merged.prompts.length;
     const imagesU8 = toUint8Images(merged.images, n, this.model.unetConfig.out_channels, size);
+    if (!this.reward) throw new Error("collect: this trainer has no reward function (rewards come from Rewarders)");
     const rewards = await this.reward.score(imagesU8, { height: size, width: size }, merged.prompts);
     if (rewards.length !== n || !rewards.every(Number.isFinite)) {
       throw new Error(`reward ${this.reward.name} returned ${rewards.length} values (need ${n} finite ones)`);
     }
-    const advantages = this.statTracker
-      ? this.statTracker.update(merged.prompts, rewards)
-      : Float64Array.from(rewards, (r) => (r - mean(rewards)) / (std(rewards) + 1e-6));
+    const advantages = this.computeAdvantages(merged.prompts, rewards);
     const t2 = performance.now();
     return {
       trajectories: { ...merged, rewards, advantages, imagesU8 },
@@ -205,13 +246,13 @@ export class DdpoTrainer {
   }
 
   /** The update on one epoch's trajectories; returns loss statistics. */
-  train(tr: EpochTrajectories): UpdateStats {
+  train(tr: TrainingBatch): UpdateStats {
     const c = this.config;
     if (c.loss === "rwr" || c.loss === "sparse_rwr") return this.#trainRwr(tr);
     const n = tr.prompts.length;
     const T = tr.timesteps.length;
     const pairsPerSample = Math.max(1, Math.floor(T * c.timestepFraction));
-    const per = tr.images.length / n;
+    const per = tr.latents[0]!.length / (T + 1);
     const settings: PolicyGradientSettings = {
       loss: c.loss,
       guidance: c.guidance,
@@ -295,11 +336,11 @@ export class DdpoTrainer {
 
   /** RWR: the denoising loss on the sampled x0 weighted by exp(r / T) (normalised to mean 1);
    * sparse RWR: weight 1 above the reward percentile, 0 below. */
-  #trainRwr(tr: EpochTrajectories): UpdateStats {
+  #trainRwr(tr: TrainingBatch): UpdateStats {
     const c = this.config;
     const n = tr.prompts.length;
     const T = tr.timesteps.length;
-    const per = tr.images.length / n;
+    const per = tr.latents[0]!.length / (T + 1);
     let weights: number[];
     if (c.loss === "rwr") {
       const max = Math.max(...tr.rewards);
@@ -367,9 +408,9 @@ export class DdpoTrainer {
     const t0 = performance.now();
     const stats = this.train(trajectories);
     const trainingSeconds = (performance.now() - t0) / 1000;
-    this.#epoch += 1;
+    const epoch = this.endEpoch();
     return {
-      epoch: this.#epoch,
+      epoch,
       rewardMean: mean(trajectories.rewards),
       rewardStd: std(trajectories.rewards),
       ...stats,
@@ -432,7 +473,7 @@ export class DdpoTrainer {
   }
 }
 
-function mergeSamples(results: SampleResult[]): SampleResult {
+export function mergeSamples(results: SampleResult[]): SampleResult {
   const first = results[0]!;
   const images = new Float32Array(results.reduce((a, r) => a + r.images.length, 0));
   let offset = 0;

@@ -1,0 +1,89 @@
+// The Trainer's engine thread: owns the policy being trained (DdpoTrainer: LoRA adapters or the
+// full UNet, AdamW moments, per-prompt stat tracker, prompt RNG). The gRPC thread asks it for
+// an epoch's plan, sends back the sampled trajectories with their rewards, and has it save
+// checkpoints; samples and rewards themselves come from the Sampler and Rewarder services.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { Engine } from "../../gpu-core/index.ts";
+import { promptSetByName } from "../lib/ddpo/prompts.ts";
+import { type DdpoConfig, DdpoTrainer, type SampleBatchPlan, type UpdateStats } from "../lib/ddpo/trainer.ts";
+import { TextToImageModel } from "../lib/models/text-to-image.ts";
+import { serveWorkerHandlers } from "../lib/workers/worker-rpc.ts";
+
+export interface TrainerInit {
+  baseModelDir: string;
+  config: DdpoConfig;
+  promptSet: string;
+}
+
+export interface EpochUpdateArgs {
+  prompts: string[];
+  timesteps: number[];
+  latents: Float32Array[]; // per sample [T+1, C, H, W]
+  logProbs: Float32Array[]; // per sample [T]
+  rewards: Float64Array;
+}
+
+export interface EpochUpdateResult {
+  epoch: number;
+  advantages: Float64Array;
+  stats: UpdateStats;
+  trainingSeconds: number;
+}
+
+let trainer: DdpoTrainer | null = null;
+
+function active(): DdpoTrainer {
+  if (!trainer) throw new Error("trainer worker: init() first");
+  return trainer;
+}
+
+const handlers = {
+  async init(args: TrainerInit): Promise<{ epoch: number; backend: string; lora: boolean }> {
+    if (trainer) throw new Error("trainer worker: already initialised");
+    const engine = Engine.open();
+    const model = TextToImageModel.load(engine, args.baseModelDir);
+    const prompts = await promptSetByName(args.promptSet);
+    trainer = new DdpoTrainer(engine, model, args.config, null, prompts);
+    return { epoch: 0, backend: engine.backend, lora: trainer.lora !== null };
+  },
+
+  plan(): { epoch: number; batches: SampleBatchPlan[] } {
+    const t = active();
+    return { epoch: t.epoch, batches: t.planEpoch() };
+  },
+
+  /** Advantages from the rewards, the policy-gradient update, and the epoch counter. */
+  update(args: EpochUpdateArgs): EpochUpdateResult {
+    const t = active();
+    const n = args.prompts.length;
+    if (args.latents.length !== n || args.logProbs.length !== n || args.rewards.length !== n) {
+      throw new Error(`update: ${n} prompts but ${args.latents.length} latents, ${args.rewards.length} rewards`);
+    }
+    const started = performance.now();
+    const advantages = t.computeAdvantages(args.prompts, args.rewards);
+    const stats = t.train({ ...args, advantages });
+    const epoch = t.endEpoch();
+    return { epoch, advantages, stats, trainingSeconds: (performance.now() - started) / 1000 };
+  },
+
+  /** Writes the checkpoint folder; returns where the policy's weights are inside it. */
+  save(args: { dir: string }): { dir: string; loraDir?: string; fullModelDir?: string } {
+    const t = active();
+    t.saveCheckpoint(args.dir);
+    return t.lora
+      ? { dir: args.dir, loraDir: join(args.dir, "lora") }
+      : { dir: args.dir, fullModelDir: join(args.dir, "model") };
+  },
+
+  restore(args: { dir: string }): { epoch: number } {
+    const t = active();
+    if (!existsSync(args.dir)) throw new Error(`checkpoint folder ${args.dir} does not exist`);
+    t.restoreCheckpoint(args.dir);
+    return { epoch: t.epoch };
+  },
+};
+
+export type TrainerWorkerHandlers = typeof handlers;
+
+serveWorkerHandlers(handlers);
