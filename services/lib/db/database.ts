@@ -1,0 +1,146 @@
+// Connections, the database's location (DATABASE_URL or the embedded server), and migrations.
+
+import { promises as fs } from "node:fs";
+import { join, resolve } from "node:path";
+import {
+  FileMigrationProvider,
+  Kysely,
+  type MigrationResult,
+  Migrator,
+  NO_MIGRATIONS,
+  PostgresDialect,
+  sql,
+} from "kysely";
+import pg from "pg";
+import { EmbeddedPostgresServer, ensureDatabase } from "./embedded.ts";
+import type { Database } from "./schema.ts";
+
+export const MIGRATIONS_DIR = resolve(import.meta.dir, "../../../migrations");
+
+/** Session advisory lock held around migrations, on top of kysely's own (an arbitrary constant). */
+const MIGRATION_LOCK_KEY = 7_401_220_117;
+
+const INT8_OID = 20;
+
+export interface DatabaseHandle {
+  db: Kysely<Database>;
+  pool: pg.Pool;
+  /** Ends the pool; safe to call twice. */
+  close(): Promise<void>;
+}
+
+export interface OpenDatabaseOptions {
+  url: string;
+  /** Pool size (connections). */
+  max?: number;
+  /** How long to wait for a connection before failing, ms; bounds a call when the server is down. */
+  connectionTimeoutMs?: number;
+}
+
+export function openDatabase(options: OpenDatabaseOptions): DatabaseHandle {
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    max: options.max ?? 10,
+    connectionTimeoutMillis: options.connectionTimeoutMs ?? 5_000,
+    types: { getTypeParser: typeParser },
+  });
+  // An idle client whose server went away emits 'error' on the pool; unhandled, it would kill the
+  // process. The next query opens a new connection (or fails, and the caller retries).
+  pool.on("error", () => undefined);
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  let closed: Promise<void> | null = null;
+  return {
+    db,
+    pool,
+    close: () => {
+      closed ??= db.destroy();
+      return closed;
+    },
+  };
+}
+
+/** bigint (int8) as number: seeds stay below 2^52, counts far below 2^53. */
+function typeParser(oid: number, format?: "text" | "binary"): (value: string) => unknown {
+  if (oid === INT8_OID) return Number;
+  return pg.types.getTypeParser(oid, format ?? "text");
+}
+
+export interface MigrationSummary {
+  /** Names of the migrations this call applied (empty when the schema was current). */
+  applied: string[];
+}
+
+/**
+ * Bring the schema to the newest migration in migrations/. Safe when several processes start at
+ * once: a session advisory lock serialises them, so the later ones find nothing left to do.
+ */
+export async function migrate(db: Kysely<Database>, migrationsDir = MIGRATIONS_DIR): Promise<MigrationSummary> {
+  return db.connection().execute(async (conn) => {
+    await sql`select pg_advisory_lock(${MIGRATION_LOCK_KEY})`.execute(conn);
+    try {
+      const migrator = new Migrator({
+        db: conn,
+        provider: new FileMigrationProvider({ fs, path: { join }, migrationFolder: migrationsDir }),
+      });
+      const { error, results } = await migrator.migrateToLatest();
+      throwOnFailure(error, results);
+      return { applied: (results ?? []).filter((r) => r.status === "Success").map((r) => r.migrationName) };
+    } finally {
+      await sql`select pg_advisory_unlock(${MIGRATION_LOCK_KEY})`.execute(conn);
+    }
+  });
+}
+
+/** Undo every migration (tests, and a clean slate by hand). */
+export async function migrateDownAll(db: Kysely<Database>, migrationsDir = MIGRATIONS_DIR): Promise<string[]> {
+  const migrator = new Migrator({
+    db,
+    provider: new FileMigrationProvider({ fs, path: { join }, migrationFolder: migrationsDir }),
+  });
+  const { error, results } = await migrator.migrateTo(NO_MIGRATIONS);
+  throwOnFailure(error, results);
+  return (results ?? []).map((r) => r.migrationName);
+}
+
+function throwOnFailure(error: unknown, results: MigrationResult[] | undefined): void {
+  if (!error) return;
+  const failed = results?.find((r) => r.status === "Error")?.migrationName;
+  const reason = error instanceof Error ? error.message : String(error);
+  throw new Error(failed ? `migration ${failed} failed: ${reason}` : `migrations failed: ${reason}`);
+}
+
+export interface DatabaseLocation {
+  url: string;
+  /** The server we started, when DATABASE_URL was not set; stopped by close(). */
+  embedded: EmbeddedPostgresServer | null;
+  close(): Promise<void>;
+}
+
+export interface ResolveDatabaseOptions {
+  /** Defaults to process.env. */
+  env?: Record<string, string | undefined>;
+  /** Embedded server's data folder; default $DDPO_DATA_DIR/postgres, else ./.ddpo/postgres. */
+  dataDir?: string;
+  /** Embedded server's port; default $DDPO_DB_PORT, else a free one. */
+  port?: number;
+  /** The database the product uses on the embedded server. */
+  database?: string;
+  onLog?: (line: string) => void;
+}
+
+/** DATABASE_URL when set; else start the embedded server and make sure its database exists. */
+export async function resolveDatabase(options: ResolveDatabaseOptions = {}): Promise<DatabaseLocation> {
+  const env = options.env ?? process.env;
+  if (env.DATABASE_URL) return { url: env.DATABASE_URL, embedded: null, close: async () => undefined };
+  const dataDir = options.dataDir ?? join(env.DDPO_DATA_DIR ?? ".ddpo", "postgres");
+  const port = options.port ?? (env.DDPO_DB_PORT ? Number(env.DDPO_DB_PORT) : undefined);
+  const embedded = await EmbeddedPostgresServer.start({ dataDir, port, onLog: options.onLog });
+  const database = options.database ?? "ddpo";
+  try {
+    await ensureDatabase(embedded.url(), database);
+  } catch (err) {
+    await embedded.stop();
+    throw err;
+  }
+  return { url: embedded.url(database), embedded, close: () => embedded.stop() };
+}

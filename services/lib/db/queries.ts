@@ -1,0 +1,274 @@
+// Data access as plain functions: each takes a Kysely<Database> (or a transaction) first.
+
+import { type Kysely, sql } from "kysely";
+import type {
+  Checkpoint,
+  CheckpointKind,
+  Database,
+  Epoch,
+  LatentBlob,
+  NewCheckpoint,
+  NewEpoch,
+  RewardRow,
+  RewardSpec,
+  Run,
+  RunRewardByEpoch,
+  RunStatus,
+  Trajectory,
+  TrajectoryProvenance,
+} from "./schema.ts";
+import { CHECKPOINT_KINDS, RUN_STATUSES } from "./schema.ts";
+
+type Db = Kysely<Database>;
+
+/** The natural key of a trajectory (and, with a reward name, of a reward). */
+export interface TrajectoryKey {
+  runId: string;
+  epoch: number;
+  sampleIndex: number;
+}
+
+// ---- runs
+
+export interface NewRun {
+  id: string;
+  name: string;
+  config?: Record<string, unknown>;
+  status?: RunStatus;
+  code_version?: string | null;
+  base_checkpoint_id?: string | null;
+  prompt_set?: string | null;
+  rewards?: RewardSpec[];
+}
+
+/**
+ * Insert a run. Idempotent: repeating it with the same id, name and config returns the stored run;
+ * the same id with another name or config is an error.
+ */
+export async function createRun(db: Db, run: NewRun): Promise<Run> {
+  if (run.status && !RUN_STATUSES.includes(run.status)) throw new Error(`unknown run status "${run.status}"`);
+  const config = JSON.stringify(run.config ?? {});
+  const inserted = await db
+    .insertInto("runs")
+    .values({
+      id: run.id,
+      name: run.name,
+      config,
+      status: run.status,
+      code_version: run.code_version ?? null,
+      base_checkpoint_id: run.base_checkpoint_id ?? null,
+      prompt_set: run.prompt_set ?? null,
+      rewards: JSON.stringify(run.rewards ?? []),
+    })
+    .onConflict((oc) => oc.column("id").doNothing())
+    .returningAll()
+    .executeTakeFirst();
+  if (inserted) return inserted;
+  // jsonb equality ignores key order and whitespace.
+  const same = await db
+    .selectFrom("runs")
+    .selectAll()
+    .where("id", "=", run.id)
+    .where("name", "=", run.name)
+    .where(sql<boolean>`config = ${config}::jsonb`)
+    .executeTakeFirst();
+  if (!same) throw new Error(`run "${run.id}" already exists with another name or config`);
+  return same;
+}
+
+export async function getRun(db: Db, id: string): Promise<Run | undefined> {
+  return db.selectFrom("runs").selectAll().where("id", "=", id).executeTakeFirst();
+}
+
+/** Newest first. */
+export async function listRuns(db: Db, filter: { status?: RunStatus; limit?: number } = {}): Promise<Run[]> {
+  let query = db.selectFrom("runs").selectAll().orderBy("created_at", "desc").orderBy("id");
+  if (filter.status) query = query.where("status", "=", filter.status);
+  if (filter.limit !== undefined) query = query.limit(filter.limit);
+  return query.execute();
+}
+
+/** Set a run's status (and its error message, cleared unless given); throws for an unknown run. */
+export async function setRunStatus(db: Db, id: string, status: RunStatus, error: string | null = null): Promise<Run> {
+  if (!RUN_STATUSES.includes(status)) throw new Error(`unknown run status "${status}"`);
+  const run = await db
+    .updateTable("runs")
+    .set({ status, error, updated_at: sql<Date>`now()` })
+    .where("id", "=", id)
+    .returningAll()
+    .executeTakeFirst();
+  if (!run) throw new Error(`no run "${id}"`);
+  return run;
+}
+
+// ---- epochs
+
+/** Record an epoch's statistics; recording the same (run, epoch) again replaces them. */
+export async function recordEpoch(db: Db, epoch: NewEpoch): Promise<Epoch> {
+  const { run_id: _run, epoch: _epoch, ...stats } = epoch;
+  return db
+    .insertInto("epochs")
+    .values(epoch)
+    .onConflict((oc) => oc.columns(["run_id", "epoch"]).doUpdateSet({ ...stats, recorded_at: sql<Date>`now()` }))
+    .returningAll()
+    .executeTakeFirstOrThrow();
+}
+
+/** In epoch order. */
+export async function listEpochs(db: Db, runId: string): Promise<Epoch[]> {
+  return db.selectFrom("epochs").selectAll().where("run_id", "=", runId).orderBy("epoch").execute();
+}
+
+// ---- checkpoints
+
+export class CheckpointConflictError extends Error {
+  override name = "CheckpointConflictError";
+}
+
+/**
+ * Register a checkpoint. Idempotent on id: registering the same checkpoint again returns the stored
+ * row; the same id with another sha256, kind, parent, run or epoch throws CheckpointConflictError.
+ */
+export async function registerCheckpoint(db: Db, checkpoint: NewCheckpoint): Promise<Checkpoint> {
+  if (!CHECKPOINT_KINDS.includes(checkpoint.kind)) throw new Error(`unknown checkpoint kind "${checkpoint.kind}"`);
+  const inserted = await db
+    .insertInto("checkpoints")
+    .values(checkpoint)
+    .onConflict((oc) => oc.column("id").doNothing())
+    .returningAll()
+    .executeTakeFirst();
+  if (inserted) return inserted;
+  const stored = await getCheckpoint(db, checkpoint.id);
+  if (!stored) throw new Error(`checkpoint "${checkpoint.id}" vanished during registration`);
+  const differs = (["sha256", "kind", "parent_id", "run_id", "epoch"] as const).filter(
+    (k) => (checkpoint[k] ?? null) !== stored[k],
+  );
+  if (differs.length > 0) {
+    const detail = differs.map((k) => `${k} ${JSON.stringify(stored[k])} != ${JSON.stringify(checkpoint[k] ?? null)}`);
+    throw new CheckpointConflictError(
+      `checkpoint "${checkpoint.id}" is already registered with other contents: ${detail.join(", ")}`,
+    );
+  }
+  return stored;
+}
+
+export async function getCheckpoint(db: Db, id: string): Promise<Checkpoint | undefined> {
+  return db.selectFrom("checkpoints").selectAll().where("id", "=", id).executeTakeFirst();
+}
+
+/** Oldest first. */
+export async function listCheckpoints(
+  db: Db,
+  filter: { runId?: string; kind?: CheckpointKind } = {},
+): Promise<Checkpoint[]> {
+  let query = db.selectFrom("checkpoints").selectAll().orderBy("created_at").orderBy("id");
+  if (filter.runId !== undefined) query = query.where("run_id", "=", filter.runId);
+  if (filter.kind !== undefined) query = query.where("kind", "=", filter.kind);
+  return query.execute();
+}
+
+/** The checkpoint itself (depth 0), its parent (depth 1), ... up to its root; empty when unknown. */
+export async function checkpointLineage(db: Db, id: string): Promise<Array<Checkpoint & { depth: number }>> {
+  const { rows } = await sql<Checkpoint & { depth: number }>`
+    with recursive chain as (
+      select c.*, 0 as depth from checkpoints c where c.id = ${id}
+      union all
+      select p.*, chain.depth + 1 from checkpoints p join chain on p.id = chain.parent_id
+    )
+    select * from chain order by depth
+  `.execute(db);
+  return rows;
+}
+
+// ---- trajectories, rewards, latents
+
+export async function countTrajectories(db: Db, runId: string, epoch?: number): Promise<number> {
+  let query = db
+    .selectFrom("trajectories")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("run_id", "=", runId);
+  if (epoch !== undefined) query = query.where("epoch", "=", epoch);
+  return (await query.executeTakeFirstOrThrow()).n;
+}
+
+export async function countRewards(db: Db, runId: string, epoch?: number): Promise<number> {
+  let query = db
+    .selectFrom("rewards")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("run_id", "=", runId);
+  if (epoch !== undefined) query = query.where("epoch", "=", epoch);
+  return (await query.executeTakeFirstOrThrow()).n;
+}
+
+export async function getTrajectory(db: Db, key: TrajectoryKey): Promise<Trajectory | undefined> {
+  return db
+    .selectFrom("trajectories")
+    .selectAll()
+    .where("run_id", "=", key.runId)
+    .where("epoch", "=", key.epoch)
+    .where("sample_index", "=", key.sampleIndex)
+    .executeTakeFirst();
+}
+
+/** An epoch's trajectories in sample order, without their images. */
+export async function listTrajectories(
+  db: Db,
+  runId: string,
+  epoch: number,
+): Promise<Array<Omit<Trajectory, "image_png">>> {
+  return db
+    .selectFrom("trajectories")
+    .select([
+      "run_id",
+      "epoch",
+      "sample_index",
+      "prompt",
+      "input_ids",
+      "seed",
+      "timesteps",
+      "log_probs",
+      "reward",
+      "advantage",
+      "checkpoint_id",
+      "latents_sha256",
+      "created_at",
+    ])
+    .where("run_id", "=", runId)
+    .where("epoch", "=", epoch)
+    .orderBy("sample_index")
+    .execute();
+}
+
+/** One trajectory's per-service rewards, by name. */
+export async function listRewards(db: Db, key: TrajectoryKey): Promise<RewardRow[]> {
+  return db
+    .selectFrom("rewards")
+    .selectAll()
+    .where("run_id", "=", key.runId)
+    .where("epoch", "=", key.epoch)
+    .where("sample_index", "=", key.sampleIndex)
+    .orderBy("reward_name")
+    .execute();
+}
+
+export async function getLatentBlob(db: Db, sha256: string): Promise<LatentBlob | undefined> {
+  return db.selectFrom("latent_blobs").selectAll().where("sha256", "=", sha256).executeTakeFirst();
+}
+
+// ---- views
+
+/** Reward statistics per epoch of a run (view run_reward_by_epoch), in epoch order. */
+export async function rewardByEpoch(db: Db, runId: string): Promise<RunRewardByEpoch[]> {
+  return db.selectFrom("run_reward_by_epoch").selectAll().where("run_id", "=", runId).orderBy("epoch").execute();
+}
+
+/** Which checkpoint sampled a trajectory, with that checkpoint's kind, parent, run and epoch. */
+export async function trajectoryProvenance(db: Db, key: TrajectoryKey): Promise<TrajectoryProvenance | undefined> {
+  return db
+    .selectFrom("trajectory_provenance")
+    .selectAll()
+    .where("run_id", "=", key.runId)
+    .where("epoch", "=", key.epoch)
+    .where("sample_index", "=", key.sampleIndex)
+    .executeTakeFirst();
+}
