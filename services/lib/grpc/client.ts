@@ -2,11 +2,12 @@
 // streams are AsyncIterables. Every call takes a deadline and an AbortSignal; failures reject
 // with ServiceError carrying the gRPC status code.
 
+import { isIP as isIp } from "node:net";
 import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { type ChannelOptions, Client, credentials, type CallOptions as GrpcCallOptions, Metadata } from "@grpc/grpc-js";
 import { AUTHORIZATION_HEADER, bearerHeader } from "./bearer-token.ts";
-import { DEFAULT_MAX_MESSAGE_BYTES } from "./server.ts";
+import { DEFAULT_MAX_MESSAGE_BYTES } from "./message-size.ts";
 import { methodDefinition } from "./service-definition.ts";
 import { Code, fromGrpcError, ServiceError } from "./service-error.ts";
 
@@ -74,6 +75,15 @@ export type ServiceClient<S extends GenServiceMethods> = { [K in keyof S]: Clien
   close(): void;
 };
 
+/** "127.0.0.1:50051" -> "127.0.0.1", "[::1]:50051" -> "::1", "dns:///host:1" -> "host". */
+function hostOf(address: string): string {
+  const target = address.replace(/^[a-z]+:(\/\/\/?)?/, "");
+  const bracketed = /^\[([^\]]+)\]/.exec(target);
+  if (bracketed) return bracketed[1]!;
+  const colon = target.lastIndexOf(":");
+  return colon < 0 ? target : target.slice(0, colon);
+}
+
 function channelCredentials(tls: ClientOptions["tls"]) {
   if (!tls) return credentials.createInsecure();
   if (tls === true) return credentials.createSsl();
@@ -114,6 +124,18 @@ export function createClient<S extends GenServiceMethods>(
   if (options.tls && options.tls !== true && options.tls.serverName) {
     channelOptions["grpc.ssl_target_name_override"] = options.tls.serverName;
     channelOptions["grpc.default_authority"] = options.tls.serverName;
+  }
+  if (
+    options.tls &&
+    process.versions.bun &&
+    isIp(hostOf(address)) &&
+    !(options.tls !== true && options.tls.serverName)
+  ) {
+    // grpc-js sends the host as TLS SNI, which Bun refuses for IP literals (Node only warns).
+    throw new Error(
+      `TLS to ${address}: address the server by a host name in its certificate (e.g. localhost:port) ` +
+        "or set tls.serverName; Bun does not allow an IP address as the TLS server name",
+    );
   }
   const client = new Client(address, channelCredentials(options.tls), channelOptions);
   const methods: Record<string, unknown> = {};

@@ -3,10 +3,10 @@
 
 export { AUTHORIZATION_HEADER, bearerHeader } from "./bearer-token.ts";
 export { type CallOptions, type ClientOptions, type ClientTls, createClient, type ServiceClient } from "./client.ts";
+export { DEFAULT_MAX_MESSAGE_BYTES } from "./message-size.ts";
 export { HEALTH_SERVICE } from "./reflection.ts";
 export {
   DEFAULT_CLOSE_TIMEOUT_MS,
-  DEFAULT_MAX_MESSAGE_BYTES,
   type RunningServer,
   type ServerTls,
   type ServingStatus,

@@ -10,11 +10,10 @@ import {
 } from "@grpc/grpc-js";
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import { bearerTokenInterceptor } from "./bearer-token.ts";
+import { DEFAULT_MAX_MESSAGE_BYTES } from "./message-size.ts";
 import { reflectionService } from "./reflection.ts";
 import { type BoundService, type FailureLog, grpcImplementation, serverServiceDefinition } from "./service-handlers.ts";
 
-/** Large enough for a batch of trajectories with latents, small enough to bound memory per call. */
-export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_CLOSE_TIMEOUT_MS = 5000;
 
 export interface ServerTls {

@@ -121,6 +121,8 @@ export function serverServiceDefinition(service: DescService): ServiceDefinition
   return definition as ServiceDefinition;
 }
 
+const DEADLINE_SLACK_MS = 100;
+
 function deadlineDate(deadline: Deadline): Date | undefined {
   if (deadline instanceof Date) return deadline;
   return Number.isFinite(deadline) ? new Date(deadline) : undefined;
@@ -133,9 +135,11 @@ function callContext(
 ): { context: CallContext; dispose: () => void } {
   const controller = new AbortController();
   const deadline = deadlineDate(call.getDeadline());
-  // grpc-js reports both a client cancel and an expired deadline as "cancelled".
+  // grpc-js reports both a client cancel and an expired deadline as "cancelled". The client's
+  // own deadline timer usually fires first and resets the stream just before the server's copy
+  // of the deadline (which starts a little later), so a cancel close to it counts as expiry.
   const onCancelled = () => {
-    const expired = deadline !== undefined && Date.now() >= deadline.getTime();
+    const expired = deadline !== undefined && Date.now() >= deadline.getTime() - DEADLINE_SLACK_MS;
     controller.abort(
       expired
         ? new ServiceError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
