@@ -21,10 +21,11 @@ import {
 } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import { service as healthService } from "grpc-health-check";
+import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Code, createClient, type RunningServer, ServiceError, startServer } from "../../services/lib/grpc/index.ts";
-import { CHECKPOINT, handlerEvents, testRewarder, testSampler } from "./test-services.ts";
+import { CHECKPOINT, handlerEvents, testRewarder, testSampler, unimplemented } from "./test-services.ts";
 
 const TOKEN = "s3cret-token";
 
@@ -36,6 +37,12 @@ async function failure(promise: Promise<unknown>): Promise<ServiceError> {
     return error as ServiceError;
   }
   throw new Error("expected the call to fail");
+}
+
+async function collectAll<T>(stream: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of stream) out.push(item);
+  return out;
 }
 
 /** grpc.health.v1.Health/Check through a plain grpc-js client (no token). */
@@ -118,7 +125,9 @@ describe("reflection", () => {
   let server: RunningServer;
 
   beforeAll(async () => {
-    server = await startServer({ services: [testRewarder(handlerEvents()), testSampler(handlerEvents())] });
+    server = await startServer({
+      services: [testRewarder(handlerEvents()), testSampler(handlerEvents()), unimplemented(Registry)],
+    });
   });
   afterAll(() => server?.close(1000));
 
@@ -127,10 +136,26 @@ describe("reflection", () => {
       list_services_response: { service: { name: string }[] };
     };
     expect(response.list_services_response.service.map((s) => s.name).sort()).toEqual([
+      "ddpo.v1.Registry",
       "ddpo.v1.Rewarder",
       "ddpo.v1.Sampler",
       "grpc.health.v1.Health",
     ]);
+  });
+
+  test("includes well-known imports (Registry uses google.protobuf.Timestamp)", async () => {
+    const response = (await reflect(server.address, { file_containing_symbol: "ddpo.v1.Checkpoint" })) as {
+      file_descriptor_response: { file_descriptor_proto: Buffer[] };
+    };
+    const names = response.file_descriptor_response.file_descriptor_proto.map(
+      (bytes) => fromBinary(FileDescriptorProtoSchema, bytes).name,
+    );
+    expect(names).toContain("ddpo/v1/registry.proto");
+    expect(names).toContain("google/protobuf/timestamp.proto");
+    const registry = createClient(Registry, server.address);
+    expect((await failure(registry.getLineage({ checkpointId: "x" }))).code).toBe(Code.UNIMPLEMENTED);
+    expect((await failure(collectAll(registry.streamCheckpoint({ id: "x" })))).code).toBe(Code.UNIMPLEMENTED);
+    registry.close();
   });
 
   test("serves the file declaring a symbol, with its imports", async () => {
@@ -167,6 +192,23 @@ describe("close", () => {
     const error = await failure(createClient(Sampler, server.address).getStatus({}, { timeoutMs: 2000 }));
     expect(error.code).toBe(Code.UNAVAILABLE);
     client.close();
+  });
+
+  test("waitForReady waits for a server that starts late", async () => {
+    const probe = await startServer({ services: [testRewarder(handlerEvents())] });
+    const address = probe.address;
+    await probe.close();
+    const client = createClient(Rewarder, address);
+    expect((await failure(client.listRewards({}, { timeoutMs: 2000 }))).code).toBe(Code.UNAVAILABLE);
+    const waiting = client.listRewards({}, { timeoutMs: 5000, waitForReady: true });
+    await Bun.sleep(200);
+    const late = await startServer({ address, services: [testRewarder(handlerEvents())] });
+    try {
+      expect((await waiting).rewards).toHaveLength(1);
+    } finally {
+      client.close();
+      await late.close(1000);
+    }
   });
 
   test("with nothing running it closes at once and health stops answering", async () => {

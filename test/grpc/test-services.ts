@@ -2,9 +2,10 @@
 // Rewarder for unary calls, Sampler for server streaming. Each records what its handlers saw
 // (abort reasons, finally blocks) so tests can check cancellation reached them.
 
+import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
-import { bindService, Code, ServiceError } from "../../services/lib/grpc/index.ts";
+import { bindService, Code, ServiceError, type ServiceImpl } from "../../services/lib/grpc/index.ts";
 
 export const CHECKPOINT = "ck-test";
 
@@ -100,4 +101,22 @@ export function testSampler(events: HandlerEvents) {
       }
     },
   });
+}
+
+/** Any service with every rpc answering UNIMPLEMENTED: enough to test what does not call it. */
+export function unimplemented<S extends GenServiceMethods>(service: GenService<S>) {
+  const fail = (name: string) => new ServiceError(Code.UNIMPLEMENTED, `${name} is not implemented in this test`);
+  const impl: Record<string, unknown> = {};
+  for (const method of service.methods) {
+    impl[method.localName] =
+      method.methodKind === "unary"
+        ? async () => {
+            throw fail(method.name);
+          }
+        : // biome-ignore lint/correctness/useYield: fails before its first message
+          async function* () {
+            throw fail(method.name);
+          };
+  }
+  return bindService(service, impl as ServiceImpl<S>);
 }

@@ -41,6 +41,11 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** Extra request headers. */
   metadata?: Readonly<Record<string, string>>;
+  /**
+   * Wait (until the deadline) for the server to come up instead of failing at once with
+   * UNAVAILABLE: for processes that start together.
+   */
+  waitForReady?: boolean;
 }
 
 export type UnaryMethod<I extends DescMessage, O extends DescMessage> = (
@@ -91,9 +96,9 @@ function channelCredentials(tls: ClientOptions["tls"]) {
   return credentials.createSsl(pem(tls.ca), pem(tls.key), pem(tls.cert));
 }
 
-function requestMetadata(token: string | undefined, extra: CallOptions["metadata"]): Metadata {
-  const metadata = new Metadata();
-  for (const [key, value] of Object.entries(extra ?? {})) metadata.set(key, value);
+function requestMetadata(token: string | undefined, callOptions: CallOptions | undefined): Metadata {
+  const metadata = new Metadata({ waitForReady: callOptions?.waitForReady ?? false });
+  for (const [key, value] of Object.entries(callOptions?.metadata ?? {})) metadata.set(key, value);
   if (token !== undefined) metadata.set(AUTHORIZATION_HEADER, bearerHeader(token));
   return metadata;
 }
@@ -157,7 +162,7 @@ export function createClient<S extends GenServiceMethods>(
             requestSerialize,
             responseDeserialize,
             request,
-            requestMetadata(options.token, callOptions?.metadata),
+            requestMetadata(options.token, callOptions),
             callDeadline(options.timeoutMs, callOptions),
             (error, response) => {
               signal?.removeEventListener("abort", onAbort);
@@ -177,7 +182,7 @@ export function createClient<S extends GenServiceMethods>(
           requestSerialize,
           responseDeserialize,
           request,
-          requestMetadata(options.token, callOptions?.metadata),
+          requestMetadata(options.token, callOptions),
           callDeadline(options.timeoutMs, callOptions),
         );
         const onAbort = () => call.cancel();
