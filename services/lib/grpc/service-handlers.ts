@@ -182,6 +182,8 @@ function unaryCall(method: DescMethod, handler: UnaryHandler<DescMessage, DescMe
           callback({ code: status.code, details: status.details, metadata: status.metadata });
         },
       )
+      // Only a failure inside grpc-js itself lands here; log it rather than reject into the void.
+      .catch((error) => logUnexpected(log, path, error))
       .finally(dispose);
   };
   return onCall;
@@ -206,7 +208,7 @@ function serverStreamingCall(
   log: FailureLog,
 ) {
   const path = methodPath(method);
-  const onCall: handleServerStreamingCall<unknown, Buffer> = async (call) => {
+  const stream = async (call: ServerWritableStream<unknown, Buffer>) => {
     const { context, dispose } = callContext(call, path);
     try {
       const request = checkedRequest(method, call.request) as MessageShape<DescMessage>;
@@ -224,6 +226,10 @@ function serverStreamingCall(
     } finally {
       dispose();
     }
+  };
+  // grpc-js ignores the handler's return value, so a rejection must not escape (see unaryCall).
+  const onCall: handleServerStreamingCall<unknown, Buffer> = (call) => {
+    stream(call).catch((error) => logUnexpected(log, path, error));
   };
   return onCall;
 }
