@@ -81,6 +81,16 @@ function cString(s: string): Buffer {
 
 type Optional<T> = T | null | undefined;
 
+/** GPU_CORE_BACKEND: cpu, cuda or auto (the default). */
+function backendFromEnv(): Backend | "auto" {
+  const v = process.env.GPU_CORE_BACKEND ?? "auto";
+  if (v === "cpu" || v === "cuda" || v === "auto") return v;
+  throw new GpuCoreError("INVALID_ARGUMENT", `GPU_CORE_BACKEND must be cpu, cuda or auto, got '${v}'`);
+}
+
+// Whether a CUDA context opened in this thread (null: not tried yet), so auto probes once.
+let cudaUsable: boolean | null = null;
+
 // Tensors dropped without close() are freed by the GC as a safety net; close() is the contract.
 const leakedTensors = new FinalizationRegistry<{ lib: GpuCoreLibrary; handle: number }>(({ lib, handle }) => {
   lib.gc_tensor_free(handle);
@@ -265,11 +275,33 @@ export class Engine {
     this.backend = backend;
   }
 
-  static open(opts: { backend?: Backend; options?: string } = {}): Engine {
-    const backend = opts.backend ?? "cpu";
+  /**
+   * Opens a context on `backend`, else GPU_CORE_BACKEND (cpu | cuda | auto), else auto: the CUDA
+   * library when it is built and a context opens on it (a GPU is there), the CPU one otherwise.
+   * `engine.backend` says which one runs.
+   */
+  static open(opts: { backend?: Backend | "auto"; options?: string } = {}): Engine {
+    const choice = opts.backend ?? backendFromEnv();
+    if (choice === "auto") {
+      if (cudaUsable !== false && backendAvailable("cuda")) {
+        try {
+          const engine = Engine.#openOn("cuda", opts.options);
+          cudaUsable = true;
+          return engine;
+        } catch (err) {
+          if (cudaUsable === true) throw err; // a GPU that worked before: a real error
+          cudaUsable = false; // no GPU or no driver here: CPU from now on
+        }
+      }
+      return Engine.#openOn("cpu", opts.options);
+    }
+    return Engine.#openOn(choice, opts.options);
+  }
+
+  static #openOn(backend: Backend, options: string | undefined): Engine {
     const lib = loadLibrary(backend);
     const out = new BigInt64Array(1);
-    const status = lib.gc_ctx_create(cString(opts.options ?? ""), out);
+    const status = lib.gc_ctx_create(cString(options ?? ""), out);
     if (status !== 0) {
       throw new GpuCoreError(STATUS_CODES[status] ?? "BACKEND", String(lib.gc_last_error()));
     }
