@@ -22,11 +22,11 @@ export interface EpochUpdateArgs {
   latents: Float32Array[]; // per sample [T+1, C, H, W]
   logProbs: Float32Array[]; // per sample [T]
   rewards: Float64Array;
+  advantages: Float64Array;
 }
 
 export interface EpochUpdateResult {
   epoch: number;
-  advantages: Float64Array;
   stats: UpdateStats;
   trainingSeconds: number;
 }
@@ -53,18 +53,22 @@ const handlers = {
     return { epoch: t.epoch, batches: t.planEpoch() };
   },
 
-  /** Advantages from the rewards, the policy-gradient update, and the epoch counter. */
+  /** Per-prompt advantages of this epoch's rewards (updates the stat tracker's buffers). */
+  advantages(args: { prompts: string[]; rewards: Float64Array }): Float64Array {
+    return active().computeAdvantages(args.prompts, args.rewards);
+  },
+
+  /** The policy-gradient update on this epoch's trajectories, then the epoch counter. */
   update(args: EpochUpdateArgs): EpochUpdateResult {
     const t = active();
     const n = args.prompts.length;
-    if (args.latents.length !== n || args.logProbs.length !== n || args.rewards.length !== n) {
-      throw new Error(`update: ${n} prompts but ${args.latents.length} latents, ${args.rewards.length} rewards`);
+    if (args.latents.length !== n || args.logProbs.length !== n || args.advantages.length !== n) {
+      throw new Error(`update: ${n} prompts but ${args.latents.length} latents, ${args.advantages.length} advantages`);
     }
     const started = performance.now();
-    const advantages = t.computeAdvantages(args.prompts, args.rewards);
-    const stats = t.train({ ...args, advantages });
+    const stats = t.train({ ...args });
     const epoch = t.endEpoch();
-    return { epoch, advantages, stats, trainingSeconds: (performance.now() - started) / 1000 };
+    return { epoch, stats, trainingSeconds: (performance.now() - started) / 1000 };
   },
 
   /** Writes the checkpoint folder; returns where the policy's weights are inside it. */

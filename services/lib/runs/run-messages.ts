@@ -1,0 +1,197 @@
+// Conversions between the database rows (services/lib/db) and the ddpo.v1 messages, and between
+// the DdpoConfig message (every field optional) and the trainer's DdpoConfig (defaults filled in,
+// validated). The Trainer stores a run's settings in runs.config as a RunSettings object.
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { CheckpointKind, RunStatus } from "../../gen/ddpo/v1/common_pb.ts";
+import type { Checkpoint as CheckpointMessage } from "../../gen/ddpo/v1/registry_pb.ts";
+import { CheckpointSchema } from "../../gen/ddpo/v1/registry_pb.ts";
+import {
+  type DdpoConfig as DdpoConfigMessage,
+  DdpoConfigSchema,
+  DdpoLoss,
+  type EpochReport,
+  EpochReportSchema,
+  type Run as RunMessage,
+  RunSchema,
+} from "../../gen/ddpo/v1/run_pb.ts";
+import type {
+  Checkpoint,
+  CheckpointKind as DbKind,
+  RunStatus as DbStatus,
+  Epoch,
+  RewardSpec,
+  Run,
+} from "../db/schema.ts";
+import { DDPO_DEFAULTS, type DdpoConfig, type DdpoLoss as Loss, validateConfig } from "../ddpo/trainer.ts";
+
+/** What runs.config holds: everything the Trainer needs to resume the run in a new process. */
+export interface RunSettings {
+  ddpo: DdpoConfig;
+  baseModelDir: string;
+  epochs: number;
+  samplerEndpoints: string[];
+  /** Where the run's checkpoints are written. */
+  runDir: string;
+}
+
+const STATUS_TO_MESSAGE: Record<DbStatus, RunStatus> = {
+  pending: RunStatus.PENDING,
+  running: RunStatus.RUNNING,
+  stopped: RunStatus.STOPPED,
+  finished: RunStatus.COMPLETED,
+  failed: RunStatus.FAILED,
+};
+
+const KIND_TO_MESSAGE: Record<DbKind, CheckpointKind> = {
+  base: CheckpointKind.BASE,
+  full: CheckpointKind.FULL,
+  lora: CheckpointKind.LORA,
+};
+
+const LOSSES: [DdpoLoss, Loss][] = [
+  [DdpoLoss.IS, "ddpo_is"],
+  [DdpoLoss.SF, "ddpo_sf"],
+  [DdpoLoss.RWR, "rwr"],
+  [DdpoLoss.SPARSE_RWR, "sparse_rwr"],
+];
+
+export function checkpointKindFromMessage(kind: CheckpointKind): DbKind | null {
+  const found = Object.entries(KIND_TO_MESSAGE).find(([, v]) => v === kind);
+  return found ? (found[0] as DbKind) : null;
+}
+
+export function checkpointMessage(c: Checkpoint): CheckpointMessage {
+  return create(CheckpointSchema, {
+    id: c.id,
+    parentId: c.parent_id ?? undefined,
+    runId: c.run_id ?? undefined,
+    epoch: c.epoch ?? undefined,
+    kind: KIND_TO_MESSAGE[c.kind],
+    sha256: c.sha256,
+    sizeBytes: BigInt(c.size_bytes),
+    location: c.location,
+    createdAt: timestampFromDate(c.created_at),
+  });
+}
+
+export function epochMessage(e: Epoch): EpochReport {
+  return create(EpochReportSchema, {
+    epoch: e.epoch,
+    rewardMean: e.reward_mean ?? Number.NaN,
+    rewardStd: e.reward_std ?? Number.NaN,
+    loss: e.loss ?? Number.NaN,
+    approxKl: e.approx_kl ?? Number.NaN,
+    clipFraction: e.clip_fraction ?? Number.NaN,
+    seconds: e.seconds ?? 0,
+    samplingS: e.sampling_s ?? 0,
+    rewardS: e.reward_s ?? 0,
+    trainingS: e.training_s ?? 0,
+    checkpointId: e.checkpoint_id ?? "",
+    samples: e.samples,
+  });
+}
+
+export function runMessage(run: Run, epochs: readonly Epoch[]): RunMessage {
+  const settings = run.config as unknown as Partial<RunSettings>;
+  const last = epochs.at(-1);
+  return create(RunSchema, {
+    id: run.id,
+    name: run.name,
+    status: STATUS_TO_MESSAGE[run.status],
+    error: run.error ?? "",
+    baseModelDir: settings.baseModelDir ?? "",
+    baseCheckpointId: run.base_checkpoint_id ?? "",
+    promptSet: run.prompt_set ?? "",
+    epochs: settings.epochs ?? 0,
+    epochsDone: epochs.length,
+    rewards: (run.rewards as RewardSpec[]).map((r) => ({ endpoint: r.endpoint, rewardName: r.name, weight: r.weight })),
+    config: settings.ddpo ? ddpoConfigMessage(settings.ddpo) : undefined,
+    samplerEndpoints: settings.samplerEndpoints ?? [],
+    latestCheckpointId: last?.checkpoint_id ?? run.base_checkpoint_id ?? "",
+    codeVersion: run.code_version ?? "",
+    createdAt: timestampFromDate(run.created_at),
+    updatedAt: timestampFromDate(run.updated_at),
+  });
+}
+
+export function ddpoConfigMessage(c: DdpoConfig): DdpoConfigMessage {
+  return create(DdpoConfigSchema, {
+    seed: c.seed,
+    loss: LOSSES.find(([, l]) => l === c.loss)![0],
+    sampleBatchSize: c.sampleBatchSize,
+    sampleBatchesPerEpoch: c.sampleBatchesPerEpoch,
+    steps: c.steps,
+    eta: c.eta,
+    guidance: c.guidance,
+    trainBatchSize: c.trainBatchSize,
+    gradientAccumulation: c.gradientAccumulation,
+    innerEpochs: c.innerEpochs,
+    timestepFraction: c.timestepFraction,
+    clipRange: c.clipRange,
+    advClipMax: c.advClipMax,
+    lr: c.lr,
+    weightDecay: c.weightDecay,
+    maxGradNorm: c.maxGradNorm,
+    finetune: c.lora
+      ? { case: "lora", value: { rank: c.lora.rank, alpha: c.lora.alpha } }
+      : { case: "full", value: {} },
+    advantages: c.statTracking
+      ? { case: "statTracking", value: { bufferSize: c.statTracking.bufferSize, minCount: c.statTracking.minCount } }
+      : { case: "batchStatistics", value: {} },
+    rwrTemperature: c.rwrTemperature,
+    sparseRwrPercentile: c.sparseRwrPercentile,
+  });
+}
+
+/** The message's fields over DDPO_DEFAULTS; throws with every problem listed when invalid. */
+export function ddpoConfigFromMessage(m: DdpoConfigMessage | undefined): DdpoConfig {
+  const d = DDPO_DEFAULTS;
+  if (!m) return { ...d };
+  let loss = d.loss;
+  if (m.loss !== undefined && m.loss !== DdpoLoss.UNSPECIFIED) {
+    const found = LOSSES.find(([v]) => v === m.loss);
+    if (!found) throw new Error(`config.loss: unknown value ${m.loss}`);
+    loss = found[1];
+  }
+  const c: DdpoConfig = {
+    seed: m.seed ?? d.seed,
+    loss,
+    sampleBatchSize: m.sampleBatchSize ?? d.sampleBatchSize,
+    sampleBatchesPerEpoch: m.sampleBatchesPerEpoch ?? d.sampleBatchesPerEpoch,
+    steps: m.steps ?? d.steps,
+    eta: m.eta ?? d.eta,
+    guidance: m.guidance ?? d.guidance,
+    trainBatchSize: m.trainBatchSize ?? d.trainBatchSize,
+    gradientAccumulation: m.gradientAccumulation ?? d.gradientAccumulation,
+    innerEpochs: m.innerEpochs ?? d.innerEpochs,
+    timestepFraction: m.timestepFraction ?? d.timestepFraction,
+    clipRange: m.clipRange ?? d.clipRange,
+    advClipMax: m.advClipMax ?? d.advClipMax,
+    lr: m.lr ?? d.lr,
+    weightDecay: m.weightDecay ?? d.weightDecay,
+    maxGradNorm: m.maxGradNorm ?? d.maxGradNorm,
+    lora:
+      m.finetune.case === "full"
+        ? null
+        : m.finetune.case === "lora"
+          ? {
+              rank: m.finetune.value.rank ?? d.lora!.rank,
+              alpha: m.finetune.value.alpha ?? m.finetune.value.rank ?? d.lora!.alpha,
+            }
+          : d.lora,
+    statTracking:
+      m.advantages.case === "batchStatistics"
+        ? null
+        : m.advantages.case === "statTracking"
+          ? {
+              bufferSize: m.advantages.value.bufferSize ?? d.statTracking!.bufferSize,
+              minCount: m.advantages.value.minCount ?? d.statTracking!.minCount,
+            }
+          : d.statTracking,
+    rwrTemperature: m.rwrTemperature ?? d.rwrTemperature,
+    sparseRwrPercentile: m.sparseRwrPercentile ?? d.sparseRwrPercentile,
+  };
+  validateConfig(c);
+  return c;
+}

@@ -1,0 +1,64 @@
+// Rewarder handlers: the reward library behind the ddpo.v1.Rewarder contract. Every request is
+// checked before scoring (known reward, one size for the batch, RGB bytes that match it).
+import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
+import { bindService, Code, ServiceError } from "../lib/grpc/index.ts";
+import { listRewards, type RewardFunction, rewardByName } from "../lib/rewards/index.ts";
+
+/** Largest image side accepted, in pixels (the JPEG rewards encode every image). */
+const MAX_SIDE = 4096;
+
+export function rewarderService() {
+  const cache = new Map<string, RewardFunction>();
+  const reward = (name: string): RewardFunction => {
+    let fn = cache.get(name);
+    if (!fn) {
+      try {
+        fn = rewardByName(name);
+      } catch (e) {
+        throw new ServiceError(Code.NOT_FOUND, `unknown reward '${name}': ${(e as Error).message}`);
+      }
+      cache.set(name, fn);
+    }
+    return fn;
+  };
+  return bindService(Rewarder, {
+    listRewards: () => ({ rewards: listRewards() }),
+    async score(request) {
+      if (!request.rewardName) throw new ServiceError(Code.INVALID_ARGUMENT, "reward_name is required");
+      const fn = reward(request.rewardName);
+      const n = request.images.length;
+      if (n === 0) return { rewardName: fn.name, scores: [] };
+      const first = request.images[0]!.image;
+      const width = first?.width ?? 0;
+      const height = first?.height ?? 0;
+      if (!(width >= 1 && height >= 1 && width <= MAX_SIDE && height <= MAX_SIDE)) {
+        throw new ServiceError(Code.INVALID_ARGUMENT, `images[0]: size ${width}x${height} outside 1..${MAX_SIDE}`);
+      }
+      const per = width * height * 3;
+      const rgb = new Uint8Array(n * per);
+      request.images.forEach(({ image }, i) => {
+        if (!image || image.width !== width || image.height !== height) {
+          throw new ServiceError(
+            Code.INVALID_ARGUMENT,
+            `images[${i}]: ${image ? `${image.width}x${image.height}` : "missing"}; a batch has one size (${width}x${height})`,
+          );
+        }
+        if (image.rgb.length !== per) {
+          throw new ServiceError(
+            Code.INVALID_ARGUMENT,
+            `images[${i}]: ${image.rgb.length} bytes of RGB, expected ${width}x${height}x3 = ${per}`,
+          );
+        }
+        rgb.set(image.rgb, i * per);
+      });
+      const scores = await fn.score(
+        rgb,
+        { width, height },
+        request.images.map((s) => s.prompt),
+      );
+      const bad = scores.findIndex((s) => !Number.isFinite(s));
+      if (bad >= 0) throw new ServiceError(Code.INTERNAL, `reward ${fn.name} gave a non-finite score for image ${bad}`);
+      return { rewardName: fn.name, scores: Array.from(scores) };
+    },
+  });
+}

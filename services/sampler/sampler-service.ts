@@ -1,0 +1,124 @@
+// Sampler handlers: load a policy checkpoint, stream DDIM trajectories with log-probs. The engine
+// runs in a worker (engine-worker.ts); this thread validates, batches and streams, so health
+// checks and cancellation answer while a batch computes.
+import { create } from "@bufbuild/protobuf";
+import { Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
+import { bindService, Code, ServiceError } from "../lib/grpc/index.ts";
+import type { WorkerClient } from "../lib/workers/worker-rpc.ts";
+import type { SamplerWorkerHandlers } from "./engine-worker.ts";
+
+/** Limits on one Sample call, so a request cannot pin the engine for hours. */
+const MAX_PROMPTS = 4096;
+const MAX_STEPS = 1000;
+const MAX_PROMPT_CHARS = 1000;
+const DEFAULTS = { steps: 20, guidance: 3, eta: 1, batchSize: 8 };
+
+function invalid(message: string): never {
+  throw new ServiceError(Code.INVALID_ARGUMENT, message);
+}
+
+export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
+  let loaded: string | null = null;
+  let active = 0;
+  return bindService(Sampler, {
+    async loadCheckpoint(request) {
+      if (!request.checkpointId) invalid("checkpoint_id is required");
+      if (!request.baseModelDir) invalid("base_model_dir is required");
+      if (request.loraDir && request.fullModelDir) invalid("give lora_dir or full_model_dir, not both");
+      const started = performance.now();
+      try {
+        await worker.call("load", {
+          checkpointId: request.checkpointId,
+          baseModelDir: request.baseModelDir,
+          loraDir: request.loraDir,
+          fullModelDir: request.fullModelDir,
+        });
+      } catch (e) {
+        const message = (e as Error).message;
+        const code = /does not exist|ENOENT|no such file/i.test(message) ? Code.NOT_FOUND : Code.INVALID_ARGUMENT;
+        throw new ServiceError(code, `checkpoint ${request.checkpointId}: ${message}`);
+      }
+      loaded = request.checkpointId;
+      return { checkpointId: request.checkpointId, loadSeconds: (performance.now() - started) / 1000 };
+    },
+
+    async getStatus() {
+      const s = await worker.call("status", undefined as never);
+      return { checkpointId: s.checkpointId ?? "", backend: s.backend ?? "", activeSamples: active };
+    },
+
+    async *sample(request, context) {
+      const n = request.prompts.length;
+      if (n === 0) invalid("prompts is empty");
+      if (n > MAX_PROMPTS) invalid(`${n} prompts; at most ${MAX_PROMPTS} per call`);
+      if (request.seeds.length !== n) invalid(`${request.seeds.length} seeds for ${n} prompts (one seed per prompt)`);
+      const long = request.prompts.findIndex((p) => p.length > MAX_PROMPT_CHARS);
+      if (long >= 0) invalid(`prompts[${long}] is longer than ${MAX_PROMPT_CHARS} characters`);
+      const seeds = request.seeds.map((s, i) => {
+        if (s >= 2n ** 52n) invalid(`seeds[${i}] = ${s} is not below 2^52`);
+        return Number(s);
+      });
+      const steps = request.steps ?? DEFAULTS.steps;
+      if (!(steps >= 1 && steps <= MAX_STEPS)) invalid(`steps must be in 1..${MAX_STEPS}, got ${steps}`);
+      const guidance = request.guidance ?? DEFAULTS.guidance;
+      if (!(Number.isFinite(guidance) && guidance >= 1))
+        invalid(`guidance must be a finite number >= 1, got ${guidance}`);
+      const eta = request.eta ?? DEFAULTS.eta;
+      if (!(Number.isFinite(eta) && eta > 0))
+        invalid(`eta must be a finite number > 0 (the policy needs a log-prob), got ${eta}`);
+      const batchSize = request.batchSize || DEFAULTS.batchSize;
+      if (batchSize > 256) invalid(`batch_size ${batchSize} is above 256`);
+      if (!loaded) throw new ServiceError(Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
+      if (request.checkpointId && request.checkpointId !== loaded) {
+        throw new ServiceError(
+          Code.FAILED_PRECONDITION,
+          `checkpoint ${request.checkpointId} requested but ${loaded} is loaded; call LoadCheckpoint first`,
+        );
+      }
+      active += n;
+      let remaining = n;
+      try {
+        for (let start = 0; start < n; start += batchSize) {
+          if (context.signal.aborted) return;
+          const end = Math.min(n, start + batchSize);
+          const batch = await worker.call("sample", {
+            prompts: request.prompts.slice(start, end),
+            seeds: seeds.slice(start, end),
+            steps,
+            guidance,
+            eta,
+            includeLatents: request.includeLatents,
+          });
+          if (batch.checkpointId !== (request.checkpointId || loaded)) {
+            throw new ServiceError(Code.ABORTED, `checkpoint changed to ${batch.checkpointId} during the call`);
+          }
+          const { channels, size } = batch.shape;
+          for (const [i, t] of batch.trajectories.entries()) {
+            const out: Trajectory = create(TrajectorySchema, {
+              index: start + i,
+              prompt: t.prompt,
+              inputIds: Array.from(t.inputIds),
+              seed: BigInt(t.seed),
+              timesteps: t.timesteps,
+              logProbs: Array.from(t.logProbs),
+              image: { width: size, height: size, rgb: t.image },
+              checkpointId: batch.checkpointId,
+            });
+            if (t.latents) {
+              out.latents = {
+                $typeName: "ddpo.v1.TensorF32",
+                shape: [t.timesteps.length + 1, channels, size, size],
+                data: new Uint8Array(t.latents.buffer, t.latents.byteOffset, t.latents.byteLength),
+              };
+            }
+            yield out;
+          }
+          active -= end - start;
+          remaining -= end - start;
+        }
+      } finally {
+        active -= remaining;
+      }
+    },
+  });
+}

@@ -1,0 +1,38 @@
+// The Trainer process: `bun run services/trainer/main.ts --registry ADDR --rewarder ADDR
+// --samplers ADDR[,ADDR] [--data-dir DIR] [--address 127.0.0.1:0]`, against DATABASE_URL.
+// At start it resumes the runs a previous Trainer left running (from their last checkpoints).
+import { migrate, openDatabase } from "../lib/db/database.ts";
+import { TrajectoryRecorder } from "../lib/db/recorder.ts";
+import { parseServiceFlags, runServiceProcess } from "../lib/grpc/service-process.ts";
+import { trainerService } from "./trainer-service.ts";
+
+const flags = parseServiceFlags(process.argv.slice(2), ["registry", "rewarder", "samplers", "data-dir"]);
+const url = process.env.DATABASE_URL;
+if (!url) {
+  console.error("trainer: DATABASE_URL is not set (ddpo up sets it for the embedded server)");
+  process.exit(2);
+}
+const { registry, rewarder, samplers } = flags.extra;
+if (!registry || !rewarder) {
+  console.error("trainer: --registry and --rewarder addresses are required");
+  process.exit(2);
+}
+const database = openDatabase({ url });
+await migrate(database.db);
+const recorder = new TrajectoryRecorder(database.db);
+const trainer = trainerService({
+  db: database.db,
+  recorder,
+  registryAddress: registry,
+  defaultRewarderAddress: rewarder,
+  defaultSamplers: samplers ? samplers.split(",").filter(Boolean) : [],
+  dataDir: flags.extra["data-dir"] ?? ".ddpo",
+  clientOptions: { token: flags.token },
+});
+await runServiceProcess("trainer", flags, [trainer.service], async () => {
+  await trainer.close();
+  await recorder.close();
+  await database.close();
+});
+const resumed = await trainer.resumeInterrupted();
+if (resumed.length) console.error(`trainer: resumed ${resumed.length} interrupted run(s): ${resumed.join(", ")}`);

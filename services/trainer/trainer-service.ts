@@ -1,0 +1,246 @@
+// Trainer handlers: start, watch, stop and resume DDPO runs. Each run is a RunController whose
+// engine work happens in its own worker; this thread validates requests, records runs in
+// Postgres and streams epoch events to watchers.
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import type { Kysely } from "kysely";
+import { CheckpointKind, RunStatus as RunStatusMessage } from "../gen/ddpo/v1/common_pb.ts";
+import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
+import { type RunEventSchema, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
+import { createRun, getRun, listEpochs, listRuns } from "../lib/db/queries.ts";
+import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
+import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
+import { listPromptSets } from "../lib/ddpo/prompts.ts";
+import { bindService, type ClientOptions, Code, createClient, ServiceError } from "../lib/grpc/index.ts";
+import { databaseCall } from "../lib/runs/database-calls.ts";
+import { ddpoConfigFromMessage, epochMessage, type RunSettings, runMessage } from "../lib/runs/run-messages.ts";
+import { sha256File } from "./files.ts";
+import { RunController, type RunEventPayload } from "./run-controller.ts";
+
+export interface TrainerServiceOptions {
+  db: Kysely<Database>;
+  recorder: TrajectoryRecorder;
+  registryAddress: string;
+  defaultRewarderAddress: string;
+  defaultSamplers: string[];
+  /** Runs write their checkpoints under <dataDir>/runs/<run id>/. */
+  dataDir: string;
+  clientOptions: ClientOptions;
+  retryForMs?: number;
+}
+
+const STATUS: Record<RunStatus, RunStatusMessage> = {
+  pending: RunStatusMessage.PENDING,
+  running: RunStatusMessage.RUNNING,
+  stopped: RunStatusMessage.STOPPED,
+  finished: RunStatusMessage.COMPLETED,
+  failed: RunStatusMessage.FAILED,
+};
+
+const TERMINAL: ReadonlySet<RunStatus> = new Set(["stopped", "finished", "failed"]);
+
+function invalid(message: string): never {
+  throw new ServiceError(Code.INVALID_ARGUMENT, message);
+}
+
+type RunEventInit = MessageInitShape<typeof RunEventSchema>;
+
+function eventMessage(runId: string, e: RunEventPayload): RunEventInit {
+  const base = { runId, time: timestampNow() };
+  if (e.kind === "epoch") return { ...base, event: { case: "epoch", value: { ...e.epoch! } } };
+  if (e.kind === "progress") return { ...base, event: { case: "progress", value: e.progress! } };
+  return {
+    ...base,
+    event: { case: "status", value: { status: STATUS[e.status!.status], message: e.status!.message } },
+  };
+}
+
+export function trainerService(o: TrainerServiceOptions) {
+  const controllers = new Map<string, RunController>();
+  const registry = createClient(Registry, o.registryAddress, o.clientOptions);
+
+  const launch = (runId: string, settings: RunSettings, rewards: RewardSpec[], promptSet: string, base: string) => {
+    const controller = new RunController(runId, settings, rewards, promptSet, base, {
+      db: o.db,
+      recorder: o.recorder,
+      registryAddress: o.registryAddress,
+      defaultRewarderAddress: o.defaultRewarderAddress,
+      clientOptions: o.clientOptions,
+      retryForMs: o.retryForMs ?? 120_000,
+    });
+    controllers.set(runId, controller);
+    controller.start();
+    controller.finished.finally(() => {
+      if (controllers.get(runId) === controller) controllers.delete(runId);
+    });
+    return controller;
+  };
+
+  /** Starts the controller of a recorded run from its last checkpoint. */
+  const resume = async (runId: string, epochs?: number): Promise<void> => {
+    if (controllers.has(runId)) return;
+    const run = await databaseCall("ResumeRun", () => getRun(o.db, runId));
+    if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
+    const settings = run.config as unknown as RunSettings;
+    if (epochs !== undefined) settings.epochs = epochs;
+    launch(runId, settings, run.rewards, run.prompt_set ?? "animals", run.base_checkpoint_id ?? "");
+  };
+
+  const runResponse = async (runId: string) => {
+    const run = await databaseCall("GetRun", () => getRun(o.db, runId));
+    if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
+    return { run: runMessage(run, await listEpochs(o.db, runId)) };
+  };
+
+  const service = bindService(Trainer, {
+    async startRun(request) {
+      if (!request.baseModelDir) invalid("base_model_dir is required");
+      const baseModelDir = resolve(request.baseModelDir);
+      const weights = join(baseModelDir, "unet", "diffusion_pytorch_model.safetensors");
+      if (!existsSync(weights))
+        throw new ServiceError(Code.NOT_FOUND, `${baseModelDir}: no unet weights (not a model folder)`);
+      const promptSet = request.promptSet || "animals";
+      if (!listPromptSets().includes(promptSet)) {
+        invalid(`unknown prompt_set '${promptSet}'; known: ${listPromptSets().join(", ")}`);
+      }
+      if (!(request.epochs >= 1 && request.epochs <= 100_000)) invalid("epochs must be in 1..100000");
+      let config: ReturnType<typeof ddpoConfigFromMessage>;
+      try {
+        config = ddpoConfigFromMessage(request.config);
+      } catch (e) {
+        invalid((e as Error).message);
+      }
+      const rewards: RewardSpec[] = request.rewards.length
+        ? request.rewards.map((r, i) => {
+            if (!r.rewardName) invalid(`rewards[${i}].reward_name is required`);
+            const weight = r.weight ?? 1;
+            if (!Number.isFinite(weight)) invalid(`rewards[${i}].weight must be finite`);
+            return { endpoint: r.endpoint, name: r.rewardName, weight };
+          })
+        : [{ endpoint: "", name: "jpeg_compressibility", weight: 1 }];
+      const samplers = request.samplerEndpoints.length ? [...request.samplerEndpoints] : o.defaultSamplers;
+      if (samplers.length === 0)
+        throw new ServiceError(Code.FAILED_PRECONDITION, "no Sampler endpoints given or configured");
+
+      // The base model is a checkpoint too: the root of the run's lineage.
+      const { sha256, size } = await sha256File(weights);
+      const baseId = request.baseCheckpointId || `base-${sha256.slice(0, 16)}`;
+      await registry.registerCheckpoint(
+        {
+          checkpoint: {
+            id: baseId,
+            kind: CheckpointKind.BASE,
+            sha256,
+            sizeBytes: BigInt(size),
+            location: baseModelDir,
+          },
+        },
+        { timeoutMs: 30_000, waitForReady: true },
+      );
+      const id = crypto.randomUUID();
+      const settings: RunSettings = {
+        ddpo: config,
+        baseModelDir,
+        epochs: request.epochs,
+        samplerEndpoints: samplers,
+        runDir: resolve(o.dataDir, "runs", id),
+      };
+      await databaseCall("StartRun", () =>
+        createRun(o.db, {
+          id,
+          name: request.name || id,
+          config: settings as unknown as Record<string, unknown>,
+          status: "pending",
+          code_version: process.env.DDPO_CODE_VERSION ?? null,
+          base_checkpoint_id: baseId,
+          prompt_set: promptSet,
+          rewards,
+        }),
+      );
+      launch(id, settings, rewards, promptSet, baseId);
+      return runResponse(id);
+    },
+
+    async *watchRun({ runId, fromEpoch }, context) {
+      if (!runId) invalid("run_id is required");
+      const run = await databaseCall("WatchRun", () => getRun(o.db, runId));
+      if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
+      // Subscribe before reading history so no epoch falls between the two.
+      const queue: RunEventPayload[] = [];
+      let wake: (() => void) | null = null;
+      const controller = controllers.get(runId);
+      const unsubscribe = controller?.subscribe((e) => {
+        queue.push(e);
+        wake?.();
+      });
+      try {
+        const seen = new Set<number>();
+        for (const e of await listEpochs(o.db, runId)) {
+          if (fromEpoch !== undefined && e.epoch < fromEpoch) continue;
+          seen.add(e.epoch);
+          yield { runId, time: timestampNow(), event: { case: "epoch", value: epochMessage(e) } };
+        }
+        if (!controller) {
+          const current = await getRun(o.db, runId);
+          yield eventMessage(runId, {
+            kind: "status",
+            status: { status: current!.status, message: current!.error ?? "" },
+          });
+          return;
+        }
+        for (;;) {
+          while (queue.length) {
+            const e = queue.shift()!;
+            if (e.kind === "epoch" && seen.has(e.epoch!.epoch)) continue;
+            yield eventMessage(runId, e);
+            if (e.kind === "status" && TERMINAL.has(e.status!.status)) return;
+          }
+          if (context.signal.aborted) return;
+          await new Promise<void>((r) => {
+            wake = r;
+            context.signal.addEventListener("abort", () => r(), { once: true });
+          });
+          wake = null;
+        }
+      } finally {
+        unsubscribe?.();
+      }
+    },
+
+    async stopRun({ runId, immediate }) {
+      if (!runId) invalid("run_id is required");
+      const controller = controllers.get(runId);
+      if (controller) await controller.stop(immediate);
+      return runResponse(runId);
+    },
+
+    async resumeRun({ runId, epochs }) {
+      if (!runId) invalid("run_id is required");
+      if (epochs !== undefined && !(epochs >= 1)) invalid("epochs must be >= 1");
+      await resume(runId, epochs);
+      return runResponse(runId);
+    },
+
+    async getRun({ runId }) {
+      if (!runId) invalid("run_id is required");
+      const response = await runResponse(runId);
+      return { ...response, epochs: (await listEpochs(o.db, runId)).map(epochMessage) };
+    },
+  });
+
+  /** Runs left `running` by a Trainer that died: resume them (called once at start-up). */
+  const resumeInterrupted = async (): Promise<string[]> => {
+    const running = await listRuns(o.db, { status: "running" });
+    for (const run of running) await resume(run.id);
+    return running.map((r) => r.id);
+  };
+
+  const close = async () => {
+    await Promise.all([...controllers.values()].map((c) => c.stop(false)));
+    registry.close();
+  };
+
+  return { service, resumeInterrupted, close, controllers };
+}
