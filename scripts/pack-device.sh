@@ -108,6 +108,7 @@ EOF
 chmod +x "$STAGE/run-device.sh"
 
 tar -cf "$ARCHIVE" -C "$STAGE" .
+rm -rf "$STAGE" "$OUT/blas" # the bundles are build output; keep only the archive (and bun.xz)
 size=$(stat -c %s "$ARCHIVE")
 log "$ARCHIVE: $((size / 1024 / 1024)) MiB"
 if [ "$size" -ge "$LIMIT" ]; then
