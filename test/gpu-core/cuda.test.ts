@@ -271,7 +271,8 @@ describe("gpu-core CUDA vs CPU: models and DDPO", () => {
       return { model, weights, traj };
     });
     const [a, b] = runs as [(typeof runs)[0], (typeof runs)[0]];
-    expect(maxDiff(b.weights, a.weights).max).toBe(0); // same init on both (host RNG / Philox)
+    // the same Philox initialisation on both (equal up to a rare last-bit tie, see the randn test)
+    expect(maxDiff(b.weights, a.weights).max).toBeLessThan(1e-6);
     const latentErr = Math.max(...a.traj.latents.map((l, i) => relError(b.traj.latents[i] as Float32Array, l)));
     const lpErr = Math.max(...a.traj.logProbs.map((l, i) => relError(b.traj.logProbs[i] as Float32Array, l)));
     console.log(`trajectory CUDA vs CPU: latents ${latentErr.toExponential(2)}, log-probs ${lpErr.toExponential(2)}`);
