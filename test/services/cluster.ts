@@ -1,0 +1,59 @@
+// Real service processes over loopback for the integration tests: each service is spawned with
+// `bun run services/<name>/main.ts`, announces its address as a JSON line, and is killed
+// (gracefully or with SIGKILL) by the test.
+import type { Subprocess } from "bun";
+
+export interface ServiceProcess {
+  name: string;
+  address: string;
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  /** Everything it wrote to stderr so far (for failure messages). */
+  stderr(): string;
+}
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+export async function spawnService(
+  name: "sampler" | "rewarder" | "registry" | "trainer",
+  args: string[],
+  env: Record<string, string> = {},
+  timeoutMs = 60_000,
+): Promise<ServiceProcess> {
+  const proc = Bun.spawn([process.execPath, "run", `services/${name}/main.ts`, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let err = "";
+  (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stderr) err += decoder.decode(chunk);
+  })();
+  const reader = proc.stdout.getReader();
+  const decoder = new TextDecoder();
+  let buffered = "";
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const { value, done } = await Promise.race([
+      reader.read(),
+      Bun.sleep(deadline - Date.now()).then(() => ({ value: undefined, done: true })),
+    ]);
+    if (done) break;
+    buffered += decoder.decode(value);
+    const line = buffered.split("\n").find((l) => l.startsWith("{"));
+    if (line) {
+      reader.releaseLock();
+      const { address } = JSON.parse(line) as { address: string };
+      return { name, address, proc, stderr: () => err };
+    }
+  }
+  proc.kill("SIGKILL");
+  throw new Error(`${name} did not announce its address: ${err}`);
+}
+
+export async function stopService(s: ServiceProcess, signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
+  s.proc.kill(signal);
+  await s.proc.exited;
+}
