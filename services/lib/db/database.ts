@@ -44,9 +44,11 @@ export function openDatabase(options: OpenDatabaseOptions): DatabaseHandle {
     connectionTimeoutMillis: options.connectionTimeoutMs ?? 5_000,
     types: { getTypeParser: typeParser },
   });
-  // An idle client whose server went away emits 'error' on the pool; unhandled, it would kill the
-  // process. The next query opens a new connection (or fails, and the caller retries).
+  // A client whose server went away (shut down, restarted) emits 'error': on the pool when idle, on
+  // the client when checked out between queries. Unhandled, either would kill the process. Queries
+  // in flight still reject; the next one opens a new connection (or fails, and the caller retries).
   pool.on("error", () => undefined);
+  pool.on("connect", (client) => client.on("error", () => undefined));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   let closed: Promise<void> | null = null;
   return {

@@ -2,7 +2,7 @@
 // Data lives in a directory of the caller's choosing and survives restarts: an initialised
 // directory (one holding PG_VERSION) is reused, an empty or missing one is initialised.
 
-import { execFileSync } from "node:child_process";
+import { type ChildProcess, execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { chown, lstat, mkdir, readdir, stat } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -129,7 +129,7 @@ export class EmbeddedPostgresServer {
         }),
       ]);
     } catch (err) {
-      await server.stop().catch(() => undefined);
+      await stopChild(server);
       const reason = err instanceof Error ? err.message : "the server exited during start-up";
       throw new Error(
         `could not start Postgres on ${host}:${port} with data in ${dataDir}: ${reason}\n${log.join("\n")}`,
@@ -160,11 +160,11 @@ export class EmbeddedPostgresServer {
     await ensureDatabase(this.url(), name);
   }
 
-  /** Fast shutdown (SIGINT: roll back open transactions, checkpoint, exit). Safe to call twice. */
+  /** Fast shutdown, waiting for postgres to exit. Safe to call twice, and after a crash. */
   async stop(): Promise<void> {
     const server = this.#pg;
     this.#pg = null;
-    if (server) await server.stop();
+    if (server) await stopChild(server);
   }
 }
 
@@ -276,6 +276,27 @@ async function chownTree(path: string, owner: Account): Promise<void> {
   const info = await lstat(path);
   if (!info.isDirectory()) return;
   for (const entry of await readdir(path)) await chownTree(join(path, entry), owner);
+}
+
+/** The package's postgres child process (not part of its typed API). */
+type WithChild = { process?: ChildProcess };
+
+/**
+ * Stop the server's postgres if it still runs. The package's stop() waits for an 'exit' event that
+ * never comes when postgres has already exited (refused port or lock file, crash), and its exit hook
+ * calls stop() on every instance it ever made: forget such a child so neither hangs.
+ */
+async function stopChild(server: EmbeddedPostgres): Promise<void> {
+  const child = (server as unknown as WithChild).process;
+  if (child && child.exitCode === null && child.signalCode === null) {
+    const exited = new Promise<void>((resolveExit) => child.once("exit", () => resolveExit()));
+    // SIGINT is postgres's fast shutdown: roll back open transactions, checkpoint, exit.
+    child.kill("SIGINT");
+    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    await exited;
+    clearTimeout(timer);
+  }
+  (server as unknown as WithChild).process = undefined;
 }
 
 function errorText(err: unknown): string {

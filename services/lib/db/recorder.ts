@@ -80,6 +80,8 @@ export class TrajectoryRecorder {
   /** FIFO of uncommitted rows; the writer removes a prefix only after its transaction commits. */
   #queue: Item[] = [];
   #seq = 0;
+  /** Rows with seq <= dueSeq must be written now, even as a partial batch. */
+  #dueSeq = 0;
   #timer: ReturnType<typeof setTimeout> | null = null;
   #writing = false;
   #retryDelayMs = 0;
@@ -114,7 +116,7 @@ export class TrajectoryRecorder {
     this.#counters.added +=
       (batch.latents?.length ?? 0) + (batch.trajectories?.length ?? 0) + (batch.rewards?.length ?? 0);
     if (this.#queue.length >= this.#batchRows) this.#kick();
-    else this.#schedule(this.#flushIntervalMs);
+    else this.#schedule(this.#flushIntervalMs, true);
   }
 
   /**
@@ -134,6 +136,7 @@ export class TrajectoryRecorder {
         },
       };
       this.#waiters.push(waiter);
+      this.#dueSeq = Math.max(this.#dueSeq, target);
       if (timeoutMs !== undefined) {
         timer = setTimeout(() => {
           this.#waiters = this.#waiters.filter((w) => w !== waiter);
@@ -178,13 +181,15 @@ export class TrajectoryRecorder {
     if (this.#writing || this.#retryDelayMs > 0) return;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
-    this.#schedule(0);
+    this.#schedule(0, false);
   }
 
-  #schedule(delayMs: number): void {
+  /** Start the writer after delayMs; `due` makes every row queued by then due (interval, retry). */
+  #schedule(delayMs: number, due: boolean): void {
     if (this.#writing || this.#timer) return;
     this.#timer = setTimeout(() => {
       this.#timer = null;
+      if (due) this.#dueSeq = this.#seq;
       void this.#drain();
     }, delayMs);
   }
@@ -193,7 +198,8 @@ export class TrajectoryRecorder {
     this.#writing = true;
     let failed = false;
     try {
-      while (this.#queue.length > 0) {
+      // Full batches go out at once; a partial one only when due (interval elapsed, flush, retry).
+      while (this.#queue.length >= this.#batchRows || !this.#writtenThrough(this.#dueSeq)) {
         const chunk = this.#takeChunk();
         try {
           await this.#write(chunk);
@@ -210,8 +216,8 @@ export class TrajectoryRecorder {
       }
     } finally {
       this.#writing = false;
-      if (failed) this.#schedule(this.#retryDelayMs);
-      else if (this.#queue.length > 0) this.#schedule(0);
+      if (failed) this.#schedule(this.#retryDelayMs, true);
+      else if (this.#queue.length > 0) this.#schedule(this.#flushIntervalMs, true);
     }
   }
 
