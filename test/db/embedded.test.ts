@@ -3,7 +3,9 @@ import { mkdir, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { join } from "node:path";
 import pg from "pg";
+import { resolveDatabase, startDatabase } from "../../services/lib/db/database.ts";
 import { EmbeddedPostgresServer, findFreePort } from "../../services/lib/db/embedded.ts";
+import { createRun, getRun } from "../../services/lib/db/queries.ts";
 import { tempDataDir } from "./postgres.ts";
 
 const folders: string[] = [];
@@ -86,5 +88,31 @@ describe("EmbeddedPostgresServer", () => {
     await expect(EmbeddedPostgresServer.start({ dataDir: join(base, "private", "db") })).rejects.toThrow(
       /the postgres account \(uid \d+\) cannot enter .*private \(mode 700\)/,
     );
+  });
+});
+
+describe("startDatabase", () => {
+  test("DATABASE_URL wins; without it the embedded server starts, gets its database and the schema", async () => {
+    const external = await resolveDatabase({ env: { DATABASE_URL: "postgres://u:p@db.example:5432/x" } });
+    expect(external).toMatchObject({ url: "postgres://u:p@db.example:5432/x", embedded: null });
+
+    const dataDir = join(await scratch(), "product");
+    const first = await startDatabase({ env: {}, dataDir });
+    try {
+      expect(first.embedded?.initialised).toBe(true);
+      expect(first.url).toMatch(/^postgres:\/\/postgres:postgres@127\.0\.0\.1:\d+\/ddpo$/);
+      await createRun(first.db, { id: "kept", name: "kept" });
+    } finally {
+      await first.close();
+      await first.close();
+    }
+    expect(first.embedded?.running).toBe(false);
+    const second = await startDatabase({ env: {}, dataDir });
+    try {
+      expect(second.embedded?.initialised).toBe(false);
+      expect((await getRun(second.db, "kept"))?.name).toBe("kept");
+    } finally {
+      await second.close();
+    }
   });
 });

@@ -91,7 +91,12 @@ describe("TrajectoryRecorder", () => {
     expect(twin.sha256).toBe(blob.sha256);
     // Later mutation of the caller's array does not change what is recorded.
     latents[0] = 42;
-    const trajectories = [0, 1].map((i) => ({ ...makeTrajectory("blobs", 0, i, "base"), latents_sha256: blob.sha256 }));
+    const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 255]);
+    const trajectories = [0, 1].map((i) => ({
+      ...makeTrajectory("blobs", 0, i, "base"),
+      latents_sha256: blob.sha256,
+      image_png: png,
+    }));
     recorder.add({ latents: [blob, twin], trajectories });
     recorder.add({ latents: [blob] });
     await recorder.close();
@@ -105,6 +110,9 @@ describe("TrajectoryRecorder", () => {
       .select((eb) => eb.fn.countAll<number>().as("n"))
       .executeTakeFirstOrThrow();
     expect(count.n).toBe(1);
+    const stored1 = await getTrajectory(d.db, { runId: "blobs", epoch: 0, sampleIndex: 1 });
+    expect(stored1?.latents_sha256).toBe(blob.sha256);
+    expect(Buffer.compare(stored1!.image_png!, png)).toBe(0);
     expect(() => latentBlob(latents, [2, 2])).toThrow("latents hold 240 values, shape [2, 2] needs 4");
   });
 

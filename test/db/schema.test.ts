@@ -65,6 +65,26 @@ describe("migrations", () => {
       await other.close();
     }
   });
+
+  test("three processes starting at once: exactly one applies the migration", async () => {
+    const d = await server.freshDatabase({ migrated: false });
+    const children = [0, 1, 2].map(() =>
+      Bun.spawn([process.execPath, "test/db/migrate-process.ts", d.url], { stdout: "pipe", stderr: "pipe" }),
+    );
+    const outputs = await Promise.all(
+      children.map(async (child) => {
+        const [out, err, code] = await Promise.all([
+          new Response(child.stdout).text(),
+          new Response(child.stderr).text(),
+          child.exited,
+        ]);
+        expect({ code, err }).toEqual({ code: 0, err: "" });
+        return JSON.parse(out.trim()) as string[];
+      }),
+    );
+    expect(outputs.sort((a, b) => b.length - a.length)).toEqual([["20261125T1200_initial"], [], []]);
+    expect(await relations(d)).toEqual({ tables: TABLES, views: VIEWS });
+  });
 });
 
 describe("runs, checkpoints, epochs and the views", () => {

@@ -146,3 +146,34 @@ export async function resolveDatabase(options: ResolveDatabaseOptions = {}): Pro
   }
   return { url: embedded.url(database), embedded, close: () => embedded.stop() };
 }
+
+export interface ProductDatabase extends DatabaseHandle {
+  url: string;
+  embedded: EmbeddedPostgresServer | null;
+}
+
+/**
+ * What a service does at start-up: find the database (DATABASE_URL or the embedded server), open a
+ * pool and bring the schema up to date. close() ends the pool, then stops the embedded server.
+ */
+export async function startDatabase(options: ResolveDatabaseOptions & { max?: number } = {}): Promise<ProductDatabase> {
+  const location = await resolveDatabase(options);
+  const handle = openDatabase({ url: location.url, max: options.max });
+  try {
+    await migrate(handle.db);
+  } catch (err) {
+    await handle.close();
+    await location.close();
+    throw err;
+  }
+  let closed: Promise<void> | null = null;
+  return {
+    ...handle,
+    url: location.url,
+    embedded: location.embedded,
+    close: () => {
+      closed ??= handle.close().then(() => location.close());
+      return closed;
+    },
+  };
+}
