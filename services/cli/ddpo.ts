@@ -1,6 +1,7 @@
 // The `ddpo` command: `bun run services/cli/ddpo.ts <command> [--flag value ...]`.
 //   pretrain   train a base model on the emoji images (resumable)
 //   sample     draw images for prompts from a model folder into a PNG grid
+//   up, train, watch, runs, lineage: the services (remote.ts); train-local: one process (train.ts)
 import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
 import { loadEmojiDataset } from "../lib/data/emoji.ts";
@@ -10,7 +11,8 @@ import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
-import { TRAIN_USAGE, trainCommand } from "./train.ts";
+import { lineageCommand, REMOTE_USAGE, runsCommand, trainCommand, upCommand, watchCommand } from "./remote.ts";
+import { TRAIN_USAGE, trainCommand as trainLocalCommand } from "./train.ts";
 
 export const SHOWCASE_PROMPTS = [
   "cat face",
@@ -35,7 +37,8 @@ const USAGE = `usage: ddpo <command> [options]
   pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
   sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
            [--trajectories FILE.safetensors]
-  ${TRAIN_USAGE}`;
+${REMOTE_USAGE}
+  ${TRAIN_USAGE.replace("ddpo train", "train-local")}`;
 
 function num(v: string | undefined, fallback: number, name: string): number {
   if (v === undefined) return fallback;
@@ -164,7 +167,12 @@ async function sampleCommand(argv: string[]): Promise<void> {
 const commands: Record<string, (argv: string[]) => Promise<void>> = {
   pretrain: pretrainCommand,
   sample: sampleCommand,
+  up: upCommand,
   train: trainCommand,
+  watch: watchCommand,
+  runs: runsCommand,
+  lineage: lineageCommand,
+  "train-local": trainLocalCommand,
 };
 
 if (import.meta.main) {

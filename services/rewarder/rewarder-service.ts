@@ -27,7 +27,7 @@ export function rewarderService() {
       if (!request.rewardName) throw new ServiceError(Code.INVALID_ARGUMENT, "reward_name is required");
       const fn = reward(request.rewardName);
       const n = request.images.length;
-      if (n === 0) return { rewardName: fn.name, scores: [] };
+      if (n === 0) throw new ServiceError(Code.INVALID_ARGUMENT, "images is empty; score at least one image");
       const first = request.images[0]!.image;
       const width = first?.width ?? 0;
       const height = first?.height ?? 0;

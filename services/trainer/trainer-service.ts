@@ -8,6 +8,7 @@ import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Kysely } from "kysely";
 import { CheckpointKind, RunStatus as RunStatusMessage } from "../gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
+import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { type RunEventSchema, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
 import { createRun, getRun, listEpochs, listRuns } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
@@ -55,6 +56,29 @@ function eventMessage(runId: string, e: RunEventPayload): RunEventInit {
     ...base,
     event: { case: "status", value: { status: STATUS[e.status!.status], message: e.status!.message } },
   };
+}
+
+/** NOT_FOUND unless the reward source's Rewarder (or the default one) lists its reward name. */
+async function assertRewardServed(r: RewardSpec, i: number, o: TrainerServiceOptions): Promise<void> {
+  const address = r.endpoint || o.defaultRewarderAddress;
+  const rewarder = createClient(Rewarder, address, o.clientOptions);
+  try {
+    const { rewards } = await rewarder.listRewards({}, { timeoutMs: 30_000, waitForReady: true });
+    if (!rewards.some((known) => known.name === r.name)) {
+      const names = rewards.map((known) => known.name).join(", ");
+      throw new ServiceError(
+        Code.NOT_FOUND,
+        `rewards[${i}]: the Rewarder at ${address} has no reward '${r.name}'; it has: ${names}`,
+      );
+    }
+  } catch (e) {
+    if (e instanceof ServiceError && e.code !== Code.NOT_FOUND) {
+      throw new ServiceError(e.code, `rewards[${i}]: the Rewarder at ${address}: ${e.message}`);
+    }
+    throw e;
+  } finally {
+    rewarder.close();
+  }
 }
 
 export function trainerService(o: TrainerServiceOptions) {
@@ -112,6 +136,14 @@ export function trainerService(o: TrainerServiceOptions) {
       } catch (e) {
         invalid((e as Error).message);
       }
+      // validateConfig checks ranges only: Infinity passes "> 0" and would diverge mid-run.
+      for (const [field, value] of [
+        ...Object.entries(config),
+        ...Object.entries(config.lora ?? {}).map(([k, v]) => [`lora.${k}`, v]),
+      ]) {
+        if (typeof value === "number" && !Number.isFinite(value))
+          invalid(`config.${field} must be finite, got ${value}`);
+      }
       const rewards: RewardSpec[] = request.rewards.length
         ? request.rewards.map((r, i) => {
             if (!r.rewardName) invalid(`rewards[${i}].reward_name is required`);
@@ -120,6 +152,8 @@ export function trainerService(o: TrainerServiceOptions) {
             return { endpoint: r.endpoint, name: r.rewardName, weight };
           })
         : [{ endpoint: "", name: "jpeg_compressibility", weight: 1 }];
+      // An unknown reward name would only fail the run after its first epoch's sampling.
+      await Promise.all(rewards.map((r, i) => assertRewardServed(r, i, o)));
       const samplers = request.samplerEndpoints.length ? [...request.samplerEndpoints] : o.defaultSamplers;
       if (samplers.length === 0)
         throw new ServiceError(Code.FAILED_PRECONDITION, "no Sampler endpoints given or configured");

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
 import { sql } from "kysely";
-import { migrate, migrateDownAll, openDatabase } from "../../services/lib/db/database.ts";
+import { MIGRATIONS_DIR, migrate, migrateDownAll, openDatabase } from "../../services/lib/db/database.ts";
 import {
   CheckpointConflictError,
   checkpointLineage,
@@ -19,6 +20,11 @@ import {
 import { makeTrajectory, startTestPostgres, type TestDatabase, type TestPostgres } from "./postgres.ts";
 
 const SHA = (c: string) => c.repeat(64);
+/** Every migration in migrations/, in the order they apply. */
+const ALL = readdirSync(MIGRATIONS_DIR)
+  .filter((f) => f.endsWith(".ts"))
+  .map((f) => f.slice(0, -3))
+  .sort();
 const TABLES = ["checkpoints", "epochs", "latent_blobs", "rewards", "runs", "trajectories"];
 const VIEWS = ["checkpoint_ancestry", "run_reward_by_epoch", "trajectory_provenance"];
 
@@ -43,14 +49,15 @@ async function relations(d: TestDatabase): Promise<{ tables: string[]; views: st
 
 describe("migrations", () => {
   test("up from empty, idempotent re-run, down to empty, up again", async () => {
+    expect(ALL.slice(0, 2)).toEqual(["20261125T1200_initial", "20261125T1300_reward_by_epoch_per_run"]);
     const d = await server.freshDatabase({ migrated: false });
     expect(await relations(d)).toEqual({ tables: [], views: [] });
-    expect((await migrate(d.db)).applied).toEqual(["20261125T1200_initial"]);
+    expect((await migrate(d.db)).applied).toEqual(ALL);
     expect(await relations(d)).toEqual({ tables: TABLES, views: VIEWS });
     expect((await migrate(d.db)).applied).toEqual([]);
-    expect(await migrateDownAll(d.db)).toEqual(["20261125T1200_initial"]);
+    expect(await migrateDownAll(d.db)).toEqual([...ALL].reverse());
     expect(await relations(d)).toEqual({ tables: [], views: [] });
-    expect((await migrate(d.db)).applied).toEqual(["20261125T1200_initial"]);
+    expect((await migrate(d.db)).applied).toEqual(ALL);
   });
 
   test("two concurrent migrate() calls from separate pools: one applies, the other finds it done", async () => {
@@ -59,7 +66,7 @@ describe("migrations", () => {
     try {
       const results = await Promise.all([migrate(d.db), migrate(other.db)]);
       const applied = results.map((r) => r.applied).sort((a, b) => b.length - a.length);
-      expect(applied).toEqual([["20261125T1200_initial"], []]);
+      expect(applied).toEqual([ALL, []]);
       expect(await relations(d)).toEqual({ tables: TABLES, views: VIEWS });
     } finally {
       await other.close();
@@ -82,7 +89,7 @@ describe("migrations", () => {
         return JSON.parse(out.trim()) as string[];
       }),
     );
-    expect(outputs.sort((a, b) => b.length - a.length)).toEqual([["20261125T1200_initial"], [], []]);
+    expect(outputs.sort((a, b) => b.length - a.length)).toEqual([ALL, [], []]);
     expect(await relations(d)).toEqual({ tables: TABLES, views: VIEWS });
   });
 });

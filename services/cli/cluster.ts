@@ -1,0 +1,151 @@
+// `ddpo up` as a library: the database (embedded Postgres in <dataDir>/postgres, or DATABASE_URL)
+// with migrations applied, then the four services as child processes on loopback. A service that
+// dies unexpectedly is restarted on the same address, so a run survives it (the Trainer resumes
+// its runs from their last checkpoints). The addresses are written to <dataDir>/services.json
+// for the other commands.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+import { migrate, openDatabase, resolveDatabase } from "../lib/db/database.ts";
+
+export type ServiceName = "registry" | "rewarder" | "sampler" | "trainer";
+
+export interface ClusterAddresses {
+  registry: string;
+  rewarder: string;
+  sampler: string;
+  trainer: string;
+  databaseUrl: string;
+}
+
+export interface Cluster {
+  addresses: ClusterAddresses;
+  dataDir: string;
+  /** SIGTERM to every service, then the embedded database (if we started it). */
+  stop(): Promise<void>;
+}
+
+export interface ClusterOptions {
+  dataDir: string;
+  /** Bind host for the services (default loopback). */
+  host?: string;
+  log?: (line: string) => void;
+}
+
+const ROOT = resolve(import.meta.dir, "../..");
+
+interface Child {
+  name: ServiceName;
+  args: string[];
+  address: string;
+  proc: Subprocess<"ignore", "pipe", "inherit">;
+}
+
+/** Spawns one service and waits for the JSON line announcing its address. */
+async function spawnChild(name: ServiceName, args: string[], env: Record<string, string>): Promise<Child> {
+  const proc = Bun.spawn([process.execPath, "run", join(ROOT, "services", name, "main.ts"), ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "inherit",
+  });
+  const reader = proc.stdout.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  const timeout = setTimeout(() => proc.kill("SIGKILL"), 120_000);
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`${name} exited before listening (code ${await proc.exited})`);
+      text += decoder.decode(value);
+      const line = text.split("\n").find((l) => l.startsWith("{") && l.endsWith("}"));
+      if (line) {
+        const { address } = JSON.parse(line) as { address: string };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        (async () => {
+          for (;;) if ((await reader.read()).done) break;
+        })().catch(() => undefined);
+        return { name, args, address, proc };
+      }
+    }
+  } finally {
+    clearTimeout(timeout);
+  }
+}
+
+export async function startCluster(options: ClusterOptions): Promise<Cluster> {
+  const log = options.log ?? ((line: string) => console.error(line));
+  const dataDir = resolve(options.dataDir);
+  mkdirSync(dataDir, { recursive: true });
+  const host = options.host ?? "127.0.0.1";
+  const database = await resolveDatabase({ dataDir: join(dataDir, "postgres") });
+  const handle = openDatabase({ url: database.url });
+  await migrate(handle.db);
+  await handle.close();
+  const env = { DATABASE_URL: database.url };
+  const children = new Map<ServiceName, Child>();
+  let stopping = false;
+
+  const supervise = (child: Child) => {
+    child.proc.exited.then(async (code) => {
+      if (stopping) return;
+      log(`[up] ${child.name} exited (code ${code}); restarting on ${child.address}`);
+      try {
+        const again = await spawnChild(child.name, ["--address", child.address, ...child.args], env);
+        again.args = child.args;
+        children.set(child.name, again);
+        supervise(again);
+      } catch (e) {
+        log(`[up] could not restart ${child.name}: ${(e as Error).message}`);
+      }
+    });
+  };
+
+  const start = async (name: ServiceName, args: string[]) => {
+    const child = await spawnChild(name, ["--address", `${host}:0`, ...args], env);
+    // Restarts reuse the port the first start was given.
+    child.args = args;
+    children.set(name, child);
+    supervise(child);
+    return child.address;
+  };
+
+  try {
+    const [registry, rewarder, sampler] = await Promise.all([
+      start("registry", []),
+      start("rewarder", []),
+      start("sampler", []),
+    ]);
+    const trainer = await start("trainer", [
+      "--registry",
+      registry,
+      "--rewarder",
+      rewarder,
+      "--samplers",
+      sampler,
+      "--data-dir",
+      dataDir,
+    ]);
+    const addresses: ClusterAddresses = { registry, rewarder, sampler, trainer, databaseUrl: database.url };
+    writeFileSync(join(dataDir, "services.json"), `${JSON.stringify(addresses, null, 2)}\n`);
+    return {
+      addresses,
+      dataDir,
+      async stop() {
+        stopping = true;
+        const all = [...children.values()];
+        for (const c of all) c.proc.kill("SIGTERM");
+        await Promise.all(
+          all.map((c) => Promise.race([c.proc.exited, Bun.sleep(10_000).then(() => c.proc.kill("SIGKILL"))])),
+        );
+        await database.close();
+      },
+    };
+  } catch (e) {
+    stopping = true;
+    for (const c of children.values()) c.proc.kill("SIGKILL");
+    await database.close();
+    throw e;
+  }
+}

@@ -1,0 +1,70 @@
+// `npm run demo`: the whole system on the embedded defaults. Starts Postgres and the four
+// services, fine-tunes the shipped base model on jpeg_compressibility for a few epochs through
+// the Trainer, then prints where the images, the reward curve and the SQL history are.
+import { mkdirSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
+import { openDatabase } from "../lib/db/database.ts";
+import { rewardByEpoch } from "../lib/db/queries.ts";
+import { DDPO_DEFAULTS } from "../lib/ddpo/trainer.ts";
+import { createClient } from "../lib/grpc/index.ts";
+import { lineChartPng } from "../lib/plots/line-chart.ts";
+import { ddpoConfigMessage } from "../lib/runs/run-messages.ts";
+import { startCluster } from "./cluster.ts";
+import { followRun } from "./remote.ts";
+
+const { values } = parseArgs({
+  args: process.argv.slice(2),
+  options: { out: { type: "string" }, epochs: { type: "string" }, "data-dir": { type: "string" } },
+});
+const out = resolve(values.out ?? "out/demo");
+const dataDir = resolve(values["data-dir"] ?? join(out, "ddpo-data"));
+mkdirSync(out, { recursive: true });
+const epochs = Number(values.epochs ?? 4);
+
+console.log(`starting Postgres (data in ${join(dataDir, "postgres")}) and the four services ...`);
+const cluster = await startCluster({ dataDir });
+try {
+  const a = cluster.addresses;
+  console.log(`registry ${a.registry}  rewarder ${a.rewarder}  sampler ${a.sampler}  trainer ${a.trainer}`);
+  const trainer = createClient(Trainer, a.trainer);
+  // A CPU-sized epoch: 16 samples x 10 DDIM steps with guidance 3, LoRA rank 4.
+  const config = { ...DDPO_DEFAULTS, steps: 10, sampleBatchSize: 8, sampleBatchesPerEpoch: 2, timestepFraction: 0.5 };
+  const { run } = await trainer.startRun(
+    {
+      name: "demo: jpeg compressibility",
+      baseModelDir: resolve("models/emoji-base"),
+      promptSet: "animals",
+      epochs,
+      rewards: [{ endpoint: "", rewardName: "jpeg_compressibility", weight: 1 }],
+      config: ddpoConfigMessage(config),
+    },
+    { timeoutMs: 120_000 },
+  );
+  trainer.close();
+  const runId = run!.id;
+  console.log(`run ${runId}: ${epochs} epochs of DDPO on jpeg_compressibility`);
+  const result = await followRun(a.trainer, runId);
+
+  const database = openDatabase({ url: a.databaseUrl });
+  const history = await rewardByEpoch(database.db, runId);
+  await database.close();
+  const curve = join(out, "reward-curve.png");
+  await lineChartPng(
+    curve,
+    [{ name: "mean reward (-kB)", points: history.map((h) => [h.epoch, h.reward_mean ?? Number.NaN] as const) }],
+    { title: "DDPO on jpeg_compressibility", xLabel: "epoch", yLabel: "reward" },
+  );
+  console.log(`
+run ${runId} ended: ${result.message || "completed"}
+  images        ${join(dataDir, "runs", runId, "samples")}/epoch-*.png
+  checkpoints   ${join(dataDir, "runs", runId, "checkpoints")}/
+  reward curve  ${curve}
+  SQL history   psql '${a.databaseUrl}'   (while 'ddpo up --data-dir ${dataDir}' runs), e.g.
+                select * from run_reward_by_epoch where run_id = '${runId}';
+                select * from checkpoint_ancestry where checkpoint_id = '${runId}/epoch-${epochs}';
+                select prompt, seed, reward, checkpoint_id from trajectory_provenance where run_id = '${runId}' limit 5;`);
+} finally {
+  await cluster.stop();
+}

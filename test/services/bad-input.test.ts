@@ -1,0 +1,515 @@
+// Bad input to every RPC of the four real service processes (Sampler, Rewarder, Registry, Trainer
+// over loopback, Registry and Trainer on a real Postgres): missing fields, wrong shapes, NaN and
+// infinite numbers, oversized and malformed messages, unknown ids and names. Each answers with the
+// exact status code and a message naming the field; afterwards every process is still up, reports
+// SERVING on grpc.health.v1 and answers a valid call.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { cpSync, mkdtempSync, rmSync, truncateSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
+import {
+  Client,
+  credentials,
+  type ServiceError as GrpcError,
+  Metadata,
+  makeGenericClientConstructor,
+} from "@grpc/grpc-js";
+import { service as healthService } from "grpc-health-check";
+import { CheckpointKind, RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
+import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
+import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
+import { DdpoLoss } from "../../services/gen/ddpo/v1/run_pb.ts";
+import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
+import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
+import {
+  Code,
+  createClient,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  type ServiceClient,
+  ServiceError,
+} from "../../services/lib/grpc/index.ts";
+import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
+import { type ServiceProcess, spawnService } from "./cluster.ts";
+
+const MODEL = new URL("../../models/emoji-base", import.meta.url).pathname;
+const SHA = "ab".repeat(32);
+// One epoch of 2 samples x 2 DDIM steps: the valid run at the end finishes in seconds.
+const TINY_CONFIG = {
+  seed: 3,
+  loss: DdpoLoss.IS,
+  sampleBatchSize: 2,
+  sampleBatchesPerEpoch: 1,
+  steps: 2,
+  guidance: 1,
+  trainBatchSize: 2,
+  gradientAccumulation: 1,
+  lr: 1e-4,
+  finetune: { case: "lora" as const, value: { rank: 2, alpha: 2 } },
+  advantages: { case: "batchStatistics" as const, value: {} },
+};
+
+let pg: TestPostgres;
+let scratch: string;
+let truncatedModel: string;
+const procs: Record<"sampler" | "rewarder" | "registry" | "trainer", ServiceProcess> = {} as never;
+let sampler: ServiceClient<(typeof Sampler)["method"]>;
+let rewarder: ServiceClient<(typeof Rewarder)["method"]>;
+let registry: ServiceClient<(typeof Registry)["method"]>;
+let trainer: ServiceClient<(typeof Trainer)["method"]>;
+/** Clients whose own send limit is above the servers' 64 MiB, so the server is the one to refuse. */
+const bigClients: { close(): void }[] = [];
+
+beforeAll(async () => {
+  pg = await startTestPostgres();
+  const database = await pg.freshDatabase();
+  scratch = mkdtempSync(join(tmpdir(), "ddpo-bad-input-"));
+  // A model folder whose UNet weights stop half-way.
+  truncatedModel = join(scratch, "truncated-model");
+  cpSync(MODEL, truncatedModel, { recursive: true });
+  const weights = join(truncatedModel, "unet", "diffusion_pytorch_model.safetensors");
+  truncateSync(weights, Math.floor(Bun.file(weights).size / 2));
+
+  const env = { DATABASE_URL: database.url };
+  const [s, rw, rg] = await Promise.all([
+    spawnService("sampler", []),
+    spawnService("rewarder", []),
+    spawnService("registry", [], env),
+  ]);
+  Object.assign(procs, { sampler: s, rewarder: rw, registry: rg });
+  procs.trainer = await spawnService(
+    "trainer",
+    ["--registry", rg.address, "--rewarder", rw.address, "--samplers", s.address, "--data-dir", join(scratch, "data")],
+    env,
+  );
+  sampler = createClient(Sampler, s.address);
+  rewarder = createClient(Rewarder, rw.address);
+  registry = createClient(Registry, rg.address);
+  trainer = createClient(Trainer, procs.trainer.address);
+}, 60_000);
+
+afterAll(async () => {
+  for (const c of [sampler, rewarder, registry, trainer, ...bigClients]) c?.close();
+  for (const p of Object.values(procs)) p.proc.kill("SIGKILL");
+  await Promise.all(Object.values(procs).map((p) => p.proc.exited));
+  await pg?.stop();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+/** The ServiceError a unary call or a whole stream fails with. */
+async function failure(call: Promise<unknown> | AsyncIterable<unknown>): Promise<ServiceError> {
+  try {
+    if (Symbol.asyncIterator in call) for await (const _ of call);
+    else await call;
+  } catch (error) {
+    expect(error).toBeInstanceOf(ServiceError);
+    return error as ServiceError;
+  }
+  throw new Error("expected the call to fail");
+}
+
+async function expectStatus(
+  call: Promise<unknown> | AsyncIterable<unknown>,
+  code: Code,
+  message: RegExp | string,
+): Promise<void> {
+  const error = await failure(call);
+  expect(`${Code[error.code]}: ${error.message}`).toMatch(
+    typeof message === "string"
+      ? `${Code[code]}: ${message}`
+      : // A pattern anchored with ^ must match from the start of the message.
+        new RegExp(
+          `^${Code[code]}: ${message.source.startsWith("^") ? message.source.slice(1) : `.*${message.source}`}`,
+        ),
+  );
+}
+
+/** Raw bytes to a method through a plain grpc-js client: the status it answers with. */
+function rawCall(address: string, path: string, bytes: Buffer): Promise<GrpcError> {
+  const raw = new Client(address, credentials.createInsecure());
+  return new Promise<GrpcError>((resolve, reject) => {
+    const onError = (err: GrpcError | null) => (err ? resolve(err) : reject(new Error(`${path} accepted the bytes`)));
+    const call = raw.makeServerStreamRequest(
+      path,
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      bytes,
+      new Metadata(),
+      {},
+    );
+    call.on("data", () => undefined);
+    call.on("error", onError);
+    call.on("end", () => onError(null));
+  }).finally(() => raw.close());
+}
+
+/** Unary raw call (makeUnaryRequest), for unary methods. */
+function rawUnary(address: string, path: string, bytes: Buffer): Promise<GrpcError> {
+  const raw = new Client(address, credentials.createInsecure());
+  return new Promise<GrpcError>((resolve, reject) =>
+    raw.makeUnaryRequest(
+      path,
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      bytes,
+      new Metadata(),
+      {},
+      (err) => (err ? resolve(err) : reject(new Error(`${path} accepted the bytes`))),
+    ),
+  ).finally(() => raw.close());
+}
+
+// Field 1, length-delimited, claims 5 bytes and carries 1: no protobuf parser accepts it.
+const MALFORMED = Buffer.from([0x0a, 0x05, 0x61]);
+
+async function expectMalformed(address: string, method: string, input: string, streaming = false) {
+  const path = `/ddpo.v1.${method}`;
+  const error = await (streaming ? rawCall : rawUnary)(address, path, MALFORMED);
+  expect(error.code).toBe(Code.INVALID_ARGUMENT);
+  expect(error.details).toContain(`malformed ddpo.v1.${input}`);
+}
+
+/** A client that sends up to 128 MiB, so a 65 MiB request reaches the server's 64 MiB limit. */
+function bigClient<S extends GenServiceMethods>(service: GenService<S>, address: string) {
+  const client = createClient(service, address, { maxMessageBytes: 2 * DEFAULT_MAX_MESSAGE_BYTES });
+  bigClients.push(client);
+  return client;
+}
+const OVERSIZED = DEFAULT_MAX_MESSAGE_BYTES + (1 << 20);
+
+function healthCheck(address: string, service: string): Promise<string> {
+  const Health = makeGenericClientConstructor(healthService, "Health");
+  const client = new Health(address, credentials.createInsecure()) as unknown as Client & {
+    Check: (
+      request: { service: string },
+      done: (error: GrpcError | null, response: { status: string }) => void,
+    ) => void;
+  };
+  return new Promise<string>((resolve, reject) =>
+    client.Check({ service }, (error, response) => (error ? reject(error) : resolve(response.status))),
+  ).finally(() => client.close());
+}
+
+const image = (width: number, height: number, bytes = width * height * 3) => ({
+  width,
+  height,
+  rgb: new Uint8Array(bytes).fill(128),
+});
+
+describe("Sampler", () => {
+  const ok = { prompts: ["a cat"], seeds: [1n], steps: 2, guidance: 1 };
+
+  test("Sample before any LoadCheckpoint is FAILED_PRECONDITION", async () => {
+    await expectStatus(sampler.sample(ok), Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
+  });
+
+  test("LoadCheckpoint: missing fields, both deltas, a missing folder", async () => {
+    await expectStatus(sampler.loadCheckpoint({}), Code.INVALID_ARGUMENT, "checkpoint_id is required");
+    await expectStatus(
+      sampler.loadCheckpoint({ checkpointId: "c" }),
+      Code.INVALID_ARGUMENT,
+      "base_model_dir is required",
+    );
+    await expectStatus(
+      sampler.loadCheckpoint({ checkpointId: "c", baseModelDir: MODEL, loraDir: "/a", fullModelDir: "/b" }),
+      Code.INVALID_ARGUMENT,
+      "give lora_dir or full_model_dir, not both",
+    );
+    const missing = join(scratch, "no-such-model");
+    await expectStatus(
+      sampler.loadCheckpoint({ checkpointId: "c", baseModelDir: missing }),
+      Code.NOT_FOUND,
+      `checkpoint c: checkpoint folder ${missing} does not exist`,
+    );
+    await expectStatus(
+      sampler.loadCheckpoint({ checkpointId: "c", baseModelDir: MODEL, loraDir: missing }),
+      Code.NOT_FOUND,
+      `checkpoint c: checkpoint folder ${missing} does not exist`,
+    );
+  });
+
+  test("a truncated safetensors file is refused and the loaded checkpoint still samples", async () => {
+    await sampler.loadCheckpoint({ checkpointId: "good", baseModelDir: MODEL }, { timeoutMs: 30_000 });
+    const error = await failure(
+      sampler.loadCheckpoint({ checkpointId: "truncated", baseModelDir: truncatedModel }, { timeoutMs: 30_000 }),
+    );
+    expect(error.code).toBe(Code.INVALID_ARGUMENT);
+    expect(error.message).toMatch(/^checkpoint truncated: .*diffusion_pytorch_model\.safetensors/);
+    expect((await sampler.getStatus({})).checkpointId).toBe("good");
+    const out = [];
+    for await (const t of sampler.sample({ ...ok, checkpointId: "good" }, { timeoutMs: 30_000 })) out.push(t);
+    expect(out.map((t) => [t.index, t.checkpointId, t.logProbs.length])).toEqual([[0, "good", 2]]);
+  });
+
+  test("Sample: wrong shapes and numbers out of range are INVALID_ARGUMENT", async () => {
+    const cases: [Record<string, unknown>, string][] = [
+      [{ prompts: [], seeds: [] }, "prompts is empty"],
+      [{ prompts: ["a", "b"], seeds: [1n] }, "1 seeds for 2 prompts (one seed per prompt)"],
+      [{ prompts: ["a"], seeds: [] }, "0 seeds for 1 prompts (one seed per prompt)"],
+      [{ prompts: ["a".repeat(1001)], seeds: [1n] }, "prompts[0] is longer than 1000 characters"],
+      [{ ...ok, seeds: [2n ** 60n] }, `seeds[0] = ${2n ** 60n} is not below 2^52`],
+      [{ ...ok, steps: 0 }, "steps must be in 1..1000, got 0"],
+      [{ ...ok, steps: 5000 }, "steps must be in 1..1000, got 5000"],
+      [{ ...ok, guidance: Number.NaN }, "guidance must be a finite number >= 1, got NaN"],
+      [{ ...ok, guidance: Number.POSITIVE_INFINITY }, "guidance must be a finite number >= 1, got Infinity"],
+      [{ ...ok, guidance: 0.5 }, "guidance must be a finite number >= 1, got 0.5"],
+      [{ ...ok, eta: 0 }, "eta must be a finite number > 0 (the policy needs a log-prob), got 0"],
+      [{ ...ok, eta: Number.NaN }, "eta must be a finite number > 0 (the policy needs a log-prob), got NaN"],
+      [{ ...ok, batchSize: 1000 }, "batch_size 1000 is above 256"],
+    ];
+    for (const [request, message] of cases) {
+      await expectStatus(sampler.sample({ checkpointId: "good", ...request }), Code.INVALID_ARGUMENT, message);
+    }
+    await expectStatus(
+      sampler.sample({ ...ok, checkpointId: "other" }),
+      Code.FAILED_PRECONDITION,
+      "checkpoint other requested but good is loaded; call LoadCheckpoint first",
+    );
+  });
+
+  test("oversized and malformed messages", async () => {
+    const big = bigClient(Sampler, procs.sampler.address);
+    const error = await failure(big.sample({ prompts: ["x".repeat(OVERSIZED)], seeds: [1n] }));
+    expect(error.code).toBe(Code.RESOURCE_EXHAUSTED);
+    await expectMalformed(procs.sampler.address, "Sampler/LoadCheckpoint", "LoadCheckpointRequest");
+    await expectMalformed(procs.sampler.address, "Sampler/Sample", "SampleRequest", true);
+    await expectMalformed(procs.sampler.address, "Sampler/GetStatus", "GetStatusRequest");
+  });
+});
+
+describe("Rewarder", () => {
+  test("Score: missing reward name, unknown reward", async () => {
+    const images = [{ prompt: "a cat", image: image(8, 8) }];
+    await expectStatus(rewarder.score({ images }), Code.INVALID_ARGUMENT, "reward_name is required");
+    await expectStatus(
+      rewarder.score({ rewardName: "no_such_reward", images }),
+      Code.NOT_FOUND,
+      /^unknown reward 'no_such_reward'/,
+    );
+  });
+
+  test("Score: no images, missing images, wrong sizes and RGB lengths", async () => {
+    const score = (images: { prompt?: string; image?: ReturnType<typeof image> }[]) =>
+      rewarder.score({ rewardName: "jpeg_compressibility", images });
+    await expectStatus(score([]), Code.INVALID_ARGUMENT, "images is empty; score at least one image");
+    await expectStatus(score([{ prompt: "a" }]), Code.INVALID_ARGUMENT, "images[0]: size 0x0 outside 1..4096");
+    await expectStatus(
+      score([{ image: image(8, 8) }, { prompt: "b" }]),
+      Code.INVALID_ARGUMENT,
+      "images[1]: missing; a batch has one size (8x8)",
+    );
+    await expectStatus(
+      score([{ image: image(8, 8, 100) }]),
+      Code.INVALID_ARGUMENT,
+      "images[0]: 100 bytes of RGB, expected 8x8x3 = 192",
+    );
+    await expectStatus(
+      score([{ image: image(8, 8) }, { image: image(4, 4) }]),
+      Code.INVALID_ARGUMENT,
+      "images[1]: 4x4; a batch has one size (8x8)",
+    );
+    await expectStatus(
+      score([{ image: image(5000, 1, 0) }]),
+      Code.INVALID_ARGUMENT,
+      "images[0]: size 5000x1 outside 1..4096",
+    );
+  });
+
+  test("oversized and malformed messages", async () => {
+    const big = bigClient(Rewarder, procs.rewarder.address);
+    const huge = { width: 4096, height: 2048, rgb: new Uint8Array(OVERSIZED) };
+    const error = await failure(big.score({ rewardName: "jpeg_compressibility", images: [{ image: huge }] }));
+    expect(error.code).toBe(Code.RESOURCE_EXHAUSTED);
+    await expectMalformed(procs.rewarder.address, "Rewarder/Score", "ScoreRequest");
+    await expectMalformed(procs.rewarder.address, "Rewarder/ListRewards", "ListRewardsRequest");
+  });
+});
+
+describe("Registry", () => {
+  const base = { id: "base-1", kind: CheckpointKind.BASE, sha256: SHA, sizeBytes: 1n, location: MODEL };
+
+  test("RegisterCheckpoint: missing fields, bad kind and hash, unknown parent, a conflicting id", async () => {
+    const cases: [Record<string, unknown> | undefined, string][] = [
+      [undefined, "checkpoint is required"],
+      [{ ...base, id: "" }, "checkpoint.id is required"],
+      [{ ...base, kind: CheckpointKind.UNSPECIFIED }, "checkpoint.kind must be BASE, FULL or LORA"],
+      [{ ...base, sha256: "xyz" }, "checkpoint.sha256 must be 64 lower-case hex digits"],
+      [{ ...base, location: "" }, "checkpoint.location is required"],
+      [{ ...base, id: "lora-1", kind: CheckpointKind.LORA }, "a lora checkpoint needs parent_id"],
+    ];
+    for (const [checkpoint, message] of cases) {
+      await expectStatus(registry.registerCheckpoint({ checkpoint }), Code.INVALID_ARGUMENT, message);
+    }
+    await expectStatus(
+      registry.registerCheckpoint({
+        checkpoint: { ...base, id: "lora-1", kind: CheckpointKind.LORA, parentId: "nope" },
+      }),
+      Code.NOT_FOUND,
+      "parent checkpoint nope is not registered",
+    );
+    expect((await registry.registerCheckpoint({ checkpoint: base })).created).toBe(true);
+    await expectStatus(
+      registry.registerCheckpoint({ checkpoint: { ...base, sha256: "cd".repeat(32) } }),
+      Code.ALREADY_EXISTS,
+      /base-1/,
+    );
+  });
+
+  test("GetCheckpoint, StreamCheckpoint, GetLineage: missing and unknown ids", async () => {
+    await expectStatus(registry.getCheckpoint({}), Code.INVALID_ARGUMENT, "id is required");
+    await expectStatus(registry.getCheckpoint({ id: "nope" }), Code.NOT_FOUND, "checkpoint nope is not registered");
+    await expectStatus(registry.streamCheckpoint({}), Code.INVALID_ARGUMENT, "id is required");
+    await expectStatus(registry.streamCheckpoint({ id: "nope" }), Code.NOT_FOUND, "checkpoint nope is not registered");
+    await expectStatus(
+      registry.streamCheckpoint({ id: "base-1", chunkBytes: 64 << 20 }),
+      Code.INVALID_ARGUMENT,
+      `chunk_bytes ${64 << 20} is above ${4 << 20}`,
+    );
+    const gone = join(scratch, "gone");
+    await registry.registerCheckpoint({ checkpoint: { ...base, id: "gone", location: gone } });
+    await expectStatus(
+      registry.streamCheckpoint({ id: "gone" }),
+      Code.NOT_FOUND,
+      `checkpoint gone: its folder ${gone} is gone`,
+    );
+    await expectStatus(registry.getLineage({}), Code.INVALID_ARGUMENT, "checkpoint_id is required");
+    await expectStatus(
+      registry.getLineage({ checkpointId: "nope" }),
+      Code.NOT_FOUND,
+      "checkpoint nope is not registered",
+    );
+  });
+
+  test("ListRuns with a page token it never gave; GetRun of a missing and an unknown run", async () => {
+    for (const token of ["abc", "-1", "1.5"]) {
+      await expectStatus(
+        registry.listRuns({ pageToken: token }),
+        Code.INVALID_ARGUMENT,
+        `page_token '${token}' is not one this service gave`,
+      );
+    }
+    await expectStatus(registry.getRun({}), Code.INVALID_ARGUMENT, "run_id is required");
+    await expectStatus(registry.getRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
+  });
+
+  test("oversized and malformed messages", async () => {
+    const big = bigClient(Registry, procs.registry.address);
+    const error = await failure(
+      big.registerCheckpoint({ checkpoint: { ...base, id: "huge", location: "x".repeat(OVERSIZED) } }),
+    );
+    expect(error.code).toBe(Code.RESOURCE_EXHAUSTED);
+    await expectMalformed(procs.registry.address, "Registry/GetCheckpoint", "GetCheckpointRequest");
+    await expectMalformed(procs.registry.address, "Registry/StreamCheckpoint", "StreamCheckpointRequest", true);
+  });
+});
+
+const start = { name: "bad", baseModelDir: MODEL, promptSet: "animals", epochs: 1, config: TINY_CONFIG };
+
+describe("Trainer", () => {
+  test("StartRun: missing fields, a folder that is not a model, unknown prompt set, epochs 0", async () => {
+    await expectStatus(trainer.startRun({}), Code.INVALID_ARGUMENT, "base_model_dir is required");
+    const missing = join(scratch, "no-such-model");
+    await expectStatus(
+      trainer.startRun({ ...start, baseModelDir: missing }),
+      Code.NOT_FOUND,
+      `${missing}: no unet weights (not a model folder)`,
+    );
+    await expectStatus(
+      trainer.startRun({ ...start, promptSet: "nope" }),
+      Code.INVALID_ARGUMENT,
+      /^unknown prompt_set 'nope'; known: .*animals/,
+    );
+    await expectStatus(trainer.startRun({ ...start, epochs: 0 }), Code.INVALID_ARGUMENT, "epochs must be in 1..100000");
+  });
+
+  test("StartRun: NaN, infinite and out-of-range DdpoConfig values name the field", async () => {
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ lr: Number.NaN }, /lr must be > 0/],
+      [{ lr: Number.POSITIVE_INFINITY }, /config\.lr must be finite/],
+      [{ eta: 0 }, /eta must be > 0/],
+      [{ eta: Number.NaN }, /eta must be > 0/],
+      [{ guidance: Number.NaN }, /guidance must be >= 1/],
+      [{ guidance: Number.POSITIVE_INFINITY }, /config\.guidance must be finite/],
+      [{ clipRange: Number.NaN }, /clipRange must be >= 0/],
+      [{ timestepFraction: 1.5 }, /timestepFraction must be in \(0, 1\]/],
+      [{ sampleBatchSize: 0 }, /sampleBatchSize must be a positive integer/],
+      [{ loss: 99 }, /config\.loss: unknown value 99/],
+      [{ finetune: { case: "lora", value: { rank: 2, alpha: Number.NaN } } }, /config\.lora\.alpha must be finite/],
+    ];
+    for (const [config, message] of cases) {
+      await expectStatus(
+        trainer.startRun({ ...start, config: { ...TINY_CONFIG, ...config } }),
+        Code.INVALID_ARGUMENT,
+        message,
+      );
+    }
+  });
+
+  test("StartRun: reward sources without a name, with a NaN weight, or naming an unknown reward", async () => {
+    await expectStatus(
+      trainer.startRun({ ...start, rewards: [{ rewardName: "" }] }),
+      Code.INVALID_ARGUMENT,
+      "rewards[0].reward_name is required",
+    );
+    await expectStatus(
+      trainer.startRun({ ...start, rewards: [{ rewardName: "jpeg_compressibility", weight: Number.NaN }] }),
+      Code.INVALID_ARGUMENT,
+      "rewards[0].weight must be finite",
+    );
+    await expectStatus(
+      trainer.startRun({
+        ...start,
+        rewards: [{ rewardName: "jpeg_compressibility" }, { rewardName: "no_such_reward", weight: 0.5 }],
+      }),
+      Code.NOT_FOUND,
+      new RegExp(`^rewards\\[1\\]: the Rewarder at ${procs.rewarder.address} has no reward 'no_such_reward'`),
+    );
+    // None of the refused requests left a run behind.
+    expect((await registry.listRuns({})).runs).toHaveLength(0);
+  });
+
+  test("WatchRun, StopRun, ResumeRun, GetRun: missing and unknown run ids", async () => {
+    await expectStatus(trainer.watchRun({}), Code.INVALID_ARGUMENT, "run_id is required");
+    await expectStatus(trainer.watchRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
+    await expectStatus(trainer.stopRun({}), Code.INVALID_ARGUMENT, "run_id is required");
+    await expectStatus(trainer.stopRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
+    await expectStatus(trainer.resumeRun({}), Code.INVALID_ARGUMENT, "run_id is required");
+    await expectStatus(trainer.resumeRun({ runId: "nope", epochs: 0 }), Code.INVALID_ARGUMENT, "epochs must be >= 1");
+    await expectStatus(trainer.resumeRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
+    await expectStatus(trainer.getRun({}), Code.INVALID_ARGUMENT, "run_id is required");
+    await expectStatus(trainer.getRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
+  });
+
+  test("oversized and malformed messages", async () => {
+    const big = bigClient(Trainer, procs.trainer.address);
+    const error = await failure(big.startRun({ ...start, name: "x".repeat(OVERSIZED) }));
+    expect(error.code).toBe(Code.RESOURCE_EXHAUSTED);
+    await expectMalformed(procs.trainer.address, "Trainer/StartRun", "StartRunRequest");
+    await expectMalformed(procs.trainer.address, "Trainer/WatchRun", "WatchRunRequest", true);
+  });
+});
+
+describe("after all of that", () => {
+  test("every process is up, SERVING, and answers a valid call", async () => {
+    for (const [name, p] of Object.entries(procs)) {
+      expect(p.proc.exitCode, `${name} exited: ${p.stderr()}`).toBeNull();
+      const service = `ddpo.v1.${name[0]!.toUpperCase()}${name.slice(1)}`;
+      expect(await healthCheck(p.address, "")).toBe("SERVING");
+      expect(await healthCheck(p.address, service)).toBe("SERVING");
+    }
+    expect((await rewarder.listRewards({})).rewards.map((r) => r.name)).toContain("jpeg_compressibility");
+    const { scores } = await rewarder.score({ rewardName: "jpeg_compressibility", images: [{ image: image(8, 8) }] });
+    expect(scores).toHaveLength(1);
+    expect((await registry.getCheckpoint({ id: "base-1" })).checkpoint?.sha256).toBe(SHA);
+
+    // A whole (one-epoch) run through all four services.
+    const { run } = await trainer.startRun({ ...start, name: "valid" }, { timeoutMs: 30_000 });
+    const events = [];
+    for await (const e of trainer.watchRun({ runId: run!.id }, { timeoutMs: 60_000 })) events.push(e);
+    const last = events.at(-1)!;
+    expect(last.event.case === "status" && last.event.value.status).toBe(RunStatus.COMPLETED);
+    expect((await registry.getRun({ runId: run!.id })).epochs).toHaveLength(1);
+    expect((await sampler.getStatus({})).checkpointId).not.toBe("");
+    for (const [name, p] of Object.entries(procs)) expect(p.proc.exitCode, name).toBeNull();
+  }, 60_000);
+});
