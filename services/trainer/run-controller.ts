@@ -14,8 +14,9 @@ import { CheckpointKind } from "../gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
+import { epochRows } from "../lib/db/epoch-rows.ts";
 import { listCheckpoints, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
-import { latentBlob, type TrajectoryRecorder } from "../lib/db/recorder.ts";
+import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { type ClientOptions, Code, createClient, type ServiceClient, ServiceError } from "../lib/grpc/index.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
@@ -400,35 +401,13 @@ export class RunController {
     advantages: Float64Array,
     perReward: Map<RewardSpec, number[]>,
   ): void {
-    const blobs = s.latents.map((l) => latentBlob(l, [s.timesteps.length + 1, l.length / (s.timesteps.length + 1)]));
-    this.env.recorder.add({
-      latents: blobs,
-      trajectories: s.prompts.map((prompt, i) => ({
-        run_id: this.runId,
-        epoch,
-        sample_index: i,
-        prompt,
-        input_ids: s.inputIds[i]!,
-        seed: s.seeds[i]!,
-        timesteps: s.timesteps,
-        log_probs: Array.from(s.logProbs[i]!),
-        reward: combined[i]!,
-        advantage: advantages[i]!,
-        checkpoint_id: checkpointId,
-        latents_sha256: blobs[i]!.sha256,
-      })),
-      rewards: [...perReward].flatMap(([r, scores]) =>
-        scores.map((value, i) => ({
-          run_id: this.runId,
-          epoch,
-          sample_index: i,
-          reward_name: r.name,
-          value,
-          source: r.endpoint || this.env.defaultRewarderAddress,
-          weight: r.weight,
-        })),
-      ),
-    });
+    const terms = [...perReward].map(([r, scores]) => ({
+      name: r.name,
+      source: r.endpoint || this.env.defaultRewarderAddress,
+      weight: r.weight,
+      scores,
+    }));
+    this.env.recorder.add(epochRows(this.runId, epoch, checkpointId, { ...s, rewards: combined, advantages }, terms));
     // A grid of this epoch's images next to the checkpoints, for people.
     const size = s.imageSize;
     const rgb = new Uint8Array(s.images.length * size * size * 3);
