@@ -7,6 +7,8 @@ import { Engine } from "../../gpu-core/index.ts";
 import { loadEmojiDataset } from "../lib/data/emoji.ts";
 import { sampleImages, toUint8Images } from "../lib/diffusion/sampler.ts";
 import { writeTrajectories } from "../lib/diffusion/trajectory-file.ts";
+import { LoraAdapterSet } from "../lib/models/lora.ts";
+import { combineSources } from "../lib/models/parameters.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
@@ -107,14 +109,33 @@ async function writeSampleGrid(
   model: TextToImageModel,
   prompts: readonly string[],
   out: string,
-  o: { steps: number; guidance: number; eta: number; seed: number; trajectories?: string; checkpoint?: string },
+  o: {
+    steps: number;
+    guidance: number;
+    eta: number;
+    seed: number;
+    trajectories?: string;
+    checkpoint?: string;
+    /** peft LoRA folder applied over the model (a DDPO run's checkpoints/epoch-N/lora). */
+    lora?: string;
+  },
 ): Promise<void> {
   const started = performance.now();
+  const lora = o.lora ? LoraAdapterSet.load(model.engine, model.unetShapes, o.lora) : null;
   const result = sampleImages(model, prompts, {
     ...o,
     seeds: prompts.map((_, i) => o.seed + i),
     keepTrajectory: o.trajectories !== undefined,
+    source: lora
+      ? combineSources(
+          lora.source({ frozen: true }),
+          model.unetSource({ frozen: true }),
+          model.textSource({ frozen: true }),
+        )
+      : undefined,
+    lora,
   });
+  lora?.close();
   if (o.trajectories) {
     writeTrajectories(
       o.trajectories,
@@ -147,6 +168,7 @@ async function sampleCommand(argv: string[]): Promise<void> {
       eta: { type: "string" },
       seed: { type: "string" },
       trajectories: { type: "string" },
+      lora: { type: "string" },
     },
   });
   if (!values.model) throw new Error("sample: --model DIR is required");
@@ -158,7 +180,8 @@ async function sampleCommand(argv: string[]): Promise<void> {
     eta: num(values.eta, 1, "eta"),
     seed: num(values.seed, 1, "seed"),
     trajectories: values.trajectories,
-    checkpoint: values.model,
+    checkpoint: values.lora ? `${values.model}+${values.lora}` : values.model,
+    lora: values.lora,
   });
   model.close();
   engine.close();

@@ -157,6 +157,34 @@ describe("ddpo", () => {
     b.close();
   });
 
+  test("skipFinalSteps trains exactly the earlier steps: the same update as on trajectories cut after them", async () => {
+    const cfg = (skip: number) => config({ lora: { rank: 2, alpha: 2 }, lr: 1e-2, skipFinalSteps: skip });
+    const skipping = new DdpoTrainer(engine, model, cfg(2), reward, prompts);
+    const { trajectories: tr } = await skipping.collect();
+    const cut = new DdpoTrainer(engine, model, cfg(0), reward, prompts);
+    cut.planEpoch(); // the same prompt RNG position as `skipping` after its collect()
+    const per = tr.latents[0]!.length / (tr.timesteps.length + 1);
+    const report = skipping.train(tr);
+    const reportCut = cut.train({
+      ...tr,
+      timesteps: tr.timesteps.slice(0, 2),
+      latents: tr.latents.map((l) => l.subarray(0, 3 * per)),
+      logProbs: tr.logProbs.map((l) => l.subarray(0, 2)),
+    });
+    expect(report.pairs).toBe(4 * 2);
+    expect(reportCut.pairs).toBe(4 * 2);
+    expect(report.loss).toBe(reportCut.loss);
+    const a = skipping.lora!.params.values.read();
+    const b = cut.lora!.params.values.read();
+    expect(a.some((v) => v !== 0 && v !== a[0])).toBe(true);
+    expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+    expect(() => new DdpoTrainer(engine, model, cfg(4), reward, prompts)).toThrow(
+      "skipFinalSteps must be an integer in [0, steps)",
+    );
+    skipping.close();
+    cut.close();
+  });
+
   for (const loss of ["ddpo_sf", "rwr", "sparse_rwr"] as const) {
     test(`${loss} trains: finite loss, the policy moves`, async () => {
       const trainer = new DdpoTrainer(

@@ -39,6 +39,13 @@ export interface DdpoConfig {
   gradientAccumulation: number;
   innerEpochs: number;
   timestepFraction: number;
+  /**
+   * The last K DDIM steps are sampled but not trained on (0: every step, the paper's setting).
+   * In pixel space the final steps have sigma ~ 0.01, so their log-prob gradients are ~25x those
+   * of the other steps and, under a reward that reacts to pixel noise (JPEG size), almost pure
+   * noise; they drown the signal of the earlier steps (bench/RESULTS.md, "DDPO learning").
+   */
+  skipFinalSteps: number;
   clipRange: number;
   advClipMax: number;
   lr: number;
@@ -64,6 +71,7 @@ export const DDPO_DEFAULTS: DdpoConfig = {
   gradientAccumulation: 4,
   innerEpochs: 1,
   timestepFraction: 1.0,
+  skipFinalSteps: 0,
   clipRange: 1e-4,
   advClipMax: 5,
   lr: 3e-4,
@@ -251,7 +259,10 @@ export class DdpoTrainer {
     if (c.loss === "rwr" || c.loss === "sparse_rwr") return this.#trainRwr(tr);
     const n = tr.prompts.length;
     const T = tr.timesteps.length;
-    const pairsPerSample = Math.max(1, Math.floor(T * c.timestepFraction));
+    // Steps eligible for training: the first T - skipFinalSteps (most noisy first).
+    const eligible = T - c.skipFinalSteps;
+    if (eligible < 1) throw new Error(`skipFinalSteps ${c.skipFinalSteps} leaves none of the ${T} steps to train`);
+    const pairsPerSample = Math.max(1, Math.floor(eligible * c.timestepFraction));
     const per = tr.latents[0]!.length / (T + 1);
     const settings: PolicyGradientSettings = {
       loss: c.loss,
@@ -271,7 +282,7 @@ export class DdpoTrainer {
     let optimizerSteps = 0;
     for (let inner = 0; inner < c.innerEpochs; inner++) {
       const order = this.#rng.permutation(n);
-      const timestepOrder = Array.from({ length: n }, () => this.#rng.permutation(T));
+      const timestepOrder = Array.from({ length: n }, () => this.#rng.permutation(eligible));
       const minibatches: number[][] = [];
       for (let i = 0; i < n; i += c.trainBatchSize) minibatches.push(order.slice(i, i + c.trainBatchSize));
       for (let g0 = 0; g0 < minibatches.length; g0 += c.gradientAccumulation) {
@@ -519,6 +530,8 @@ export function validateConfig(c: DdpoConfig): void {
   if (!(c.eta > 0)) problems.push("eta must be > 0");
   if (!(c.guidance >= 1)) problems.push("guidance must be >= 1");
   if (!(c.timestepFraction > 0 && c.timestepFraction <= 1)) problems.push("timestepFraction must be in (0, 1]");
+  if (!(Number.isInteger(c.skipFinalSteps) && c.skipFinalSteps >= 0 && c.skipFinalSteps < c.steps))
+    problems.push("skipFinalSteps must be an integer in [0, steps)");
   if (!(c.clipRange >= 0)) problems.push("clipRange must be >= 0");
   if (!(c.advClipMax > 0)) problems.push("advClipMax must be > 0");
   if (!(c.lr > 0)) problems.push("lr must be > 0");
