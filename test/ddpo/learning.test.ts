@@ -116,11 +116,11 @@ async function learn(rewardName: string): Promise<LearningResult> {
       epochNoise: sd(controlMeans),
       overControl,
       compressibilityBefore:
-        reward === compressibility
+        reward.name === compressibility.name
           ? mean(before)
           : mean(await rewardsOf(compressibility, EVAL_PROMPTS, EVAL_SEEDS, null)),
       compressibilityAfter:
-        reward === compressibility
+        reward.name === compressibility.name
           ? mean(after)
           : mean(await rewardsOf(compressibility, EVAL_PROMPTS, EVAL_SEEDS, trainer)),
     };
