@@ -12,19 +12,17 @@ import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import {
   type Client,
   credentials,
-  type ServiceError as GrpcError,
   type GrpcObject,
   loadPackageDefinition,
   Metadata,
-  makeGenericClientConstructor,
   type ServiceClientConstructor,
 } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
-import { service as healthService } from "grpc-health-check";
 import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Code, createClient, type RunningServer, ServiceError, startServer } from "../../services/lib/grpc/index.ts";
+import { healthCheck } from "./health.ts";
 import { CHECKPOINT, handlerEvents, testRewarder, testSampler, unimplemented } from "./test-services.ts";
 
 const TOKEN = "s3cret-token";
@@ -43,22 +41,6 @@ async function collectAll<T>(stream: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
   for await (const item of stream) out.push(item);
   return out;
-}
-
-/** grpc.health.v1.Health/Check through a plain grpc-js client (no token). */
-function healthCheck(address: string, service: string): Promise<string> {
-  const Health = makeGenericClientConstructor(healthService, "Health");
-  const client = new Health(address, credentials.createInsecure()) as unknown as Client & {
-    Check: (
-      request: { service: string },
-      done: (error: GrpcError | null, response: { status: string }) => void,
-    ) => void;
-  };
-  return new Promise<string>((resolve, reject) =>
-    client.Check({ service }, (error: GrpcError | null, response: { status: string }) =>
-      error ? reject(error) : resolve(response.status),
-    ),
-  ).finally(() => client.close());
 }
 
 /** One request on grpc.reflection.v1's bidi stream, as grpcurl would send it. */

@@ -8,14 +8,7 @@ import { cpSync, mkdtempSync, rmSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
-import {
-  Client,
-  credentials,
-  type ServiceError as GrpcError,
-  Metadata,
-  makeGenericClientConstructor,
-} from "@grpc/grpc-js";
-import { service as healthService } from "grpc-health-check";
+import { Client, credentials, type ServiceError as GrpcError, Metadata } from "@grpc/grpc-js";
 import { CheckpointKind, RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
@@ -30,6 +23,7 @@ import {
   ServiceError,
 } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
+import { healthCheck } from "../grpc/health.ts";
 import { type ServiceProcess, spawnService } from "./cluster.ts";
 
 const MODEL = new URL("../../models/emoji-base", import.meta.url).pathname;
@@ -176,19 +170,6 @@ function bigClient<S extends GenServiceMethods>(service: GenService<S>, address:
   return client;
 }
 const OVERSIZED = DEFAULT_MAX_MESSAGE_BYTES + (1 << 20);
-
-function healthCheck(address: string, service: string): Promise<string> {
-  const Health = makeGenericClientConstructor(healthService, "Health");
-  const client = new Health(address, credentials.createInsecure()) as unknown as Client & {
-    Check: (
-      request: { service: string },
-      done: (error: GrpcError | null, response: { status: string }) => void,
-    ) => void;
-  };
-  return new Promise<string>((resolve, reject) =>
-    client.Check({ service }, (error, response) => (error ? reject(error) : resolve(response.status))),
-  ).finally(() => client.close());
-}
 
 const image = (width: number, height: number, bytes = width * height * 3) => ({
   width,

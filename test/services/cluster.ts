@@ -26,6 +26,19 @@ export async function spawnService(
     stdout: "pipe",
     stderr: "pipe",
   });
+  const announced = await readAnnouncement(proc, name, timeoutMs);
+  return { name, address: announced.address, proc, stderr: announced.stderr };
+}
+
+/**
+ * Collects a child's stderr and waits for the JSON line `{"address": ...}` it prints on stdout
+ * once listening; kills it (SIGKILL) and throws with its stderr when none comes in time.
+ */
+export async function readAnnouncement(
+  proc: Subprocess<"ignore", "pipe", "pipe">,
+  what: string,
+  timeoutMs: number,
+): Promise<{ address: string; stderr: () => string }> {
   let err = "";
   (async () => {
     const decoder = new TextDecoder();
@@ -45,12 +58,11 @@ export async function spawnService(
     const line = buffered.split("\n").find((l) => l.startsWith("{"));
     if (line) {
       reader.releaseLock();
-      const { address } = JSON.parse(line) as { address: string };
-      return { name, address, proc, stderr: () => err };
+      return { address: (JSON.parse(line) as { address: string }).address, stderr: () => err };
     }
   }
   proc.kill("SIGKILL");
-  throw new Error(`${name} did not announce its address: ${err}`);
+  throw new Error(`${what} did not announce its address: ${err}`);
 }
 
 export async function stopService(s: ServiceProcess, signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
