@@ -12,6 +12,7 @@ import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { lineChartPng } from "../lib/plots/line-chart.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
+import { formatSeconds, ProgressBar } from "./progress.ts";
 
 export const TRAIN_USAGE = `ddpo train --model DIR --out RUN_DIR [--reward jpeg_compressibility] [--prompts animals]
            [--epochs 10] [--loss ddpo_is|ddpo_sf|rwr|sparse_rwr] [--full] [--resume] [--key value ...]
@@ -92,6 +93,29 @@ export async function trainCommand(argv: string[]): Promise<void> {
       `${config.lora ? `LoRA r=${config.lora.rank}` : "full fine-tuning"}`,
   );
   const size = model.unetConfig.sample_size;
+  // One bar over the run, advanced by each sample batch and optimizer step of every epoch.
+  const perEpoch =
+    config.sampleBatchesPerEpoch +
+    config.innerEpochs *
+      Math.ceil(
+        Math.ceil((config.sampleBatchSize * config.sampleBatchesPerEpoch) / config.trainBatchSize) /
+          config.gradientAccumulation,
+      );
+  const bar = new ProgressBar((epochs - trainer.epoch) * perEpoch, 1);
+  const firstEpoch = trainer.epoch;
+  const started = performance.now();
+  const last = { reward: Number.NaN, kl: Number.NaN };
+  trainer.onProgress = (phase, done) => {
+    const e = trainer.epoch - firstEpoch;
+    const ticks = e * perEpoch + (phase === "sampling" ? done : config.sampleBatchesPerEpoch + done);
+    const elapsed = (performance.now() - started) / 1000;
+    bar.update(
+      ticks,
+      `epoch ${trainer.epoch + 1}/${epochs} ${phase}  last reward ${Number.isNaN(last.reward) ? "-" : last.reward.toFixed(3)}` +
+        `  approx_kl ${Number.isNaN(last.kl) ? "-" : last.kl.toExponential(1)}  ${formatSeconds(elapsed)}` +
+        ` (eta ${formatSeconds((elapsed / ticks) * (bar.total - ticks))})`,
+    );
+  };
   while (trainer.epoch < epochs) {
     const report = await trainer.runEpoch(async (t) => {
       const n = Math.min(16, t.prompts.length);
@@ -107,6 +131,8 @@ export async function trainCommand(argv: string[]): Promise<void> {
         },
       );
     });
+    last.reward = report.rewardMean;
+    last.kl = report.approxKl;
     console.log(epochLine(report));
     history.push(report);
     trainer.saveCheckpoint(join(checkpoints, `epoch-${report.epoch}`));

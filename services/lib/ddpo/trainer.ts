@@ -149,6 +149,8 @@ export class DdpoTrainer {
   readonly trainable: FlatParameters;
   readonly optimizer: JointAdamW;
   readonly statTracker: PerPromptStatTracker | null;
+  /** Called after each sample batch and each optimizer step of an epoch (progress bars). */
+  onProgress: ((phase: "sampling" | "training", done: number, total: number) => void) | null = null;
   #rng: Mulberry32;
   #epoch = 0;
   readonly #arena;
@@ -223,8 +225,9 @@ export class DdpoTrainer {
   async collect(): Promise<{ trajectories: EpochTrajectories; samplingSeconds: number; rewardSeconds: number }> {
     const c = this.config;
     const t0 = performance.now();
-    const results = this.planEpoch().map(({ prompts, seeds }) =>
-      sampleImages(this.model, prompts, {
+    const plan = this.planEpoch();
+    const results = plan.map(({ prompts, seeds }, k) => {
+      const result = sampleImages(this.model, prompts, {
         steps: c.steps,
         guidance: c.guidance,
         eta: c.eta,
@@ -232,8 +235,10 @@ export class DdpoTrainer {
         keepTrajectory: true,
         source: this.source(false),
         lora: this.lora,
-      }),
-    );
+      });
+      this.onProgress?.("sampling", k + 1, plan.length);
+      return result;
+    });
     const merged = mergeSamples(results);
     const t1 = performance.now();
     const size = this.model.unetConfig.sample_size;
@@ -280,6 +285,7 @@ export class DdpoTrainer {
     let trainedPairs = 0;
     let onPolicy = 0;
     let optimizerSteps = 0;
+    const totalSteps = c.innerEpochs * Math.ceil(Math.ceil(n / c.trainBatchSize) / c.gradientAccumulation);
     for (let inner = 0; inner < c.innerEpochs; inner++) {
       const order = this.#rng.permutation(n);
       const timestepOrder = Array.from({ length: n }, () => this.#rng.permutation(eligible));
@@ -332,6 +338,7 @@ export class DdpoTrainer {
         }
         this.optimizer.step({ lr: c.lr, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm });
         optimizerSteps += 1;
+        this.onProgress?.("training", optimizerSteps, totalSteps);
       }
     }
     return {
