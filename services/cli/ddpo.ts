@@ -11,6 +11,7 @@ import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { combineSources } from "../lib/models/parameters.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
+import { rewardByName } from "../lib/rewards/index.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 import { lineageCommand, REMOTE_USAGE, runsCommand, trainCommand, upCommand, watchCommand } from "./remote.ts";
@@ -38,7 +39,7 @@ export const SHOWCASE_PROMPTS = [
 const USAGE = `usage: ddpo <command> [options]
   pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
   sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
-           [--trajectories FILE.safetensors]
+           [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-N/lora] [--reward NAME]
 ${REMOTE_USAGE}
   ${TRAIN_USAGE.replace("ddpo train", "train-local")}`;
 
@@ -118,6 +119,8 @@ async function writeSampleGrid(
     checkpoint?: string;
     /** peft LoRA folder applied over the model (a DDPO run's checkpoints/epoch-N/lora). */
     lora?: string;
+    /** Score each image with this reward: captions show it, the mean is printed. */
+    reward?: string;
   },
 ): Promise<void> {
   const started = performance.now();
@@ -146,12 +149,21 @@ async function writeSampleGrid(
     console.log(`sample: trajectories -> ${o.trajectories}`);
   }
   const size = model.unetConfig.sample_size;
-  await imageGridPng(out, toUint8Images(result.images, prompts.length, model.unetConfig.out_channels, size), {
+  const images = toUint8Images(result.images, prompts.length, model.unetConfig.out_channels, size);
+  let captions = [...prompts];
+  if (o.reward) {
+    const reward = rewardByName(o.reward);
+    const scores = await reward.score(images, { height: size, width: size }, prompts);
+    captions = prompts.map((p, i) => `${p} ${scores[i]!.toFixed(2)}`);
+    const m = scores.reduce((a, b) => a + b, 0) / scores.length;
+    console.log(`sample: ${reward.name} mean ${m.toFixed(4)} over ${scores.length} images`);
+  }
+  await imageGridPng(out, images, {
     cols: Math.min(8, prompts.length),
     scale: 3,
     height: size,
     width: size,
-    captions: [...prompts],
+    captions,
   });
   console.log(`sample: ${prompts.length} images in ${((performance.now() - started) / 1000).toFixed(1)} s -> ${out}`);
 }
@@ -169,6 +181,7 @@ async function sampleCommand(argv: string[]): Promise<void> {
       seed: { type: "string" },
       trajectories: { type: "string" },
       lora: { type: "string" },
+      reward: { type: "string" },
     },
   });
   if (!values.model) throw new Error("sample: --model DIR is required");
@@ -182,6 +195,7 @@ async function sampleCommand(argv: string[]): Promise<void> {
     trajectories: values.trajectories,
     checkpoint: values.lora ? `${values.model}+${values.lora}` : values.model,
     lora: values.lora,
+    reward: values.reward,
   });
   model.close();
   engine.close();
