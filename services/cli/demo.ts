@@ -21,7 +21,7 @@ const { values } = parseArgs({
 const out = resolve(values.out ?? "out/demo");
 const dataDir = resolve(values["data-dir"] ?? join(out, "ddpo-data"));
 mkdirSync(out, { recursive: true });
-const epochs = Number(values.epochs ?? 4);
+const epochs = Number(values.epochs ?? 12);
 
 console.log(`starting Postgres (data in ${join(dataDir, "postgres")}) and the four services ...`);
 const cluster = await startCluster({ dataDir });
@@ -29,15 +29,15 @@ try {
   const a = cluster.addresses;
   console.log(`registry ${a.registry}  rewarder ${a.rewarder}  sampler ${a.sampler}  trainer ${a.trainer}`);
   const trainer = createClient(Trainer, a.trainer);
-  // A CPU-sized epoch: 16 samples x 10 DDIM steps with guidance 3, LoRA rank 4, two optimizer
+  // A CPU-sized epoch: 32 samples x 10 DDIM steps with guidance 3, LoRA rank 4, two optimizer
   // steps per epoch, the final 2 steps not trained (skipFinalSteps), lr 3e-3: the recipe of the
   // learning test and of bench/learning/, which moves this model's reward within a few epochs.
   const config = {
     ...DDPO_DEFAULTS,
     steps: 10,
-    sampleBatchSize: 8,
+    sampleBatchSize: 16,
     sampleBatchesPerEpoch: 2,
-    trainBatchSize: 8,
+    trainBatchSize: 16,
     gradientAccumulation: 1,
     timestepFraction: 0.5,
     skipFinalSteps: 2,
@@ -63,6 +63,15 @@ try {
   const database = openDatabase({ url: a.databaseUrl });
   const history = await rewardByEpoch(database.db, runId);
   await database.close();
+  console.log(
+    "\nselect epoch, trajectories, reward_mean, reward_std, approx_kl, checkpoint_id from run_reward_by_epoch:",
+  );
+  for (const h of history) {
+    console.log(
+      `  ${String(h.epoch).padStart(3)}  ${String(h.trajectories).padStart(3)}  ${(h.reward_mean ?? Number.NaN).toFixed(4)}` +
+        `  ${(h.reward_std ?? Number.NaN).toFixed(4)}  ${(h.approx_kl ?? Number.NaN).toExponential(2)}  ${h.checkpoint_id}`,
+    );
+  }
   const curve = join(out, "reward-curve.png");
   await lineChartPng(
     curve,
@@ -74,7 +83,9 @@ run ${runId} ended: ${result.message || "completed"}
   images        ${join(dataDir, "runs", runId, "samples")}/epoch-*.png
   checkpoints   ${join(dataDir, "runs", runId, "checkpoints")}/
   reward curve  ${curve}
-  SQL history   psql '${a.databaseUrl}'   (while 'ddpo up --data-dir ${dataDir}' runs), e.g.
+  SQL history   in ${join(dataDir, "postgres")}: start it again on the same port with
+                DDPO_DB_PORT=${new URL(a.databaseUrl).port} bun run services/cli/ddpo.ts up --data-dir ${dataDir}
+                then psql '${a.databaseUrl}', e.g.
                 select * from run_reward_by_epoch where run_id = '${runId}';
                 select * from checkpoint_ancestry where checkpoint_id = '${runId}/epoch-${epochs}';
                 select prompt, seed, reward, checkpoint_id from trajectory_provenance where run_id = '${runId}' limit 5;`);
