@@ -10,14 +10,12 @@ import { DDPO_DEFAULTS, DdpoTrainer } from "../services/lib/ddpo/trainer.ts";
 import { FlopCounter } from "../services/lib/models/flops.ts";
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
 import { rewardByName } from "../services/lib/rewards/index.ts";
+import { flagValue } from "./flags.ts";
 import { sgemmGflops } from "./sgemm.ts";
 
 export async function main(args: string[]): Promise<void> {
   const json = args.includes("--json");
-  const flag = (name: string, fallback: string) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? (args[i + 1] ?? fallback) : fallback;
-  };
+  const flag = (name: string, fallback: string) => flagValue(args, name, fallback);
   const samples = Number(flag("--samples", "16"));
   const steps = Number(flag("--steps", "20"));
   const engine = Engine.open();

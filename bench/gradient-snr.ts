@@ -12,6 +12,7 @@ import { promptSetFromList } from "../services/lib/ddpo/prompts.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer, type TrainingBatch } from "../services/lib/ddpo/trainer.ts";
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
 import { rewardByName } from "../services/lib/rewards/index.ts";
+import { flagValue } from "./flags.ts";
 
 const PROMPTS = ["cat face", "tiger", "frog", "red apple"];
 
@@ -25,10 +26,7 @@ const cosine = (a: Float32Array, b: Float32Array) => dot(a, b) / Math.sqrt(dot(a
 
 export async function main(args: string[]): Promise<void> {
   const json = args.includes("--json");
-  const flag = (name: string, fallback: string) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? (args[i + 1] ?? fallback) : fallback;
-  };
+  const flag = (name: string, fallback: string) => flagValue(args, name, fallback);
   const samples = Number(flag("--samples", "64"));
   if (!(samples >= 4 && samples % 2 === 0)) throw new Error("--samples must be an even number >= 4");
   const config: DdpoConfig = {

@@ -11,14 +11,12 @@ import { combineSources } from "../services/lib/models/parameters.ts";
 import { EMOJI_SCHEDULER, emojiTextEncoderConfig, emojiUNetConfig } from "../services/lib/models/presets.ts";
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
 import { PRETRAIN_DEFAULTS } from "../services/lib/training/pretrain.ts";
+import { flagValue } from "./flags.ts";
 import { sgemmGflops, timeIt } from "./sgemm.ts";
 
 export async function main(args: string[]): Promise<void> {
   const json = args.includes("--json");
-  const flag = (name: string, fallback: number) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? Number(args[i + 1]) : fallback;
-  };
+  const flag = (name: string, fallback: number) => Number(flagValue(args, name, String(fallback)));
   const B = flag("--batch", 32);
   const samples = flag("--samples", 3);
   const engine = Engine.open();

@@ -52,6 +52,7 @@ import { imageGridPng } from "../services/lib/plots/image-grid.ts";
 import { rewardByName } from "../services/lib/rewards/index.ts";
 import { ddpoConfigMessage } from "../services/lib/runs/run-messages.ts";
 import { sha256File } from "../services/trainer/files.ts";
+import { flagValue } from "./flags.ts";
 
 const REWARD = "jpeg_compressibility";
 const PROMPTS = "animals";
@@ -228,10 +229,7 @@ async function runServices(
 
 export async function main(args: string[]): Promise<void> {
   const json = args.includes("--json");
-  const flag = (name: string, fallback: string) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? (args[i + 1] ?? fallback) : fallback;
-  };
+  const flag = (name: string, fallback: string) => flagValue(args, name, fallback);
   const samples = Number(flag("--samples", "16"));
   const steps = Number(flag("--steps", "10"));
   const epochs = Number(flag("--epochs", "2"));
