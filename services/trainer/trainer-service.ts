@@ -10,7 +10,7 @@ import { CheckpointKind, RunStatus as RunStatusMessage } from "../gen/ddpo/v1/co
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { type RunEventSchema, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
-import { createRun, getRun, listEpochs, listRuns } from "../lib/db/queries.ts";
+import { createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { listPromptSets } from "../lib/ddpo/prompts.ts";
@@ -105,10 +105,12 @@ export function trainerService(o: TrainerServiceOptions) {
   /** Starts the controller of a recorded run from its last checkpoint. */
   const resume = async (runId: string, epochs?: number): Promise<void> => {
     if (controllers.has(runId)) return;
-    const run = await databaseCall("ResumeRun", () => getRun(o.db, runId));
-    if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
+    const found = await databaseCall("ResumeRun", () => getRun(o.db, runId));
+    if (!found) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
+    // Pending (and the new budget) before the controller starts, so the response and a Trainer
+    // restarted after a crash both see the resumed run.
+    const run = await databaseCall("ResumeRun", () => reopenRun(o.db, runId, epochs));
     const settings = run.config as unknown as RunSettings;
-    if (epochs !== undefined) settings.epochs = epochs;
     launch(runId, settings, run.rewards, run.prompt_set ?? "animals", run.base_checkpoint_id ?? "");
   };
 

@@ -104,6 +104,26 @@ export async function setRunStatus(db: Db, id: string, status: RunStatus, error:
 // ---- epochs
 
 /** Record an epoch's statistics; recording the same (run, epoch) again replaces them. */
+/**
+ * Marks a stopped, failed or completed run as pending again for a resume, with a new epoch
+ * budget in its config when given (so a crash after the resume keeps the new budget).
+ */
+export async function reopenRun(db: Db, id: string, epochs?: number): Promise<Run> {
+  const run = await db
+    .updateTable("runs")
+    .set({
+      status: "pending",
+      error: null,
+      updated_at: sql<Date>`now()`,
+      ...(epochs === undefined ? {} : { config: sql`jsonb_set(config, '{epochs}', to_jsonb(${epochs}::integer))` }),
+    })
+    .where("id", "=", id)
+    .returningAll()
+    .executeTakeFirst();
+  if (!run) throw new Error(`no run "${id}"`);
+  return run;
+}
+
 export async function recordEpoch(db: Db, epoch: NewEpoch): Promise<Epoch> {
   const { run_id: _run, epoch: _epoch, ...stats } = epoch;
   return db

@@ -1,0 +1,177 @@
+// The services stay responsive while their engines compute, and runs can be stopped and resumed:
+// - Sampler: during a long Sample stream, grpc.health.v1 and GetStatus answer before the stream
+//   ends; cancelling the stream stops the work (no call active, the next Sample is served).
+// - Trainer: during a run, health answers; StopRun (immediate: the epoch in flight is abandoned)
+//   leaves the run STOPPED at a checkpoint; ResumeRun with a larger budget completes it, and every
+//   trajectory and reward is recorded exactly once, with lineage back to the base model.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
+import { DdpoLoss } from "../../services/gen/ddpo/v1/run_pb.ts";
+import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
+import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
+import { checkpointLineage, countRewards, countTrajectories, listEpochs } from "../../services/lib/db/queries.ts";
+import { createClient } from "../../services/lib/grpc/index.ts";
+import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
+import { healthCheck } from "../grpc/health.ts";
+import { type ServiceProcess, spawnService } from "./cluster.ts";
+
+const MODEL = new URL("../../models/emoji-base", import.meta.url).pathname;
+const CONFIG = {
+  seed: 11,
+  loss: DdpoLoss.IS,
+  sampleBatchSize: 2,
+  sampleBatchesPerEpoch: 2,
+  steps: 3,
+  guidance: 1,
+  trainBatchSize: 2,
+  gradientAccumulation: 2,
+  lr: 1e-4,
+  finetune: { case: "lora" as const, value: { rank: 2, alpha: 2 } },
+  advantages: { case: "batchStatistics" as const, value: {} },
+};
+
+let pg: TestPostgres;
+let database: TestDatabase;
+let dataDir: string;
+const procs: ServiceProcess[] = [];
+
+beforeAll(async () => {
+  pg = await startTestPostgres();
+  database = await pg.freshDatabase();
+  dataDir = mkdtempSync(join(tmpdir(), "ddpo-control-"));
+});
+
+afterAll(async () => {
+  for (const p of procs) p.proc.kill("SIGKILL");
+  await pg?.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    await Bun.sleep(100);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe("Sampler", () => {
+  test("health and GetStatus answer during a long Sample stream; cancelling it stops the work", async () => {
+    const proc = await spawnService("sampler", []);
+    procs.push(proc);
+    const sampler = createClient(Sampler, proc.address);
+    await sampler.loadCheckpoint({ checkpointId: "base", baseModelDir: MODEL }, { timeoutMs: 60_000 });
+    // 8 prompts one per engine batch, 30 guided steps each: several seconds of engine work.
+    const n = 8;
+    const request = {
+      prompts: Array.from({ length: n }, (_, i) => (i % 2 ? "tiger" : "cat face")),
+      seeds: Array.from({ length: n }, (_, i) => BigInt(100 + i)),
+      steps: 30,
+      guidance: 3,
+      checkpointId: "base",
+      batchSize: 1,
+    };
+    const abort = new AbortController();
+    let received = 0;
+    let streamEnded = false;
+    const stream = (async () => {
+      try {
+        for await (const _ of sampler.sample(request, { signal: abort.signal, timeoutMs: 300_000 })) received += 1;
+      } catch {
+        // cancelled
+      }
+      streamEnded = true;
+    })();
+    await waitFor("the first trajectory", async () => (received >= 1 ? true : undefined));
+    expect(await healthCheck(proc.address, "")).toBe("SERVING");
+    expect(await healthCheck(proc.address, "ddpo.v1.Sampler")).toBe("SERVING");
+    const busy = await sampler.getStatus({});
+    expect(busy.checkpointId).toBe("base");
+    expect(busy.activeSamples).toBeGreaterThan(0);
+    expect(streamEnded).toBe(false); // they answered while the engine was still sampling
+    abort.abort();
+    await stream;
+    expect(received).toBeLessThan(n);
+    // The handler sees the cancel at its next batch boundary and stops.
+    await waitFor("the cancelled call to end", async () =>
+      (await sampler.getStatus({})).activeSamples === 0 ? true : undefined,
+    );
+    const again = [];
+    for await (const t of sampler.sample({ ...request, prompts: ["frog"], seeds: [7n] }, { timeoutMs: 60_000 }))
+      again.push(t);
+    expect(again.length).toBe(1);
+    expect(proc.proc.exitCode).toBeNull();
+    sampler.close();
+  }, 300_000);
+});
+
+describe("Trainer", () => {
+  test("StopRun (immediate) mid-run, then ResumeRun with a larger budget: completed, every row once", async () => {
+    const env = { DATABASE_URL: database.url };
+    const [sampler, rewarder, registry] = await Promise.all([
+      spawnService("sampler", []),
+      spawnService("rewarder", []),
+      spawnService("registry", [], env),
+    ]);
+    procs.push(sampler, rewarder, registry);
+    const trainerProc = await spawnService(
+      "trainer",
+      [
+        "--registry",
+        registry.address,
+        "--rewarder",
+        rewarder.address,
+        "--samplers",
+        sampler.address,
+        "--data-dir",
+        dataDir,
+      ],
+      env,
+    );
+    procs.push(trainerProc);
+    const trainer = createClient(Trainer, trainerProc.address);
+    const { run } = await trainer.startRun(
+      { name: "stop and resume", baseModelDir: MODEL, promptSet: "animals", epochs: 20, config: CONFIG },
+      { timeoutMs: 60_000 },
+    );
+    const runId = run!.id;
+    await waitFor("epoch 1", async () => ((await listEpochs(database.db, runId)).length >= 1 ? true : undefined));
+    expect(await healthCheck(trainerProc.address, "ddpo.v1.Trainer")).toBe("SERVING");
+
+    const stopped = await trainer.stopRun({ runId, immediate: true }, { timeoutMs: 120_000 });
+    expect(stopped.run?.status).toBe(RunStatus.STOPPED);
+    const done = (await listEpochs(database.db, runId)).length;
+    expect(done).toBeGreaterThanOrEqual(1);
+    expect(done).toBeLessThan(20);
+    // Nothing moves while it is stopped.
+    await Bun.sleep(1500);
+    expect((await listEpochs(database.db, runId)).length).toBe(done);
+    expect((await trainer.getRun({ runId })).run?.status).toBe(RunStatus.STOPPED);
+
+    const total = done + 2;
+    const resumed = await trainer.resumeRun({ runId, epochs: total }, { timeoutMs: 60_000 });
+    // The response already shows the resumed run and its new budget (persisted for a restart).
+    expect([RunStatus.PENDING, RunStatus.RUNNING]).toContain(resumed.run!.status);
+    expect(resumed.run!.epochs).toBe(total);
+    const events = [];
+    for await (const e of trainer.watchRun({ runId }, { timeoutMs: 300_000 })) events.push(e);
+    const last = events.at(-1)!;
+    expect(last.event.case === "status" && last.event.value.status).toBe(RunStatus.COMPLETED);
+
+    const perEpoch = CONFIG.sampleBatchSize * CONFIG.sampleBatchesPerEpoch;
+    const recorded = await listEpochs(database.db, runId);
+    expect(recorded.map((e) => e.epoch)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+    expect(await countTrajectories(database.db, runId)).toBe(total * perEpoch);
+    expect(await countRewards(database.db, runId)).toBe(total * perEpoch);
+    const lineage = await checkpointLineage(database.db, recorded.at(-1)!.checkpoint_id!);
+    expect(lineage.map((c) => c.epoch)).toEqual([...Array.from({ length: total }, (_, i) => total - i), null]);
+    expect(lineage.at(-1)!.kind).toBe("base");
+    expect(lineage[0]!.kind).toBe("lora");
+    trainer.close();
+  }, 600_000);
+});
