@@ -105,11 +105,10 @@ export function trainerService(o: TrainerServiceOptions) {
   /** Starts the controller of a recorded run from its last checkpoint. */
   const resume = async (runId: string, epochs?: number): Promise<void> => {
     if (controllers.has(runId)) return;
-    const found = await databaseCall("ResumeRun", () => getRun(o.db, runId));
-    if (!found) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
     // Pending (and the new budget) before the controller starts, so the response and a Trainer
     // restarted after a crash both see the resumed run.
     const run = await databaseCall("ResumeRun", () => reopenRun(o.db, runId, epochs));
+    if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
     const settings = run.config as unknown as RunSettings;
     launch(runId, settings, run.rewards, run.prompt_set ?? "animals", run.base_checkpoint_id ?? "");
   };

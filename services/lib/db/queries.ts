@@ -101,15 +101,13 @@ export async function setRunStatus(db: Db, id: string, status: RunStatus, error:
   return run;
 }
 
-// ---- epochs
-
-/** Record an epoch's statistics; recording the same (run, epoch) again replaces them. */
 /**
  * Marks a stopped, failed or completed run as pending again for a resume, with a new epoch
- * budget in its config when given (so a crash after the resume keeps the new budget).
+ * budget in its config when given (so a crash after the resume keeps the new budget); undefined
+ * when there is no such run.
  */
-export async function reopenRun(db: Db, id: string, epochs?: number): Promise<Run> {
-  const run = await db
+export async function reopenRun(db: Db, id: string, epochs?: number): Promise<Run | undefined> {
+  return db
     .updateTable("runs")
     .set({
       status: "pending",
@@ -120,10 +118,11 @@ export async function reopenRun(db: Db, id: string, epochs?: number): Promise<Ru
     .where("id", "=", id)
     .returningAll()
     .executeTakeFirst();
-  if (!run) throw new Error(`no run "${id}"`);
-  return run;
 }
 
+// ---- epochs
+
+/** Record an epoch's statistics; recording the same (run, epoch) again replaces them. */
 export async function recordEpoch(db: Db, epoch: NewEpoch): Promise<Epoch> {
   const { run_id: _run, epoch: _epoch, ...stats } = epoch;
   return db
