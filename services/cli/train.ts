@@ -7,7 +7,13 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
 import { promptSetByName } from "../lib/ddpo/prompts.ts";
-import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer, type EpochReport } from "../lib/ddpo/trainer.ts";
+import {
+  DDPO_DEFAULTS,
+  type DdpoConfig,
+  DdpoTrainer,
+  type EpochReport,
+  optimizerStepsPerEpoch,
+} from "../lib/ddpo/trainer.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { lineChartPng } from "../lib/plots/line-chart.ts";
@@ -94,13 +100,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
   );
   const size = model.unetConfig.sample_size;
   // One bar over the run, advanced by each sample batch and optimizer step of every epoch.
-  const perEpoch =
-    config.sampleBatchesPerEpoch +
-    config.innerEpochs *
-      Math.ceil(
-        Math.ceil((config.sampleBatchSize * config.sampleBatchesPerEpoch) / config.trainBatchSize) /
-          config.gradientAccumulation,
-      );
+  const perEpoch = config.sampleBatchesPerEpoch + optimizerStepsPerEpoch(config);
   const bar = new ProgressBar((epochs - trainer.epoch) * perEpoch, 1);
   const firstEpoch = trainer.epoch;
   const started = performance.now();

@@ -285,7 +285,7 @@ export class DdpoTrainer {
     let trainedPairs = 0;
     let onPolicy = 0;
     let optimizerSteps = 0;
-    const totalSteps = c.innerEpochs * Math.ceil(Math.ceil(n / c.trainBatchSize) / c.gradientAccumulation);
+    const totalSteps = optimizerStepsPerEpoch(c, n);
     for (let inner = 0; inner < c.innerEpochs; inner++) {
       const order = this.#rng.permutation(n);
       const timestepOrder = Array.from({ length: n }, () => this.#rng.permutation(eligible));
@@ -515,6 +515,12 @@ export function mergeSamples(results: SampleResult[]): SampleResult {
     latents: results.flatMap((r) => r.latents),
     logProbs: results.flatMap((r) => r.logProbs),
   };
+}
+
+/** Optimizer steps of the DDPO update over n samples: per inner epoch, one per group of
+ * gradientAccumulation minibatches of trainBatchSize samples. */
+export function optimizerStepsPerEpoch(c: DdpoConfig, n = c.sampleBatchSize * c.sampleBatchesPerEpoch): number {
+  return c.innerEpochs * Math.ceil(Math.ceil(n / c.trainBatchSize) / c.gradientAccumulation);
 }
 
 export function validateConfig(c: DdpoConfig): void {
