@@ -24,9 +24,8 @@ import {
 } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
 import { healthCheck } from "../grpc/health.ts";
-import { type ServiceProcess, spawnService } from "./cluster.ts";
+import { BASE_MODEL_DIR, type ServiceProcess, spawnService } from "./cluster.ts";
 
-const MODEL = new URL("../../models/emoji-base", import.meta.url).pathname;
 const SHA = "ab".repeat(32);
 // One epoch of 2 samples x 2 DDIM steps: the valid run at the end finishes in seconds.
 const TINY_CONFIG = {
@@ -60,7 +59,7 @@ beforeAll(async () => {
   scratch = mkdtempSync(join(tmpdir(), "ddpo-bad-input-"));
   // A model folder whose UNet weights stop half-way.
   truncatedModel = join(scratch, "truncated-model");
-  cpSync(MODEL, truncatedModel, { recursive: true });
+  cpSync(BASE_MODEL_DIR, truncatedModel, { recursive: true });
   const weights = join(truncatedModel, "unet", "diffusion_pytorch_model.safetensors");
   truncateSync(weights, Math.floor(Bun.file(weights).size / 2));
 
@@ -192,7 +191,7 @@ describe("Sampler", () => {
       "base_model_dir is required",
     );
     await expectStatus(
-      sampler.loadCheckpoint({ checkpointId: "c", baseModelDir: MODEL, loraDir: "/a", fullModelDir: "/b" }),
+      sampler.loadCheckpoint({ checkpointId: "c", baseModelDir: BASE_MODEL_DIR, loraDir: "/a", fullModelDir: "/b" }),
       Code.INVALID_ARGUMENT,
       "give lora_dir or full_model_dir, not both",
     );
@@ -203,14 +202,14 @@ describe("Sampler", () => {
       `checkpoint c: checkpoint folder ${missing} does not exist`,
     );
     await expectStatus(
-      sampler.loadCheckpoint({ checkpointId: "c", baseModelDir: MODEL, loraDir: missing }),
+      sampler.loadCheckpoint({ checkpointId: "c", baseModelDir: BASE_MODEL_DIR, loraDir: missing }),
       Code.NOT_FOUND,
       `checkpoint c: checkpoint folder ${missing} does not exist`,
     );
   });
 
   test("a truncated safetensors file is refused and the loaded checkpoint still samples", async () => {
-    await sampler.loadCheckpoint({ checkpointId: "good", baseModelDir: MODEL }, { timeoutMs: 30_000 });
+    await sampler.loadCheckpoint({ checkpointId: "good", baseModelDir: BASE_MODEL_DIR }, { timeoutMs: 30_000 });
     const error = await failure(
       sampler.loadCheckpoint({ checkpointId: "truncated", baseModelDir: truncatedModel }, { timeoutMs: 30_000 }),
     );
@@ -307,7 +306,7 @@ describe("Rewarder", () => {
 });
 
 describe("Registry", () => {
-  const base = { id: "base-1", kind: CheckpointKind.BASE, sha256: SHA, sizeBytes: 1n, location: MODEL };
+  const base = { id: "base-1", kind: CheckpointKind.BASE, sha256: SHA, sizeBytes: 1n, location: BASE_MODEL_DIR };
 
   test("RegisterCheckpoint: missing fields, bad kind and hash, unknown parent, a conflicting id", async () => {
     const cases: [Record<string, unknown> | undefined, string][] = [
@@ -384,7 +383,7 @@ describe("Registry", () => {
   });
 });
 
-const start = { name: "bad", baseModelDir: MODEL, promptSet: "animals", epochs: 1, config: TINY_CONFIG };
+const start = { name: "bad", baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs: 1, config: TINY_CONFIG };
 
 describe("Trainer", () => {
   test("StartRun: missing fields, a folder that is not a model, unknown prompt set, epochs 0", async () => {

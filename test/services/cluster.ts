@@ -2,6 +2,7 @@
 // `bun run services/<name>/main.ts`, announces its address as a JSON line, and is killed
 // (gracefully or with SIGKILL) by the test.
 import type { Subprocess } from "bun";
+import { DdpoLoss } from "../../services/gen/ddpo/v1/run_pb.ts";
 
 export interface ServiceProcess {
   name: string;
@@ -12,6 +13,35 @@ export interface ServiceProcess {
 }
 
 const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** The shipped base model every run test starts from. */
+export const BASE_MODEL_DIR = new URL("../../models/emoji-base", import.meta.url).pathname;
+
+/** A DdpoConfig message small enough for CI: 4 samples x 3 DDIM steps per epoch, no guidance. */
+export const TINY_RUN_CONFIG = {
+  seed: 11,
+  loss: DdpoLoss.IS,
+  sampleBatchSize: 2,
+  sampleBatchesPerEpoch: 2,
+  steps: 3,
+  guidance: 1,
+  trainBatchSize: 2,
+  gradientAccumulation: 2,
+  lr: 1e-4,
+  finetune: { case: "lora" as const, value: { rank: 2, alpha: 2 } },
+  advantages: { case: "batchStatistics" as const, value: {} },
+};
+
+/** Polls fn every 100 ms until it returns a value; throws naming `what` after timeoutMs. */
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    await Bun.sleep(100);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
 
 export async function spawnService(
   name: "sampler" | "rewarder" | "registry" | "trainer",

@@ -9,29 +9,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
-import { DdpoLoss } from "../../services/gen/ddpo/v1/run_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { checkpointLineage, countRewards, countTrajectories, listEpochs } from "../../services/lib/db/queries.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
 import { healthCheck } from "../grpc/health.ts";
-import { type ServiceProcess, spawnService } from "./cluster.ts";
-
-const MODEL = new URL("../../models/emoji-base", import.meta.url).pathname;
-const CONFIG = {
-  seed: 11,
-  loss: DdpoLoss.IS,
-  sampleBatchSize: 2,
-  sampleBatchesPerEpoch: 2,
-  steps: 3,
-  guidance: 1,
-  trainBatchSize: 2,
-  gradientAccumulation: 2,
-  lr: 1e-4,
-  finetune: { case: "lora" as const, value: { rank: 2, alpha: 2 } },
-  advantages: { case: "batchStatistics" as const, value: {} },
-};
+import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, type ServiceProcess, spawnService, waitFor } from "./cluster.ts";
 
 let pg: TestPostgres;
 let database: TestDatabase;
@@ -50,22 +34,12 @@ afterAll(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    await Bun.sleep(100);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 describe("Sampler", () => {
   test("health and GetStatus answer during a long Sample stream; cancelling it stops the work", async () => {
     const proc = await spawnService("sampler", []);
     procs.push(proc);
     const sampler = createClient(Sampler, proc.address);
-    await sampler.loadCheckpoint({ checkpointId: "base", baseModelDir: MODEL }, { timeoutMs: 60_000 });
+    await sampler.loadCheckpoint({ checkpointId: "base", baseModelDir: BASE_MODEL_DIR }, { timeoutMs: 60_000 });
     // 8 prompts one per engine batch, 30 guided steps each: several seconds of engine work.
     const n = 8;
     const request = {
@@ -136,7 +110,7 @@ describe("Trainer", () => {
     procs.push(trainerProc);
     const trainer = createClient(Trainer, trainerProc.address);
     const { run } = await trainer.startRun(
-      { name: "stop and resume", baseModelDir: MODEL, promptSet: "animals", epochs: 20, config: CONFIG },
+      { name: "stop and resume", baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs: 20, config: CONFIG },
       { timeoutMs: 60_000 },
     );
     const runId = run!.id;

@@ -14,30 +14,15 @@ import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
-import { DdpoLoss, type RewardSourceSchema } from "../../services/gen/ddpo/v1/run_pb.ts";
+import type { RewardSourceSchema } from "../../services/gen/ddpo/v1/run_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { listEpochs } from "../../services/lib/db/queries.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
-import { type ServiceProcess, spawnService } from "./cluster.ts";
+import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, type ServiceProcess, spawnService } from "./cluster.ts";
 import { type IndependentRewarder, spawnIndependentRewarder } from "./independent-rewarder/spawn.ts";
 
-const MODEL = new URL("../../models/emoji-base", import.meta.url).pathname;
-// As in run.test.ts: 4 samples x 3 DDIM steps per epoch, no guidance.
-const CONFIG = {
-  seed: 11,
-  loss: DdpoLoss.IS,
-  sampleBatchSize: 2,
-  sampleBatchesPerEpoch: 2,
-  steps: 3,
-  guidance: 1,
-  trainBatchSize: 2,
-  gradientAccumulation: 2,
-  lr: 1e-4,
-  finetune: { case: "lora" as const, value: { rank: 2, alpha: 2 } },
-  advantages: { case: "batchStatistics" as const, value: {} },
-};
 const EPOCHS = 2;
 const PER_EPOCH = CONFIG.sampleBatchSize * CONFIG.sampleBatchesPerEpoch;
 
@@ -92,7 +77,7 @@ async function runToCompletion(name: string, rewards: MessageInitShape<typeof Re
   const client = createClient(Trainer, trainer.address);
   try {
     const { run } = await client.startRun(
-      { name, baseModelDir: MODEL, promptSet: "animals", epochs: EPOCHS, rewards, config: CONFIG },
+      { name, baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs: EPOCHS, rewards, config: CONFIG },
       { timeoutMs: 60_000 },
     );
     const runId = run!.id;
@@ -213,7 +198,7 @@ async function expectScoresReproduce(runId: string, rewardName: string, recorded
       await samplerClient.loadCheckpoint(
         {
           checkpointId,
-          baseModelDir: MODEL,
+          baseModelDir: BASE_MODEL_DIR,
           loraDir: checkpoint.kind === "lora" ? join(checkpoint.location, "lora") : undefined,
         },
         { timeoutMs: 60_000 },
