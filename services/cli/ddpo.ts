@@ -38,6 +38,7 @@ export const SHOWCASE_PROMPTS = [
 
 const USAGE = `usage: ddpo <command> [options]
   pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
+           [--min-snr-gamma 5] [--ema 0.999] [--subset animals|all] [--warmup 200] [--checkpoint-every 250]
   sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
            [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-N/lora] [--reward NAME]
 ${REMOTE_USAGE}
@@ -48,6 +49,11 @@ function num(v: string | undefined, fallback: number, name: string): number {
   const n = Number(v);
   if (!Number.isFinite(n)) throw new Error(`--${name} must be a number, got '${v}'`);
   return n;
+}
+
+function pretrainSubset(v: string): "all" | "animals" {
+  if (v !== "all" && v !== "animals") throw new Error(`--subset must be 'animals' or 'all', got '${v}'`);
+  return v;
 }
 
 async function pretrainCommand(argv: string[]): Promise<void> {
@@ -62,6 +68,10 @@ async function pretrainCommand(argv: string[]): Promise<void> {
       seed: { type: "string" },
       channels: { type: "string" },
       "checkpoint-every": { type: "string" },
+      "min-snr-gamma": { type: "string" },
+      ema: { type: "string" },
+      subset: { type: "string" },
+      warmup: { type: "string" },
       fresh: { type: "boolean" },
       samples: { type: "string" },
     },
@@ -77,6 +87,10 @@ async function pretrainCommand(argv: string[]): Promise<void> {
     lr: num(values.lr, d.lr, "lr"),
     seed: num(values.seed, d.seed, "seed"),
     checkpointEvery: num(values["checkpoint-every"], d.checkpointEvery, "checkpoint-every"),
+    warmupSteps: num(values.warmup, d.warmupSteps, "warmup"),
+    minSnrGamma: num(values["min-snr-gamma"], d.minSnrGamma, "min-snr-gamma"),
+    emaDecay: num(values.ema, d.emaDecay, "ema"),
+    subset: pretrainSubset(values.subset ?? d.subset),
     blockOutChannels: values.channels
       ? values.channels.split(",").map((c) => num(c, 0, "channels"))
       : d.blockOutChannels,
@@ -84,7 +98,7 @@ async function pretrainCommand(argv: string[]): Promise<void> {
   };
   const dataset = await loadEmojiDataset();
   console.error(
-    `pretrain: ${dataset.records.length} captioned emoji images, ${options.steps} steps of ${options.batchSize}`,
+    `pretrain: ${dataset.records.length} captioned emoji images (training on ${options.subset}), ${options.steps} steps of ${options.batchSize}`,
   );
   const engine = Engine.open();
   const bar = new ProgressBar(options.steps);

@@ -386,12 +386,14 @@ export function toFloatNCHW(images: Uint8Array, indices: ArrayLike<number>, size
   return out;
 }
 
+/** Whether a record shows an animal (the "simple animals" prompt set's subject). */
+export function isAnimal(r: EmojiRecord): boolean {
+  return (
+    r.category === "Animals & Nature" && ANIMAL_SUBCATEGORIES.includes(r.subcategory) && !NOT_ANIMALS.has(r.caption)
+  );
+}
+
 /** The distinct captions of animal emojis, in the packages' order ("cat face", "tiger", ...). */
 export function animalNames(records: readonly EmojiRecord[]): string[] {
-  const names = new Set<string>();
-  for (const r of records) {
-    if (r.category !== "Animals & Nature" || !ANIMAL_SUBCATEGORIES.includes(r.subcategory)) continue;
-    if (!NOT_ANIMALS.has(r.caption)) names.add(r.caption);
-  }
-  return [...names];
+  return [...new Set(records.filter(isAnimal).map((r) => r.caption))];
 }
