@@ -2,7 +2,9 @@
 // architecture, the achieved GFLOP/s of their matrix products against the machine's sgemm rate
 // measured in the same run, and peak memory (engine bytes and process RSS).
 //
-//   npm run bench -- model [--json] [--batch 32] [--samples 3]
+//   npm run bench -- model [--json] [--batch 32] [--samples 3] [--profile]
+//
+// --profile adds a per-op-kind table (bench/profile.ts) of one forward and one training step.
 import { Engine } from "../gpu-core/index.ts";
 import { WordTokenizer } from "../services/lib/data/tokenizer.ts";
 import { FlopCounter } from "../services/lib/models/flops.ts";
@@ -12,6 +14,7 @@ import { EMOJI_SCHEDULER, emojiTextEncoderConfig, emojiUNetConfig } from "../ser
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
 import { PRETRAIN_DEFAULTS } from "../services/lib/training/pretrain.ts";
 import { flagValue } from "./flags.ts";
+import { profileEngine, profileTable } from "./profile.ts";
 import { sgemmGflops, timeIt } from "./sgemm.ts";
 
 export async function main(args: string[]): Promise<void> {
@@ -73,6 +76,18 @@ export async function main(args: string[]): Promise<void> {
     peak_engine_mb: engine.memory().peak / 2 ** 20,
     peak_rss_mb: process.resourceUsage().maxRSS / 1024,
   };
+  if (args.includes("--profile")) {
+    for (const [title, withBackward] of [
+      [`forward, batch ${B}`, false],
+      [`training step (forward + backward), batch ${B}`, true],
+    ] as const) {
+      const stop = profileEngine(engine);
+      const t0 = performance.now();
+      step(withBackward);
+      const wall = performance.now() - t0;
+      console.log(`\n${profileTable(title, stop())}\n(wall ${wall.toFixed(1)} ms)\n`);
+    }
+  }
   for (const [k, v] of Object.entries(result)) {
     console.log(`${k.padEnd(28)} ${typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(3)) : v}`);
   }
