@@ -68,6 +68,7 @@ export async function main(args: string[]): Promise<void> {
     sgemm_gflops: sgemm,
     achieved_gflops: achieved,
     ratio_to_sgemm: achieved / sgemm,
+    peak_engine_mb: engine.memory().peak / 2 ** 20,
   };
   for (const [k, v] of Object.entries(result))
     console.log(`${k.padEnd(16)} ${typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(3)) : v}`);
