@@ -9,6 +9,16 @@
  * and threads meet once per call. When OpenBLAS is threaded it parallelises each GEMM on its own
  * and the loop over images stays on the calling thread: BLAS is never called from a team of more
  * than one thread, so the two pools never oversubscribe the cores (see blas_team()).
+ *
+ * 3x3, stride 1, pad 1 with at least SHIFTED_MIN_C input channels (the UNet's convs) skip the
+ * unfolding: the image is copied once into a zero-bordered plane per channel, [C, (H+2)(W+2)],
+ * and tap (ky,kx) of the kernel is then the plain matrix [C, H(W+2)] starting ky(W+2)+kx floats
+ * into it (row stride (H+2)(W+2)). The output is nine GEMMs of depth C accumulated into
+ * [O, H(W+2)], whose last two columns of each row are junk and dropped. It moves ~9x less
+ * memory than im2col + one GEMM of depth 9C: forward 64->64ch 32x32 batch 32 went from 0.55 to
+ * 0.71 of sgemm (bench engine). The backward done the same way (dx into the bordered planes, dw
+ * per tap) measured no faster than im2col/col2im at 64ch and slower at 128ch 16x16, so the
+ * backward stays on im2col.
  */
 #include "../core/backend.h"
 
@@ -112,6 +122,77 @@ static void col2im(float *dx, const float *dcol, int64_t nb, int64_t C, int64_t 
   }
 }
 
+/* ---- 3x3 stride-1 pad-1 convolution by shifted GEMMs (see the top of the file) ---- */
+
+enum { SHIFTED_MIN_C = 16 };
+
+static int shifted_eligible(int64_t C, int64_t K, int64_t stride, int64_t pad, int64_t H,
+                            int64_t W, int64_t O) {
+  const int64_t PS = (H + 2) * (W + 2);
+  return K == 3 && stride == 1 && pad == 1 && C >= SHIFTED_MIN_C && C * PS + 2 <= INT_MAX &&
+         O * H * (W + 2) <= INT_MAX;
+}
+
+/* xp[C, PS] (+2 slack floats) = x[C,H,W] inside a one-pixel zero border */
+static void border_copy(float *xp, const float *x, int64_t C, int64_t H, int64_t W) {
+  const int64_t Wp = W + 2, PS = (H + 2) * Wp;
+  memset(xp, 0, (size_t)(C * PS + 2) * sizeof(float));
+  for (int64_t c = 0; c < C; c++)
+    for (int64_t h = 0; h < H; h++)
+      memcpy(xp + c * PS + (h + 1) * Wp + 1, x + (c * H + h) * W, (size_t)W * sizeof(float));
+}
+
+/* wt[9][O][C] from w[O][C][3][3]: each tap's weights as a plain [O, C] matrix */
+static void taps_from_weights(float *wt, const float *w, int64_t O, int64_t C) {
+  for (int64_t o = 0; o < O; o++)
+    for (int64_t c = 0; c < C; c++)
+      for (int64_t k = 0; k < 9; k++) wt[(k * O + o) * C + c] = w[(o * C + c) * 9 + k];
+}
+
+static gc_status shifted_forward(float *y, const float *x, const float *w, const float *b,
+                                 int64_t B, int64_t C, int64_t H, int64_t W, int64_t O) {
+  const int64_t Wp = W + 2, PS = (H + 2) * Wp, N = H * Wp, P = H * W;
+  float *wt = malloc((size_t)(9 * O * C) * sizeof(float));
+  if (!wt) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d tap weights of %lld floats", (long long)(9 * O * C));
+  taps_from_weights(wt, w, O, C);
+  const size_t need = (size_t)(C * PS + 2 + O * N);
+  int team = blas_team();
+  if (team > B) team = (int)B;
+  int oom = 0;
+#pragma omp parallel num_threads(team)
+  {
+    float *scratch = scratch_get(need);
+    if (!scratch) {
+#pragma omp atomic write
+      oom = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < B; i++) {
+      if (!scratch) continue;
+      float *xp = scratch, *yw = scratch + C * PS + 2;
+      border_copy(xp, x + i * C * H * W, C, H, W);
+      for (int64_t k = 0; k < 9; k++) {
+        const int64_t ky = k / 3, kx = k % 3;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)N, (int)C, 1.0f,
+                    wt + k * O * C, (int)C, xp + ky * Wp + kx, (int)PS, k ? 1.0f : 0.0f, yw,
+                    (int)N);
+      }
+      float *yi = y + i * O * P;
+      for (int64_t o = 0; o < O; o++) {
+        const float bias = b ? b[o] : 0.0f;
+        for (int64_t h = 0; h < H; h++) {
+          const float *src = yw + o * N + h * Wp;
+          float *dst = yi + o * P + h * W;
+          for (int64_t q = 0; q < W; q++) dst[q] = src[q] + bias;
+        }
+      }
+    }
+  }
+  free(wt);
+  if (oom) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d scratch of %zu floats per thread", need);
+  return GC_OK;
+}
+
 /* How a call is cut into chunks of images and what each chunk needs in scratch. */
 typedef struct conv_plan {
   int64_t P, CKK;   /* output pixels per image, GEMM depth */
@@ -152,6 +233,7 @@ gc_status be_conv2d_forward(be_ctx *bc, float *y, const float *x, const float *w
                             int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
                             int64_t stride, int64_t pad, int64_t Ho, int64_t Wo) {
   (void)bc;
+  if (shifted_eligible(C, K, stride, pad, H, W, O)) return shifted_forward(y, x, w, b, B, C, H, W, O);
   const conv_plan p = plan_conv(B, C, O, K, stride, pad, Ho, Wo);
   gc_status st = check_blas_sizes(&p, O);
   if (st != GC_OK) return st;
