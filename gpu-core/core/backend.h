@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "../include/gpu_core.h"
+#include "ddim.h"
 
 /* Records a printf-style message for gc_last_error() on this thread; returns status. */
 gc_status gc_set_error(gc_status status, const char *fmt, ...)
@@ -125,17 +126,19 @@ gc_status be_mse_backward(be_ctx *bc, float *da, float *db, float dloss, const f
                           const float *b, const float *weights, int64_t B, int64_t M);
 
 /* ---- diffusion and DDPO ---- */
-/* x_t, eps, noise, x_prev, mean [B,M]; log_prob [B]; alpha_t, alpha_prev host [B].
+/* x_t, eps, noise, x_prev, mean [B,M]; log_prob [B]; coef host [B], validated by core/ops.c
+ * (sigma > 0); clip_x0 > 0 clips x0 to [-clip_x0, clip_x0], <= 0 does not; B, M > 0.
  * Sampling form when noise != NULL (x_prev written), given form otherwise (x_prev read). */
 gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, const float *x_t,
-                       const float *eps, const float *noise, const double *alpha_t,
-                       const double *alpha_prev, float eta, float clip_x0, int64_t B, int64_t M);
+                       const float *eps, const float *noise, const gc_ddim_coef *coef,
+                       float clip_x0, int64_t B, int64_t M);
 /* deps [B,M] (=) from dlog_prob [B] */
 gc_status be_ddim_step_log_prob_backward(be_ctx *bc, float *deps, const float *dlog_prob,
                                          const float *x_prev, const float *x_t, const float *eps,
-                                         const double *alpha_t, const double *alpha_prev,
-                                         float eta, float clip_x0, int64_t B, int64_t M);
-/* log_prob, old_log_prob, advantages [N]; loss[1]; stats[2] optional */
+                                         const gc_ddim_coef *coef, float clip_x0, int64_t B,
+                                         int64_t M);
+/* log_prob, old_log_prob, advantages [N]; loss[1]; stats[2] optional; clip_range >= 0
+ * and adv_clip_max > 0, both finite (checked by core/ops.c) */
 gc_status be_ddpo_is_forward(be_ctx *bc, float *loss, float *stats, const float *log_prob,
                              const float *old_log_prob, const float *advantages, int64_t N,
                              float clip_range, float adv_clip_max);

@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- argument plumbing ----------------------------------------------------------------- */
@@ -743,30 +744,63 @@ gc_status gc_mse_backward(gc_handle ctx, gc_handle da, gc_handle db, float dloss
 
 /* ---- diffusion and DDPO ------------------------------------------------------------------ */
 
-/* Shared checks of the DDIM step: x_t, eps, x_prev [B,...] alike; alphas in (0,1], host [B]. */
-static gc_status ddim_check(const gc_tensor *x_prev, const gc_tensor *log_prob,
-                            const gc_tensor *mean, const gc_tensor *x_t, const gc_tensor *eps,
-                            const double *alpha_t, const double *alpha_prev, float eta) {
+/* Shared checks of the DDIM step: x_t, eps, x_prev [B,...] alike; then every per-sample
+ * coefficient (ddim.h), computed once here in double and handed to the backend. The one rule for
+ * eta is > 0: the log-prob needs sigma > 0. *out is malloc'ed (B entries) on success. */
+static gc_status ddim_prepare(const gc_tensor *x_prev, const gc_tensor *log_prob,
+                              const gc_tensor *mean, const gc_tensor *x_t, const gc_tensor *eps,
+                              const double *alpha_t, const double *alpha_prev, float eta,
+                              float clip_x0, gc_ddim_coef **out) {
+  *out = NULL;
   CHECK(want_same(eps, "eps", x_t, "x_t"));
   CHECK(want_same(x_prev, "x_prev", x_t, "x_t"));
   if (mean) CHECK(want_same(mean, "mean", x_t, "x_t"));
   if (log_prob) CHECK(want_shape(log_prob, "log_prob", 1, &x_t->dims[0]));
   if (!alpha_t || !alpha_prev)
     return gc_set_error(GC_ERR_INVALID_ARGUMENT, "alpha_t and alpha_prev (host, [B]) are required");
-  for (int64_t b = 0; b < x_t->dims[0]; b++) {
+  if (!(eta > 0.0f) || !isfinite(eta))
+    return gc_set_error(GC_ERR_INVALID_ARGUMENT,
+                        "eta must be finite and > 0 (got %g): the log-prob needs sigma > 0",
+                        (double)eta);
+  if (isnan(clip_x0)) return gc_set_error(GC_ERR_INVALID_ARGUMENT, "clip_x0 is NaN");
+  const int64_t B = x_t->dims[0];
+  gc_ddim_coef *c = malloc((size_t)B * sizeof *c); /* tensors have no zero dimension: B >= 1 */
+  if (!c) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "DDIM coefficients for %lld samples", (long long)B);
+  for (int64_t b = 0; b < B; b++) {
     double a = alpha_t[b], ap = alpha_prev[b];
+    gc_status st = GC_OK;
     if (!(a > 0 && a <= 1 && ap > 0 && ap <= 1))
-      return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "sample %lld: alphas must lie in (0,1], got alpha_t=%g alpha_prev=%g",
-                          (long long)b, a, ap);
-    if (ap < a)
-      return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "sample %lld: alpha_prev (%g) must be >= alpha_t (%g): a step goes "
-                          "towards less noise",
-                          (long long)b, ap, a);
+      st = gc_set_error(GC_ERR_INVALID_ARGUMENT,
+                        "sample %lld: alphas must lie in (0,1], got alpha_t=%g alpha_prev=%g",
+                        (long long)b, a, ap);
+    else if (ap < a)
+      st = gc_set_error(GC_ERR_INVALID_ARGUMENT,
+                        "sample %lld: alpha_prev (%g) must be >= alpha_t (%g): a step goes towards "
+                        "less noise", (long long)b, ap, a);
+    double sigma = st == GC_OK ? (double)eta * sqrt((1.0 - ap) / (1.0 - a)) * sqrt(1.0 - a / ap) : 0;
+    if (st == GC_OK && (!(sigma > 0.0) || !isfinite(sigma)))
+      st = gc_set_error(GC_ERR_INVALID_ARGUMENT,
+                        "sample %lld: sigma = %g is not > 0 (alpha_t %.17g, alpha_prev %.17g, eta "
+                        "%g); a step needs alpha_t < alpha_prev and alpha_t < 1", (long long)b,
+                        sigma, a, ap, (double)eta);
+    /* 1 - a' - sigma^2 >= 0 holds for eta <= 1; a larger eta can push it below zero. */
+    double dir2 = 1.0 - ap - sigma * sigma;
+    if (st == GC_OK && dir2 < -1e-12)
+      st = gc_set_error(GC_ERR_INVALID_ARGUMENT,
+                        "sample %lld: 1 - alpha_prev - sigma^2 = %g < 0 (eta %g too large for "
+                        "alpha_t %.17g, alpha_prev %.17g)", (long long)b, dir2, (double)eta, a, ap);
+    if (st != GC_OK) {
+      free(c);
+      return st;
+    }
+    c[b].sqrt_a = sqrt(a);
+    c[b].sqrt_1ma = sqrt(1.0 - a);
+    c[b].sqrt_ap = sqrt(ap);
+    c[b].dir = sqrt(fmax(dir2, 0.0));
+    c[b].sigma = sigma;
+    c[b].log_norm = -log(sigma) - GC_LOG_SQRT_2PI;
   }
-  if (!(eta >= 0) || !isfinite(eta))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "eta must be finite and >= 0, got %g", (double)eta);
+  *out = c;
   return GC_OK;
 }
 
@@ -781,10 +815,15 @@ gc_status gc_ddim_step_sample(gc_handle ctx, gc_handle x_prev, gc_handle log_pro
   ARG(x_t);
   ARG(eps);
   ARG(noise);
-  CHECK(ddim_check(x_prev_t, log_prob_t, mean_t, x_t_t, eps_t, alpha_t, alpha_prev, eta));
   CHECK(want_same(noise_t, "noise", x_t_t, "x_t"));
-  return be_ddim_step(c->be, F(x_prev), F(log_prob), F(mean), F(x_t), F(eps), F(noise), alpha_t,
-                      alpha_prev, eta, clip_x0, x_t_t->dims[0], x_t_t->numel / x_t_t->dims[0]);
+  gc_ddim_coef *coef;
+  CHECK(ddim_prepare(x_prev_t, log_prob_t, mean_t, x_t_t, eps_t, alpha_t, alpha_prev, eta, clip_x0,
+                     &coef));
+  const int64_t B = x_t_t->dims[0];
+  gc_status st = be_ddim_step(c->be, F(x_prev), F(log_prob), F(mean), F(x_t), F(eps), F(noise), coef,
+                              clip_x0, B, x_t_t->numel / B);
+  free(coef);
+  return st;
 }
 
 gc_status gc_ddim_step_log_prob(gc_handle ctx, gc_handle log_prob, gc_handle mean,
@@ -797,9 +836,14 @@ gc_status gc_ddim_step_log_prob(gc_handle ctx, gc_handle log_prob, gc_handle mea
   ARG(x_prev);
   ARG(x_t);
   ARG(eps);
-  CHECK(ddim_check(x_prev_t, log_prob_t, mean_t, x_t_t, eps_t, alpha_t, alpha_prev, eta));
-  return be_ddim_step(c->be, F(x_prev), F(log_prob), F(mean), F(x_t), F(eps), NULL, alpha_t,
-                      alpha_prev, eta, clip_x0, x_t_t->dims[0], x_t_t->numel / x_t_t->dims[0]);
+  gc_ddim_coef *coef;
+  CHECK(ddim_prepare(x_prev_t, log_prob_t, mean_t, x_t_t, eps_t, alpha_t, alpha_prev, eta, clip_x0,
+                     &coef));
+  const int64_t B = x_t_t->dims[0];
+  gc_status st = be_ddim_step(c->be, F(x_prev), F(log_prob), F(mean), F(x_t), F(eps), NULL, coef,
+                              clip_x0, B, x_t_t->numel / B);
+  free(coef);
+  return st;
 }
 
 gc_status gc_ddim_step_log_prob_backward(gc_handle ctx, gc_handle deps, gc_handle dlog_prob,
@@ -812,11 +856,15 @@ gc_status gc_ddim_step_log_prob_backward(gc_handle ctx, gc_handle deps, gc_handl
   ARG(x_prev);
   ARG(x_t);
   ARG(eps);
-  CHECK(ddim_check(x_prev_t, dlog_prob_t, NULL, x_t_t, eps_t, alpha_t, alpha_prev, eta));
   CHECK(want_same(deps_t, "deps", x_t_t, "x_t"));
-  return be_ddim_step_log_prob_backward(c->be, F(deps), F(dlog_prob), F(x_prev), F(x_t), F(eps),
-                                        alpha_t, alpha_prev, eta, clip_x0, x_t_t->dims[0],
-                                        x_t_t->numel / x_t_t->dims[0]);
+  gc_ddim_coef *coef;
+  CHECK(ddim_prepare(x_prev_t, dlog_prob_t, NULL, x_t_t, eps_t, alpha_t, alpha_prev, eta, clip_x0,
+                     &coef));
+  const int64_t B = x_t_t->dims[0];
+  gc_status st = be_ddim_step_log_prob_backward(c->be, F(deps), F(dlog_prob), F(x_prev), F(x_t),
+                                                F(eps), coef, clip_x0, B, x_t_t->numel / B);
+  free(coef);
+  return st;
 }
 
 static gc_status ddpo_check(const gc_tensor *loss, const gc_tensor *log_prob,
@@ -828,8 +876,9 @@ static gc_status ddpo_check(const gc_tensor *loss, const gc_tensor *log_prob,
   CHECK(want_same(advantages, "advantages", log_prob, "log_prob"));
   if (!(clip_range >= 0) || !isfinite(clip_range))
     return gc_set_error(GC_ERR_INVALID_ARGUMENT, "clip_range must be finite and >= 0");
-  if (!(adv_clip_max > 0))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "adv_clip_max must be > 0");
+  if (!(adv_clip_max > 0) || !isfinite(adv_clip_max))
+    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "adv_clip_max must be finite and > 0 (got %g)",
+                        (double)adv_clip_max);
   return GC_OK;
 }
 

@@ -133,11 +133,11 @@ __attribute__((weak)) gc_status be_mse_backward(be_ctx *bc, float *da, float *db
   UNSUPPORTED("mse_backward");
 }
 
-__attribute__((weak)) gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, const float *x_t, const float *eps, const float *noise, const double *alpha_t, const double *alpha_prev, float eta, float clip_x0, int64_t B, int64_t M) {
+__attribute__((weak)) gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, const float *x_t, const float *eps, const float *noise, const gc_ddim_coef *coef, float clip_x0, int64_t B, int64_t M) {
   UNSUPPORTED("ddim_step");
 }
 
-__attribute__((weak)) gc_status be_ddim_step_log_prob_backward(be_ctx *bc, float *deps, const float *dlog_prob, const float *x_prev, const float *x_t, const float *eps, const double *alpha_t, const double *alpha_prev, float eta, float clip_x0, int64_t B, int64_t M) {
+__attribute__((weak)) gc_status be_ddim_step_log_prob_backward(be_ctx *bc, float *deps, const float *dlog_prob, const float *x_prev, const float *x_t, const float *eps, const gc_ddim_coef *coef, float clip_x0, int64_t B, int64_t M) {
   UNSUPPORTED("ddim_step_log_prob_backward");
 }
 

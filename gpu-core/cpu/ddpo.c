@@ -1,6 +1,6 @@
 /*
- * CPU backend: the DDIM step with its Gaussian log-prob (DESIGN.md §3) and the DDPO losses.
- * Per-sample scalars (alphas, sigma, coefficients) are computed in double; the elementwise work
+ * CPU backend: the DDIM step with its Gaussian log-prob (docs/DESIGN.md §3.2) and the DDPO losses
+ * (§3.4). The per-sample coefficients come from core/ops.c (ddim.h), validated; the elementwise work
  * is done in double from fp32 inputs and rounded at the store. Log-prob sums run over fixed
  * chunks whose partial sums are added in a fixed order, so a result does not depend on the
  * thread count, and the sampling form and the given form of one step give bit-identical log-probs
@@ -13,99 +13,35 @@
 
 /* Below this many elements a loop runs on one thread. */
 #define PAR_MIN 32768
-/* Elements per partial sum of a log-prob (a unit of parallel work). */
-#define DDIM_CHUNK 4096
-/* log(sqrt(2 pi)) */
-#define LOG_SQRT_2PI 0.91893853320467274178
 
 /* ---- DDIM step ---- */
-
-/* Coefficients of one sample's step, x0 = (x_t - sqrt_1ma eps) / sqrt_a,
- * mean = sqrt_ap x0 + dir eps, x_prev ~ N(mean, sigma^2). */
-typedef struct ddim_coef {
-  double sqrt_a, sqrt_1ma, sqrt_ap, dir, sigma;
-  double log_norm; /* -log(sigma) - log(sqrt(2 pi)) */
-} ddim_coef;
-
-static gc_status ddim_coefs(ddim_coef *c, const double *alpha_t, const double *alpha_prev,
-                            float eta, int64_t B) {
-  if (!(eta > 0.0f) || !isfinite(eta))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                        "eta must be finite and > 0 (got %g): the log-prob needs "
-                        "sigma > 0", (double)eta);
-  for (int64_t b = 0; b < B; b++) {
-    double a = alpha_t[b], ap = alpha_prev[b];
-    if (!(a > 0.0 && a < 1.0) || !(ap > 0.0 && ap <= 1.0))
-      return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "sample %lld: need 0 < alpha_t < 1 and 0 < alpha_prev <= 1 "
-                          "(got alpha_t %.17g, alpha_prev %.17g)", (long long)b, a, ap);
-    double sigma = (double)eta * sqrt((1.0 - ap) / (1.0 - a)) * sqrt(1.0 - a / ap);
-    if (!(sigma > 0.0) || !isfinite(sigma))
-      return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "sample %lld: sigma = %g is not > 0 (alpha_t %.17g, "
-                          "alpha_prev %.17g, eta %g); a step needs alpha_t < alpha_prev < 1",
-                          (long long)b, sigma, a, ap, (double)eta);
-    /* 1 - a' - sigma^2 >= 0 holds for eta <= 1; a larger eta can push it below zero. */
-    double dir2 = 1.0 - ap - sigma * sigma;
-    if (dir2 < -1e-12)
-      return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "sample %lld: 1 - alpha_prev - sigma^2 = %g < 0 (eta %g "
-                          "too large for alpha_t %.17g, alpha_prev %.17g)",
-                          (long long)b, dir2, (double)eta, a, ap);
-    c[b].sqrt_a = sqrt(a);
-    c[b].sqrt_1ma = sqrt(1.0 - a);
-    c[b].sqrt_ap = sqrt(ap);
-    c[b].dir = sqrt(fmax(dir2, 0.0));
-    c[b].sigma = sigma;
-    c[b].log_norm = -log(sigma) - LOG_SQRT_2PI;
-  }
-  return GC_OK;
-}
-
-static gc_status check_clip(float clip_x0) {
-  if (isnan(clip_x0))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "clip_x0 is NaN");
-  return GC_OK;
-}
 
 // x_t, eps, noise, x_prev, mean are (B, M); log_prob is (B); alpha_t, alpha_prev are host (B).
 // Sampling form (noise != NULL): x_prev = mean + sigma * noise is written. Given form: x_prev is
 // read. log_prob and mean are optional. Each element reads its inputs before any store, so x_prev
 // or mean may alias x_t (an in-place sampling loop).
 gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, const float *x_t,
-                       const float *eps, const float *noise, const double *alpha_t,
-                       const double *alpha_prev, float eta, float clip_x0, int64_t B, int64_t M) {
+                       const float *eps, const float *noise, const gc_ddim_coef *coef,
+                       float clip_x0, int64_t B, int64_t M) {
   (void)bc;
   if (!x_prev)
     return gc_set_error(GC_ERR_INVALID_ARGUMENT, "x_prev is required in both forms");
-  gc_status st = check_clip(clip_x0);
-  if (st != GC_OK) return st;
-  if (B <= 0) return GC_OK;
-  if (M <= 0) return gc_set_error(GC_ERR_SHAPE, "samples have no elements");
-
-  int64_t nch = (M + DDIM_CHUNK - 1) / DDIM_CHUNK;
-  ddim_coef *coef = malloc((size_t)B * sizeof(ddim_coef));
+  int64_t nch = (M + GC_DDIM_CHUNK - 1) / GC_DDIM_CHUNK;
   double *partial = malloc((size_t)(B * nch) * sizeof(double));
-  if (!coef || !partial) {
-    free(coef); free(partial);
+  if (!partial)
     return gc_set_error(GC_ERR_OUT_OF_MEMORY, "DDIM step scratch for %lld samples", (long long)B);
-  }
-  st = ddim_coefs(coef, alpha_t, alpha_prev, eta, B);
-  if (st != GC_OK) { free(coef); free(partial); return st; }
 
   int clip = clip_x0 > 0.0f;
   double c = clip_x0;
 #pragma omp parallel for schedule(static) if (B * M > PAR_MIN)
   for (int64_t task = 0; task < B * nch; task++) {
-    int64_t b = task / nch, i0 = (task % nch) * DDIM_CHUNK;
-    int64_t i1 = i0 + DDIM_CHUNK < M ? i0 + DDIM_CHUNK : M;
-    const ddim_coef *k = &coef[b];
+    int64_t b = task / nch, i0 = (task % nch) * GC_DDIM_CHUNK;
+    int64_t i1 = i0 + GC_DDIM_CHUNK < M ? i0 + GC_DDIM_CHUNK : M;
+    const gc_ddim_coef *k = &coef[b];
     double sq = 0.0; /* sum of (x_prev - mean)^2 over the chunk */
     for (int64_t i = b * M + i0; i < b * M + i1; i++) {
-      double e = eps[i];
-      double x0 = ((double)x_t[i] - k->sqrt_1ma * e) / k->sqrt_a;
-      if (clip) x0 = fmin(fmax(x0, -c), c);
-      double mu = k->sqrt_ap * x0 + k->dir * e;
+      int inside;
+      double mu = gc_ddim_mean(k, x_t[i], eps[i], clip, c, &inside);
       if (noise) x_prev[i] = (float)(mu + k->sigma * (double)noise[i]);
       if (mean) mean[i] = (float)mu;
       /* the density of the stored fp32 x_prev, the same value the given form will read */
@@ -122,7 +58,6 @@ gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, 
       log_prob[b] = (float)(-sq / (2.0 * s * s * (double)M) + coef[b].log_norm);
     }
   }
-  free(coef);
   free(partial);
   return GC_OK;
 }
@@ -133,51 +68,27 @@ gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, 
 // torch.clamp, whose gradient passes on the closed interval). deps may alias eps.
 gc_status be_ddim_step_log_prob_backward(be_ctx *bc, float *deps, const float *dlog_prob,
                                          const float *x_prev, const float *x_t, const float *eps,
-                                         const double *alpha_t, const double *alpha_prev,
-                                         float eta, float clip_x0, int64_t B, int64_t M) {
+                                         const gc_ddim_coef *coef, float clip_x0, int64_t B,
+                                         int64_t M) {
   (void)bc;
-  gc_status st = check_clip(clip_x0);
-  if (st != GC_OK) return st;
-  if (B <= 0 || M <= 0) return GC_OK;
-  ddim_coef *coef = malloc((size_t)B * sizeof(ddim_coef));
-  if (!coef)
-    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "DDIM backward scratch");
-  st = ddim_coefs(coef, alpha_t, alpha_prev, eta, B);
-  if (st != GC_OK) { free(coef); return st; }
-
   int clip = clip_x0 > 0.0f;
   double c = clip_x0;
   for (int64_t b = 0; b < B; b++) {
-    const ddim_coef *k = &coef[b];
+    const gc_ddim_coef *k = &coef[b];
     double g = (double)dlog_prob[b] / (k->sigma * k->sigma * (double)M);
     double dmu_x0 = -k->sqrt_ap * k->sqrt_1ma / k->sqrt_a; /* d mean / d eps through x0 */
 #pragma omp parallel for schedule(static) if (M > PAR_MIN)
     for (int64_t i = b * M; i < (b + 1) * M; i++) {
-      double e = eps[i];
-      double x0 = ((double)x_t[i] - k->sqrt_1ma * e) / k->sqrt_a;
-      int inside = !clip || (x0 >= -c && x0 <= c);
-      if (clip) x0 = fmin(fmax(x0, -c), c);
-      double mu = k->sqrt_ap * x0 + k->dir * e;
+      int inside;
+      double mu = gc_ddim_mean(k, x_t[i], eps[i], clip, c, &inside);
       double dmu = k->dir + (inside ? dmu_x0 : 0.0);
       deps[i] = (float)(g * ((double)x_prev[i] - mu) * dmu);
     }
   }
-  free(coef);
   return GC_OK;
 }
 
 /* ---- DDPO losses ---- */
-
-static gc_status check_loss_args(int64_t N, float clip_range, float adv_clip_max) {
-  if (N <= 0) return gc_set_error(GC_ERR_SHAPE, "needs at least one log-prob");
-  if (!(clip_range >= 0.0f))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "clip_range must be >= 0 (got %g)",
-                        (double)clip_range);
-  if (!(adv_clip_max >= 0.0f))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "adv_clip_max must be >= 0 (got %g)",
-                        (double)adv_clip_max);
-  return GC_OK;
-}
 
 static inline double clip_adv(float adv, float adv_clip_max) {
   double m = adv_clip_max;
@@ -190,8 +101,6 @@ gc_status be_ddpo_is_forward(be_ctx *bc, float *loss, float *stats, const float 
                              const float *old_log_prob, const float *advantages, int64_t N,
                              float clip_range, float adv_clip_max) {
   (void)bc;
-  gc_status st = check_loss_args(N, clip_range, adv_clip_max);
-  if (st != GC_OK) return st;
   double lo = 1.0 - (double)clip_range, hi = 1.0 + (double)clip_range;
   double sum = 0.0, kl = 0.0, clipped = 0.0;
   for (int64_t i = 0; i < N; i++) { /* N = minibatch x timesteps: small, and keeps order fixed */
@@ -218,8 +127,6 @@ gc_status be_ddpo_is_backward(be_ctx *bc, float *dlog_prob, float dloss, const f
                               const float *old_log_prob, const float *advantages, int64_t N,
                               float clip_range, float adv_clip_max) {
   (void)bc;
-  gc_status st = check_loss_args(N, clip_range, adv_clip_max);
-  if (st != GC_OK) return st;
   double lo = 1.0 - (double)clip_range, hi = 1.0 + (double)clip_range;
   double scale = (double)dloss / (double)N;
 #pragma omp parallel for if (N > PAR_MIN)
@@ -236,8 +143,6 @@ gc_status be_ddpo_is_backward(be_ctx *bc, float *dlog_prob, float dloss, const f
 gc_status be_ddpo_sf_forward(be_ctx *bc, float *loss, const float *log_prob,
                              const float *advantages, int64_t N, float adv_clip_max) {
   (void)bc;
-  gc_status st = check_loss_args(N, 0.0f, adv_clip_max);
-  if (st != GC_OK) return st;
   double sum = 0.0;
   for (int64_t i = 0; i < N; i++) sum += -clip_adv(advantages[i], adv_clip_max) * log_prob[i];
   loss[0] = (float)(sum / (double)N);
@@ -248,8 +153,6 @@ gc_status be_ddpo_sf_forward(be_ctx *bc, float *loss, const float *log_prob,
 gc_status be_ddpo_sf_backward(be_ctx *bc, float *dlog_prob, float dloss, const float *advantages,
                               int64_t N, float adv_clip_max) {
   (void)bc;
-  gc_status st = check_loss_args(N, 0.0f, adv_clip_max);
-  if (st != GC_OK) return st;
   double scale = (double)dloss / (double)N;
 #pragma omp parallel for if (N > PAR_MIN)
   for (int64_t i = 0; i < N; i++)

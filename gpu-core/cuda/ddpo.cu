@@ -1,99 +1,42 @@
 /*
  * CUDA backend: the DDIM step with its Gaussian log-prob and the DDPO losses (mirrors
- * cpu/ddpo.c). Per-sample coefficients are computed and validated on the host in double, exactly
- * as the CPU backend does, and uploaded; the elementwise work is double from fp32 inputs. The
- * log-prob's sum of squares runs over the CPU's fixed 4096-element chunks, one block each, and the
- * chunk sums are added in order, so the sampling form and the given form of a step give the same
- * log-prob bit for bit.
+ * cpu/ddpo.c; docs/DESIGN.md §3.2-3.4). Per-sample coefficients come from core/ops.c (ddim.h),
+ * validated, and are uploaded; the per-element mean is ddim.h's, the elementwise work double from
+ * fp32 inputs. The log-prob's sum of squares runs over the CPU's fixed GC_DDIM_CHUNK-element
+ * chunks, one block each, and the chunk sums are added in order, so the sampling form and the
+ * given form of a step give the same log-prob bit for bit.
  */
 #include "common.h"
 
 #include <cmath>
 #include <cstdlib>
 
-#define DDIM_CHUNK 4096
-#define LOG_SQRT_2PI 0.91893853320467274178
-
-struct ddim_coef {
-  double sqrt_a, sqrt_1ma, sqrt_ap, dir, sigma;
-  double log_norm; /* -log(sigma) - log(sqrt(2 pi)) */
-};
-
-/* The CPU backend's ddim_coefs: same checks, same messages, same arithmetic. */
-static gc_status ddim_coefs(ddim_coef *c, const double *alpha_t, const double *alpha_prev,
-                            float eta, int64_t B) {
-  if (!(eta > 0.0f) || !std::isfinite(eta))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                        "eta must be finite and > 0 (got %g): the log-prob needs "
-                        "sigma > 0", (double)eta);
-  for (int64_t b = 0; b < B; b++) {
-    double a = alpha_t[b], ap = alpha_prev[b];
-    if (!(a > 0.0 && a < 1.0) || !(ap > 0.0 && ap <= 1.0))
-      return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "sample %lld: need 0 < alpha_t < 1 and 0 < alpha_prev <= 1 "
-                          "(got alpha_t %.17g, alpha_prev %.17g)", (long long)b, a, ap);
-    double sigma = (double)eta * sqrt((1.0 - ap) / (1.0 - a)) * sqrt(1.0 - a / ap);
-    if (!(sigma > 0.0) || !std::isfinite(sigma))
-      return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "sample %lld: sigma = %g is not > 0 (alpha_t %.17g, "
-                          "alpha_prev %.17g, eta %g); a step needs alpha_t < alpha_prev < 1",
-                          (long long)b, sigma, a, ap, (double)eta);
-    double dir2 = 1.0 - ap - sigma * sigma;
-    if (dir2 < -1e-12)
-      return gc_set_error(GC_ERR_INVALID_ARGUMENT,
-                          "sample %lld: 1 - alpha_prev - sigma^2 = %g < 0 (eta %g "
-                          "too large for alpha_t %.17g, alpha_prev %.17g)",
-                          (long long)b, dir2, (double)eta, a, ap);
-    c[b].sqrt_a = sqrt(a);
-    c[b].sqrt_1ma = sqrt(1.0 - a);
-    c[b].sqrt_ap = sqrt(ap);
-    c[b].dir = sqrt(fmax(dir2, 0.0));
-    c[b].sigma = sigma;
-    c[b].log_norm = -log(sigma) - LOG_SQRT_2PI;
-  }
-  return GC_OK;
-}
-
-static gc_status check_clip(float clip_x0) {
-  if (std::isnan(clip_x0)) return gc_set_error(GC_ERR_INVALID_ARGUMENT, "clip_x0 is NaN");
-  return GC_OK;
-}
-
 /* Host coefficients -> device copy in scratch (after `reserve` bytes the caller keeps). */
-static gc_status upload_coefs(be_ctx *bc, const double *alpha_t, const double *alpha_prev,
-                              float eta, int64_t B, size_t reserve, ddim_coef **dev) {
-  ddim_coef *host = (ddim_coef *)malloc((size_t)B * sizeof(ddim_coef));
-  if (!host) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "DDIM coefficients for %lld samples", (long long)B);
-  gc_status s = ddim_coefs(host, alpha_t, alpha_prev, eta, B);
-  char *base = s == GC_OK ? (char *)scratch_get(bc, reserve + (size_t)B * sizeof(ddim_coef)) : NULL;
-  if (s == GC_OK && !base) s = GC_ERR_OUT_OF_MEMORY;
-  if (s == GC_OK) {
-    *dev = (ddim_coef *)(base + reserve);
-    /* pageable source: staged before return, so it may be freed right after */
-    s = cuda_status(cudaMemcpyAsync(*dev, host, (size_t)B * sizeof(ddim_coef),
-                                    cudaMemcpyHostToDevice, bc->stream),
-                    "ddim coefficients");
-  }
-  free(host);
-  return s;
+static gc_status upload_coefs(be_ctx *bc, const gc_ddim_coef *host, int64_t B, size_t reserve,
+                              gc_ddim_coef **dev) {
+  char *base = (char *)scratch_get(bc, reserve + (size_t)B * sizeof(gc_ddim_coef));
+  if (!base) return GC_ERR_OUT_OF_MEMORY;
+  *dev = (gc_ddim_coef *)(base + reserve);
+  /* pageable source: staged before return, so the caller may free it right after */
+  return cuda_status(cudaMemcpyAsync(*dev, host, (size_t)B * sizeof(gc_ddim_coef),
+                                     cudaMemcpyHostToDevice, bc->stream),
+                     "ddim coefficients");
 }
 
 // One block per (chunk k, sample b): computes mean and (sampling form) x_prev, and the chunk's
 // sum of (x_prev - mean)^2 into partial[b*nch + k]. Each element reads its inputs before any
 // store, so x_prev or mean may alias x_t.
 __global__ void k_ddim_step(float *x_prev, float *mean, double *partial, const float *x_t,
-                            const float *eps, const float *noise, const ddim_coef *coef,
+                            const float *eps, const float *noise, const gc_ddim_coef *coef,
                             int64_t M, int64_t nch, int clip, double c) {
   const int64_t b = blockIdx.y, k = blockIdx.x;
-  const int64_t i0 = b * M + k * DDIM_CHUNK;
-  const int64_t i1 = b * M + (k * DDIM_CHUNK + DDIM_CHUNK < M ? k * DDIM_CHUNK + DDIM_CHUNK : M);
-  const ddim_coef kc = coef[b];
+  const int64_t i0 = b * M + k * GC_DDIM_CHUNK;
+  const int64_t i1 = b * M + (k * GC_DDIM_CHUNK + GC_DDIM_CHUNK < M ? k * GC_DDIM_CHUNK + GC_DDIM_CHUNK : M);
+  const gc_ddim_coef kc = coef[b];
   double sq = 0.0;
   for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
-    double e = eps[i];
-    double x0 = ((double)x_t[i] - kc.sqrt_1ma * e) / kc.sqrt_a;
-    if (clip) x0 = fmin(fmax(x0, -c), c);
-    double mu = kc.sqrt_ap * x0 + kc.dir * e;
+    int inside;
+    double mu = gc_ddim_mean(&kc, x_t[i], eps[i], clip, c, &inside);
     float xp;
     if (noise) {
       xp = (float)(mu + kc.sigma * (double)noise[i]);
@@ -109,7 +52,7 @@ __global__ void k_ddim_step(float *x_prev, float *mean, double *partial, const f
   if (threadIdx.x == 0) partial[b * nch + k] = sq;
 }
 
-__global__ void k_ddim_log_prob(float *log_prob, const double *partial, const ddim_coef *coef,
+__global__ void k_ddim_log_prob(float *log_prob, const double *partial, const gc_ddim_coef *coef,
                                 int64_t B, int64_t M, int64_t nch) {
   GRID_STRIDE(b, B) {
     double sq = 0.0;
@@ -119,22 +62,19 @@ __global__ void k_ddim_log_prob(float *log_prob, const double *partial, const dd
   }
 }
 
-// x_t, eps, noise, x_prev, mean are (B, M); log_prob is (B); alpha_t, alpha_prev are host (B)
+// x_t, eps, noise, x_prev, mean are (B, M); log_prob is (B); coef is host (B)
 gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, const float *x_t,
-                       const float *eps, const float *noise, const double *alpha_t,
-                       const double *alpha_prev, float eta, float clip_x0, int64_t B, int64_t M) {
+                       const float *eps, const float *noise, const gc_ddim_coef *host_coef,
+                       float clip_x0, int64_t B, int64_t M) {
   GC_CHECK(ctx_enter(bc));
   if (!x_prev) return gc_set_error(GC_ERR_INVALID_ARGUMENT, "x_prev is required in both forms");
-  GC_CHECK(check_clip(clip_x0));
-  if (B <= 0) return GC_OK;
-  if (M <= 0) return gc_set_error(GC_ERR_SHAPE, "samples have no elements");
-  const int64_t nch = (M + DDIM_CHUNK - 1) / DDIM_CHUNK;
+  const int64_t nch = (M + GC_DDIM_CHUNK - 1) / GC_DDIM_CHUNK;
   if (nch > 0x7fffffff || B > 65535)
     return gc_set_error(GC_ERR_UNSUPPORTED, "DDIM step of %lld samples x %lld elements",
                         (long long)B, (long long)M);
   const size_t partial_bytes = (size_t)(B * nch) * sizeof(double);
-  ddim_coef *coef = NULL;
-  GC_CHECK(upload_coefs(bc, alpha_t, alpha_prev, eta, B, partial_bytes, &coef));
+  gc_ddim_coef *coef = NULL;
+  GC_CHECK(upload_coefs(bc, host_coef, B, partial_bytes, &coef));
   double *partial = (double *)bc->scratch;
   k_ddim_step<<<dim3((unsigned)nch, (unsigned)B), THREADS, 0, bc->stream>>>(
       x_prev, mean, partial, x_t, eps, noise, coef, M, nch, clip_x0 > 0.0f, (double)clip_x0);
@@ -149,17 +89,14 @@ gc_status be_ddim_step(be_ctx *bc, float *x_prev, float *log_prob, float *mean, 
 // deps (=) from dlog_prob (B); the gradient flows through the mean only (x_prev is data);
 // clipped x0 drops its term (torch.clamp passes the gradient on the closed interval)
 __global__ void k_ddim_backward(float *deps, const float *dlog_prob, const float *x_prev,
-                                const float *x_t, const float *eps, const ddim_coef *coef,
+                                const float *x_t, const float *eps, const gc_ddim_coef *coef,
                                 int64_t B, int64_t M, int clip, double c) {
   GRID_STRIDE(i, B * M) {
-    const ddim_coef kc = coef[i / M];
+    const gc_ddim_coef kc = coef[i / M];
     double g = (double)dlog_prob[i / M] / (kc.sigma * kc.sigma * (double)M);
     double dmu_x0 = -kc.sqrt_ap * kc.sqrt_1ma / kc.sqrt_a;
-    double e = eps[i];
-    double x0 = ((double)x_t[i] - kc.sqrt_1ma * e) / kc.sqrt_a;
-    int inside = !clip || (x0 >= -c && x0 <= c);
-    if (clip) x0 = fmin(fmax(x0, -c), c);
-    double mu = kc.sqrt_ap * x0 + kc.dir * e;
+    int inside;
+    double mu = gc_ddim_mean(&kc, x_t[i], eps[i], clip, c, &inside);
     double dmu = kc.dir + (inside ? dmu_x0 : 0.0);
     deps[i] = (float)(g * ((double)x_prev[i] - mu) * dmu);
   }
@@ -167,30 +104,17 @@ __global__ void k_ddim_backward(float *deps, const float *dlog_prob, const float
 
 gc_status be_ddim_step_log_prob_backward(be_ctx *bc, float *deps, const float *dlog_prob,
                                          const float *x_prev, const float *x_t, const float *eps,
-                                         const double *alpha_t, const double *alpha_prev,
-                                         float eta, float clip_x0, int64_t B, int64_t M) {
+                                         const gc_ddim_coef *host_coef, float clip_x0, int64_t B,
+                                         int64_t M) {
   GC_CHECK(ctx_enter(bc));
-  GC_CHECK(check_clip(clip_x0));
-  if (B <= 0 || M <= 0) return GC_OK;
-  ddim_coef *coef = NULL;
-  GC_CHECK(upload_coefs(bc, alpha_t, alpha_prev, eta, B, 0, &coef));
+  gc_ddim_coef *coef = NULL;
+  GC_CHECK(upload_coefs(bc, host_coef, B, 0, &coef));
   k_ddim_backward<<<grid_for(bc, B * M), THREADS, 0, bc->stream>>>(
       deps, dlog_prob, x_prev, x_t, eps, coef, B, M, clip_x0 > 0.0f, (double)clip_x0);
   return launch_status("ddim_step_log_prob_backward");
 }
 
 /* ---- DDPO losses ---- */
-
-static gc_status check_loss_args(int64_t N, float clip_range, float adv_clip_max) {
-  if (N <= 0) return gc_set_error(GC_ERR_SHAPE, "needs at least one log-prob");
-  if (!(clip_range >= 0.0f))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "clip_range must be >= 0 (got %g)",
-                        (double)clip_range);
-  if (!(adv_clip_max >= 0.0f))
-    return gc_set_error(GC_ERR_INVALID_ARGUMENT, "adv_clip_max must be >= 0 (got %g)",
-                        (double)adv_clip_max);
-  return GC_OK;
-}
 
 __device__ __forceinline__ double clip_adv(float adv, float adv_clip_max) {
   double m = adv_clip_max;
@@ -229,7 +153,6 @@ gc_status be_ddpo_is_forward(be_ctx *bc, float *loss, float *stats, const float 
                              const float *old_log_prob, const float *advantages, int64_t N,
                              float clip_range, float adv_clip_max) {
   GC_CHECK(ctx_enter(bc));
-  GC_CHECK(check_loss_args(N, clip_range, adv_clip_max));
   k_ddpo_is<<<1, LOSS_THREADS, 0, bc->stream>>>(loss, stats, log_prob, old_log_prob, advantages,
                                                 N, clip_range, adv_clip_max);
   return launch_status("ddpo_is_forward");
@@ -252,7 +175,6 @@ gc_status be_ddpo_is_backward(be_ctx *bc, float *dlog_prob, float dloss, const f
                               const float *old_log_prob, const float *advantages, int64_t N,
                               float clip_range, float adv_clip_max) {
   GC_CHECK(ctx_enter(bc));
-  GC_CHECK(check_loss_args(N, clip_range, adv_clip_max));
   k_ddpo_is_backward<<<grid_for(bc, N), THREADS, 0, bc->stream>>>(
       dlog_prob, (double)dloss / (double)N, log_prob, old_log_prob, advantages, N, clip_range,
       adv_clip_max);
@@ -272,7 +194,6 @@ __global__ void k_ddpo_sf(float *loss, const float *log_prob, const float *advan
 gc_status be_ddpo_sf_forward(be_ctx *bc, float *loss, const float *log_prob,
                              const float *advantages, int64_t N, float adv_clip_max) {
   GC_CHECK(ctx_enter(bc));
-  GC_CHECK(check_loss_args(N, 0.0f, adv_clip_max));
   k_ddpo_sf<<<1, LOSS_THREADS, 0, bc->stream>>>(loss, log_prob, advantages, N, adv_clip_max);
   return launch_status("ddpo_sf_forward");
 }
@@ -285,7 +206,6 @@ __global__ void k_ddpo_sf_backward(float *dlog_prob, double scale, const float *
 gc_status be_ddpo_sf_backward(be_ctx *bc, float *dlog_prob, float dloss, const float *advantages,
                               int64_t N, float adv_clip_max) {
   GC_CHECK(ctx_enter(bc));
-  GC_CHECK(check_loss_args(N, 0.0f, adv_clip_max));
   k_ddpo_sf_backward<<<grid_for(bc, N), THREADS, 0, bc->stream>>>(
       dlog_prob, (double)dloss / (double)N, advantages, N, adv_clip_max);
   return launch_status("ddpo_sf_backward");

@@ -175,7 +175,8 @@ gc_status gc_mse_backward(gc_handle ctx, gc_handle da, gc_handle db, float dloss
 
 /* ---- diffusion and DDPO ----------------------------------------------------------------- */
 
-/* One DDIM step with eta > 0 (DESIGN.md §3), per-sample alphas in host memory (length B):
+/* One DDIM step (docs/DESIGN.md §3.2), per-sample alphas in host memory (length B), with
+ * eta > 0 finite and 0 < alpha_t < alpha_prev <= 1 (so sigma > 0: the log-prob needs it):
  * x0 = (x_t - sqrt(1-a) eps) / sqrt(a), clipped to [-clip_x0, clip_x0] when clip_x0 > 0;
  * sigma = eta sqrt((1-a')/(1-a)) sqrt(1 - a/a'); mean = sqrt(a') x0 + sqrt(1-a'-sigma^2) eps;
  * log_prob[b] = mean over non-batch elements of the Gaussian log-density of x_prev.
@@ -195,7 +196,8 @@ gc_status gc_ddim_step_log_prob_backward(gc_handle ctx, gc_handle deps, gc_handl
                                          const double *alpha_t, const double *alpha_prev,
                                          float eta, float clip_x0);
 
-/* DDPO_IS (PPO clip) over N (sample, timestep) pairs: A = clip(adv, +-adv_clip_max),
+/* DDPO_IS (PPO clip) over N (sample, timestep) pairs, clip_range >= 0 and adv_clip_max > 0
+ * (finite): A = clip(adv, +-adv_clip_max),
  * r = exp(lp - old), loss[1] = mean(max(-A r, -A clip(r, 1-c, 1+c))).
  * stats[2] optional: approx_kl = mean((lp - old)^2)/2, clip_fraction = mean(|r - 1| > c). */
 gc_status gc_ddpo_is_forward(gc_handle ctx, gc_handle loss, gc_handle stats, gc_handle log_prob,

@@ -86,6 +86,25 @@ describe("bad input is refused with a clear error", () => {
       "INVALID_ARGUMENT",
       /sample 1: alphas must lie in \(0,1\]/,
     );
+    // One rule per argument, checked once in core (docs/DESIGN.md §4.1): eta > 0, a step to less
+    // noise, adv_clip_max > 0.
+    expectError(
+      () => engine.ddimStepLogProb(lp, null, x, x, x, [0.5, 0.5], [0.6, 0.6], 0),
+      "INVALID_ARGUMENT",
+      /eta must be finite and > 0 \(got 0\)/,
+    );
+    expectError(
+      () => engine.ddimStepLogProb(lp, null, x, x, x, [0.5, 0.5], [0.6, 0.5], 1),
+      "INVALID_ARGUMENT",
+      /sample 1: sigma = 0 is not > 0/,
+    );
+    const one = engine.zeros([1]);
+    expectError(
+      () => engine.ddpoIsForward(one, null, lp, lp, lp, 1e-4, 0),
+      "INVALID_ARGUMENT",
+      /adv_clip_max must be finite and > 0 \(got 0\)/,
+    );
+    one.close();
     expectError(
       () => engine.ddimStepLogProb(lp, null, x, x, x, [0.5], [0.6], 1),
       "SHAPE",
