@@ -79,6 +79,7 @@ gc_status be_add_backward(be_ctx *bc, float *da, float *db, const float *dy, int
     for (int64_t r = 0; r < R; r++) {
       const float *dyr = dy + r * S;
       double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
       for (int64_t s = 0; s < S; s++) sum += dyr[s];
       db[r] = (float)sum;
     }
