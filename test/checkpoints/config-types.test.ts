@@ -25,7 +25,7 @@ function fieldKinds(text: string): Map<string, Kind> {
   const walk = (v: unknown, path: string) => {
     if (Array.isArray(v)) {
       kinds.set(path, "array");
-      v.forEach((x, i) => walk(x, `${path}.${i}`));
+      for (const [i, x] of v.entries()) walk(x, `${path}.${i}`);
     } else if (v !== null && typeof v === "object" && "number" in v) kinds.set(path, (v as { number: Kind }).number);
     else if (v !== null && typeof v === "object") {
       if (path) kinds.set(path, "object");
