@@ -6,7 +6,13 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { configJson, pipelinePaths, writeJsonConfig } from "../../services/lib/checkpoints/model-folder.ts";
-import { EMOJI_SCHEDULER, emojiTextEncoderConfig, emojiUNetConfig } from "../../services/lib/models/presets.ts";
+import { WordTokenizer } from "../../services/lib/data/tokenizer.ts";
+import {
+  EMOJI_SCHEDULER,
+  emojiClipConfig,
+  emojiTextEncoderConfig,
+  emojiUNetConfig,
+} from "../../services/lib/models/presets.ts";
 
 const FIXTURES = join(import.meta.dir, "..", "fixtures");
 const SHIPPED = join(import.meta.dir, "..", "..", "models", "emoji-base");
@@ -96,6 +102,16 @@ describe("config field types match the Python libraries'", () => {
     const mine = written("text.json", emojiTextEncoderConfig(100));
     expect(typeMismatches(mine, fixture("clip_text_tiny"))).toEqual([]);
     expect(fieldKinds(mine).get("initializer_factor")).toBe("float");
+  });
+
+  test("CLIPModel config vs transformers' (clip_tiny), nested configs included", () => {
+    const tokenizer = WordTokenizer.fromCaptions(["cat face"], { eosLast: true });
+    const mine = written("clip.json", emojiClipConfig(tokenizer));
+    expect(typeMismatches(mine, fixture("clip_tiny"))).toEqual([]);
+    const kinds = fieldKinds(mine);
+    expect(kinds.get("vision_config.layer_norm_eps")).toBe("float");
+    expect(kinds.get("text_config.initializer_factor")).toBe("float");
+    expect(kinds.get("vision_config.patch_size")).toBe("int");
   });
 
   test("scheduler config: diffusers' float and int fields", () => {
