@@ -1,6 +1,7 @@
 // The `ddpo` command: `bun run services/cli/ddpo.ts <command> [--flag value ...]`.
 //   pretrain   train a base model on the emoji images (resumable)
 //   sample     draw images for prompts from a model folder into a PNG grid
+//   train-clip train the emoji CLIP; eval: how often it reads a model's drawings as their prompts (clip.ts)
 //   up, train, watch, runs, lineage: the services (remote.ts); train-local: one process (train.ts)
 import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
@@ -13,6 +14,7 @@ import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
+import { EVAL_USAGE, evalCommand, TRAIN_CLIP_USAGE, trainClipCommand } from "./clip.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 import { lineageCommand, REMOTE_USAGE, runsCommand, trainCommand, upCommand, watchCommand } from "./remote.ts";
 import { TRAIN_USAGE, trainCommand as trainLocalCommand } from "./train.ts";
@@ -40,6 +42,8 @@ const USAGE = `usage: ddpo <command> [options]
   pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
   sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
            [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-N/lora] [--reward NAME]
+  ${TRAIN_CLIP_USAGE}
+  ${EVAL_USAGE}
 ${REMOTE_USAGE}
   ${TRAIN_USAGE.replace("ddpo train", "train-local")}`;
 
@@ -210,6 +214,8 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   runs: runsCommand,
   lineage: lineageCommand,
   "train-local": trainLocalCommand,
+  "train-clip": trainClipCommand,
+  eval: evalCommand,
 };
 
 if (import.meta.main) {
