@@ -24,8 +24,9 @@ import {
 } from "../models/clip-model.ts";
 import { Graph } from "../models/graph.ts";
 import { EMOJI_CLIP_SIZES, type EmojiClipSizes, emojiClipConfig } from "../models/presets.ts";
+import { lineChartPng } from "../plots/line-chart.ts";
 import { JointAdamW } from "./optimizer.ts";
-import { learningRateScale } from "./pretrain.ts";
+import { learningRateScale, lossCurve } from "./pretrain.ts";
 import { Mulberry32 } from "./random.ts";
 
 export interface ClipTrainOptions {
@@ -84,7 +85,7 @@ export interface ClipProgress {
   logitScale: number;
 }
 
-interface ClipTrainingState {
+export interface ClipTrainingState {
   step: number;
   rng: number;
   /** The current epoch's image order and how far into it the run is. */
@@ -185,7 +186,7 @@ export async function trainClip(
     return batch;
   };
 
-  const checkpoint = () => {
+  const checkpoint = async () => {
     state.seconds = secondsBefore + (performance.now() - started) / 1000;
     const evaluation: ClipEvaluation = { step: state.step, ...evaluateAnimals(model, dataset) };
     state.evaluations.push(evaluation);
@@ -201,6 +202,7 @@ export async function trainClip(
     );
     state.rng = rng.state;
     writeFileAtomic(statePath, [Buffer.from(JSON.stringify(state))]);
+    await clipTrainingCurves(o.out, state);
   };
 
   try {
@@ -247,10 +249,31 @@ export async function trainClip(
         lr: o.lr * lrScale,
         logitScale: Math.exp(Math.min(ls, MAX_LOGIT_SCALE)),
       });
-      if (state.step % o.checkpointEvery === 0 || state.step === o.steps) checkpoint();
+      if (state.step % o.checkpointEvery === 0 || state.step === o.steps) await checkpoint();
     }
   } finally {
     arena.close();
   }
   return { model, state };
+}
+
+/** loss.png (contrastive loss per step) and zero-shot.png (top-1/top-5 per image set) in `dir`. */
+export async function clipTrainingCurves(dir: string, state: ClipTrainingState): Promise<void> {
+  await lossCurve(join(dir, "loss.png"), state.losses, "contrastive loss", "cross-entropy");
+  const sources = [...new Set(state.evaluations.flatMap((e) => Object.keys(e).filter((k) => k !== "step")))];
+  const series = sources.flatMap((source) =>
+    (["top1", "top5"] as const).map((k) => ({
+      name: `${source} ${k === "top1" ? "top-1" : "top-5"}`,
+      points: state.evaluations.flatMap((e) => {
+        const r = e[source] as { top1: number; top5: number } | undefined;
+        return r ? [[e.step, 100 * r[k]] as [number, number]] : [];
+      }),
+    })),
+  );
+  if (series.length === 0) return;
+  await lineChartPng(join(dir, "zero-shot.png"), series, {
+    title: "zero-shot among the 123 animal names",
+    xLabel: "step",
+    yLabel: "% of animal images",
+  });
 }
