@@ -14,21 +14,12 @@ import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { CLIP_TRAIN_DEFAULTS, type ClipEvaluation, trainClip } from "../lib/training/clip.ts";
+import { numberFlag } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 
 export const TRAIN_CLIP_USAGE = `train-clip --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N]
            [--sources google,twitter] [--no-augment] [--width 64] [--vision-layers 4] [--text-layers 2]
            [--patch 4] [--checkpoint-every N] [--fresh]`;
-
-/** A number flag: the default when absent, a clear error when not a finite number. */
-export function numberFlag(v: string | undefined, fallback: number, name: string, integer = false): number {
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n) || (integer && !Number.isInteger(n))) {
-    throw new Error(`--${name} must be ${integer ? "an integer" : "a number"}, got '${v}'`);
-  }
-  return n;
-}
 
 export function parseSources(v: string | undefined): EmojiSource[] {
   if (v === undefined) return [...EMOJI_SOURCES];

@@ -15,6 +15,7 @@ import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
 import { EVAL_USAGE, evalCommand, TRAIN_CLIP_USAGE, trainClipCommand } from "./clip.ts";
+import { numberFlag } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 import { lineageCommand, REMOTE_USAGE, runsCommand, trainCommand, upCommand, watchCommand } from "./remote.ts";
 import { TRAIN_USAGE, trainCommand as trainLocalCommand } from "./train.ts";
@@ -47,13 +48,6 @@ const USAGE = `usage: ddpo <command> [options]
 ${REMOTE_USAGE}
   ${TRAIN_USAGE.replace("ddpo train", "train-local")}`;
 
-function num(v: string | undefined, fallback: number, name: string): number {
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`--${name} must be a number, got '${v}'`);
-  return n;
-}
-
 async function pretrainCommand(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
@@ -76,13 +70,13 @@ async function pretrainCommand(argv: string[]): Promise<void> {
     ...d,
     out: values.out,
     stateDir: values["state-dir"] ?? `${values.out}.training`,
-    steps: num(values.steps, d.steps, "steps"),
-    batchSize: num(values.batch, d.batchSize, "batch"),
-    lr: num(values.lr, d.lr, "lr"),
-    seed: num(values.seed, d.seed, "seed"),
-    checkpointEvery: num(values["checkpoint-every"], d.checkpointEvery, "checkpoint-every"),
+    steps: numberFlag(values.steps, d.steps, "steps"),
+    batchSize: numberFlag(values.batch, d.batchSize, "batch"),
+    lr: numberFlag(values.lr, d.lr, "lr"),
+    seed: numberFlag(values.seed, d.seed, "seed"),
+    checkpointEvery: numberFlag(values["checkpoint-every"], d.checkpointEvery, "checkpoint-every"),
     blockOutChannels: values.channels
-      ? values.channels.split(",").map((c) => num(c, 0, "channels"))
+      ? values.channels.split(",").map((c) => numberFlag(c, 0, "channels"))
       : d.blockOutChannels,
     resume: !values.fresh,
   };
@@ -192,10 +186,10 @@ async function sampleCommand(argv: string[]): Promise<void> {
   const engine = Engine.open();
   const model = TextToImageModel.load(engine, values.model);
   await writeSampleGrid(model, values.prompt?.length ? values.prompt : SHOWCASE_PROMPTS, values.out ?? "samples.png", {
-    steps: num(values.steps, 50, "steps"),
-    guidance: num(values.guidance, 3, "guidance"),
-    eta: num(values.eta, 1, "eta"),
-    seed: num(values.seed, 1, "seed"),
+    steps: numberFlag(values.steps, 50, "steps"),
+    guidance: numberFlag(values.guidance, 3, "guidance"),
+    eta: numberFlag(values.eta, 1, "eta"),
+    seed: numberFlag(values.seed, 1, "seed"),
     trajectories: values.trajectories,
     checkpoint: values.lora ? `${values.model}+${values.lora}` : values.model,
     lora: values.lora,

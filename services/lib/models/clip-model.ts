@@ -158,7 +158,8 @@ export interface ClipLogits {
   logitsPerImage: Float64Array;
 }
 
-function normaliseRows(x: ArrayLike<number>, dim: number): { embeds: Float64Array; norms: Float64Array } {
+/** Rows of x [rows, dim] scaled to unit length, and their norms. */
+export function normaliseRows(x: ArrayLike<number>, dim: number): { embeds: Float64Array; norms: Float64Array } {
   const rows = x.length / dim;
   const embeds = new Float64Array(x.length);
   const norms = new Float64Array(rows);
@@ -455,9 +456,7 @@ export class ClipModel {
       for (let start = 0; start < n; start += batch) {
         const count = Math.min(batch, n - start);
         const g = new Graph(this.engine, this.source({ frozen: true }), arena);
-        const f = features(g, start, count).read();
-        const head = clipLogits(f, f.subarray(0, p), p, 0);
-        out.set(head.imageEmbeds, start * p);
+        out.set(normaliseRows(features(g, start, count).read(), p).embeds, start * p);
         g.dispose();
         arena.reset();
       }
