@@ -51,10 +51,12 @@ export class FlatParameters {
     this.#m = engine.zeros([offset]);
     this.#v = engine.zeros([offset]);
     for (const e of entries) {
+      // Engine tensors have 1..8 dims: a scalar parameter (shape [], CLIP's logit_scale) is viewed as [1].
+      const shape = e.shape.length ? e.shape : [1];
       this.#byName.set(e.name, {
         entry: e,
-        value: this.values.view(e.offset, e.shape),
-        grad: this.grads.view(e.offset, e.shape),
+        value: this.values.view(e.offset, shape),
+        grad: this.grads.view(e.offset, shape),
       });
     }
   }

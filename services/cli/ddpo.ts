@@ -1,6 +1,7 @@
 // The `ddpo` command: `bun run services/cli/ddpo.ts <command> [--flag value ...]`.
 //   pretrain   train a base model on the emoji images (resumable)
 //   sample     draw images for prompts from a model folder into a PNG grid
+//   train-clip train the emoji CLIP; eval: how often it reads a model's drawings as their prompts (clip.ts)
 //   up, train, watch, runs, lineage: the services (remote.ts); train-local: one process (train.ts)
 import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
@@ -13,6 +14,8 @@ import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
+import { EVAL_USAGE, evalCommand, TRAIN_CLIP_USAGE, trainClipCommand } from "./clip.ts";
+import { numberFlag } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 import { lineageCommand, REMOTE_USAGE, runsCommand, trainCommand, upCommand, watchCommand } from "./remote.ts";
 import { TRAIN_USAGE, trainCommand as trainLocalCommand } from "./train.ts";
@@ -41,15 +44,10 @@ const USAGE = `usage: ddpo <command> [options]
            [--min-snr-gamma 5] [--ema 0.999] [--subset animals|all] [--warmup 200] [--checkpoint-every 250]
   sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
            [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-N/lora] [--reward NAME]
+  ${TRAIN_CLIP_USAGE}
+  ${EVAL_USAGE}
 ${REMOTE_USAGE}
   ${TRAIN_USAGE.replace("ddpo train", "train-local")}`;
-
-function num(v: string | undefined, fallback: number, name: string): number {
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`--${name} must be a number, got '${v}'`);
-  return n;
-}
 
 function pretrainSubset(v: string): "all" | "animals" {
   if (v !== "all" && v !== "animals") throw new Error(`--subset must be 'animals' or 'all', got '${v}'`);
@@ -82,17 +80,17 @@ async function pretrainCommand(argv: string[]): Promise<void> {
     ...d,
     out: values.out,
     stateDir: values["state-dir"] ?? `${values.out}.training`,
-    steps: num(values.steps, d.steps, "steps"),
-    batchSize: num(values.batch, d.batchSize, "batch"),
-    lr: num(values.lr, d.lr, "lr"),
-    seed: num(values.seed, d.seed, "seed"),
-    checkpointEvery: num(values["checkpoint-every"], d.checkpointEvery, "checkpoint-every"),
-    warmupSteps: num(values.warmup, d.warmupSteps, "warmup"),
-    minSnrGamma: num(values["min-snr-gamma"], d.minSnrGamma, "min-snr-gamma"),
-    emaDecay: num(values.ema, d.emaDecay, "ema"),
+    steps: numberFlag(values.steps, d.steps, "steps"),
+    batchSize: numberFlag(values.batch, d.batchSize, "batch"),
+    lr: numberFlag(values.lr, d.lr, "lr"),
+    seed: numberFlag(values.seed, d.seed, "seed"),
+    checkpointEvery: numberFlag(values["checkpoint-every"], d.checkpointEvery, "checkpoint-every"),
+    warmupSteps: numberFlag(values.warmup, d.warmupSteps, "warmup"),
+    minSnrGamma: numberFlag(values["min-snr-gamma"], d.minSnrGamma, "min-snr-gamma"),
+    emaDecay: numberFlag(values.ema, d.emaDecay, "ema"),
     subset: pretrainSubset(values.subset ?? d.subset),
     blockOutChannels: values.channels
-      ? values.channels.split(",").map((c) => num(c, 0, "channels"))
+      ? values.channels.split(",").map((c) => numberFlag(c, 0, "channels"))
       : d.blockOutChannels,
     resume: !values.fresh,
   };
@@ -202,10 +200,10 @@ async function sampleCommand(argv: string[]): Promise<void> {
   const engine = Engine.open();
   const model = TextToImageModel.load(engine, values.model);
   await writeSampleGrid(model, values.prompt?.length ? values.prompt : SHOWCASE_PROMPTS, values.out ?? "samples.png", {
-    steps: num(values.steps, 50, "steps"),
-    guidance: num(values.guidance, 3, "guidance"),
-    eta: num(values.eta, 1, "eta"),
-    seed: num(values.seed, 1, "seed"),
+    steps: numberFlag(values.steps, 50, "steps"),
+    guidance: numberFlag(values.guidance, 3, "guidance"),
+    eta: numberFlag(values.eta, 1, "eta"),
+    seed: numberFlag(values.seed, 1, "seed"),
     trajectories: values.trajectories,
     checkpoint: values.lora ? `${values.model}+${values.lora}` : values.model,
     lora: values.lora,
@@ -224,6 +222,8 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   runs: runsCommand,
   lineage: lineageCommand,
   "train-local": trainLocalCommand,
+  "train-clip": trainClipCommand,
+  eval: evalCommand,
 };
 
 if (import.meta.main) {

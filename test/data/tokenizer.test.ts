@@ -94,6 +94,21 @@ describe("WordTokenizer", () => {
     expect(() => WordTokenizer.load(dir)).toThrow(/must be <pad>/);
   });
 
+  test("the eos-last layout (the emoji CLIP's): <eos> has the highest id and survives save/load", () => {
+    const tok = WordTokenizer.fromCaptions(["cat face", "dog face", "cat"], { maxLength: 6, eosLast: true });
+    expect(tok.vocab).toEqual(["<pad>", "<bos>", "<unk>", "cat", "face", "dog", "<eos>"]);
+    expect([tok.padId, tok.bosId, tok.unkId, tok.eosId]).toEqual([0, 1, 2, 6]);
+    expect([...tok.encode("dog zebra")]).toEqual([1, 5, 2, 6, 0, 0]);
+    expect(tok.decode(tok.encode("dog zebra"))).toBe("dog <unk>");
+    expect([...tok.eosPositions(tok.encodeBatch(["cat", ""]))]).toEqual([2, 1]);
+    const dir = tempDir();
+    tok.save(dir);
+    const loaded = WordTokenizer.load(dir);
+    expect(loaded.eosId).toBe(6);
+    expect([...loaded.encode("cat face")]).toEqual([...tok.encode("cat face")]);
+    expect(() => new WordTokenizer(["<pad>", "<unk>", "<bos>", "cat", "<eos>"])).toThrow(/id 1 must be <bos>/);
+  });
+
   test("every emoji caption fits 16 tokens and round-trips", () => {
     const captions = emojiRecords().map((r) => r.caption);
     const tok = WordTokenizer.fromCaptions(captions, { maxLength: 16 });

@@ -192,9 +192,57 @@ function sortKeys(v: unknown): unknown {
   return out;
 }
 
-/** As diffusers writes configs: sorted keys, 2-space indent, trailing newline. Returns the sha256. */
+/**
+ * Config fields that transformers, diffusers and peft type as float. JSON from JS writes 1.0 as 1,
+ * which transformers' strict config validation refuses ("expected float, got int"), so these are
+ * written with a decimal point at any depth. Fields the libraries type as int stay int even when
+ * their meaning is a scale (diffusers writes `mid_block_scale_factor: 1`).
+ */
+export const FLOAT_CONFIG_KEYS: ReadonlySet<string> = new Set([
+  // transformers CLIPConfig / CLIPTextConfig / CLIPVisionConfig
+  "attention_dropout",
+  "initializer_factor",
+  "initializer_range",
+  "layer_norm_eps",
+  "logit_scale_init_value",
+  // diffusers UNet2DConditionModel
+  "dropout",
+  "norm_eps",
+  "resnet_out_scale_factor",
+  // diffusers DDPMScheduler / DDIMScheduler
+  "beta_start",
+  "beta_end",
+  "clip_sample_range",
+  "sample_max_value",
+  "dynamic_thresholding_ratio",
+  // peft LoraConfig
+  "lora_dropout",
+]);
+
+/** JSON text as Python's json.dump(indent=2) lays it out, FLOAT_CONFIG_KEYS' numbers as floats. */
+export function configJson(value: unknown): string {
+  const render = (v: unknown, indent: string, floatTyped: boolean): string => {
+    if (typeof v === "number" && floatTyped && Number.isInteger(v) && !/e/i.test(String(v))) return `${v}.0`;
+    if (typeof v !== "object" || v === null) return JSON.stringify(v) ?? "null";
+    const inner = `${indent}  `;
+    if (Array.isArray(v)) {
+      if (v.length === 0) return "[]";
+      return `[\n${v.map((x) => inner + render(x, inner, floatTyped)).join(",\n")}\n${indent}]`;
+    }
+    const keys = Object.keys(v).filter((k) => (v as Record<string, unknown>)[k] !== undefined);
+    if (keys.length === 0) return "{}";
+    const fields = keys.map(
+      (k) =>
+        `${inner}${JSON.stringify(k)}: ${render((v as Record<string, unknown>)[k], inner, FLOAT_CONFIG_KEYS.has(k))}`,
+    );
+    return `{\n${fields.join(",\n")}\n${indent}}`;
+  };
+  return render(sortKeys(value), "", false);
+}
+
+/** As diffusers writes configs: sorted keys, 2-space indent, floats as floats, trailing newline. Returns the sha256. */
 export function writeJsonConfig(path: string, value: Readonly<Record<string, unknown>>): string {
-  return writeFileAtomic(path, [Buffer.from(`${JSON.stringify(sortKeys(value), null, 2)}\n`, "utf8")]);
+  return writeFileAtomic(path, [Buffer.from(`${configJson(value)}\n`, "utf8")]);
 }
 
 // ---- the noise schedule ---------------------------------------------------------------------

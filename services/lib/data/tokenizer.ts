@@ -3,10 +3,14 @@
 // CLIP's are: <bos> words... <eos> <pad>..., a fixed model_max_length long, so the empty prompt
 // (classifier-free guidance's unconditional input) is [<bos>, <eos>, <pad>, ...].
 // Saved beside a checkpoint as tokenizer/vocab.json + tokenizer/tokenizer_config.json.
+// Two vocabulary layouts: the text-to-image model's [<pad>, <bos>, <eos>, <unk>, words...], and
+// the emoji CLIP's [<pad>, <bos>, <unk>, words..., <eos>]: transformers pools a CLIP text at its
+// highest id when eos_token_id is 2, else at its first eos_token_id, so <eos> last makes both the eos.
 
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
+/** Ids of the special tokens in the default (specials-first) layout. */
 export const PAD_ID = 0;
 export const BOS_ID = 1;
 export const EOS_ID = 2;
@@ -34,15 +38,32 @@ export function splitWords(text: string): string[] {
 
 export class WordTokenizer {
   private readonly ids: Map<string, number>;
+  readonly padId = PAD_ID;
+  readonly bosId = BOS_ID;
+  readonly eosId: number;
+  readonly unkId: number;
 
-  /** vocab[id] is the token; ids 0..3 must be <pad>, <bos>, <eos>, <unk>. */
+  /**
+   * vocab[id] is the token; ids 0..3 must be <pad>, <bos>, <eos>, <unk>, or (eos-last layout)
+   * ids 0..2 <pad>, <bos>, <unk> and the last id <eos>.
+   */
   constructor(
     readonly vocab: readonly string[],
     readonly maxLength = 16,
   ) {
-    SPECIAL_TOKENS.forEach((token, id) => {
+    const eosLast = vocab[2] !== "<eos>" && vocab[vocab.length - 1] === "<eos>";
+    const layout: Array<[number, string]> = eosLast
+      ? [
+          [0, "<pad>"],
+          [1, "<bos>"],
+          [2, "<unk>"],
+        ]
+      : SPECIAL_TOKENS.map((token, id) => [id, token]);
+    for (const [id, token] of layout) {
       if (vocab[id] !== token) throw new Error(`vocabulary id ${id} must be ${token}, got ${vocab[id]}`);
-    });
+    }
+    this.eosId = eosLast ? vocab.length - 1 : EOS_ID;
+    this.unkId = eosLast ? 2 : UNK_ID;
     if (!Number.isInteger(maxLength) || maxLength < 2) throw new Error(`maxLength must be >= 2, got ${maxLength}`);
     this.ids = new Map(vocab.map((token, id) => [token, id]));
     if (this.ids.size !== vocab.length) throw new Error("vocabulary has duplicate tokens");
@@ -50,9 +71,13 @@ export class WordTokenizer {
 
   /**
    * Vocabulary of every word in the captions seen at least minCount times, most frequent first
-   * (ties alphabetical), so the same captions always give the same ids.
+   * (ties alphabetical), so the same captions always give the same ids; `eosLast` gives the
+   * emoji CLIP's layout.
    */
-  static fromCaptions(captions: Iterable<string>, options: { maxLength?: number; minCount?: number } = {}) {
+  static fromCaptions(
+    captions: Iterable<string>,
+    options: { maxLength?: number; minCount?: number; eosLast?: boolean } = {},
+  ) {
     const counts = new Map<string, number>();
     for (const caption of captions) {
       for (const word of splitWords(caption)) counts.set(word, (counts.get(word) ?? 0) + 1);
@@ -61,6 +86,7 @@ export class WordTokenizer {
       .filter(([, n]) => n >= (options.minCount ?? 1))
       .sort(([a, na], [b, nb]) => nb - na || (a < b ? -1 : a > b ? 1 : 0))
       .map(([word]) => word);
+    if (options.eosLast) return new WordTokenizer(["<pad>", "<bos>", "<unk>", ...words, "<eos>"], options.maxLength);
     return new WordTokenizer([...SPECIAL_TOKENS, ...words], options.maxLength);
   }
 
@@ -69,18 +95,18 @@ export class WordTokenizer {
   }
 
   tokenId(word: string): number {
-    return this.ids.get(word) ?? UNK_ID;
+    return this.ids.get(word) ?? this.unkId;
   }
 
   /** [<bos>, words..., <eos>, <pad>...] of length maxLength; words past maxLength-2 are dropped, <eos> kept. */
   encode(text: string): Int32Array {
-    const out = new Int32Array(this.maxLength).fill(PAD_ID);
+    const out = new Int32Array(this.maxLength).fill(this.padId);
     const words = splitWords(text).slice(0, this.maxLength - 2);
-    out[0] = BOS_ID;
+    out[0] = this.bosId;
     words.forEach((word, i) => {
       out[i + 1] = this.tokenId(word);
     });
-    out[words.length + 1] = EOS_ID;
+    out[words.length + 1] = this.eosId;
     return out;
   }
 
@@ -98,9 +124,9 @@ export class WordTokenizer {
     const words: string[] = [];
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i]!;
-      if (id === EOS_ID) break;
-      if (id === BOS_ID || id === PAD_ID) continue;
-      words.push(this.vocab[id] ?? SPECIAL_TOKENS[UNK_ID]);
+      if (id === this.eosId) break;
+      if (id === this.bosId || id === this.padId) continue;
+      words.push(this.vocab[id] ?? "<unk>");
     }
     return words.join(" ");
   }
@@ -114,7 +140,7 @@ export class WordTokenizer {
     const out = new Int32Array(batch);
     for (let b = 0; b < batch; b++) {
       const row = ids.subarray(b * this.maxLength, (b + 1) * this.maxLength);
-      const at = row.indexOf(EOS_ID);
+      const at = row.indexOf(this.eosId);
       out[b] = at < 0 ? this.maxLength - 1 : at;
     }
     return out;

@@ -20,8 +20,8 @@ export class FlopCounter implements Layers<Shaped> {
     return this.#shapes.linear(x, name, out, bias);
   }
 
-  conv2d(x: Shaped, name: string, out: number, k: number, stride: number, pad: number): Shaped {
-    const y = this.#shapes.conv2d(x, name, out, k, stride, pad);
+  conv2d(x: Shaped, name: string, out: number, k: number, stride: number, pad: number, bias = true): Shaped {
+    const y = this.#shapes.conv2d(x, name, out, k, stride, pad, bias);
     const [b, , ho, wo] = y.shape as [number, number, number, number];
     this.forward += 2 * b * out * ho * wo * (x.shape[1] ?? 0) * k * k;
     return y;
@@ -66,5 +66,17 @@ export class FlopCounter implements Layers<Shaped> {
   }
   embedding(ids: Shaped, tokName: string, vocab: number, dim: number, posName: string, maxPositions: number): Shaped {
     return this.#shapes.embedding(ids, tokName, vocab, dim, posName, maxPositions);
+  }
+  prependToken(x: Shaped, name: string): Shaped {
+    return this.#shapes.prependToken(x, name);
+  }
+  addPositions(x: Shaped, name: string, maxPositions: number): Shaped {
+    return this.#shapes.addPositions(x, name, maxPositions);
+  }
+  selectTokens(x: Shaped, positions: ArrayLike<number>): Shaped {
+    return this.#shapes.selectTokens(x, positions);
+  }
+  parameter(name: string, shape: readonly number[], value: number): Shaped {
+    return this.#shapes.parameter(name, shape, value);
   }
 }

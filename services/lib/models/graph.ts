@@ -53,10 +53,17 @@ export class Graph implements Layers<Tensor> {
 
   /** Runs the tape backwards from `output` with upstream gradient `seed` (same shape). */
   backward(output: Tensor, seed: Tensor): void {
-    if (seed.shape.join() !== output.shape.join()) {
-      throw new Error(`backward: seed [${seed.shape}] does not match output [${output.shape}]`);
+    this.backwardFrom([[output, seed]]);
+  }
+
+  /** Runs the tape backwards from several outputs at once (CLIP's image and text embeddings). */
+  backwardFrom(seeds: ReadonlyArray<readonly [output: Tensor, seed: Tensor]>): void {
+    for (const [output, seed] of seeds) {
+      if (seed.shape.join() !== output.shape.join()) {
+        throw new Error(`backward: seed [${seed.shape}] does not match output [${output.shape}]`);
+      }
+      this.#commit(output, seed);
     }
-    this.#grads.set(output, seed);
     for (let i = this.#tape.length - 1; i >= 0; i--) this.#tape[i]!();
     this.#tape.length = 0;
   }
@@ -84,8 +91,16 @@ export class Graph implements Layers<Tensor> {
     return p;
   }
 
-  #optionalParam(name: string): ParameterSlot | null {
-    return this.params.lookup(name) ?? null;
+  /** A view of t; views of tensors outside the arena are closed by dispose(). */
+  #view(t: Tensor, offset: number, shape: readonly number[]): Tensor {
+    const v = t.view(offset, shape);
+    if (!v.arena) this.#owned.push(v);
+    return v;
+  }
+
+  /** Row indices [rows, cols] (i32) in the arena. */
+  #ids(values: ArrayLike<number>, shape: readonly number[]): Tensor<"i32"> {
+    return this.engine.fromInt32(Array.from(values), shape, { arena: this.arena });
   }
 
   /** y requires a gradient when any input does or any parameter is trainable. */
@@ -182,9 +197,9 @@ export class Graph implements Layers<Tensor> {
     return y;
   }
 
-  conv2d(x: Tensor, name: string, out: number, k: number, stride: number, pad: number): Tensor {
+  conv2d(x: Tensor, name: string, out: number, k: number, stride: number, pad: number, bias = true): Tensor {
     const w = this.#param(`${name}.weight`);
-    const b = this.#optionalParam(`${name}.bias`);
+    const b = bias ? this.#param(`${name}.bias`) : null;
     const [bs, , h, wd] = x.shape as [number, number, number, number];
     if (w.value.shape[0] !== out || w.value.shape[2] !== k) {
       throw new Error(`${name}.weight is [${w.value.shape}], the model expects ${out} outputs and kernel ${k}`);
@@ -431,5 +446,81 @@ export class Graph implements Layers<Tensor> {
       this.engine.embeddingBackward(tok.grad, pos.grad, gy, idsI32);
     });
     return y;
+  }
+
+  // The token ops below are row gathers: gpu-core's embedding op with a table that is an
+  // activation or a parameter, its backward the matching scatter-add.
+
+  prependToken(x: Tensor, name: string): Tensor {
+    const [b, n, d] = x.shape as [number, number, number];
+    const token = this.#param(name);
+    const zeros = this.#ids(new Int32Array(b), [b, 1]);
+    const front = this.#new([b, 1, d]); // the token in every row of the batch
+    this.engine.embeddingForward(front, zeros, this.#view(token.value, 0, [1, d]), null);
+    const y = this.#new([b, n + 1, d]);
+    this.engine.concatForward(y, front, x);
+    this.#mark(y, [x], [token]);
+    this.#onBackward(y, (gy) => {
+      const dFront = this.#new([b, 1, d]);
+      const dx = this.#new(x.shape);
+      this.engine.concatBackward(dFront, dx, gy);
+      if (token.grad) this.engine.embeddingBackward(this.#view(token.grad, 0, [1, d]), null, dFront, zeros);
+      if (this.#requires.has(x)) this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  addPositions(x: Tensor, name: string, _maxPositions: number): Tensor {
+    const [b, t, d] = x.shape as [number, number, number];
+    const pos = this.#param(name);
+    const rows = this.#ids(
+      Int32Array.from({ length: b * t }, (_, i) => i),
+      [b, t],
+    );
+    const y = this.#new(x.shape);
+    this.engine.embeddingForward(y, rows, this.#view(x, 0, [b * t, d]), pos.value);
+    this.#mark(y, [x], [pos]);
+    this.#onBackward(y, (gy) => {
+      if (pos.grad) this.engine.embeddingBackward(null, pos.grad, gy, rows);
+      // dx = gy exactly; as in add(), the final gy may serve as x's gradient.
+      if (this.#requires.has(x)) {
+        if (this.#grads.has(x)) this.engine.axpby(this.#grads.get(x)!, 1, gy, 1);
+        else this.#grads.set(x, gy);
+      }
+    });
+    return y;
+  }
+
+  selectTokens(x: Tensor, positions: ArrayLike<number>): Tensor {
+    const [b, t, d] = x.shape as [number, number, number];
+    if (positions.length !== b) throw new Error(`selectTokens: ${positions.length} positions for a batch of ${b}`);
+    const rows = this.#ids(
+      Array.from(positions, (p, i) => {
+        if (!Number.isInteger(p) || p < 0 || p >= t) throw new Error(`selectTokens: position ${p} outside [0, ${t})`);
+        return i * t + p;
+      }),
+      [b, 1],
+    );
+    const y = this.#new([b, d]);
+    this.engine.embeddingForward(this.#view(y, 0, [b, 1, d]), rows, this.#view(x, 0, [b * t, d]), null);
+    this.#mark(y, [x]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      if (!dx) return;
+      this.engine.fill(dx, 0);
+      this.engine.embeddingBackward(this.#view(dx, 0, [b * t, d]), null, this.#view(gy, 0, [b, 1, d]), rows);
+      this.#commit(x, dx);
+    });
+    return y;
+  }
+
+  parameter(name: string, _shape: readonly number[], _value: number): Tensor {
+    const p = this.#param(name);
+    if (this.#requires.has(p.value)) return p.value; // already on the tape: one backward step per graph
+    this.#mark(p.value, [], [p]);
+    this.#onBackward(p.value, (gy) => {
+      if (p.grad) this.engine.axpby(p.grad, 1, gy, 1);
+    });
+    return p.value;
   }
 }

@@ -13,16 +13,18 @@ export interface ParameterShape {
   name: string;
   shape: number[];
   /** How a fresh model initialises it (PyTorch defaults). */
-  init: "fan_in" | "ones" | "zeros" | "normal";
+  init: "fan_in" | "ones" | "zeros" | "normal" | "constant";
   fanIn: number;
   std?: number;
+  /** The value of a "constant" initialisation. */
+  value?: number;
 }
 
 export interface Layers<T extends Shaped> {
   /** y[..., out] = x[..., in] W^T + b, parameters `${name}.weight` [out,in] and `${name}.bias`. */
   linear(x: T, name: string, out: number, bias?: boolean): T;
-  /** NCHW conv with square kernel k; `${name}.weight` [out,in,k,k], `${name}.bias` [out]. */
-  conv2d(x: T, name: string, out: number, k: number, stride: number, pad: number): T;
+  /** NCHW conv with square kernel k; `${name}.weight` [out,in,k,k], `${name}.bias` [out] unless bias is false. */
+  conv2d(x: T, name: string, out: number, k: number, stride: number, pad: number, bias?: boolean): T;
   /** Affine group norm over x[B,C,...] (`${name}.weight`, `${name}.bias` [C]). */
   groupNorm(x: T, name: string, groups: number, eps: number): T;
   /** Affine layer norm over the last dim. */
@@ -43,6 +45,14 @@ export interface Layers<T extends Shaped> {
   timestepEmbedding(t: T, dim: number, flipSinToCos: boolean, freqShift: number): T;
   /** ids[B,L] (i32) -> tok[ids] + pos[0..L) with `${tokName}` [vocab,dim], `${posName}` [maxPos,dim]. */
   embedding(ids: T, tokName: string, vocab: number, dim: number, posName: string, maxPositions: number): T;
+  /** x[B,N,D] -> [B,N+1,D] with the learned token `${name}` [D] in front (ViT's class token). */
+  prependToken(x: T, name: string): T;
+  /** x[B,T,D] + `${name}`[0..T) with `${name}` [maxPositions,D] learned positions. */
+  addPositions(x: T, name: string, maxPositions: number): T;
+  /** x[B,T,D] -> [B,D]: row b is x[b, positions[b]] (a class token, a text's eos). */
+  selectTokens(x: T, positions: ArrayLike<number>): T;
+  /** The parameter `name` itself (shape [] is a scalar, a [1] tensor), initialised to `value`. */
+  parameter(name: string, shape: readonly number[], value: number): T;
 }
 
 class Shape implements Shaped {
@@ -85,11 +95,11 @@ export class ShapeRecorder implements Layers<Shaped> {
     return new Shape([...x.shape.slice(0, -1), out]);
   }
 
-  conv2d(x: Shaped, name: string, out: number, k: number, stride: number, pad: number): Shaped {
+  conv2d(x: Shaped, name: string, out: number, k: number, stride: number, pad: number, bias = true): Shaped {
     const [b, c, h, w] = x.shape as [number, number, number, number];
     const fanIn = c * k * k;
     this.#param({ name: `${name}.weight`, shape: [out, c, k, k], init: "fan_in", fanIn });
-    this.#param({ name: `${name}.bias`, shape: [out], init: "fan_in", fanIn });
+    if (bias) this.#param({ name: `${name}.bias`, shape: [out], init: "fan_in", fanIn });
     return new Shape([b, out, Math.floor((h + 2 * pad - k) / stride) + 1, Math.floor((w + 2 * pad - k) / stride) + 1]);
   }
 
@@ -153,5 +163,30 @@ export class ShapeRecorder implements Layers<Shaped> {
     this.#param({ name: tokName, shape: [vocab, dim], init: "normal", fanIn: 1, std: 0.02 });
     this.#param({ name: posName, shape: [maxPositions, dim], init: "normal", fanIn: 1, std: 0.01 });
     return new Shape([...ids.shape, dim]);
+  }
+
+  prependToken(x: Shaped, name: string): Shaped {
+    const [b, n, d] = x.shape as [number, number, number];
+    // transformers' CLIP initialises the class embedding N(0, D^-1/2).
+    this.#param({ name, shape: [d], init: "normal", fanIn: 1, std: d ** -0.5 });
+    return new Shape([b, n + 1, d]);
+  }
+
+  addPositions(x: Shaped, name: string, maxPositions: number): Shaped {
+    const [, t, d] = x.shape as [number, number, number];
+    if (t > maxPositions) fail(`${name}: ${t} tokens exceed ${maxPositions} positions`);
+    this.#param({ name, shape: [maxPositions, d], init: "normal", fanIn: 1, std: 0.02 });
+    return x;
+  }
+
+  selectTokens(x: Shaped, positions: ArrayLike<number>): Shaped {
+    const [b, , d] = x.shape as [number, number, number];
+    if (positions.length !== b) fail(`selectTokens: ${positions.length} positions for a batch of ${b}`);
+    return new Shape([b, d]);
+  }
+
+  parameter(name: string, shape: readonly number[], value: number): Shaped {
+    this.#param({ name, shape: [...shape], init: "constant", fanIn: 1, value });
+    return new Shape(shape.length ? shape : [1]);
   }
 }

@@ -21,7 +21,7 @@ export function allocateParameters(engine: Engine, shapes: readonly ParameterSha
 /**
  * PyTorch's default initialisation in distribution: Linear/Conv weights and biases
  * U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (here a normal of the same variance, from Philox),
- * norms weight 1 bias 0, embeddings N(0, std).
+ * norms weight 1 bias 0, embeddings N(0, std), constants (CLIP's logit_scale) their value.
  */
 export function initialiseParameters(
   engine: Engine,
@@ -34,6 +34,7 @@ export function initialiseParameters(
     const entry = params.get(s.name).entry;
     if (s.init === "ones") engine.fill(v, 1);
     else if (s.init === "zeros") engine.fill(v, 0);
+    else if (s.init === "constant") engine.fill(v, s.value ?? 0);
     else {
       engine.randn(v, seed, entry.offset);
       const std = s.init === "normal" ? (s.std ?? 0.02) : 1 / Math.sqrt(3 * s.fanIn);

@@ -76,3 +76,71 @@ export function emojiTextEncoderConfig(vocabSize: number, hidden = 64, maxLength
 }
 
 export const EMOJI_SCHEDULER: SchedulerConfig = PIXEL_SCHEDULER;
+
+/** Sizes of the emoji CLIP (models/emoji-clip): one width for both towers. */
+export interface EmojiClipSizes {
+  width: number;
+  textLayers: number;
+  visionLayers: number;
+  heads: number;
+  projectionDim: number;
+  imageSize: number;
+  patchSize: number;
+}
+
+export const EMOJI_CLIP_SIZES: EmojiClipSizes = {
+  width: 64,
+  textLayers: 2,
+  visionLayers: 4,
+  heads: 4,
+  projectionDim: 64,
+  imageSize: 32,
+  patchSize: 4,
+};
+
+/**
+ * A transformers CLIPConfig as transformers writes it, for a word tokenizer in the eos-last
+ * layout (its eos_token_id is not the legacy 2, so transformers pools at the first eos).
+ */
+export function emojiClipConfig(
+  tokenizer: { vocabSize: number; maxLength: number; padId: number; bosId: number; eosId: number },
+  sizes: EmojiClipSizes = EMOJI_CLIP_SIZES,
+): Record<string, unknown> {
+  const tower = {
+    attention_dropout: 0.0,
+    hidden_act: "quick_gelu",
+    hidden_size: sizes.width,
+    initializer_factor: 1.0,
+    initializer_range: 0.02,
+    intermediate_size: 4 * sizes.width,
+    layer_norm_eps: 1e-5,
+    num_attention_heads: sizes.heads,
+    projection_dim: sizes.projectionDim,
+  };
+  return {
+    architectures: ["CLIPModel"],
+    model_type: "clip",
+    dtype: "float32",
+    initializer_factor: 1.0,
+    logit_scale_init_value: 2.6592, // ln(1 / 0.07), CLIP's initial temperature
+    projection_dim: sizes.projectionDim,
+    text_config: {
+      ...tower,
+      model_type: "clip_text_model",
+      num_hidden_layers: sizes.textLayers,
+      vocab_size: tokenizer.vocabSize,
+      max_position_embeddings: tokenizer.maxLength,
+      bos_token_id: tokenizer.bosId,
+      eos_token_id: tokenizer.eosId,
+      pad_token_id: tokenizer.padId,
+    },
+    vision_config: {
+      ...tower,
+      model_type: "clip_vision_model",
+      num_hidden_layers: sizes.visionLayers,
+      image_size: sizes.imageSize,
+      patch_size: sizes.patchSize,
+      num_channels: 3,
+    },
+  };
+}

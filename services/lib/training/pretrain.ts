@@ -279,7 +279,12 @@ export async function pretrain(
 }
 
 /** Loss per step and its 50-step running mean, log scale. */
-export async function lossCurve(path: string, losses: readonly number[]): Promise<void> {
+export async function lossCurve(
+  path: string,
+  losses: readonly number[],
+  title = "denoising loss",
+  yLabel = "mse",
+): Promise<void> {
   const window = 50;
   const smooth: Array<[number, number]> = [];
   let sum = 0;
@@ -294,6 +299,6 @@ export async function lossCurve(path: string, losses: readonly number[]): Promis
       { name: "loss", points: losses.map((l, i) => [i + 1, l] as [number, number]) },
       { name: `mean of ${window}`, points: smooth },
     ],
-    { title: "denoising loss", xLabel: "step", yLabel: "mse", logY: true },
+    { title, xLabel: "step", yLabel, logY: true },
   );
 }
