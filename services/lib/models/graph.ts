@@ -461,11 +461,13 @@ export class Graph implements Layers<Tensor> {
     this.engine.concatForward(y, front, x);
     this.#mark(y, [x], [token]);
     this.#onBackward(y, (gy) => {
-      const dFront = this.#new([b, 1, d]);
-      const dx = this.#new(x.shape);
+      const dFront = this.#gradBuffer([b, 1, d]);
+      const dx = this.#gradBuffer(x.shape);
       this.engine.concatBackward(dFront, dx, gy);
       if (token.grad) this.engine.embeddingBackward(this.#view(token.grad, 0, [1, d]), null, dFront, zeros);
+      this.#release(dFront);
       if (this.#requires.has(x)) this.#commit(x, dx);
+      else this.#release(dx);
     });
     return y;
   }
@@ -482,11 +484,8 @@ export class Graph implements Layers<Tensor> {
     this.#mark(y, [x], [pos]);
     this.#onBackward(y, (gy) => {
       if (pos.grad) this.engine.embeddingBackward(null, pos.grad, gy, rows);
-      // dx = gy exactly; as in add(), the final gy may serve as x's gradient.
-      if (this.#requires.has(x)) {
-        if (this.#grads.has(x)) this.engine.axpby(this.#grads.get(x)!, 1, gy, 1);
-        else this.#grads.set(x, gy);
-      }
+      // dx = gy exactly; as in add(), the final gy's storage may serve as x's gradient.
+      if (this.#requires.has(x)) this.#commit(x, this.#share(gy));
     });
     return y;
   }
