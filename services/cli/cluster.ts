@@ -29,6 +29,8 @@ export interface ClusterOptions {
   dataDir: string;
   /** Bind host for the services (default loopback). */
   host?: string;
+  /** Folders besides <dataDir>/runs the Registry may serve checkpoints from (default: models/). */
+  modelRoots?: string[];
   log?: (line: string) => void;
 }
 
@@ -113,7 +115,11 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
 
   try {
     const [registry, rewarder, sampler] = await Promise.all([
-      start("registry", []),
+      start("registry", [
+        "--data-dir",
+        dataDir,
+        ...(options.modelRoots?.length ? ["--model-roots", options.modelRoots.map((r) => resolve(r)).join(",")] : []),
+      ]),
       start("rewarder", []),
       start("sampler", []),
     ]);

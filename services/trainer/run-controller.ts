@@ -23,7 +23,6 @@ import { imageGridPng } from "../lib/plots/image-grid.ts";
 import type { RunSettings } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
-import { sha256File } from "./files.ts";
 
 export interface RunEventPayload {
   kind: "epoch" | "status" | "progress";
@@ -425,10 +424,6 @@ export class RunController {
   async #saveCheckpoint(epoch: number, parent: Policy): Promise<Policy> {
     const dir = join(this.settings.runDir, "checkpoints", `epoch-${String(epoch).padStart(4, "0")}`);
     const saved = await this.#worker.call("save", { dir });
-    const weights = saved.loraDir
-      ? join(saved.loraDir, "adapter_model.safetensors")
-      : join(saved.fullModelDir!, "unet", "diffusion_pytorch_model.safetensors");
-    const { sha256, size } = await sha256File(weights);
     // Rows first: a registered checkpoint means its epoch's trajectories are in the database.
     await this.env.recorder.flush();
     const id = `${this.runId}/epoch-${epoch}`;
@@ -441,8 +436,7 @@ export class RunController {
             runId: this.runId,
             epoch,
             kind: saved.loraDir ? CheckpointKind.LORA : CheckpointKind.FULL,
-            sha256,
-            sizeBytes: BigInt(size),
+            // sha256 and size_bytes left unset: the Registry hashes the folder it will serve.
             location: dir,
           },
         },

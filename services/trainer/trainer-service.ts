@@ -160,18 +160,11 @@ export function trainerService(o: TrainerServiceOptions) {
         throw new ServiceError(Code.FAILED_PRECONDITION, "no Sampler endpoints given or configured");
 
       // The base model is a checkpoint too: the root of the run's lineage.
-      const { sha256, size } = await sha256File(weights);
+      // Its id comes from the UNet weights; the Registry hashes the whole folder it will serve.
+      const { sha256 } = await sha256File(weights);
       const baseId = request.baseCheckpointId || `base-${sha256.slice(0, 16)}`;
       await registry.registerCheckpoint(
-        {
-          checkpoint: {
-            id: baseId,
-            kind: CheckpointKind.BASE,
-            sha256,
-            sizeBytes: BigInt(size),
-            location: baseModelDir,
-          },
-        },
+        { checkpoint: { id: baseId, kind: CheckpointKind.BASE, location: baseModelDir } },
         { timeoutMs: 30_000, waitForReady: true },
       );
       const id = crypto.randomUUID();

@@ -4,7 +4,17 @@
 // exact status code and a message naming the field; afterwards every process is still up, reports
 // SERVING on grpc.health.v1 and answers a valid call.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { cpSync, mkdtempSync, rmSync, truncateSync } from "node:fs";
+import {
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
@@ -67,7 +77,7 @@ beforeAll(async () => {
   const [s, rw, rg] = await Promise.all([
     spawnService("sampler", []),
     spawnService("rewarder", []),
-    spawnService("registry", [], env),
+    spawnService("registry", ["--data-dir", join(scratch, "data")], env),
   ]);
   Object.assign(procs, { sampler: s, rewarder: rw, registry: rg });
   procs.trainer = await spawnService(
@@ -306,16 +316,18 @@ describe("Rewarder", () => {
 });
 
 describe("Registry", () => {
-  const base = { id: "base-1", kind: CheckpointKind.BASE, sha256: SHA, sizeBytes: 1n, location: BASE_MODEL_DIR };
+  const base = { id: "base-1", kind: CheckpointKind.BASE, location: BASE_MODEL_DIR };
 
   test("RegisterCheckpoint: missing fields, bad kind and hash, unknown parent, a conflicting id", async () => {
     const cases: [Record<string, unknown> | undefined, string][] = [
       [undefined, "checkpoint is required"],
       [{ ...base, id: "" }, "checkpoint.id is required"],
       [{ ...base, kind: CheckpointKind.UNSPECIFIED }, "checkpoint.kind must be BASE, FULL or LORA"],
-      [{ ...base, sha256: "xyz" }, "checkpoint.sha256 must be 64 lower-case hex digits"],
+      [{ ...base, sha256: "xyz" }, "checkpoint.sha256 must be 64 lower-case hex digits (or empty)"],
       [{ ...base, location: "" }, "checkpoint.location is required"],
       [{ ...base, id: "lora-1", kind: CheckpointKind.LORA }, "a lora checkpoint needs parent_id"],
+      [{ ...base, sha256: SHA }, `checkpoint.sha256 ${SHA} does not match the files at ${BASE_MODEL_DIR}`],
+      [{ ...base, sizeBytes: 1n }, `checkpoint.size_bytes 1 does not match the files at ${BASE_MODEL_DIR}`],
     ];
     for (const [checkpoint, message] of cases) {
       await expectStatus(registry.registerCheckpoint({ checkpoint }), Code.INVALID_ARGUMENT, message);
@@ -328,10 +340,91 @@ describe("Registry", () => {
       "parent checkpoint nope is not registered",
     );
     expect((await registry.registerCheckpoint({ checkpoint: base })).created).toBe(true);
+    const other = join(scratch, "data", "runs", "other-base");
+    cpSync(join(BASE_MODEL_DIR, "unet"), join(other, "unet"), { recursive: true });
     await expectStatus(
-      registry.registerCheckpoint({ checkpoint: { ...base, sha256: "cd".repeat(32) } }),
+      registry.registerCheckpoint({ checkpoint: { ...base, location: other } }),
       Code.ALREADY_EXISTS,
       /base-1/,
+    );
+  });
+
+  test("RegisterCheckpoint: locations outside the checkpoint roots are refused", async () => {
+    const runs = join(scratch, "data", "runs");
+    const outside = join(scratch, "outside");
+    mkdirSync(outside, { recursive: true });
+    writeFileSync(join(outside, "secret.txt"), "not for clients");
+    // A folder inside the runs root that links to a file outside it, and a link to a folder outside.
+    const leaky = join(runs, "leaky");
+    mkdirSync(leaky, { recursive: true });
+    writeFileSync(join(leaky, "ok.bin"), "fine");
+    symlinkSync(join(outside, "secret.txt"), join(leaky, "secret.txt"));
+    symlinkSync(outside, join(runs, "linked"));
+    const cases: [string, Code, string][] = [
+      ["models/emoji-base", Code.INVALID_ARGUMENT, "checkpoint.location must be an absolute path"],
+      [`${runs}/../../..`, Code.INVALID_ARGUMENT, "checkpoint.location must not contain '..'"],
+      [`${BASE_MODEL_DIR}/../emoji-base`, Code.INVALID_ARGUMENT, "checkpoint.location must not contain '..'"],
+      ["/etc", Code.PERMISSION_DENIED, "checkpoint.location /etc is outside the checkpoint roots"],
+      [outside, Code.PERMISSION_DENIED, `checkpoint.location ${outside} is outside the checkpoint roots`],
+      [join(runs, "linked"), Code.PERMISSION_DENIED, `checkpoint.location ${join(runs, "linked")} is outside`],
+      [leaky, Code.PERMISSION_DENIED, "checkpoint escape: secret.txt (a link) is outside the checkpoint roots"],
+      [
+        join(runs, "missing"),
+        Code.NOT_FOUND,
+        `checkpoint.location: the folder ${join(runs, "missing")} does not exist`,
+      ],
+      [join(leaky, "ok.bin"), Code.INVALID_ARGUMENT, `checkpoint.location: ${join(leaky, "ok.bin")} is not a folder`],
+    ];
+    for (const [location, code, message] of cases) {
+      await expectStatus(
+        registry.registerCheckpoint({ checkpoint: { ...base, id: "escape", location } }),
+        code,
+        new RegExp(`^${message.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`),
+      );
+    }
+    await expectStatus(registry.getCheckpoint({ id: "escape" }), Code.NOT_FOUND, "checkpoint escape is not registered");
+  });
+
+  test("sha256 and size_bytes cover exactly what StreamCheckpoint streams; changed files are DATA_LOSS", async () => {
+    const folder = join(scratch, "data", "runs", "streamed");
+    cpSync(BASE_MODEL_DIR, folder, { recursive: true });
+    const { checkpoint } = await registry.registerCheckpoint({
+      checkpoint: { id: "streamed", kind: CheckpointKind.BASE, location: folder },
+    });
+    const files = new Map<string, Uint8Array[]>();
+    for await (const chunk of registry.streamCheckpoint({ id: "streamed", chunkBytes: 1 << 16 })) {
+      const parts = files.get(chunk.path) ?? [];
+      parts.push(chunk.data);
+      files.set(chunk.path, parts);
+    }
+    // The digest as the proto defines it, computed here from the streamed bytes.
+    const hasher = new Bun.CryptoHasher("sha256");
+    let total = 0;
+    for (const path of [...files.keys()].sort()) {
+      const data = Buffer.concat(files.get(path)!);
+      hasher.update(`${path}\0${data.length}\0`);
+      hasher.update(data);
+      total += data.length;
+      expect(data.equals(readFileSync(join(folder, path)))).toBe(true);
+    }
+    const onDisk = readdirSync(folder, { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
+    expect(files.size).toBe(onDisk.length);
+    expect(checkpoint!.sha256).toBe(hasher.digest("hex"));
+    expect(checkpoint!.sizeBytes).toBe(BigInt(total));
+    // A file changed after registration: the stream ends with DATA_LOSS, not a silent mismatch.
+    writeFileSync(join(folder, "README.md"), "changed");
+    await expectStatus(
+      registry.streamCheckpoint({ id: "streamed" }),
+      Code.DATA_LOSS,
+      /^checkpoint streamed: the files at .* changed since registration/,
+    );
+    // The folder replaced by a link to outside the roots after registration: refused when streamed.
+    rmSync(folder, { recursive: true });
+    symlinkSync("/etc", folder);
+    await expectStatus(
+      registry.streamCheckpoint({ id: "streamed" }),
+      Code.PERMISSION_DENIED,
+      `checkpoint streamed: its location ${folder} is outside the checkpoint roots`,
     );
   });
 
@@ -345,12 +438,14 @@ describe("Registry", () => {
       Code.INVALID_ARGUMENT,
       `chunk_bytes ${64 << 20} is above ${4 << 20}`,
     );
-    const gone = join(scratch, "gone");
+    const gone = join(scratch, "data", "runs", "gone");
+    cpSync(join(BASE_MODEL_DIR, "unet"), gone, { recursive: true });
     await registry.registerCheckpoint({ checkpoint: { ...base, id: "gone", location: gone } });
+    rmSync(gone, { recursive: true });
     await expectStatus(
       registry.streamCheckpoint({ id: "gone" }),
       Code.NOT_FOUND,
-      `checkpoint gone: its folder ${gone} is gone`,
+      `checkpoint gone: its location: the folder ${gone} does not exist`,
     );
     await expectStatus(registry.getLineage({}), Code.INVALID_ARGUMENT, "checkpoint_id is required");
     await expectStatus(
@@ -480,7 +575,7 @@ describe("after all of that", () => {
     expect((await rewarder.listRewards({})).rewards.map((r) => r.name)).toContain("jpeg_compressibility");
     const { scores } = await rewarder.score({ rewardName: "jpeg_compressibility", images: [{ image: image(8, 8) }] });
     expect(scores).toHaveLength(1);
-    expect((await registry.getCheckpoint({ id: "base-1" })).checkpoint?.sha256).toBe(SHA);
+    expect((await registry.getCheckpoint({ id: "base-1" })).checkpoint?.location).toBe(BASE_MODEL_DIR);
 
     // A whole (one-epoch) run through all four services.
     const { run } = await trainer.startRun({ ...start, name: "valid" }, { timeoutMs: 30_000 });

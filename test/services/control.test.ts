@@ -90,7 +90,7 @@ describe("Trainer", () => {
     const [sampler, rewarder, registry] = await Promise.all([
       spawnService("sampler", []),
       spawnService("rewarder", []),
-      spawnService("registry", [], env),
+      spawnService("registry", ["--data-dir", dataDir], env),
     ]);
     procs.push(sampler, rewarder, registry);
     const trainerProc = await spawnService(
