@@ -14,7 +14,7 @@ import {
   registerCheckpoint,
 } from "../lib/db/queries.ts";
 import type { Database } from "../lib/db/schema.ts";
-import { bindService, Code, ServiceError } from "../lib/grpc/index.ts";
+import { bindService, Code, checkedText, echoed, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { checkpointKindFromMessage, checkpointMessage, epochMessage, runMessage } from "../lib/runs/run-messages.ts";
 import { CheckpointDigest, type CheckpointRoots, digestFiles, fileChunks } from "./checkpoint-files.ts";
@@ -31,6 +31,12 @@ export function registryService(db: Kysely<Database>, roots: CheckpointRoots) {
     async registerCheckpoint({ checkpoint: c }) {
       if (!c) invalid("checkpoint is required");
       if (!c.id) invalid("checkpoint.id is required");
+      checkedText(c.id, "checkpoint.id");
+      if (c.parentId !== undefined) checkedText(c.parentId, "checkpoint.parent_id");
+      if (c.runId !== undefined) checkedText(c.runId, "checkpoint.run_id");
+      checkedText(c.location, "checkpoint.location", MAX_PATH_CHARS);
+      // The epochs column is a 32-bit signed integer.
+      if (c.epoch !== undefined && c.epoch > 0x7fffffff) invalid(`checkpoint.epoch ${c.epoch} is above 2^31 - 1`);
       const kind = checkpointKindFromMessage(c.kind);
       if (!kind) invalid("checkpoint.kind must be BASE, FULL or LORA");
       if (c.sha256 && !/^[0-9a-f]{64}$/.test(c.sha256)) {
@@ -52,6 +58,9 @@ export function registryService(db: Kysely<Database>, roots: CheckpointRoots) {
       return databaseCall("RegisterCheckpoint", async () => {
         if (c.parentId && !(await getCheckpoint(db, c.parentId))) {
           throw new ServiceError(Code.NOT_FOUND, `parent checkpoint ${c.parentId} is not registered`);
+        }
+        if (c.runId && !(await getRun(db, c.runId))) {
+          throw new ServiceError(Code.NOT_FOUND, `checkpoint.run_id: run ${c.runId} does not exist`);
         }
         const existed = await getCheckpoint(db, c.id);
         try {
@@ -75,6 +84,7 @@ export function registryService(db: Kysely<Database>, roots: CheckpointRoots) {
 
     async getCheckpoint({ id }) {
       if (!id) invalid("id is required");
+      checkedText(id, "id");
       const row = await databaseCall("GetCheckpoint", () => getCheckpoint(db, id));
       if (!row) throw new ServiceError(Code.NOT_FOUND, `checkpoint ${id} is not registered`);
       return { checkpoint: checkpointMessage(row) };
@@ -82,6 +92,7 @@ export function registryService(db: Kysely<Database>, roots: CheckpointRoots) {
 
     async *streamCheckpoint({ id, chunkBytes }, context) {
       if (!id) invalid("id is required");
+      checkedText(id, "id");
       if (chunkBytes > MAX_CHUNK) invalid(`chunk_bytes ${chunkBytes} is above ${MAX_CHUNK}`);
       const row = await databaseCall("StreamCheckpoint", () => getCheckpoint(db, id));
       if (!row) throw new ServiceError(Code.NOT_FOUND, `checkpoint ${id} is not registered`);
@@ -110,6 +121,7 @@ export function registryService(db: Kysely<Database>, roots: CheckpointRoots) {
 
     async getLineage({ checkpointId }) {
       if (!checkpointId) invalid("checkpoint_id is required");
+      checkedText(checkpointId, "checkpoint_id");
       const chain = await databaseCall("GetLineage", () => checkpointLineage(db, checkpointId));
       if (chain.length === 0) throw new ServiceError(Code.NOT_FOUND, `checkpoint ${checkpointId} is not registered`);
       return { ancestry: chain.map(checkpointMessage) };
@@ -117,8 +129,9 @@ export function registryService(db: Kysely<Database>, roots: CheckpointRoots) {
 
     async listRuns({ pageSize, pageToken }) {
       const size = Math.min(pageSize || 50, 500);
-      const offset = pageToken ? Number(pageToken) : 0;
-      if (!Number.isInteger(offset) || offset < 0) invalid(`page_token '${pageToken}' is not one this service gave`);
+      // Tokens this service gives are offsets; nine digits keep LIMIT well inside Postgres's bigint.
+      const offset = pageToken && /^\d{1,9}$/.test(pageToken) ? Number(pageToken) : pageToken ? -1 : 0;
+      if (offset < 0) invalid(`page_token '${echoed(pageToken)}' is not one this service gave`);
       return databaseCall("ListRuns", async () => {
         const runs = await listRuns(db, { limit: offset + size + 1 });
         const page = runs.slice(offset, offset + size);
@@ -129,6 +142,7 @@ export function registryService(db: Kysely<Database>, roots: CheckpointRoots) {
 
     async getRun({ runId }) {
       if (!runId) invalid("run_id is required");
+      checkedText(runId, "run_id");
       return databaseCall("GetRun", async () => {
         const run = await getRun(db, runId);
         if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);

@@ -1,7 +1,7 @@
 // Rewarder handlers: the reward library behind the ddpo.v1.Rewarder contract. Every request is
 // checked before scoring (known reward, one size for the batch, RGB bytes that match it).
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
-import { bindService, Code, ServiceError } from "../lib/grpc/index.ts";
+import { bindService, Code, checkedText, ServiceError } from "../lib/grpc/index.ts";
 import { listRewards, type RewardFunction, rewardByName } from "../lib/rewards/index.ts";
 
 /** Largest image side accepted, in pixels (the JPEG rewards encode every image). */
@@ -25,6 +25,7 @@ export function rewarderService() {
     listRewards: () => ({ rewards: listRewards() }),
     async score(request) {
       if (!request.rewardName) throw new ServiceError(Code.INVALID_ARGUMENT, "reward_name is required");
+      checkedText(request.rewardName, "reward_name");
       const fn = reward(request.rewardName);
       const n = request.images.length;
       if (n === 0) throw new ServiceError(Code.INVALID_ARGUMENT, "images is empty; score at least one image");

@@ -3,7 +3,7 @@
 // checks and cancellation answer while a batch computes.
 import { create } from "@bufbuild/protobuf";
 import { Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
-import { bindService, Code, ServiceError } from "../lib/grpc/index.ts";
+import { bindService, Code, checkedText, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import type { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { SamplerWorkerHandlers } from "./engine-worker.ts";
 
@@ -25,6 +25,10 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
       if (!request.checkpointId) invalid("checkpoint_id is required");
       if (!request.baseModelDir) invalid("base_model_dir is required");
       if (request.loraDir && request.fullModelDir) invalid("give lora_dir or full_model_dir, not both");
+      checkedText(request.checkpointId, "checkpoint_id");
+      checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
+      checkedText(request.loraDir ?? "", "lora_dir", MAX_PATH_CHARS);
+      checkedText(request.fullModelDir ?? "", "full_model_dir", MAX_PATH_CHARS);
       const started = performance.now();
       try {
         await worker.call("load", {
@@ -50,6 +54,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
     async *sample(request, context) {
       const n = request.prompts.length;
       if (n === 0) invalid("prompts is empty");
+      checkedText(request.checkpointId, "checkpoint_id");
       if (n > MAX_PROMPTS) invalid(`${n} prompts; at most ${MAX_PROMPTS} per call`);
       if (request.seeds.length !== n) invalid(`${request.seeds.length} seeds for ${n} prompts (one seed per prompt)`);
       const long = request.prompts.findIndex((p) => p.length > MAX_PROMPT_CHARS);

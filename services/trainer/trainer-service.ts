@@ -14,7 +14,16 @@ import { createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/qu
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { listPromptSets } from "../lib/ddpo/prompts.ts";
-import { bindService, type ClientOptions, Code, createClient, ServiceError } from "../lib/grpc/index.ts";
+import {
+  bindService,
+  type ClientOptions,
+  Code,
+  checkedText,
+  createClient,
+  echoed,
+  MAX_PATH_CHARS,
+  ServiceError,
+} from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { ddpoConfigFromMessage, epochMessage, type RunSettings, runMessage } from "../lib/runs/run-messages.ts";
 import { sha256File } from "./files.ts";
@@ -68,7 +77,7 @@ async function assertRewardServed(r: RewardSpec, i: number, o: TrainerServiceOpt
       const names = rewards.map((known) => known.name).join(", ");
       throw new ServiceError(
         Code.NOT_FOUND,
-        `rewards[${i}]: the Rewarder at ${address} has no reward '${r.name}'; it has: ${names}`,
+        `rewards[${i}]: the Rewarder at ${address} has no reward '${r.name}'; it has: ${echoed(names)}`,
       );
     }
   } catch (e) {
@@ -122,6 +131,17 @@ export function trainerService(o: TrainerServiceOptions) {
   const service = bindService(Trainer, {
     async startRun(request) {
       if (!request.baseModelDir) invalid("base_model_dir is required");
+      checkedText(request.name, "name");
+      checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
+      if (request.baseCheckpointId !== undefined) checkedText(request.baseCheckpointId, "base_checkpoint_id");
+      checkedText(request.promptSet, "prompt_set");
+      request.rewards.forEach((r, i) => {
+        checkedText(r.rewardName, `rewards[${i}].reward_name`);
+        checkedText(r.endpoint, `rewards[${i}].endpoint`);
+      });
+      request.samplerEndpoints.forEach((e, i) => {
+        checkedText(e, `sampler_endpoints[${i}]`);
+      });
       const baseModelDir = resolve(request.baseModelDir);
       const weights = join(baseModelDir, "unet", "diffusion_pytorch_model.safetensors");
       if (!existsSync(weights))
@@ -193,6 +213,7 @@ export function trainerService(o: TrainerServiceOptions) {
 
     async *watchRun({ runId, fromEpoch }, context) {
       if (!runId) invalid("run_id is required");
+      checkedText(runId, "run_id");
       const run = await databaseCall("WatchRun", () => getRun(o.db, runId));
       if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
       // Subscribe before reading history so no epoch falls between the two.
@@ -239,6 +260,7 @@ export function trainerService(o: TrainerServiceOptions) {
 
     async stopRun({ runId, immediate }) {
       if (!runId) invalid("run_id is required");
+      checkedText(runId, "run_id");
       const controller = controllers.get(runId);
       if (controller) await controller.stop(immediate);
       return runResponse(runId);
@@ -246,6 +268,7 @@ export function trainerService(o: TrainerServiceOptions) {
 
     async resumeRun({ runId, epochs }) {
       if (!runId) invalid("run_id is required");
+      checkedText(runId, "run_id");
       if (epochs !== undefined && !(epochs >= 1)) invalid("epochs must be >= 1");
       await resume(runId, epochs);
       return runResponse(runId);
@@ -253,6 +276,7 @@ export function trainerService(o: TrainerServiceOptions) {
 
     async getRun({ runId }) {
       if (!runId) invalid("run_id is required");
+      checkedText(runId, "run_id");
       const response = await runResponse(runId);
       return { ...response, epochs: (await listEpochs(o.db, runId)).map(epochMessage) };
     },

@@ -455,6 +455,48 @@ describe("Registry", () => {
     );
   });
 
+  test("NUL bytes, huge numbers, unknown runs and 100k-character ids: clear errors, no database text", async () => {
+    const long = "x".repeat(100_000);
+    const cases: [Record<string, unknown>, Code, string][] = [
+      [{ ...base, id: "a\0b" }, Code.INVALID_ARGUMENT, "checkpoint.id must not contain a NUL character"],
+      [{ ...base, id: long }, Code.INVALID_ARGUMENT, "checkpoint.id is 100000 characters; at most 200"],
+      [{ ...base, id: "r", runId: "no-such-run" }, Code.NOT_FOUND, "checkpoint.run_id: run no-such-run does not exist"],
+      [
+        { ...base, id: "r", epoch: 2 ** 32 - 1 },
+        Code.INVALID_ARGUMENT,
+        `checkpoint.epoch ${2 ** 32 - 1} is above 2^31 - 1`,
+      ],
+      [
+        { ...base, id: "r", sizeBytes: 2n ** 64n - 1n },
+        Code.INVALID_ARGUMENT,
+        `checkpoint.size_bytes ${2n ** 64n - 1n} does not match the files at ${BASE_MODEL_DIR}`,
+      ],
+    ];
+    for (const [checkpoint, code, message] of cases) {
+      await expectStatus(registry.registerCheckpoint({ checkpoint }), code, message);
+    }
+    const tooLong = "id is 100000 characters; at most 200";
+    await expectStatus(registry.getCheckpoint({ id: long }), Code.INVALID_ARGUMENT, tooLong);
+    await expectStatus(registry.streamCheckpoint({ id: long }), Code.INVALID_ARGUMENT, tooLong);
+    await expectStatus(
+      registry.getCheckpoint({ id: "a\0b" }),
+      Code.INVALID_ARGUMENT,
+      "id must not contain a NUL character",
+    );
+    await expectStatus(registry.getRun({ runId: long }), Code.INVALID_ARGUMENT, `run_${tooLong}`);
+    await expectStatus(registry.getLineage({ checkpointId: long }), Code.INVALID_ARGUMENT, `checkpoint_${tooLong}`);
+    await expectStatus(
+      registry.listRuns({ pageToken: long }),
+      Code.INVALID_ARGUMENT,
+      `page_token '${"x".repeat(200)}... (100000 characters)' is not one this service gave`,
+    );
+    await expectStatus(
+      registry.listRuns({ pageToken: "99999999999999999999" }),
+      Code.INVALID_ARGUMENT,
+      "page_token '99999999999999999999' is not one this service gave",
+    );
+  });
+
   test("ListRuns with a page token it never gave; GetRun of a missing and an unknown run", async () => {
     for (const token of ["abc", "-1", "1.5"]) {
       await expectStatus(
@@ -541,6 +583,44 @@ describe("Trainer", () => {
     );
     // None of the refused requests left a run behind.
     expect((await registry.listRuns({})).runs).toHaveLength(0);
+  });
+
+  test("StartRun and GetRun: NUL bytes and oversized names are INVALID_ARGUMENT, never database text", async () => {
+    await expectStatus(
+      trainer.startRun({ ...start, name: "a\0b" }),
+      Code.INVALID_ARGUMENT,
+      "name must not contain a NUL character",
+    );
+    await expectStatus(
+      trainer.startRun({ ...start, rewards: [{ rewardName: "r".repeat(8000) }] }),
+      Code.INVALID_ARGUMENT,
+      "rewards[0].reward_name is 8000 characters; at most 200",
+    );
+    await expectStatus(
+      trainer.startRun({ ...start, baseCheckpointId: "b\0" }),
+      Code.INVALID_ARGUMENT,
+      "base_checkpoint_id must not contain a NUL character",
+    );
+    await expectStatus(
+      trainer.getRun({ runId: "x".repeat(100_000) }),
+      Code.INVALID_ARGUMENT,
+      "run_id is 100000 characters; at most 200",
+    );
+    await expectStatus(
+      trainer.getRun({ runId: "a\0" }),
+      Code.INVALID_ARGUMENT,
+      "run_id must not contain a NUL character",
+    );
+    await expectStatus(
+      rewarder.score({ rewardName: "r".repeat(100_000), images: [{ image: image(8, 8) }] }),
+      Code.INVALID_ARGUMENT,
+      "reward_name is 100000 characters; at most 200",
+    );
+    await expectStatus(
+      sampler.sample({ prompts: ["a"], seeds: [1n], checkpointId: "c".repeat(100_000) }),
+      Code.INVALID_ARGUMENT,
+      "checkpoint_id is 100000 characters; at most 200",
+    );
   });
 
   test("WatchRun, StopRun, ResumeRun, GetRun: missing and unknown run ids", async () => {

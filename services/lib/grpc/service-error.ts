@@ -27,6 +27,18 @@ export class ServiceError extends Error {
   }
 }
 
+/**
+ * Longest status message sent: grpc-js percent-encodes it into a trailer, and one over its
+ * metadata limit (a few KiB) turns the status into RESOURCE_EXHAUSTED or a reset stream.
+ */
+export const MAX_DETAILS_CHARS = 1000;
+
+function bounded(details: string): string {
+  return details.length <= MAX_DETAILS_CHARS
+    ? details
+    : `${details.slice(0, MAX_DETAILS_CHARS)}... (${details.length} characters)`;
+}
+
 /** The status a failed call answers with; `unexpected` is true when it should be logged as a bug. */
 export interface FailureStatus {
   code: Code;
@@ -41,13 +53,18 @@ export interface FailureStatus {
  */
 export function failureStatus(error: unknown, signal?: AbortSignal): FailureStatus {
   if (error instanceof ServiceError) {
-    return { code: error.code, details: error.message, metadata: error.metadata, unexpected: false };
+    return { code: error.code, details: bounded(error.message), metadata: error.metadata, unexpected: false };
   }
   if (signal?.aborted && (error === signal.reason || (error instanceof Error && error.name === "AbortError"))) {
     return { code: Code.CANCELLED, details: "call cancelled", metadata: new Metadata(), unexpected: false };
   }
   const details = error instanceof Error ? error.message : String(error);
-  return { code: Code.INTERNAL, details: details || "internal error", metadata: new Metadata(), unexpected: true };
+  return {
+    code: Code.INTERNAL,
+    details: bounded(details) || "internal error",
+    metadata: new Metadata(),
+    unexpected: true,
+  };
 }
 
 /** A grpc-js client error ({ code, details, metadata }) as a ServiceError. */
