@@ -3,14 +3,11 @@
 // checks and cancellation answer while a batch computes.
 import { create } from "@bufbuild/protobuf";
 import { Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
+import { SAMPLING_LIMITS, samplingProblems } from "../lib/diffusion/sampling-limits.ts";
 import { bindService, Code, checkedText, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import type { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { SamplerWorkerHandlers } from "./engine-worker.ts";
 
-/** Limits on one Sample call, so a request cannot pin the engine for hours. */
-const MAX_PROMPTS = 4096;
-const MAX_STEPS = 1000;
-const MAX_PROMPT_CHARS = 1000;
 const DEFAULTS = { steps: 20, guidance: 3, eta: 1, batchSize: 8 };
 
 function invalid(message: string): never {
@@ -55,24 +52,22 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
       const n = request.prompts.length;
       if (n === 0) invalid("prompts is empty");
       checkedText(request.checkpointId, "checkpoint_id");
-      if (n > MAX_PROMPTS) invalid(`${n} prompts; at most ${MAX_PROMPTS} per call`);
       if (request.seeds.length !== n) invalid(`${request.seeds.length} seeds for ${n} prompts (one seed per prompt)`);
-      const long = request.prompts.findIndex((p) => p.length > MAX_PROMPT_CHARS);
-      if (long >= 0) invalid(`prompts[${long}] is longer than ${MAX_PROMPT_CHARS} characters`);
+      const long = request.prompts.findIndex((p) => p.length > SAMPLING_LIMITS.maxPromptChars);
+      if (long >= 0) invalid(`prompts[${long}] is longer than ${SAMPLING_LIMITS.maxPromptChars} characters`);
       const seeds = request.seeds.map((s, i) => {
         if (s >= 2n ** 52n) invalid(`seeds[${i}] = ${s} is not below 2^52`);
         return Number(s);
       });
       const steps = request.steps ?? DEFAULTS.steps;
-      if (!(steps >= 1 && steps <= MAX_STEPS)) invalid(`steps must be in 1..${MAX_STEPS}, got ${steps}`);
       const guidance = request.guidance ?? DEFAULTS.guidance;
-      if (!(Number.isFinite(guidance) && guidance >= 1))
-        invalid(`guidance must be a finite number >= 1, got ${guidance}`);
       const eta = request.eta ?? DEFAULTS.eta;
-      if (!(Number.isFinite(eta) && eta > 0))
-        invalid(`eta must be a finite number > 0 (the policy needs a log-prob), got ${eta}`);
       const batchSize = request.batchSize || DEFAULTS.batchSize;
-      if (batchSize > 256) invalid(`batch_size ${batchSize} is above 256`);
+      const problems = samplingProblems(
+        { samples: n, steps, guidance, eta, batchSize },
+        { samples: "the number of prompts", steps: "steps", guidance: "guidance", eta: "eta", batchSize: "batch_size" },
+      );
+      if (problems.length) invalid(problems.join("; "));
       if (!loaded) throw new ServiceError(Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
       if (request.checkpointId && request.checkpointId !== loaded) {
         throw new ServiceError(

@@ -238,14 +238,18 @@ describe("Sampler", () => {
       [{ prompts: ["a"], seeds: [] }, "0 seeds for 1 prompts (one seed per prompt)"],
       [{ prompts: ["a".repeat(1001)], seeds: [1n] }, "prompts[0] is longer than 1000 characters"],
       [{ ...ok, seeds: [2n ** 60n] }, `seeds[0] = ${2n ** 60n} is not below 2^52`],
-      [{ ...ok, steps: 0 }, "steps must be in 1..1000, got 0"],
-      [{ ...ok, steps: 5000 }, "steps must be in 1..1000, got 5000"],
+      [{ ...ok, steps: 0 }, "steps must be an integer in 1..1000, got 0"],
+      [{ ...ok, steps: 5000 }, "steps must be an integer in 1..1000, got 5000"],
       [{ ...ok, guidance: Number.NaN }, "guidance must be a finite number >= 1, got NaN"],
       [{ ...ok, guidance: Number.POSITIVE_INFINITY }, "guidance must be a finite number >= 1, got Infinity"],
       [{ ...ok, guidance: 0.5 }, "guidance must be a finite number >= 1, got 0.5"],
       [{ ...ok, eta: 0 }, "eta must be a finite number > 0 (the policy needs a log-prob), got 0"],
       [{ ...ok, eta: Number.NaN }, "eta must be a finite number > 0 (the policy needs a log-prob), got NaN"],
-      [{ ...ok, batchSize: 1000 }, "batch_size 1000 is above 256"],
+      [{ ...ok, batchSize: 1000 }, "batch_size must be an integer in 1..256, got 1000"],
+      [
+        { prompts: Array(4097).fill("a"), seeds: Array(4097).fill(1n) },
+        "the number of prompts must be an integer in 1..4096, got 4097",
+      ],
     ];
     for (const [request, message] of cases) {
       await expectStatus(sampler.sample({ checkpointId: "good", ...request }), Code.INVALID_ARGUMENT, message);
@@ -543,15 +547,29 @@ describe("Trainer", () => {
     const cases: [Record<string, unknown>, RegExp][] = [
       [{ lr: Number.NaN }, /lr must be > 0/],
       [{ lr: Number.POSITIVE_INFINITY }, /config\.lr must be finite/],
-      [{ eta: 0 }, /eta must be > 0/],
-      [{ eta: Number.NaN }, /eta must be > 0/],
-      [{ guidance: Number.NaN }, /guidance must be >= 1/],
-      [{ guidance: Number.POSITIVE_INFINITY }, /config\.guidance must be finite/],
+      [{ eta: 0 }, /eta must be a finite number > 0/],
+      [{ eta: Number.NaN }, /eta must be a finite number > 0/],
+      [{ guidance: Number.NaN }, /guidance must be a finite number >= 1, got NaN/],
+      [{ guidance: Number.POSITIVE_INFINITY }, /guidance must be a finite number >= 1, got Infinity/],
       [{ clipRange: Number.NaN }, /clipRange must be >= 0/],
       [{ timestepFraction: 1.5 }, /timestepFraction must be in \(0, 1\]/],
-      [{ sampleBatchSize: 0 }, /sampleBatchSize must be a positive integer/],
+      [{ sampleBatchSize: 0 }, /sampleBatchSize must be an integer in 1..256, got 0/],
+      // What the Sampler would refuse mid-run is refused here (the same limits).
+      [{ sampleBatchSize: 1e9 }, /sampleBatchSize must be an integer in 1..256, got 1000000000/],
+      [
+        { sampleBatchSize: 250, sampleBatchesPerEpoch: 20 },
+        /samples per epoch \(sampleBatchSize x sampleBatchesPerEpoch\) must be an integer in 1..4096, got 5000/,
+      ],
+      [{ steps: 2000 }, /steps must be an integer in 1..1000, got 2000/],
+      [{ steps: 1e6 }, /steps must be an integer in 1..1000, got 1000000/],
+      [{ finetune: { case: "lora", value: { rank: 0, alpha: 1 } } }, /lora\.rank must be an integer in 1..256, got 0/],
+      [{ trainBatchSize: 1e6 }, /trainBatchSize must be a positive integer at most 256/],
+      [{ innerEpochs: 1e6 }, /innerEpochs must be a positive integer at most 100/],
       [{ loss: 99 }, /config\.loss: unknown value 99/],
-      [{ finetune: { case: "lora", value: { rank: 2, alpha: Number.NaN } } }, /config\.lora\.alpha must be finite/],
+      [
+        { finetune: { case: "lora", value: { rank: 2, alpha: Number.NaN } } },
+        /lora\.alpha must be a finite number > 0, got NaN/,
+      ],
     ];
     for (const [config, message] of cases) {
       await expectStatus(
