@@ -5,8 +5,10 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
+import { loadIntoParameters } from "../lib/checkpoints/model-folder.ts";
 import { promptSetByName } from "../lib/ddpo/prompts.ts";
 import { type DdpoConfig, DdpoTrainer, type SampleBatchPlan, type UpdateStats } from "../lib/ddpo/trainer.ts";
+import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { serveWorkerHandlers } from "../lib/workers/worker-rpc.ts";
 
@@ -14,6 +16,8 @@ export interface TrainerInit {
   baseModelDir: string;
   config: DdpoConfig;
   promptSet: string;
+  /** The policy to start from instead of the base model: an earlier run's LoRA or full checkpoint. */
+  start?: { loraDir?: string; fullModelDir?: string };
 }
 
 export interface EpochUpdateArgs {
@@ -45,6 +49,22 @@ const handlers = {
     const model = TextToImageModel.load(engine, args.baseModelDir);
     const prompts = await promptSetByName(args.promptSet);
     trainer = new DdpoTrainer(engine, model, args.config, null, prompts);
+    if (args.start?.loraDir) {
+      if (!trainer.lora) throw new Error("a LoRA checkpoint to start from, but the run fine-tunes the whole UNet");
+      const loaded = LoraAdapterSet.load(engine, model.unetShapes, args.start.loraDir);
+      try {
+        const [want, got] = [trainer.lora.settings, loaded.settings];
+        if (want.rank !== got.rank || loaded.params.total !== trainer.lora.params.total) {
+          throw new Error(`${args.start.loraDir}: LoRA rank ${got.rank}, but the run's config has rank ${want.rank}`);
+        }
+        trainer.lora.params.values.write(loaded.params.values.read());
+      } finally {
+        loaded.close();
+      }
+    } else if (args.start?.fullModelDir) {
+      if (trainer.lora) throw new Error("a full fine-tuned checkpoint to start from, but the run trains LoRA adapters");
+      loadIntoParameters(model.unet, join(args.start.fullModelDir, "unet", "diffusion_pytorch_model.safetensors"));
+    }
     return { epoch: 0, backend: engine.backend, lora: trainer.lora !== null };
   },
 

@@ -15,7 +15,7 @@ import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import { epochRows } from "../lib/db/epoch-rows.ts";
-import { listCheckpoints, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
+import { getCheckpoint, listCheckpoints, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { type ClientOptions, Code, createClient, type ServiceClient, ServiceError } from "../lib/grpc/index.ts";
@@ -150,12 +150,14 @@ export class RunController {
   async #run(): Promise<void> {
     try {
       await this.#setStatus("running");
+      const start = await this.#startingPolicy();
       await this.#worker.call("init", {
         baseModelDir: this.settings.baseModelDir,
         config: this.settings.ddpo,
         promptSet: this.promptSet,
+        start,
       });
-      let policy = await this.#restoreLatest();
+      let policy = await this.#restoreLatest(start);
       let epoch = policy.epoch;
       while (epoch < this.settings.epochs && !this.#stopRequested) {
         policy = await this.#epoch(epoch + 1, policy);
@@ -172,11 +174,23 @@ export class RunController {
     }
   }
 
-  /** The run's newest registered checkpoint, restored into the worker; the base when none. */
-  async #restoreLatest(): Promise<Policy> {
+  /**
+   * Where the policy's weights are in the checkpoint the run starts from: none for a base model,
+   * the folder's lora/ or model/ when it continues an earlier run's policy.
+   */
+  async #startingPolicy(): Promise<{ loraDir?: string; fullModelDir?: string }> {
+    const base = await getCheckpoint(this.env.db, this.baseCheckpointId);
+    if (!base) throw new Error(`base checkpoint ${this.baseCheckpointId} is not registered`);
+    if (base.kind === "lora") return { loraDir: join(base.location, "lora") };
+    if (base.kind === "full") return { fullModelDir: join(base.location, "model") };
+    return {};
+  }
+
+  /** The run's newest registered checkpoint, restored into the worker; the starting policy when none. */
+  async #restoreLatest(start: { loraDir?: string; fullModelDir?: string }): Promise<Policy> {
     const mine = (await listCheckpoints(this.env.db, { runId: this.runId })).filter((c) => c.kind !== "base");
     const latest = mine.sort((a, b) => (a.epoch ?? 0) - (b.epoch ?? 0)).at(-1);
-    if (!latest) return { id: this.baseCheckpointId, epoch: 0 };
+    if (!latest) return { id: this.baseCheckpointId, epoch: 0, ...start };
     const { epoch } = await this.#worker.call("restore", { dir: latest.location });
     const lora = this.settings.ddpo.lora !== null;
     return {

@@ -2,6 +2,7 @@
 // engine work happens in its own worker; this thread validates requests, records runs in
 // Postgres and streams epoch events to watchers.
 import { existsSync } from "node:fs";
+import { readFile, realpath } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
@@ -10,10 +11,11 @@ import { CheckpointKind, RunStatus as RunStatusMessage } from "../gen/ddpo/v1/co
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { type RunEventSchema, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
-import { createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
+import { checkpointLineage, createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { listPromptSets } from "../lib/ddpo/prompts.ts";
+import type { DdpoConfig } from "../lib/ddpo/trainer.ts";
 import {
   bindService,
   type ClientOptions,
@@ -87,6 +89,39 @@ async function assertRewardServed(r: RewardSpec, i: number, o: TrainerServiceOpt
     throw e;
   } finally {
     rewarder.close();
+  }
+}
+
+/**
+ * A registered checkpoint a new run may start from: NOT_FOUND when it is not registered; its
+ * lineage must end at the base model in `baseModelDir`, and a LoRA checkpoint needs a LoRA run of
+ * the same rank (a full one a full run), since the run continues that policy.
+ */
+async function assertContinuable(db: Kysely<Database>, id: string, baseModelDir: string, config: DdpoConfig) {
+  const chain = await databaseCall("StartRun", () => checkpointLineage(db, id));
+  const start = chain[0];
+  const root = chain.at(-1);
+  if (!start || !root) throw new ServiceError(Code.NOT_FOUND, `base_checkpoint_id ${id} is not registered`);
+  const [rootDir, givenDir] = await Promise.all([
+    realpath(root.location).catch(() => root.location),
+    realpath(baseModelDir),
+  ]);
+  if (root.kind !== "base" || rootDir !== givenDir) {
+    invalid(
+      `base_checkpoint_id ${id} descends from ${root.id} at ${root.location}, not from base_model_dir ${baseModelDir}`,
+    );
+  }
+  if (start.kind === "full" && config.lora) invalid(`base_checkpoint_id ${id} is a full fine-tune; set config.full`);
+  if (start.kind === "lora") {
+    if (!config.lora) invalid(`base_checkpoint_id ${id} is a LoRA checkpoint; config must fine-tune LoRA`);
+    const adapter = await readFile(join(start.location, "lora", "adapter_config.json"), "utf8")
+      .then((text) => JSON.parse(text) as { r?: unknown })
+      .catch(() => null);
+    if (adapter?.r !== config.lora.rank) {
+      invalid(
+        `base_checkpoint_id ${id} has LoRA rank ${adapter?.r ?? "unknown"}; config.lora.rank is ${config.lora.rank}`,
+      );
+    }
   }
 }
 
@@ -179,14 +214,18 @@ export function trainerService(o: TrainerServiceOptions) {
       if (samplers.length === 0)
         throw new ServiceError(Code.FAILED_PRECONDITION, "no Sampler endpoints given or configured");
 
-      // The base model is a checkpoint too: the root of the run's lineage.
-      // Its id comes from the UNet weights; the Registry hashes the whole folder it will serve.
-      const { sha256 } = await sha256File(weights);
-      const baseId = request.baseCheckpointId || `base-${sha256.slice(0, 16)}`;
-      await registry.registerCheckpoint(
-        { checkpoint: { id: baseId, kind: CheckpointKind.BASE, location: baseModelDir } },
-        { timeoutMs: 30_000, waitForReady: true },
-      );
+      let baseId = request.baseCheckpointId ?? "";
+      if (baseId) {
+        await assertContinuable(o.db, baseId, baseModelDir, config);
+      } else {
+        // The base model is a checkpoint too: the root of the run's lineage. Its id comes from the
+        // UNet weights; the Registry hashes the whole folder it will serve.
+        baseId = `base-${(await sha256File(weights)).sha256.slice(0, 16)}`;
+        await registry.registerCheckpoint(
+          { checkpoint: { id: baseId, kind: CheckpointKind.BASE, location: baseModelDir } },
+          { timeoutMs: 30_000, waitForReady: true },
+        );
+      }
       const id = crypto.randomUUID();
       const settings: RunSettings = {
         ddpo: config,

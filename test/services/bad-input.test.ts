@@ -25,6 +25,7 @@ import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
 import { DdpoLoss } from "../../services/gen/ddpo/v1/run_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
+import { readSafetensors } from "../../services/lib/checkpoints/safetensors.ts";
 import {
   Code,
   createClient,
@@ -55,6 +56,8 @@ const TINY_CONFIG = {
 let pg: TestPostgres;
 let scratch: string;
 let truncatedModel: string;
+/** The one-epoch run that completes at the end of the bad-input tests. */
+let validRunId: string;
 const procs: Record<"sampler" | "rewarder" | "registry" | "trainer", ServiceProcess> = {} as never;
 let sampler: ServiceClient<(typeof Sampler)["method"]>;
 let rewarder: ServiceClient<(typeof Rewarder)["method"]>;
@@ -684,5 +687,83 @@ describe("after all of that", () => {
     expect((await registry.getRun({ runId: run!.id })).epochs).toHaveLength(1);
     expect((await sampler.getStatus({})).checkpointId).not.toBe("");
     for (const [name, p] of Object.entries(procs)) expect(p.proc.exitCode, name).toBeNull();
+    validRunId = run!.id;
+  }, 60_000);
+});
+
+describe("base_checkpoint_id", () => {
+  test("an unregistered id is NOT_FOUND and registers nothing; a mismatched kind or rank is INVALID_ARGUMENT", async () => {
+    await expectStatus(
+      trainer.startRun({ ...start, baseCheckpointId: "never-registered" }),
+      Code.NOT_FOUND,
+      "base_checkpoint_id never-registered is not registered",
+    );
+    await expectStatus(
+      registry.getCheckpoint({ id: "never-registered" }),
+      Code.NOT_FOUND,
+      "checkpoint never-registered is not registered",
+    );
+    const earlier = `${validRunId}/epoch-1`;
+    await expectStatus(
+      trainer.startRun({
+        ...start,
+        baseCheckpointId: earlier,
+        config: { ...TINY_CONFIG, finetune: { case: "full", value: {} } },
+      }),
+      Code.INVALID_ARGUMENT,
+      `base_checkpoint_id ${earlier} is a LoRA checkpoint; config must fine-tune LoRA`,
+    );
+    await expectStatus(
+      trainer.startRun({
+        ...start,
+        baseCheckpointId: earlier,
+        config: { ...TINY_CONFIG, finetune: { case: "lora", value: { rank: 3, alpha: 3 } } },
+      }),
+      Code.INVALID_ARGUMENT,
+      `base_checkpoint_id ${earlier} has LoRA rank 2; config.lora.rank is 3`,
+    );
+    await expectStatus(
+      trainer.startRun({ ...start, baseModelDir: truncatedModel, baseCheckpointId: earlier }),
+      Code.INVALID_ARGUMENT,
+      new RegExp(
+        `^base_checkpoint_id ${earlier} descends from base-\\w+ at ${BASE_MODEL_DIR}, not from base_model_dir ${truncatedModel}$`,
+      ),
+    );
+  });
+
+  test("an earlier run's LoRA checkpoint: the new run continues that policy, lineage through both runs", async () => {
+    const earlier = `${validRunId}/epoch-1`;
+    // Another seed: a fresh LoRA init would differ from the earlier run's adapters everywhere.
+    const { run } = await trainer.startRun(
+      { ...start, name: "continued", baseCheckpointId: earlier, config: { ...TINY_CONFIG, seed: 99 } },
+      { timeoutMs: 30_000 },
+    );
+    expect(run!.baseCheckpointId).toBe(earlier);
+    const events = [];
+    for await (const e of trainer.watchRun({ runId: run!.id }, { timeoutMs: 60_000 })) events.push(e);
+    const last = events.at(-1)!;
+    expect(last.event.case === "status" && last.event.value).toMatchObject({ status: RunStatus.COMPLETED });
+    const next = `${run!.id}/epoch-1`;
+    const lineage = (await registry.getLineage({ checkpointId: next })).ancestry;
+    expect(lineage.map((c) => c.id).slice(0, 2)).toEqual([next, earlier]);
+    expect(lineage.at(-1)!.kind).toBe(CheckpointKind.BASE);
+    // The new adapters are the earlier ones plus one small update (lr 1e-4), not a fresh init.
+    const adapters = async (id: string) => {
+      const { checkpoint } = await registry.getCheckpoint({ id });
+      return readSafetensors(join(checkpoint!.location, "lora", "adapter_model.safetensors")).tensors;
+    };
+    const [before, after] = [await adapters(earlier), await adapters(next)];
+    let largest = 0;
+    let moved = 0;
+    for (const [name, t] of before) {
+      if (!name.includes("lora_A")) continue;
+      const u = after.get(name)!.data;
+      for (let i = 0; i < t.data.length; i++) {
+        largest = Math.max(largest, Math.abs(t.data[i]!));
+        moved = Math.max(moved, Math.abs(u[i]! - t.data[i]!));
+      }
+    }
+    expect(largest).toBeGreaterThan(0);
+    expect(moved).toBeLessThan(0.05 * largest);
   }, 60_000);
 });

@@ -40,7 +40,9 @@ export type StartRunRequest = Message<"ddpo.v1.StartRunRequest"> & {
 
   /**
    * Start from this registered checkpoint instead of the base model itself (e.g. continue the
-   * policy of an earlier run).
+   * policy of an earlier run): NOT_FOUND unless registered; its lineage must end at the base model
+   * in base_model_dir, and a LoRA checkpoint needs a LoRA config of the same rank (a full one a
+   * full config). Unset: the base model, registered as a BASE checkpoint.
    *
    * @generated from field: optional string base_checkpoint_id = 3;
    */
