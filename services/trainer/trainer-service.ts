@@ -53,6 +53,16 @@ const STATUS: Record<RunStatus, RunStatusMessage> = {
 
 const TERMINAL: ReadonlySet<RunStatus> = new Set(["stopped", "finished", "failed"]);
 
+/** The most epochs a run may ask for. */
+const MAX_EPOCHS = 100_000;
+
+/** The run id a client's request_id maps to: a UUID (version 8) from its SHA-256. */
+function runIdForRequest(requestId: string): string {
+  const h = new Bun.CryptoHasher("sha256").update(`ddpo.v1.Trainer/StartRun ${requestId}`).digest("hex");
+  const variant = ((Number.parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
 function invalid(message: string): never {
   throw new ServiceError(Code.INVALID_ARGUMENT, message);
 }
@@ -146,9 +156,36 @@ export function trainerService(o: TrainerServiceOptions) {
     return controller;
   };
 
+  // StartRun (one request_id) and ResumeRun (one run) one at a time per id, so two calls cannot
+  // both find nothing running and start two controllers.
+  const busy = new Map<string, Promise<unknown>>();
+  const oneAtATime = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
+    const next = (busy.get(key) ?? Promise.resolve()).catch(() => undefined).then(fn);
+    busy.set(key, next);
+    next
+      .finally(() => {
+        if (busy.get(key) === next) busy.delete(key);
+      })
+      .catch(() => undefined);
+    return next;
+  };
+
   /** Starts the controller of a recorded run from its last checkpoint. */
   const resume = async (runId: string, epochs?: number): Promise<void> => {
-    if (controllers.has(runId)) return;
+    const active = controllers.get(runId);
+    if (active) {
+      if (epochs !== undefined && epochs !== active.settings.epochs) {
+        throw new ServiceError(
+          Code.FAILED_PRECONDITION,
+          `run ${runId} is ${active.status} with a budget of ${active.settings.epochs} epochs; StopRun it before changing the budget`,
+        );
+      }
+      return;
+    }
+    if (epochs !== undefined) {
+      const done = (await databaseCall("ResumeRun", () => listEpochs(o.db, runId))).length;
+      if (epochs < done) invalid(`epochs ${epochs} is below the ${done} epochs run ${runId} has done`);
+    }
     // Pending (and the new budget) before the controller starts, so the response and a Trainer
     // restarted after a crash both see the resumed run.
     const run = await databaseCall("ResumeRun", () => reopenRun(o.db, runId, epochs));
@@ -164,9 +201,10 @@ export function trainerService(o: TrainerServiceOptions) {
   };
 
   const service = bindService(Trainer, {
-    async startRun(request) {
+    async startRun(request, context) {
       if (!request.baseModelDir) invalid("base_model_dir is required");
       checkedText(request.name, "name");
+      checkedText(request.requestId, "request_id");
       checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
       if (request.baseCheckpointId !== undefined) checkedText(request.baseCheckpointId, "base_checkpoint_id");
       checkedText(request.promptSet, "prompt_set");
@@ -185,7 +223,7 @@ export function trainerService(o: TrainerServiceOptions) {
       if (!listPromptSets().includes(promptSet)) {
         invalid(`unknown prompt_set '${promptSet}'; known: ${listPromptSets().join(", ")}`);
       }
-      if (!(request.epochs >= 1 && request.epochs <= 100_000)) invalid("epochs must be in 1..100000");
+      if (!(request.epochs >= 1 && request.epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
       let config: ReturnType<typeof ddpoConfigFromMessage>;
       try {
         config = ddpoConfigFromMessage(request.config);
@@ -226,7 +264,7 @@ export function trainerService(o: TrainerServiceOptions) {
           { timeoutMs: 30_000, waitForReady: true },
         );
       }
-      const id = crypto.randomUUID();
+      const id = request.requestId ? runIdForRequest(request.requestId) : crypto.randomUUID();
       const settings: RunSettings = {
         ddpo: config,
         baseModelDir,
@@ -234,20 +272,34 @@ export function trainerService(o: TrainerServiceOptions) {
         samplerEndpoints: samplers,
         runDir: resolve(o.dataDir, "runs", id),
       };
-      await databaseCall("StartRun", () =>
-        createRun(o.db, {
-          id,
-          name: request.name || id,
-          config: settings as unknown as Record<string, unknown>,
-          status: "pending",
-          code_version: process.env.DDPO_CODE_VERSION ?? null,
-          base_checkpoint_id: baseId,
-          prompt_set: promptSet,
-          rewards,
-        }),
-      );
-      launch(id, settings, rewards, promptSet, baseId);
-      return runResponse(id);
+      return oneAtATime(`run:${id}`, async () => {
+        // A client that gave up (deadline, cancel) gets no run: it would retry and make another.
+        if (context.signal.aborted) throw context.signal.reason;
+        const existed = await databaseCall("StartRun", () => getRun(o.db, id));
+        try {
+          await databaseCall("StartRun", () =>
+            createRun(o.db, {
+              id,
+              name: request.name || id,
+              config: settings as unknown as Record<string, unknown>,
+              status: "pending",
+              code_version: process.env.DDPO_CODE_VERSION ?? null,
+              base_checkpoint_id: baseId,
+              prompt_set: promptSet,
+              rewards,
+            }),
+          );
+        } catch (e) {
+          if (!existed || e instanceof ServiceError) throw e;
+          throw new ServiceError(
+            Code.ALREADY_EXISTS,
+            `request_id ${request.requestId} already started run ${id} with other settings`,
+          );
+        }
+        // A retry of a started run answers with it as it is now; it is not started twice.
+        if (!existed) launch(id, settings, rewards, promptSet, baseId);
+        return runResponse(id);
+      });
     },
 
     async *watchRun({ runId, fromEpoch }, context) {
@@ -308,8 +360,8 @@ export function trainerService(o: TrainerServiceOptions) {
     async resumeRun({ runId, epochs }) {
       if (!runId) invalid("run_id is required");
       checkedText(runId, "run_id");
-      if (epochs !== undefined && !(epochs >= 1)) invalid("epochs must be >= 1");
-      await resume(runId, epochs);
+      if (epochs !== undefined && !(epochs >= 1 && epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
+      await oneAtATime(`run:${runId}`, () => resume(runId, epochs));
       return runResponse(runId);
     },
 
@@ -324,7 +376,7 @@ export function trainerService(o: TrainerServiceOptions) {
   /** Runs left `running` by a Trainer that died: resume them (called once at start-up). */
   const resumeInterrupted = async (): Promise<string[]> => {
     const running = await listRuns(o.db, { status: "running" });
-    for (const run of running) await resume(run.id);
+    for (const run of running) await oneAtATime(`run:${run.id}`, () => resume(run.id));
     return running.map((r) => r.id);
   };
 

@@ -650,7 +650,11 @@ describe("Trainer", () => {
     await expectStatus(trainer.stopRun({}), Code.INVALID_ARGUMENT, "run_id is required");
     await expectStatus(trainer.stopRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
     await expectStatus(trainer.resumeRun({}), Code.INVALID_ARGUMENT, "run_id is required");
-    await expectStatus(trainer.resumeRun({ runId: "nope", epochs: 0 }), Code.INVALID_ARGUMENT, "epochs must be >= 1");
+    await expectStatus(
+      trainer.resumeRun({ runId: "nope", epochs: 0 }),
+      Code.INVALID_ARGUMENT,
+      "epochs must be in 1..100000",
+    );
     await expectStatus(trainer.resumeRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
     await expectStatus(trainer.getRun({}), Code.INVALID_ARGUMENT, "run_id is required");
     await expectStatus(trainer.getRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
@@ -688,6 +692,39 @@ describe("after all of that", () => {
     expect((await sampler.getStatus({})).checkpointId).not.toBe("");
     for (const [name, p] of Object.entries(procs)) expect(p.proc.exitCode, name).toBeNull();
     validRunId = run!.id;
+  }, 60_000);
+});
+
+describe("StartRun request_id and ResumeRun budgets", () => {
+  test("a retried StartRun with one request_id starts one run; ResumeRun cannot shrink or silently change a budget", async () => {
+    const request = { ...start, name: "retried", epochs: 2, requestId: "client-request-1" };
+    // A client that gives up at once, then retries twice with the same request_id.
+    await failure(trainer.startRun(request, { timeoutMs: 1 }));
+    const first = (await trainer.startRun(request, { timeoutMs: 30_000 })).run!;
+    const again = (await trainer.startRun(request, { timeoutMs: 30_000 })).run!;
+    expect(again.id).toBe(first.id);
+    await expectStatus(
+      trainer.startRun({ ...request, epochs: 3 }),
+      Code.ALREADY_EXISTS,
+      `request_id client-request-1 already started run ${first.id} with other settings`,
+    );
+    // While it runs: the same budget is a no-op, another one is refused rather than ignored.
+    expect((await trainer.resumeRun({ runId: first.id, epochs: 2 })).run!.epochs).toBe(2);
+    await expectStatus(
+      trainer.resumeRun({ runId: first.id, epochs: 3 }),
+      Code.FAILED_PRECONDITION,
+      /^run .* with a budget of 2 epochs; StopRun it before changing the budget$/,
+    );
+    for await (const _ of trainer.watchRun({ runId: first.id }, { timeoutMs: 60_000 }));
+    const done = (await trainer.getRun({ runId: first.id })).run!;
+    expect([done.status, done.epochs, done.epochsDone]).toEqual([RunStatus.COMPLETED, 2, 2]);
+    expect((await registry.listRuns({})).runs.filter((r) => r.name === "retried")).toHaveLength(1);
+    await expectStatus(
+      trainer.resumeRun({ runId: first.id, epochs: 1 }),
+      Code.INVALID_ARGUMENT,
+      `epochs 1 is below the 2 epochs run ${first.id} has done`,
+    );
+    expect((await trainer.getRun({ runId: first.id })).run!.epochs).toBe(2);
   }, 60_000);
 });
 
