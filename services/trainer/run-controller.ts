@@ -53,6 +53,8 @@ export interface RunEnvironment {
   recorder: TrajectoryRecorder;
   registryAddress: string;
   defaultRewarderAddress: string;
+  /** Used when the run names no Samplers: the Trainer's current ones, looked up at every (re)start. */
+  defaultSamplers: readonly string[];
   clientOptions: ClientOptions;
   /** How long a phase keeps retrying unreachable services before the run fails, ms. */
   retryForMs: number;
@@ -83,6 +85,7 @@ function std(xs: readonly number[]): number {
 export class RunController {
   readonly #listeners = new Set<(e: RunEventPayload) => void>();
   readonly #worker: WorkerClient<TrainerWorkerHandlers>;
+  readonly #samplerAddresses: readonly string[];
   readonly #samplers: ServiceClient<typeof Sampler.method>[];
   readonly #rewarders = new Map<string, ServiceClient<typeof Rewarder.method>>();
   readonly #registry: ServiceClient<typeof Registry.method>;
@@ -100,7 +103,8 @@ export class RunController {
     readonly env: RunEnvironment,
   ) {
     this.#worker = new WorkerClient(new URL("./engine-worker.ts", import.meta.url));
-    this.#samplers = settings.samplerEndpoints.map((a) => createClient(Sampler, a, env.clientOptions));
+    this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
+    this.#samplers = this.#samplerAddresses.map((a) => createClient(Sampler, a, env.clientOptions));
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
     for (const r of rewards) {
       const address = r.endpoint || env.defaultRewarderAddress;
@@ -150,6 +154,7 @@ export class RunController {
   async #run(): Promise<void> {
     try {
       await this.#setStatus("running");
+      if (this.#samplers.length === 0) throw new Error("no Sampler endpoints in the run or configured in the Trainer");
       const start = await this.#startingPolicy();
       await this.#worker.call("init", {
         baseModelDir: this.settings.baseModelDir,
@@ -249,7 +254,7 @@ export class RunController {
       parts.map((part, s) =>
         part.prompts.length === 0
           ? Promise.resolve()
-          : this.#retrying(`sampling on ${this.settings.samplerEndpoints[s]}`, async () => {
+          : this.#retrying(`sampling on ${this.#samplerAddresses[s]}`, async () => {
               const sampler = this.#samplers[s]!;
               const options = { signal: this.#abort.signal, waitForReady: true, timeoutMs: 30_000 };
               await sampler.loadCheckpoint(

@@ -10,6 +10,7 @@ import type { Kysely } from "kysely";
 import { CheckpointKind, RunStatus as RunStatusMessage } from "../gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
+import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import { type RunEventSchema, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
 import { checkpointLineage, createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
@@ -20,6 +21,7 @@ import {
   bindService,
   type ClientOptions,
   Code,
+  checkedEndpoint,
   checkedText,
   createClient,
   echoed,
@@ -53,6 +55,9 @@ const STATUS: Record<RunStatus, RunStatusMessage> = {
 
 const TERMINAL: ReadonlySet<RunStatus> = new Set(["stopped", "finished", "failed"]);
 
+/** How long StartRun waits for a Rewarder or Sampler to answer, ms. */
+const REACHABLE_TIMEOUT_MS = 10_000;
+
 /** The most epochs a run may ask for. */
 const MAX_EPOCHS = 100_000;
 
@@ -84,7 +89,8 @@ async function assertRewardServed(r: RewardSpec, i: number, o: TrainerServiceOpt
   const address = r.endpoint || o.defaultRewarderAddress;
   const rewarder = createClient(Rewarder, address, o.clientOptions);
   try {
-    const { rewards } = await rewarder.listRewards({}, { timeoutMs: 30_000, waitForReady: true });
+    // No waitForReady: an address nothing listens on is UNAVAILABLE now, not DEADLINE_EXCEEDED later.
+    const { rewards } = await rewarder.listRewards({}, { timeoutMs: REACHABLE_TIMEOUT_MS });
     if (!rewards.some((known) => known.name === r.name)) {
       const names = rewards.map((known) => known.name).join(", ");
       throw new ServiceError(
@@ -135,6 +141,19 @@ async function assertContinuable(db: Kysely<Database>, id: string, baseModelDir:
   }
 }
 
+/** UNAVAILABLE unless a Sampler answers GetStatus at `address`. */
+async function assertSamplerReachable(address: string, o: TrainerServiceOptions): Promise<void> {
+  const sampler = createClient(Sampler, address, o.clientOptions);
+  try {
+    await sampler.getStatus({}, { timeoutMs: REACHABLE_TIMEOUT_MS });
+  } catch (e) {
+    if (!(e instanceof ServiceError)) throw e;
+    throw new ServiceError(e.code, `the Sampler at ${address}: ${e.message}`);
+  } finally {
+    sampler.close();
+  }
+}
+
 export function trainerService(o: TrainerServiceOptions) {
   const controllers = new Map<string, RunController>();
   const registry = createClient(Registry, o.registryAddress, o.clientOptions);
@@ -145,6 +164,7 @@ export function trainerService(o: TrainerServiceOptions) {
       recorder: o.recorder,
       registryAddress: o.registryAddress,
       defaultRewarderAddress: o.defaultRewarderAddress,
+      defaultSamplers: o.defaultSamplers,
       clientOptions: o.clientOptions,
       retryForMs: o.retryForMs ?? 120_000,
     });
@@ -210,10 +230,10 @@ export function trainerService(o: TrainerServiceOptions) {
       checkedText(request.promptSet, "prompt_set");
       request.rewards.forEach((r, i) => {
         checkedText(r.rewardName, `rewards[${i}].reward_name`);
-        checkedText(r.endpoint, `rewards[${i}].endpoint`);
+        if (r.endpoint) checkedEndpoint(r.endpoint, `rewards[${i}].endpoint`);
       });
       request.samplerEndpoints.forEach((e, i) => {
-        checkedText(e, `sampler_endpoints[${i}]`);
+        checkedEndpoint(e, `sampler_endpoints[${i}]`);
       });
       const baseModelDir = resolve(request.baseModelDir);
       const weights = join(baseModelDir, "unet", "diffusion_pytorch_model.safetensors");
@@ -248,9 +268,13 @@ export function trainerService(o: TrainerServiceOptions) {
         : [{ endpoint: "", name: "jpeg_compressibility", weight: 1 }];
       // An unknown reward name would only fail the run after its first epoch's sampling.
       await Promise.all(rewards.map((r, i) => assertRewardServed(r, i, o)));
-      const samplers = request.samplerEndpoints.length ? [...request.samplerEndpoints] : o.defaultSamplers;
-      if (samplers.length === 0)
+      // Recorded as given: an empty list means the Trainer's default Samplers at each (re)start, so a
+      // run resumes after `ddpo up` restarts them on new ports.
+      const samplers = [...request.samplerEndpoints];
+      const reachable = samplers.length ? samplers : o.defaultSamplers;
+      if (reachable.length === 0)
         throw new ServiceError(Code.FAILED_PRECONDITION, "no Sampler endpoints given or configured");
+      await Promise.all(reachable.map((address) => assertSamplerReachable(address, o)));
 
       let baseId = request.baseCheckpointId ?? "";
       if (baseId) {

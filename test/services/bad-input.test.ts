@@ -644,6 +644,38 @@ describe("Trainer", () => {
     );
   });
 
+  test("StartRun: malformed endpoints are INVALID_ARGUMENT, unreachable ones UNAVAILABLE, both at once", async () => {
+    const started = performance.now();
+    const malformed: [string, string, Record<string, unknown>][] = [
+      ["sampler_endpoints[0]", "garbage", { samplerEndpoints: ["garbage"] }],
+      ["sampler_endpoints[0]", "127.0.0.1:99999", { samplerEndpoints: ["127.0.0.1:99999"] }],
+      [
+        "rewards[0].endpoint",
+        "http://x:1/",
+        { rewards: [{ rewardName: "jpeg_compressibility", endpoint: "http://x:1/" }] },
+      ],
+    ];
+    for (const [field, value, request] of malformed) {
+      await expectStatus(
+        trainer.startRun({ ...start, ...request }),
+        Code.INVALID_ARGUMENT,
+        `${field} '${value}' is not a host:port address`,
+      );
+    }
+    // Port 1 on loopback: nothing listens, the connection is refused.
+    await expectStatus(
+      trainer.startRun({ ...start, rewards: [{ rewardName: "jpeg_compressibility", endpoint: "127.0.0.1:1" }] }),
+      Code.UNAVAILABLE,
+      /^rewards\[0\]: the Rewarder at 127\.0\.0\.1:1: /,
+    );
+    await expectStatus(
+      trainer.startRun({ ...start, samplerEndpoints: ["127.0.0.1:1"] }),
+      Code.UNAVAILABLE,
+      /^the Sampler at 127\.0\.0\.1:1: /,
+    );
+    expect(performance.now() - started).toBeLessThan(5_000);
+  });
+
   test("WatchRun, StopRun, ResumeRun, GetRun: missing and unknown run ids", async () => {
     await expectStatus(trainer.watchRun({}), Code.INVALID_ARGUMENT, "run_id is required");
     await expectStatus(trainer.watchRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
@@ -689,6 +721,8 @@ describe("after all of that", () => {
     const last = events.at(-1)!;
     expect(last.event.case === "status" && last.event.value.status).toBe(RunStatus.COMPLETED);
     expect((await registry.getRun({ runId: run!.id })).epochs).toHaveLength(1);
+    // The default Sampler is not recorded: the run finds the Trainer's current one when resumed.
+    expect((await trainer.getRun({ runId: run!.id })).run!.samplerEndpoints).toEqual([]);
     expect((await sampler.getStatus({})).checkpointId).not.toBe("");
     for (const [name, p] of Object.entries(procs)) expect(p.proc.exitCode, name).toBeNull();
     validRunId = run!.id;

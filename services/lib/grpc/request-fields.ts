@@ -23,3 +23,17 @@ export function checkedText(value: string, field: string, maxChars = MAX_NAME_CH
 export function echoed(value: string, maxChars = MAX_ECHO_CHARS): string {
   return value.length <= maxChars ? value : `${value.slice(0, maxChars)}... (${value.length} characters)`;
 }
+
+/**
+ * A host:port endpoint (`127.0.0.1:50051`, `name:443`, `[::1]:50051`), or INVALID_ARGUMENT: a
+ * malformed address would otherwise only fail when a channel gives up connecting to it.
+ */
+export function checkedEndpoint(value: string, field: string): string {
+  checkedText(value, field);
+  const match = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):(\d{1,5})$/.exec(value);
+  const port = match ? Number(match[3]) : 0;
+  if (!(port >= 1 && port <= 65535)) {
+    throw new ServiceError(Code.INVALID_ARGUMENT, `${field} '${value}' is not a host:port address`);
+  }
+  return value;
+}

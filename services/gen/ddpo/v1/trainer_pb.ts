@@ -75,7 +75,9 @@ export type StartRunRequest = Message<"ddpo.v1.StartRunRequest"> & {
   config?: DdpoConfig | undefined;
 
   /**
-   * host:port of the Samplers to spread sampling over; empty: the Trainer's default Sampler(s).
+   * host:port of the Samplers to spread sampling over; empty: the Trainer's default Sampler(s),
+   * wherever they are when the run starts or resumes. StartRun answers INVALID_ARGUMENT for a
+   * malformed address and UNAVAILABLE when a Sampler does not answer.
    *
    * @generated from field: repeated string sampler_endpoints = 8;
    */
