@@ -3,7 +3,7 @@
 // dies unexpectedly is restarted on the same address, so a run survives it (the Trainer resumes
 // its runs from their last checkpoints). The addresses are written to <dataDir>/services.json
 // for the other commands.
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { migrate, openDatabase, resolveDatabase } from "../lib/db/database.ts";
@@ -21,6 +21,8 @@ export interface ClusterAddresses {
 export interface Cluster {
   addresses: ClusterAddresses;
   dataDir: string;
+  /** The process id of a service's current process (it changes when `up` restarts it). */
+  pid(name: ServiceName): number | undefined;
   /** SIGTERM to every service, then the embedded database (if we started it). */
   stop(): Promise<void>;
 }
@@ -41,6 +43,13 @@ interface Child {
   args: string[];
   address: string;
   proc: Subprocess<"ignore", "pipe", "inherit">;
+}
+
+/** Resident set size of a process in MiB (Linux: /proc/<pid>/status). */
+export function residentMiB(pid: number): number {
+  const line = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+) kB$/m);
+  if (!line) throw new Error(`no VmRSS for process ${pid}`);
+  return Number(line[1]) / 1024;
 }
 
 /** Spawns one service and waits for the JSON line announcing its address. */
@@ -138,6 +147,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     return {
       addresses,
       dataDir,
+      pid: (name) => children.get(name)?.proc.pid,
       async stop() {
         stopping = true;
         const all = [...children.values()];

@@ -36,6 +36,7 @@ export interface EpochUpdateResult {
 }
 
 let trainer: DdpoTrainer | null = null;
+let engine: Engine | null = null;
 
 function active(): DdpoTrainer {
   if (!trainer) throw new Error("trainer worker: init() first");
@@ -45,7 +46,7 @@ function active(): DdpoTrainer {
 const handlers = {
   async init(args: TrainerInit): Promise<{ epoch: number; backend: string; lora: boolean }> {
     if (trainer) throw new Error("trainer worker: already initialised");
-    const engine = Engine.open();
+    engine = Engine.open();
     const model = TextToImageModel.load(engine, args.baseModelDir);
     const prompts = await promptSetByName(args.promptSet);
     trainer = new DdpoTrainer(engine, model, args.config, null, prompts);
@@ -98,6 +99,18 @@ const handlers = {
     return t.lora
       ? { dir: args.dir, loraDir: join(args.dir, "lora") }
       : { dir: args.dir, fullModelDir: join(args.dir, "model") };
+  },
+
+  /**
+   * Frees the engine (the model, adapters, optimizer moments, arenas): native memory that a
+   * terminated worker thread would otherwise leave behind in the Trainer process.
+   */
+  close(): void {
+    trainer?.close();
+    trainer?.model.close();
+    engine?.close();
+    trainer = null;
+    engine = null;
   },
 
   restore(args: { dir: string }): { epoch: number } {

@@ -82,6 +82,33 @@ function std(xs: readonly number[]): number {
   return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length);
 }
 
+// Engine workers outlive their runs. Each new worker thread leaves some 10-15 MB of thread state
+// (OpenMP team, BLAS buffers, its JS heap) in the process even after its engine is closed, so a
+// finished run's worker frees its engine and waits, idle, for the next run.
+const idleWorkers: WorkerClient<TrainerWorkerHandlers>[] = [];
+const MAX_IDLE_WORKERS = 2;
+
+function acquireWorker(): WorkerClient<TrainerWorkerHandlers> {
+  return idleWorkers.pop() ?? new WorkerClient(new URL("./engine-worker.ts", import.meta.url));
+}
+
+/** Frees the worker's engine (after the call it is busy with, if any), then keeps it for reuse. */
+async function releaseWorker(worker: WorkerClient<TrainerWorkerHandlers>): Promise<void> {
+  try {
+    await worker.call("close", undefined as never);
+  } catch {
+    worker.terminate(); // it died; nothing of it to reuse
+    return;
+  }
+  if (idleWorkers.length < MAX_IDLE_WORKERS) idleWorkers.push(worker);
+  else worker.terminate();
+}
+
+/** Ends the idle workers (when the Trainer shuts down). */
+export function closeIdleWorkers(): void {
+  for (const worker of idleWorkers.splice(0)) worker.terminate();
+}
+
 export class RunController {
   readonly #listeners = new Set<(e: RunEventPayload) => void>();
   readonly #worker: WorkerClient<TrainerWorkerHandlers>;
@@ -102,7 +129,7 @@ export class RunController {
     readonly baseCheckpointId: string,
     readonly env: RunEnvironment,
   ) {
-    this.#worker = new WorkerClient(new URL("./engine-worker.ts", import.meta.url));
+    this.#worker = acquireWorker();
     this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
     this.#samplers = this.#samplerAddresses.map((a) => createClient(Sampler, a, env.clientOptions));
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
@@ -146,7 +173,9 @@ export class RunController {
     this.#stopRequested = true;
     if (immediate) {
       this.#abort.abort(new ServiceError(Code.CANCELLED, "run stopped"));
-      this.#worker.terminate();
+      // The run loop sees its worker call rejected now; the worker is released (its engine
+      // freed) once the call it is busy with ends.
+      this.#worker.abandonCalls(new Error("run stopped"));
     }
     await this.finished.catch(() => undefined);
   }
@@ -156,7 +185,7 @@ export class RunController {
       await this.#setStatus("running");
       if (this.#samplers.length === 0) throw new Error("no Sampler endpoints in the run or configured in the Trainer");
       const start = await this.#startingPolicy();
-      await this.#worker.call("init", {
+      await this.#engine("init", {
         baseModelDir: this.settings.baseModelDir,
         config: this.settings.ddpo,
         promptSet: this.promptSet,
@@ -174,7 +203,7 @@ export class RunController {
       if (this.#stopRequested) await this.#setStatus("stopped", message);
       else await this.#setStatus("failed", message);
     } finally {
-      this.#worker.terminate();
+      void releaseWorker(this.#worker);
       for (const c of [...this.#samplers, ...this.#rewarders.values(), this.#registry]) c.close();
     }
   }
@@ -196,7 +225,7 @@ export class RunController {
     const mine = (await listCheckpoints(this.env.db, { runId: this.runId })).filter((c) => c.kind !== "base");
     const latest = mine.sort((a, b) => (a.epoch ?? 0) - (b.epoch ?? 0)).at(-1);
     if (!latest) return { id: this.baseCheckpointId, epoch: 0, ...start };
-    const { epoch } = await this.#worker.call("restore", { dir: latest.location });
+    const { epoch } = await this.#engine("restore", { dir: latest.location });
     const lora = this.settings.ddpo.lora !== null;
     return {
       id: latest.id,
@@ -204,6 +233,15 @@ export class RunController {
       loraDir: lora ? join(latest.location, "lora") : undefined,
       fullModelDir: lora ? undefined : join(latest.location, "model"),
     };
+  }
+
+  /** A call into the engine worker; refused once the run was stopped immediately. */
+  #engine<K extends keyof TrainerWorkerHandlers & string>(
+    method: K,
+    args: Parameters<TrainerWorkerHandlers[K]>[0],
+  ): Promise<Awaited<ReturnType<TrainerWorkerHandlers[K]>>> {
+    if (this.#abort.signal.aborted) return Promise.reject(this.#abort.signal.reason);
+    return this.#worker.call(method, args);
   }
 
   /** Retries `fn` while the services it calls are unreachable or restarting. */
@@ -355,16 +393,16 @@ export class RunController {
 
   async #epoch(epoch: number, policy: Policy): Promise<Policy> {
     const started = performance.now();
-    const { batches } = await this.#worker.call("plan", undefined as never);
+    const { batches } = await this.#engine("plan", undefined as never);
     const sampled = await this.#sample(epoch, policy, batches);
     const t1 = performance.now();
     this.#emit({ kind: "progress", progress: { epoch, phase: "rewards", done: 0, total: sampled.prompts.length } });
     const { combined, perReward } = await this.#score(sampled);
     const t2 = performance.now();
-    const advantages = await this.#worker.call("advantages", { prompts: sampled.prompts, rewards: combined });
+    const advantages = await this.#engine("advantages", { prompts: sampled.prompts, rewards: combined });
     this.#record(epoch, policy.id, sampled, combined, advantages, perReward);
     this.#emit({ kind: "progress", progress: { epoch, phase: "training", done: 0, total: sampled.prompts.length } });
-    const update = await this.#worker.call("update", {
+    const update = await this.#engine("update", {
       prompts: sampled.prompts,
       timesteps: sampled.timesteps,
       latents: sampled.latents,
@@ -442,7 +480,7 @@ export class RunController {
 
   async #saveCheckpoint(epoch: number, parent: Policy): Promise<Policy> {
     const dir = join(this.settings.runDir, "checkpoints", `epoch-${String(epoch).padStart(4, "0")}`);
-    const saved = await this.#worker.call("save", { dir });
+    const saved = await this.#engine("save", { dir });
     // Rows first: a registered checkpoint means its epoch's trajectories are in the database.
     await this.env.recorder.flush();
     const id = `${this.runId}/epoch-${epoch}`;

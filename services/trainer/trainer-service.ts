@@ -31,7 +31,7 @@ import {
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { ddpoConfigFromMessage, epochMessage, type RunSettings, runMessage } from "../lib/runs/run-messages.ts";
 import { sha256File } from "./files.ts";
-import { RunController, type RunEventPayload } from "./run-controller.ts";
+import { closeIdleWorkers, RunController, type RunEventPayload } from "./run-controller.ts";
 
 export interface TrainerServiceOptions {
   db: Kysely<Database>;
@@ -406,6 +406,7 @@ export function trainerService(o: TrainerServiceOptions) {
 
   const close = async () => {
     await Promise.all([...controllers.values()].map((c) => c.stop(false)));
+    closeIdleWorkers();
     registry.close();
   };
 
