@@ -14,8 +14,16 @@ function invalid(message: string): never {
   throw new ServiceError(Code.INVALID_ARGUMENT, message);
 }
 
+/** What the worker holds, kept on this thread so GetStatus answers while the worker computes. */
+interface LoadedPolicy {
+  request: { checkpointId: string; baseModelDir: string; loraDir?: string; fullModelDir?: string };
+  backend: string;
+  channels: number;
+  imageSize: number;
+}
+
 export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
-  let loaded: string | null = null;
+  let policy: LoadedPolicy | null = null;
   let active = 0;
   return bindService(Sampler, {
     async loadCheckpoint(request) {
@@ -26,26 +34,35 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
       checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
       checkedText(request.loraDir ?? "", "lora_dir", MAX_PATH_CHARS);
       checkedText(request.fullModelDir ?? "", "full_model_dir", MAX_PATH_CHARS);
+      const wanted = {
+        checkpointId: request.checkpointId,
+        baseModelDir: request.baseModelDir,
+        loraDir: request.loraDir,
+        fullModelDir: request.fullModelDir,
+      };
+      const same =
+        policy && (Object.keys(wanted) as (keyof typeof wanted)[]).every((k) => policy!.request[k] === wanted[k]);
+      if (same) return { checkpointId: request.checkpointId, loadSeconds: 0 };
       const started = performance.now();
       try {
-        await worker.call("load", {
-          checkpointId: request.checkpointId,
-          baseModelDir: request.baseModelDir,
-          loraDir: request.loraDir,
-          fullModelDir: request.fullModelDir,
-        });
+        const loaded = await worker.call("load", wanted);
+        policy = { request: wanted, backend: loaded.backend, channels: loaded.channels, imageSize: loaded.imageSize };
       } catch (e) {
         const message = (e as Error).message;
         const code = /does not exist|ENOENT|no such file/i.test(message) ? Code.NOT_FOUND : Code.INVALID_ARGUMENT;
         throw new ServiceError(code, `checkpoint ${request.checkpointId}: ${message}`);
       }
-      loaded = request.checkpointId;
       return { checkpointId: request.checkpointId, loadSeconds: (performance.now() - started) / 1000 };
     },
 
-    async getStatus() {
-      const s = await worker.call("status", undefined as never);
-      return { checkpointId: s.checkpointId ?? "", backend: s.backend ?? "", activeSamples: active };
+    getStatus() {
+      return {
+        checkpointId: policy?.request.checkpointId ?? "",
+        backend: policy?.backend ?? "",
+        activeSamples: active,
+        channels: policy?.channels ?? 0,
+        imageSize: policy?.imageSize ?? 0,
+      };
     },
 
     async *sample(request, context) {
@@ -68,13 +85,18 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         { samples: "the number of prompts", steps: "steps", guidance: "guidance", eta: "eta", batchSize: "batch_size" },
       );
       if (problems.length) invalid(problems.join("; "));
-      if (!loaded) throw new ServiceError(Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
-      if (request.checkpointId && request.checkpointId !== loaded) {
+      if (!policy) throw new ServiceError(Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
+      const loaded = policy.request.checkpointId;
+      if (request.checkpointId !== loaded) {
         throw new ServiceError(
           Code.FAILED_PRECONDITION,
-          `checkpoint ${request.checkpointId} requested but ${loaded} is loaded; call LoadCheckpoint first`,
+          `checkpoint '${request.checkpointId}' requested but ${loaded} is loaded; name the loaded one or call LoadCheckpoint`,
         );
       }
+      // Set when the call is cancelled or its deadline passes; the worker checks it every DDIM step.
+      const cancel = new SharedArrayBuffer(4);
+      const onAbort = () => Atomics.store(new Int32Array(cancel), 0, 1);
+      context.signal.addEventListener("abort", onAbort, { once: true });
       active += n;
       let remaining = n;
       try {
@@ -82,6 +104,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
           if (context.signal.aborted) return;
           const end = Math.min(n, start + batchSize);
           const batch = await worker.call("sample", {
+            cancel,
             prompts: request.prompts.slice(start, end),
             seeds: seeds.slice(start, end),
             steps,
@@ -89,7 +112,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
             eta,
             includeLatents: request.includeLatents,
           });
-          if (batch.checkpointId !== (request.checkpointId || loaded)) {
+          if (batch.checkpointId !== loaded) {
             throw new ServiceError(Code.ABORTED, `checkpoint changed to ${batch.checkpointId} during the call`);
           }
           const { channels, size } = batch.shape;
@@ -116,7 +139,11 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
           active -= end - start;
           remaining -= end - start;
         }
+      } catch (e) {
+        if (context.signal.aborted) return; // the worker gave up mid-batch because we asked it to
+        throw e;
       } finally {
+        context.signal.removeEventListener("abort", onAbort);
         active -= remaining;
       }
     },

@@ -260,7 +260,13 @@ describe("Sampler", () => {
     await expectStatus(
       sampler.sample({ ...ok, checkpointId: "other" }),
       Code.FAILED_PRECONDITION,
-      "checkpoint other requested but good is loaded; call LoadCheckpoint first",
+      "checkpoint 'other' requested but good is loaded; name the loaded one or call LoadCheckpoint",
+    );
+    // The contract: checkpoint_id must name the loaded policy; empty is not a wildcard.
+    await expectStatus(
+      sampler.sample(ok),
+      Code.FAILED_PRECONDITION,
+      "checkpoint '' requested but good is loaded; name the loaded one or call LoadCheckpoint",
     );
   });
 
@@ -285,26 +291,24 @@ describe("Rewarder", () => {
     );
   });
 
-  test("Score: no images, missing images, wrong sizes and RGB lengths", async () => {
+  test("Score: no images, missing images, wrong sizes and RGB lengths; mixed sizes score as alone", async () => {
     const score = (images: { prompt?: string; image?: ReturnType<typeof image> }[]) =>
       rewarder.score({ rewardName: "jpeg_compressibility", images });
     await expectStatus(score([]), Code.INVALID_ARGUMENT, "images is empty; score at least one image");
-    await expectStatus(score([{ prompt: "a" }]), Code.INVALID_ARGUMENT, "images[0]: size 0x0 outside 1..4096");
-    await expectStatus(
-      score([{ image: image(8, 8) }, { prompt: "b" }]),
-      Code.INVALID_ARGUMENT,
-      "images[1]: missing; a batch has one size (8x8)",
-    );
+    await expectStatus(score([{ prompt: "a" }]), Code.INVALID_ARGUMENT, "images[0]: missing");
+    await expectStatus(score([{ image: image(8, 8) }, { prompt: "b" }]), Code.INVALID_ARGUMENT, "images[1]: missing");
     await expectStatus(
       score([{ image: image(8, 8, 100) }]),
       Code.INVALID_ARGUMENT,
       "images[0]: 100 bytes of RGB, expected 8x8x3 = 192",
     );
-    await expectStatus(
-      score([{ image: image(8, 8) }, { image: image(4, 4) }]),
-      Code.INVALID_ARGUMENT,
-      "images[1]: 4x4; a batch has one size (8x8)",
+    // Mixed sizes are allowed (the contract): each image scores as it does alone.
+    const mixed = [{ image: image(8, 8) }, { image: { ...image(4, 6), rgb: new Uint8Array(72).map((_, i) => i * 3) } }];
+    const together = await rewarder.score({ rewardName: "jpeg_compressibility", images: mixed });
+    const alone = await Promise.all(
+      mixed.map(async (m) => (await rewarder.score({ rewardName: "jpeg_compressibility", images: [m] })).scores[0]!),
     );
+    expect(together.scores).toEqual(alone);
     await expectStatus(
       score([{ image: image(5000, 1, 0) }]),
       Code.INVALID_ARGUMENT,

@@ -39,7 +39,7 @@ export type Checkpoint = Message<"ddpo.v1.Checkpoint"> & {
   parentId?: string | undefined;
 
   /**
-   * The run and epoch (0-based) that produced it; unset for a base model.
+   * The run and epoch (1-based: a run's first epoch is 1) that produced it; unset for a base model.
    *
    * @generated from field: optional string run_id = 3;
    */

@@ -420,7 +420,7 @@ export const RunSchema: GenMessage<Run> = /*@__PURE__*/
  */
 export type EpochReport = Message<"ddpo.v1.EpochReport"> & {
   /**
-   * 0-based.
+   * 1-based: a run's first epoch is 1.
    *
    * @generated from field: uint32 epoch = 1;
    */

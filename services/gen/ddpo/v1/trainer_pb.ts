@@ -127,7 +127,8 @@ export type WatchRunRequest = Message<"ddpo.v1.WatchRunRequest"> & {
   runId: string;
 
   /**
-   * Replay finished epochs from this one (0-based); unset: only live events.
+   * Replay finished epochs from this one (1-based: the first epoch is 1; 0 or 1 replays all);
+   * unset: only live events.
    *
    * @generated from field: optional uint32 from_epoch = 2;
    */
@@ -221,6 +222,8 @@ export const StatusChangeSchema: GenMessage<StatusChange> = /*@__PURE__*/
  */
 export type EpochProgress = Message<"ddpo.v1.EpochProgress"> & {
   /**
+   * The epoch in progress (1-based).
+   *
    * @generated from field: uint32 epoch = 1;
    */
   epoch: number;
