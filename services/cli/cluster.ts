@@ -7,6 +7,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { migrate, openDatabase, resolveDatabase } from "../lib/db/database.ts";
+import { EmbeddedPostgresServer } from "../lib/db/embedded.ts";
 
 export type ServiceName = "registry" | "rewarder" | "sampler" | "trainer";
 
@@ -98,6 +99,32 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const children = new Map<ServiceName, Child>();
   let stopping = false;
 
+  // The embedded Postgres is supervised like the services: restarted on its port and folder when
+  // it dies (after a SIGKILL its old backends may hold shared memory for a moment: keep trying).
+  let embedded = database.embedded;
+  const superviseDatabase = (server: EmbeddedPostgresServer) => {
+    server.exited.then(async () => {
+      if (stopping) return;
+      log(`[up] Postgres exited; restarting it on port ${server.port}`);
+      for (let attempt = 1; !stopping; attempt++) {
+        try {
+          embedded = await EmbeddedPostgresServer.start({
+            dataDir: server.dataDir,
+            port: server.port,
+            host: server.host,
+          });
+          if (stopping) await embedded.stop();
+          else superviseDatabase(embedded);
+          return;
+        } catch (e) {
+          if (attempt % 10 === 1) log(`[up] Postgres did not restart yet: ${(e as Error).message.split("\n")[0]}`);
+          await Bun.sleep(1000);
+        }
+      }
+    });
+  };
+  if (embedded) superviseDatabase(embedded);
+
   const supervise = (child: Child) => {
     child.proc.exited.then(async (code) => {
       if (stopping) return;
@@ -155,7 +182,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         await Promise.all(
           all.map((c) => Promise.race([c.proc.exited, Bun.sleep(10_000).then(() => c.proc.kill("SIGKILL"))])),
         );
-        await database.close();
+        await (embedded ? embedded.stop() : database.close());
       },
     };
   } catch (e) {

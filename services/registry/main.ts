@@ -4,7 +4,7 @@
 // are read only under <data-dir>/runs (where the Trainer writes them) and the model roots
 // (default: the repository's models/ folder, which holds the shipped base model).
 import { resolve } from "node:path";
-import { migrate, openDatabase } from "../lib/db/database.ts";
+import { migrate, openDatabase, watchDatabase } from "../lib/db/database.ts";
 import { parseServiceFlags, runServiceProcess } from "../lib/grpc/service-process.ts";
 import { CheckpointRoots } from "./checkpoint-files.ts";
 import { registryService } from "./registry-service.ts";
@@ -22,4 +22,12 @@ const roots = new CheckpointRoots([
 ]);
 const database = openDatabase({ url });
 await migrate(database.db);
-await runServiceProcess("registry", flags, [registryService(database.db, roots)], () => database.close());
+let unwatch = () => {};
+const server = await runServiceProcess("registry", flags, [registryService(database.db, roots)], () => {
+  unwatch();
+  return database.close();
+});
+// Health follows the database: without it the Registry cannot answer anything.
+unwatch = watchDatabase(database.db, (reachable) => {
+  for (const name of ["", "ddpo.v1.Registry"]) server.setServingStatus(name, reachable ? "SERVING" : "NOT_SERVING");
+});

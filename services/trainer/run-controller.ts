@@ -20,6 +20,7 @@ import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { type ClientOptions, Code, createClient, type ServiceClient, ServiceError } from "../lib/grpc/index.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
+import { databaseCall } from "../lib/runs/database-calls.ts";
 import type { RunSettings } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
@@ -155,7 +156,9 @@ export class RunController {
 
   async #setStatus(status: RunStatus, message = ""): Promise<void> {
     this.#status = status;
-    await setRunStatus(this.env.db, this.runId, status, status === "failed" ? message : null).catch(() => undefined);
+    await this.#recording("recording the run's status", () =>
+      setRunStatus(this.env.db, this.runId, status, status === "failed" ? message : null),
+    ).catch(() => undefined);
     this.#emit({ kind: "status", status: { status, message } });
   }
 
@@ -213,7 +216,9 @@ export class RunController {
    * the folder's lora/ or model/ when it continues an earlier run's policy.
    */
   async #startingPolicy(): Promise<{ loraDir?: string; fullModelDir?: string }> {
-    const base = await getCheckpoint(this.env.db, this.baseCheckpointId);
+    const base = await this.#recording("reading the base checkpoint", () =>
+      getCheckpoint(this.env.db, this.baseCheckpointId),
+    );
     if (!base) throw new Error(`base checkpoint ${this.baseCheckpointId} is not registered`);
     if (base.kind === "lora") return { loraDir: join(base.location, "lora") };
     if (base.kind === "full") return { fullModelDir: join(base.location, "model") };
@@ -222,7 +227,10 @@ export class RunController {
 
   /** The run's newest registered checkpoint, restored into the worker; the starting policy when none. */
   async #restoreLatest(start: { loraDir?: string; fullModelDir?: string }): Promise<Policy> {
-    const mine = (await listCheckpoints(this.env.db, { runId: this.runId })).filter((c) => c.kind !== "base");
+    const all = await this.#recording("reading the run's checkpoints", () =>
+      listCheckpoints(this.env.db, { runId: this.runId }),
+    );
+    const mine = all.filter((c) => c.kind !== "base");
     const latest = mine.sort((a, b) => (a.epoch ?? 0) - (b.epoch ?? 0)).at(-1);
     if (!latest) return { id: this.baseCheckpointId, epoch: 0, ...start };
     const { epoch } = await this.#engine("restore", { dir: latest.location });
@@ -242,6 +250,11 @@ export class RunController {
   ): Promise<Awaited<ReturnType<TrainerWorkerHandlers[K]>>> {
     if (this.#abort.signal.aborted) return Promise.reject(this.#abort.signal.reason);
     return this.#worker.call(method, args);
+  }
+
+  /** A database call, retried (like a service call) while Postgres is unreachable or restarting. */
+  #recording<T>(phase: string, fn: () => Promise<T>): Promise<T> {
+    return this.#retrying(phase, () => databaseCall(phase, fn));
   }
 
   /** Retries `fn` while the services it calls are unreachable or restarting. */
@@ -430,21 +443,23 @@ export class RunController {
       samples: sampled.prompts.length,
       optimizerSteps: update.stats.optimizerSteps,
     };
-    await recordEpoch(this.env.db, {
-      run_id: this.runId,
-      epoch,
-      reward_mean: summary.rewardMean,
-      reward_std: summary.rewardStd,
-      loss: summary.loss,
-      approx_kl: summary.approxKl,
-      clip_fraction: summary.clipFraction,
-      sampling_s: summary.samplingS,
-      reward_s: summary.rewardS,
-      training_s: summary.trainingS,
-      seconds: summary.seconds,
-      checkpoint_id: next.id,
-      samples: summary.samples,
-    });
+    await this.#recording("recording the epoch", () =>
+      recordEpoch(this.env.db, {
+        run_id: this.runId,
+        epoch,
+        reward_mean: summary.rewardMean,
+        reward_std: summary.rewardStd,
+        loss: summary.loss,
+        approx_kl: summary.approxKl,
+        clip_fraction: summary.clipFraction,
+        sampling_s: summary.samplingS,
+        reward_s: summary.rewardS,
+        training_s: summary.trainingS,
+        seconds: summary.seconds,
+        checkpoint_id: next.id,
+        samples: summary.samples,
+      }),
+    );
     this.#emit({ kind: "epoch", epoch: summary });
     return next;
   }
