@@ -4,9 +4,9 @@
 // are read only under <data-dir>/runs (where the Trainer writes them) and the model roots
 // (default: the repository's models/ folder, which holds the shipped base model).
 import { resolve } from "node:path";
+import { CheckpointRoots } from "../lib/checkpoints/checkpoint-folder.ts";
 import { migrate, openDatabase, watchDatabase } from "../lib/db/database.ts";
 import { parseServiceFlags, runServiceProcess } from "../lib/grpc/service-process.ts";
-import { CheckpointRoots } from "./checkpoint-files.ts";
 import { registryService } from "./registry-service.ts";
 
 const flags = parseServiceFlags(process.argv.slice(2), ["data-dir", "model-roots"]);

@@ -1,9 +1,15 @@
 // Registry handlers: checkpoints (register, get, stream their files), lineage, and run history,
 // all answered from Postgres. Registering is idempotent on id; other contents under a known id
 // are ALREADY_EXISTS. Checkpoint files are read only inside the checkpoint roots
-// (checkpoint-files.ts), hashed at registration and checked against that hash when streamed.
+// (lib/checkpoints/checkpoint-folder.ts), hashed at registration and checked against that hash when streamed.
 import type { Kysely } from "kysely";
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
+import {
+  CheckpointDigest,
+  type CheckpointRoots,
+  digestFiles,
+  fileChunks,
+} from "../lib/checkpoints/checkpoint-folder.ts";
 import {
   CheckpointConflictError,
   checkpointLineage,
@@ -17,7 +23,6 @@ import type { Database } from "../lib/db/schema.ts";
 import { bindService, Code, checkedText, echoed, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { checkpointKindFromMessage, checkpointMessage, epochMessage, runMessage } from "../lib/runs/run-messages.ts";
-import { CheckpointDigest, type CheckpointRoots, digestFiles, fileChunks } from "./checkpoint-files.ts";
 
 const DEFAULT_CHUNK = 1 << 20;
 const MAX_CHUNK = 4 << 20;

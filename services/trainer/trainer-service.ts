@@ -12,6 +12,7 @@ import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import { type RunEventSchema, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
+import { digestFolder } from "../lib/checkpoints/checkpoint-folder.ts";
 import { checkpointLineage, createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
@@ -30,7 +31,6 @@ import {
 } from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { ddpoConfigFromMessage, epochMessage, type RunSettings, runMessage } from "../lib/runs/run-messages.ts";
-import { sha256File } from "./files.ts";
 import { closeIdleWorkers, RunController, type RunEventPayload } from "./run-controller.ts";
 
 export interface TrainerServiceOptions {
@@ -280,9 +280,9 @@ export function trainerService(o: TrainerServiceOptions) {
       if (baseId) {
         await assertContinuable(o.db, baseId, baseModelDir, config);
       } else {
-        // The base model is a checkpoint too: the root of the run's lineage. Its id comes from the
-        // UNet weights; the Registry hashes the whole folder it will serve.
-        baseId = `base-${(await sha256File(weights)).sha256.slice(0, 16)}`;
+        // The base model is a checkpoint too: the root of the run's lineage, named by the digest
+        // of its folder as the Registry computes it (so an edited folder is another checkpoint).
+        baseId = `base-${(await digestFolder(baseModelDir)).sha256.slice(0, 16)}`;
         await registry.registerCheckpoint(
           { checkpoint: { id: baseId, kind: CheckpointKind.BASE, location: baseModelDir } },
           { timeoutMs: 30_000, waitForReady: true },

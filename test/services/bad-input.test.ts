@@ -806,6 +806,20 @@ describe("base_checkpoint_id", () => {
     );
   });
 
+  test("the base model is named by its folder's digest: a copy is the same checkpoint, an edited copy another", async () => {
+    const { run: first } = await trainer.getRun({ runId: validRunId });
+    const copy = join(scratch, "data", "runs", "model-copy");
+    cpSync(BASE_MODEL_DIR, copy, { recursive: true });
+    const same = (await trainer.startRun({ ...start, name: "copy", baseModelDir: copy })).run!;
+    expect(same.baseCheckpointId).toBe(first!.baseCheckpointId);
+    await trainer.stopRun({ runId: same.id, immediate: true });
+    writeFileSync(join(copy, "README.md"), "edited");
+    const edited = (await trainer.startRun({ ...start, name: "edited", baseModelDir: copy })).run!;
+    expect(edited.baseCheckpointId).toMatch(/^base-[0-9a-f]{16}$/);
+    expect(edited.baseCheckpointId).not.toBe(first!.baseCheckpointId);
+    await trainer.stopRun({ runId: edited.id, immediate: true });
+  }, 60_000);
+
   test("an earlier run's LoRA checkpoint: the new run continues that policy, lineage through both runs", async () => {
     const earlier = `${validRunId}/epoch-1`;
     // Another seed: a fresh LoRA init would differ from the earlier run's adapters everywhere.

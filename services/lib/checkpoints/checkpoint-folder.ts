@@ -1,10 +1,11 @@
-// Where the Registry may read checkpoint files from, and which files a checkpoint is. A location
-// must resolve (symbolic links followed) inside one of the checkpoint roots: the runs folder of the
-// data store and the model roots. The same listing is hashed at registration and streamed by
-// StreamCheckpoint, so sha256/size_bytes cover exactly the bytes a client receives.
+// Which files a checkpoint is, and where they may be read from. For the Registry a location must
+// resolve (symbolic links followed) inside one of the checkpoint roots: the runs folder of the data
+// store and the model roots. The same listing is hashed at registration and streamed by
+// StreamCheckpoint, so sha256/size_bytes cover exactly the bytes a client receives; the Trainer
+// hashes a base model folder the same way (no roots) to name it by its contents.
 import { open, readdir, realpath, stat } from "node:fs/promises";
 import { isAbsolute, join, relative, sep } from "node:path";
-import { Code, ServiceError } from "../lib/grpc/index.ts";
+import { Code, ServiceError } from "../grpc/index.ts";
 
 /** At most this many files per checkpoint, so a registration cannot walk a whole disk. */
 export const MAX_CHECKPOINT_FILES = 10_000;
@@ -26,17 +27,21 @@ function inside(root: string, path: string): boolean {
   return rel === "" || (!isAbsolute(rel) && rel.split(sep)[0] !== "..");
 }
 
-/** Folders checkpoints may live in; each is resolved again at every check (it may appear later). */
+/**
+ * Folders checkpoints may live in; each is resolved again at every check (it may appear later).
+ * `null`: anywhere (a process hashing a folder it reads anyway, not serving it).
+ */
 export class CheckpointRoots {
-  constructor(readonly roots: readonly string[]) {}
+  constructor(readonly roots: readonly string[] | null) {}
 
   async #resolved(): Promise<string[]> {
-    const real = await Promise.all(this.roots.map((r) => realpath(r).catch(() => null)));
+    const real = await Promise.all((this.roots ?? []).map((r) => realpath(r).catch(() => null)));
     return real.filter((r): r is string => r !== null);
   }
 
   /** PERMISSION_DENIED unless the resolved `real` path lies inside a root. */
   async assertInside(real: string, what: string): Promise<void> {
+    if (this.roots === null) return;
     const roots = await this.#resolved();
     if (!roots.some((root) => inside(root, real))) {
       refuse(Code.PERMISSION_DENIED, `${what} is outside the checkpoint roots (${this.roots.join(", ")})`);
@@ -143,4 +148,11 @@ export async function digestFiles(files: readonly CheckpointFile[]): Promise<{ s
     for await (const data of fileChunks(file, 4 << 20)) digest.update(data);
   }
   return { sha256: digest.hex(), sizeBytes: digest.sizeBytes };
+}
+
+/** The digest of the folder at `dir` as the Registry would compute it, wherever it lies. */
+export async function digestFolder(dir: string): Promise<{ sha256: string; sizeBytes: number }> {
+  const anywhere = new CheckpointRoots(null);
+  const folder = await anywhere.folder(dir, dir);
+  return digestFiles(await anywhere.files(folder, dir));
 }
