@@ -217,7 +217,7 @@ export function trainerService(o: TrainerServiceOptions) {
   const runResponse = async (runId: string) => {
     const run = await databaseCall("GetRun", () => getRun(o.db, runId));
     if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
-    return { run: runMessage(run, await listEpochs(o.db, runId)) };
+    return { run: runMessage(run, await databaseCall("GetRun", () => listEpochs(o.db, runId))) };
   };
 
   const service = bindService(Trainer, {
@@ -341,13 +341,13 @@ export function trainerService(o: TrainerServiceOptions) {
       });
       try {
         const seen = new Set<number>();
-        for (const e of await listEpochs(o.db, runId)) {
+        for (const e of await databaseCall("WatchRun", () => listEpochs(o.db, runId))) {
           if (fromEpoch !== undefined && e.epoch < fromEpoch) continue;
           seen.add(e.epoch);
           yield { runId, time: timestampNow(), event: { case: "epoch", value: epochMessage(e) } };
         }
         if (!controller) {
-          const current = await getRun(o.db, runId);
+          const current = await databaseCall("WatchRun", () => getRun(o.db, runId));
           yield eventMessage(runId, {
             kind: "status",
             status: { status: current!.status, message: current!.error ?? "" },
@@ -393,7 +393,8 @@ export function trainerService(o: TrainerServiceOptions) {
       if (!runId) invalid("run_id is required");
       checkedText(runId, "run_id");
       const response = await runResponse(runId);
-      return { ...response, epochs: (await listEpochs(o.db, runId)).map(epochMessage) };
+      const epochs = await databaseCall("GetRun", () => listEpochs(o.db, runId));
+      return { ...response, epochs: epochs.map(epochMessage) };
     },
   });
 
