@@ -28,15 +28,19 @@ export class ServiceError extends Error {
 }
 
 /**
- * Longest status message sent: grpc-js percent-encodes it into a trailer, and one over its
- * metadata limit (a few KiB) turns the status into RESOURCE_EXHAUSTED or a reset stream.
+ * Longest status message sent, in UTF-8 bytes: grpc-js percent-encodes it into a trailer (up to
+ * 3 characters per byte), and one over the peer's metadata limit (8 KiB by default) turns the
+ * status into RESOURCE_EXHAUSTED or a reset stream.
  */
-export const MAX_DETAILS_CHARS = 1000;
+export const MAX_DETAILS_BYTES = 2000;
 
 function bounded(details: string): string {
-  return details.length <= MAX_DETAILS_CHARS
-    ? details
-    : `${details.slice(0, MAX_DETAILS_CHARS)}... (${details.length} characters)`;
+  const bytes = Buffer.byteLength(details);
+  if (bytes <= MAX_DETAILS_BYTES) return details;
+  // Keep whole characters: cut where the UTF-8 prefix fits, leaving room for the note.
+  let end = Math.min(details.length, MAX_DETAILS_BYTES - 50);
+  while (Buffer.byteLength(details.slice(0, end)) > MAX_DETAILS_BYTES - 50) end = Math.floor(end * 0.9);
+  return `${details.slice(0, end)}... (${details.length} characters)`;
 }
 
 /** The status a failed call answers with; `unexpected` is true when it should be logged as a bug. */
