@@ -30,6 +30,7 @@
 //
 //   npm run bench -- services [--json] [--samples 16] [--steps 10] [--epochs 2] [--model models/emoji-base]
 import { chmodSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { realpath } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Kysely } from "kysely";
@@ -39,6 +40,7 @@ import { followRun } from "../services/cli/remote.ts";
 import { RunStatus } from "../services/gen/ddpo/v1/common_pb.ts";
 import type { EpochReport as EpochEvent } from "../services/gen/ddpo/v1/run_pb.ts";
 import { Trainer } from "../services/gen/ddpo/v1/trainer_pb.ts";
+import { digestFolder } from "../services/lib/checkpoints/checkpoint-folder.ts";
 import { type DatabaseHandle, openDatabase } from "../services/lib/db/database.ts";
 import { epochRows } from "../services/lib/db/epoch-rows.ts";
 import { createRun, recordEpoch, registerCheckpoint } from "../services/lib/db/queries.ts";
@@ -51,7 +53,6 @@ import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
 import { imageGridPng } from "../services/lib/plots/image-grid.ts";
 import { rewardByName } from "../services/lib/rewards/index.ts";
 import { ddpoConfigMessage } from "../services/lib/runs/run-messages.ts";
-import { sha256File } from "../services/trainer/files.ts";
 import { flagValue } from "./flags.ts";
 
 const REWARD = "jpeg_compressibility";
@@ -141,7 +142,7 @@ async function runInProcess(
       });
       const ckpt = join(dir, "checkpoints", `epoch-${String(e).padStart(4, "0")}`);
       trainer.saveCheckpoint(ckpt);
-      const { sha256, size: bytes } = await sha256File(join(ckpt, "lora", "adapter_model.safetensors"));
+      const { sha256, sizeBytes: bytes } = await digestFolder(ckpt);
       await recorder.flush();
       const id = `${runId}/epoch-${e}`;
       await registerCheckpoint(db, {
@@ -274,14 +275,14 @@ export async function main(args: string[]): Promise<void> {
     const db = handle.db;
 
     // The base model is the root checkpoint of both runs, registered as the Trainer would.
-    const weights = await sha256File(join(modelDir, "unet", "diffusion_pytorch_model.safetensors"));
-    const baseId = `base-${weights.sha256.slice(0, 16)}`;
+    const base = await digestFolder(modelDir);
+    const baseId = `base-${base.sha256.slice(0, 16)}`;
     await registerCheckpoint(db, {
       id: baseId,
       kind: "base",
-      sha256: weights.sha256,
-      size_bytes: weights.size,
-      location: modelDir,
+      sha256: base.sha256,
+      size_bytes: base.sizeBytes,
+      location: await realpath(modelDir),
     });
 
     const recorder = new TrajectoryRecorder(db);

@@ -3,10 +3,11 @@
 // dies unexpectedly is restarted on the same address, so a run survives it (the Trainer resumes
 // its runs from their last checkpoints). The addresses are written to <dataDir>/services.json
 // for the other commands.
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { migrate, openDatabase, resolveDatabase } from "../lib/db/database.ts";
+import { EmbeddedPostgresServer } from "../lib/db/embedded.ts";
 
 export type ServiceName = "registry" | "rewarder" | "sampler" | "trainer";
 
@@ -21,6 +22,8 @@ export interface ClusterAddresses {
 export interface Cluster {
   addresses: ClusterAddresses;
   dataDir: string;
+  /** The process id of a service's current process (it changes when `up` restarts it). */
+  pid(name: ServiceName): number | undefined;
   /** SIGTERM to every service, then the embedded database (if we started it). */
   stop(): Promise<void>;
 }
@@ -29,6 +32,8 @@ export interface ClusterOptions {
   dataDir: string;
   /** Bind host for the services (default loopback). */
   host?: string;
+  /** Folders besides <dataDir>/runs the Registry may serve checkpoints from (default: models/). */
+  modelRoots?: string[];
   log?: (line: string) => void;
 }
 
@@ -39,6 +44,13 @@ interface Child {
   args: string[];
   address: string;
   proc: Subprocess<"ignore", "pipe", "inherit">;
+}
+
+/** Resident set size of a process in MiB (Linux: /proc/<pid>/status). */
+export function residentMiB(pid: number): number {
+  const line = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+) kB$/m);
+  if (!line) throw new Error(`no VmRSS for process ${pid}`);
+  return Number(line[1]) / 1024;
 }
 
 /** Spawns one service and waits for the JSON line announcing its address. */
@@ -87,6 +99,32 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const children = new Map<ServiceName, Child>();
   let stopping = false;
 
+  // The embedded Postgres is supervised like the services: restarted on its port and folder when
+  // it dies (after a SIGKILL its old backends may hold shared memory for a moment: keep trying).
+  let embedded = database.embedded;
+  const superviseDatabase = (server: EmbeddedPostgresServer) => {
+    server.exited.then(async () => {
+      if (stopping) return;
+      log(`[up] Postgres exited; restarting it on port ${server.port}`);
+      for (let attempt = 1; !stopping; attempt++) {
+        try {
+          embedded = await EmbeddedPostgresServer.start({
+            dataDir: server.dataDir,
+            port: server.port,
+            host: server.host,
+          });
+          if (stopping) await embedded.stop();
+          else superviseDatabase(embedded);
+          return;
+        } catch (e) {
+          if (attempt % 10 === 1) log(`[up] Postgres did not restart yet: ${(e as Error).message.split("\n")[0]}`);
+          await Bun.sleep(1000);
+        }
+      }
+    });
+  };
+  if (embedded) superviseDatabase(embedded);
+
   const supervise = (child: Child) => {
     child.proc.exited.then(async (code) => {
       if (stopping) return;
@@ -113,7 +151,11 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
 
   try {
     const [registry, rewarder, sampler] = await Promise.all([
-      start("registry", []),
+      start("registry", [
+        "--data-dir",
+        dataDir,
+        ...(options.modelRoots?.length ? ["--model-roots", options.modelRoots.map((r) => resolve(r)).join(",")] : []),
+      ]),
       start("rewarder", []),
       start("sampler", []),
     ]);
@@ -132,6 +174,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     return {
       addresses,
       dataDir,
+      pid: (name) => children.get(name)?.proc.pid,
       async stop() {
         stopping = true;
         const all = [...children.values()];
@@ -139,7 +182,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         await Promise.all(
           all.map((c) => Promise.race([c.proc.exited, Bun.sleep(10_000).then(() => c.proc.kill("SIGKILL"))])),
         );
-        await database.close();
+        await (embedded ? embedded.stop() : database.close());
       },
     };
   } catch (e) {

@@ -16,7 +16,8 @@ import { type ClusterAddresses, startCluster } from "./cluster.ts";
 import { formatSeconds } from "./progress.ts";
 import { configFromFlags } from "./train.ts";
 
-export const REMOTE_USAGE = `  up       [--data-dir .ddpo]                      database + the four services; Ctrl-C stops them
+export const REMOTE_USAGE = `  up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services; Ctrl-C stops them
+           (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)
   train    [--trainer ADDR] [--model models/emoji-base] [--reward [W*]NAME[@HOST:PORT] ...] [--prompts animals]
            [--epochs 10] [--name TEXT] [--full] [--key value ...] [--detach]
   watch    RUN_ID [--trainer ADDR]
@@ -50,8 +51,11 @@ function addressOf(service: keyof ClusterAddresses, flag: string | undefined, da
 }
 
 export async function upCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { "data-dir": { type: "string" } } });
-  const cluster = await startCluster({ dataDir: values["data-dir"] ?? ".ddpo" });
+  const { values } = parseArgs({
+    args: argv,
+    options: { "data-dir": { type: "string" }, "model-root": { type: "string", multiple: true } },
+  });
+  const cluster = await startCluster({ dataDir: values["data-dir"] ?? ".ddpo", modelRoots: values["model-root"] });
   const a = cluster.addresses;
   console.log(`registry  ${a.registry}\nrewarder  ${a.rewarder}\nsampler   ${a.sampler}\ntrainer   ${a.trainer}`);
   console.log(`database  ${a.databaseUrl}\n(addresses in ${join(cluster.dataDir, "services.json")}; Ctrl-C stops)`);

@@ -20,6 +20,8 @@ export interface PolicyLocation {
 }
 
 export interface SampleBatchArgs {
+  /** Int32Array view over it: [0] becomes 1 when the call was cancelled (checked every step). */
+  cancel?: SharedArrayBuffer;
   prompts: string[];
   seeds: number[];
   steps: number;
@@ -58,7 +60,13 @@ function unload(): void {
 }
 
 const handlers = {
-  load(args: PolicyLocation): { checkpointId: string; unetParameters: number; backend: string } {
+  load(args: PolicyLocation): {
+    checkpointId: string;
+    unetParameters: number;
+    backend: string;
+    channels: number;
+    imageSize: number;
+  } {
     engine ??= Engine.open();
     for (const dir of [args.baseModelDir, args.loraDir, args.fullModelDir]) {
       if (dir !== undefined && !existsSync(dir)) throw new Error(`checkpoint folder ${dir} does not exist`);
@@ -79,11 +87,13 @@ const handlers = {
     model = next;
     lora = nextLora;
     loaded = { ...args };
-    return { checkpointId: args.checkpointId, unetParameters: next.unet.total, backend: engine.backend };
-  },
-
-  status(): { checkpointId: string | null; backend: string | null } {
-    return { checkpointId: loaded?.checkpointId ?? null, backend: engine?.backend ?? null };
+    return {
+      checkpointId: args.checkpointId,
+      unetParameters: next.unet.total,
+      backend: engine.backend,
+      channels: next.unetConfig.out_channels,
+      imageSize: next.unetConfig.sample_size,
+    };
   },
 
   sample(args: SampleBatchArgs): SampleBatchResult {
@@ -95,6 +105,7 @@ const handlers = {
           model.textSource({ frozen: true }),
         )
       : undefined;
+    const flag = args.cancel ? new Int32Array(args.cancel) : null;
     const r = sampleImages(model, args.prompts, {
       steps: args.steps,
       guidance: args.guidance,
@@ -103,6 +114,7 @@ const handlers = {
       keepTrajectory: true,
       source,
       lora,
+      cancelled: flag ? () => Atomics.load(flag, 0) === 1 : undefined,
     });
     const cfg = model.unetConfig;
     const n = r.prompts.length;

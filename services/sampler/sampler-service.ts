@@ -3,78 +3,100 @@
 // checks and cancellation answer while a batch computes.
 import { create } from "@bufbuild/protobuf";
 import { Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
-import { bindService, Code, ServiceError } from "../lib/grpc/index.ts";
+import { SAMPLING_LIMITS, samplingProblems } from "../lib/diffusion/sampling-limits.ts";
+import { bindService, Code, checkedText, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import type { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { SamplerWorkerHandlers } from "./engine-worker.ts";
 
-/** Limits on one Sample call, so a request cannot pin the engine for hours. */
-const MAX_PROMPTS = 4096;
-const MAX_STEPS = 1000;
-const MAX_PROMPT_CHARS = 1000;
 const DEFAULTS = { steps: 20, guidance: 3, eta: 1, batchSize: 8 };
 
 function invalid(message: string): never {
   throw new ServiceError(Code.INVALID_ARGUMENT, message);
 }
 
+/** What the worker holds, kept on this thread so GetStatus answers while the worker computes. */
+interface LoadedPolicy {
+  request: { checkpointId: string; baseModelDir: string; loraDir?: string; fullModelDir?: string };
+  backend: string;
+  channels: number;
+  imageSize: number;
+}
+
 export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
-  let loaded: string | null = null;
+  let policy: LoadedPolicy | null = null;
   let active = 0;
   return bindService(Sampler, {
     async loadCheckpoint(request) {
       if (!request.checkpointId) invalid("checkpoint_id is required");
       if (!request.baseModelDir) invalid("base_model_dir is required");
       if (request.loraDir && request.fullModelDir) invalid("give lora_dir or full_model_dir, not both");
+      checkedText(request.checkpointId, "checkpoint_id");
+      checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
+      checkedText(request.loraDir ?? "", "lora_dir", MAX_PATH_CHARS);
+      checkedText(request.fullModelDir ?? "", "full_model_dir", MAX_PATH_CHARS);
+      const wanted = {
+        checkpointId: request.checkpointId,
+        baseModelDir: request.baseModelDir,
+        loraDir: request.loraDir,
+        fullModelDir: request.fullModelDir,
+      };
+      const same =
+        policy && (Object.keys(wanted) as (keyof typeof wanted)[]).every((k) => policy!.request[k] === wanted[k]);
+      if (same) return { checkpointId: request.checkpointId, loadSeconds: 0 };
       const started = performance.now();
       try {
-        await worker.call("load", {
-          checkpointId: request.checkpointId,
-          baseModelDir: request.baseModelDir,
-          loraDir: request.loraDir,
-          fullModelDir: request.fullModelDir,
-        });
+        const loaded = await worker.call("load", wanted);
+        policy = { request: wanted, backend: loaded.backend, channels: loaded.channels, imageSize: loaded.imageSize };
       } catch (e) {
         const message = (e as Error).message;
         const code = /does not exist|ENOENT|no such file/i.test(message) ? Code.NOT_FOUND : Code.INVALID_ARGUMENT;
         throw new ServiceError(code, `checkpoint ${request.checkpointId}: ${message}`);
       }
-      loaded = request.checkpointId;
       return { checkpointId: request.checkpointId, loadSeconds: (performance.now() - started) / 1000 };
     },
 
-    async getStatus() {
-      const s = await worker.call("status", undefined as never);
-      return { checkpointId: s.checkpointId ?? "", backend: s.backend ?? "", activeSamples: active };
+    getStatus() {
+      return {
+        checkpointId: policy?.request.checkpointId ?? "",
+        backend: policy?.backend ?? "",
+        activeSamples: active,
+        channels: policy?.channels ?? 0,
+        imageSize: policy?.imageSize ?? 0,
+      };
     },
 
     async *sample(request, context) {
       const n = request.prompts.length;
       if (n === 0) invalid("prompts is empty");
-      if (n > MAX_PROMPTS) invalid(`${n} prompts; at most ${MAX_PROMPTS} per call`);
+      checkedText(request.checkpointId, "checkpoint_id");
       if (request.seeds.length !== n) invalid(`${request.seeds.length} seeds for ${n} prompts (one seed per prompt)`);
-      const long = request.prompts.findIndex((p) => p.length > MAX_PROMPT_CHARS);
-      if (long >= 0) invalid(`prompts[${long}] is longer than ${MAX_PROMPT_CHARS} characters`);
+      const long = request.prompts.findIndex((p) => p.length > SAMPLING_LIMITS.maxPromptChars);
+      if (long >= 0) invalid(`prompts[${long}] is longer than ${SAMPLING_LIMITS.maxPromptChars} characters`);
       const seeds = request.seeds.map((s, i) => {
         if (s >= 2n ** 52n) invalid(`seeds[${i}] = ${s} is not below 2^52`);
         return Number(s);
       });
       const steps = request.steps ?? DEFAULTS.steps;
-      if (!(steps >= 1 && steps <= MAX_STEPS)) invalid(`steps must be in 1..${MAX_STEPS}, got ${steps}`);
       const guidance = request.guidance ?? DEFAULTS.guidance;
-      if (!(Number.isFinite(guidance) && guidance >= 1))
-        invalid(`guidance must be a finite number >= 1, got ${guidance}`);
       const eta = request.eta ?? DEFAULTS.eta;
-      if (!(Number.isFinite(eta) && eta > 0))
-        invalid(`eta must be a finite number > 0 (the policy needs a log-prob), got ${eta}`);
       const batchSize = request.batchSize || DEFAULTS.batchSize;
-      if (batchSize > 256) invalid(`batch_size ${batchSize} is above 256`);
-      if (!loaded) throw new ServiceError(Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
-      if (request.checkpointId && request.checkpointId !== loaded) {
+      const problems = samplingProblems(
+        { samples: n, steps, guidance, eta, batchSize },
+        { samples: "the number of prompts", steps: "steps", guidance: "guidance", eta: "eta", batchSize: "batch_size" },
+      );
+      if (problems.length) invalid(problems.join("; "));
+      if (!policy) throw new ServiceError(Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
+      const loaded = policy.request.checkpointId;
+      if (request.checkpointId !== loaded) {
         throw new ServiceError(
           Code.FAILED_PRECONDITION,
-          `checkpoint ${request.checkpointId} requested but ${loaded} is loaded; call LoadCheckpoint first`,
+          `checkpoint '${request.checkpointId}' requested but ${loaded} is loaded; name the loaded one or call LoadCheckpoint`,
         );
       }
+      // Set when the call is cancelled or its deadline passes; the worker checks it every DDIM step.
+      const cancel = new SharedArrayBuffer(4);
+      const onAbort = () => Atomics.store(new Int32Array(cancel), 0, 1);
+      context.signal.addEventListener("abort", onAbort, { once: true });
       active += n;
       let remaining = n;
       try {
@@ -82,6 +104,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
           if (context.signal.aborted) return;
           const end = Math.min(n, start + batchSize);
           const batch = await worker.call("sample", {
+            cancel,
             prompts: request.prompts.slice(start, end),
             seeds: seeds.slice(start, end),
             steps,
@@ -89,7 +112,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
             eta,
             includeLatents: request.includeLatents,
           });
-          if (batch.checkpointId !== (request.checkpointId || loaded)) {
+          if (batch.checkpointId !== loaded) {
             throw new ServiceError(Code.ABORTED, `checkpoint changed to ${batch.checkpointId} during the call`);
           }
           const { channels, size } = batch.shape;
@@ -116,7 +139,11 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
           active -= end - start;
           remaining -= end - start;
         }
+      } catch (e) {
+        if (context.signal.aborted) return; // the worker gave up mid-batch because we asked it to
+        throw e;
       } finally {
+        context.signal.removeEventListener("abort", onAbort);
         active -= remaining;
       }
     },

@@ -5,8 +5,10 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
+import { loadIntoParameters } from "../lib/checkpoints/model-folder.ts";
 import { promptSetByName } from "../lib/ddpo/prompts.ts";
 import { type DdpoConfig, DdpoTrainer, type SampleBatchPlan, type UpdateStats } from "../lib/ddpo/trainer.ts";
+import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { serveWorkerHandlers } from "../lib/workers/worker-rpc.ts";
 
@@ -14,6 +16,8 @@ export interface TrainerInit {
   baseModelDir: string;
   config: DdpoConfig;
   promptSet: string;
+  /** The policy to start from instead of the base model: an earlier run's LoRA or full checkpoint. */
+  start?: { loraDir?: string; fullModelDir?: string };
 }
 
 export interface EpochUpdateArgs {
@@ -32,6 +36,7 @@ export interface EpochUpdateResult {
 }
 
 let trainer: DdpoTrainer | null = null;
+let engine: Engine | null = null;
 
 function active(): DdpoTrainer {
   if (!trainer) throw new Error("trainer worker: init() first");
@@ -41,10 +46,26 @@ function active(): DdpoTrainer {
 const handlers = {
   async init(args: TrainerInit): Promise<{ epoch: number; backend: string; lora: boolean }> {
     if (trainer) throw new Error("trainer worker: already initialised");
-    const engine = Engine.open();
+    engine = Engine.open();
     const model = TextToImageModel.load(engine, args.baseModelDir);
     const prompts = await promptSetByName(args.promptSet);
     trainer = new DdpoTrainer(engine, model, args.config, null, prompts);
+    if (args.start?.loraDir) {
+      if (!trainer.lora) throw new Error("a LoRA checkpoint to start from, but the run fine-tunes the whole UNet");
+      const loaded = LoraAdapterSet.load(engine, model.unetShapes, args.start.loraDir);
+      try {
+        const [want, got] = [trainer.lora.settings, loaded.settings];
+        if (want.rank !== got.rank || loaded.params.total !== trainer.lora.params.total) {
+          throw new Error(`${args.start.loraDir}: LoRA rank ${got.rank}, but the run's config has rank ${want.rank}`);
+        }
+        trainer.lora.params.values.write(loaded.params.values.read());
+      } finally {
+        loaded.close();
+      }
+    } else if (args.start?.fullModelDir) {
+      if (trainer.lora) throw new Error("a full fine-tuned checkpoint to start from, but the run trains LoRA adapters");
+      loadIntoParameters(model.unet, join(args.start.fullModelDir, "unet", "diffusion_pytorch_model.safetensors"));
+    }
     return { epoch: 0, backend: engine.backend, lora: trainer.lora !== null };
   },
 
@@ -78,6 +99,18 @@ const handlers = {
     return t.lora
       ? { dir: args.dir, loraDir: join(args.dir, "lora") }
       : { dir: args.dir, fullModelDir: join(args.dir, "model") };
+  },
+
+  /**
+   * Frees the engine (the model, adapters, optimizer moments, arenas): native memory that a
+   * terminated worker thread would otherwise leave behind in the Trainer process.
+   */
+  close(): void {
+    trainer?.close();
+    trainer?.model.close();
+    engine?.close();
+    trainer = null;
+    engine = null;
   },
 
   restore(args: { dir: string }): { epoch: number } {

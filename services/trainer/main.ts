@@ -1,7 +1,7 @@
 // The Trainer process: `bun run services/trainer/main.ts --registry ADDR --rewarder ADDR
 // --samplers ADDR[,ADDR] [--data-dir DIR] [--address 127.0.0.1:0]`, against DATABASE_URL.
 // At start it resumes the runs a previous Trainer left running (from their last checkpoints).
-import { migrate, openDatabase } from "../lib/db/database.ts";
+import { migrate, openDatabase, watchDatabase } from "../lib/db/database.ts";
 import { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import { parseServiceFlags, runServiceProcess } from "../lib/grpc/service-process.ts";
 import { trainerService } from "./trainer-service.ts";
@@ -29,10 +29,16 @@ const trainer = trainerService({
   dataDir: flags.extra["data-dir"] ?? ".ddpo",
   clientOptions: { token: flags.token },
 });
-await runServiceProcess("trainer", flags, [trainer.service], async () => {
+let unwatch = () => {};
+const server = await runServiceProcess("trainer", flags, [trainer.service], async () => {
+  unwatch();
   await trainer.close();
   await recorder.close();
   await database.close();
+});
+// Health follows the database: runs cannot start or record without it (the recorder buffers).
+unwatch = watchDatabase(database.db, (reachable) => {
+  for (const name of ["", "ddpo.v1.Trainer"]) server.setServingStatus(name, reachable ? "SERVING" : "NOT_SERVING");
 });
 const resumed = await trainer.resumeInterrupted();
 if (resumed.length) console.error(`trainer: resumed ${resumed.length} interrupted run(s): ${resumed.join(", ")}`);

@@ -15,15 +15,15 @@ import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import { epochRows } from "../lib/db/epoch-rows.ts";
-import { listCheckpoints, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
+import { getCheckpoint, listCheckpoints, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { type ClientOptions, Code, createClient, type ServiceClient, ServiceError } from "../lib/grpc/index.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
+import { databaseCall } from "../lib/runs/database-calls.ts";
 import type { RunSettings } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
-import { sha256File } from "./files.ts";
 
 export interface RunEventPayload {
   kind: "epoch" | "status" | "progress";
@@ -54,6 +54,8 @@ export interface RunEnvironment {
   recorder: TrajectoryRecorder;
   registryAddress: string;
   defaultRewarderAddress: string;
+  /** Used when the run names no Samplers: the Trainer's current ones, looked up at every (re)start. */
+  defaultSamplers: readonly string[];
   clientOptions: ClientOptions;
   /** How long a phase keeps retrying unreachable services before the run fails, ms. */
   retryForMs: number;
@@ -81,9 +83,37 @@ function std(xs: readonly number[]): number {
   return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length);
 }
 
+// Engine workers outlive their runs. Each new worker thread leaves some 10-15 MB of thread state
+// (OpenMP team, BLAS buffers, its JS heap) in the process even after its engine is closed, so a
+// finished run's worker frees its engine and waits, idle, for the next run.
+const idleWorkers: WorkerClient<TrainerWorkerHandlers>[] = [];
+const MAX_IDLE_WORKERS = 2;
+
+function acquireWorker(): WorkerClient<TrainerWorkerHandlers> {
+  return idleWorkers.pop() ?? new WorkerClient(new URL("./engine-worker.ts", import.meta.url));
+}
+
+/** Frees the worker's engine (after the call it is busy with, if any), then keeps it for reuse. */
+async function releaseWorker(worker: WorkerClient<TrainerWorkerHandlers>): Promise<void> {
+  try {
+    await worker.call("close", undefined as never);
+  } catch {
+    worker.terminate(); // it died; nothing of it to reuse
+    return;
+  }
+  if (idleWorkers.length < MAX_IDLE_WORKERS) idleWorkers.push(worker);
+  else worker.terminate();
+}
+
+/** Ends the idle workers (when the Trainer shuts down). */
+export function closeIdleWorkers(): void {
+  for (const worker of idleWorkers.splice(0)) worker.terminate();
+}
+
 export class RunController {
   readonly #listeners = new Set<(e: RunEventPayload) => void>();
   readonly #worker: WorkerClient<TrainerWorkerHandlers>;
+  readonly #samplerAddresses: readonly string[];
   readonly #samplers: ServiceClient<typeof Sampler.method>[];
   readonly #rewarders = new Map<string, ServiceClient<typeof Rewarder.method>>();
   readonly #registry: ServiceClient<typeof Registry.method>;
@@ -100,8 +130,9 @@ export class RunController {
     readonly baseCheckpointId: string,
     readonly env: RunEnvironment,
   ) {
-    this.#worker = new WorkerClient(new URL("./engine-worker.ts", import.meta.url));
-    this.#samplers = settings.samplerEndpoints.map((a) => createClient(Sampler, a, env.clientOptions));
+    this.#worker = acquireWorker();
+    this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
+    this.#samplers = this.#samplerAddresses.map((a) => createClient(Sampler, a, env.clientOptions));
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
     for (const r of rewards) {
       const address = r.endpoint || env.defaultRewarderAddress;
@@ -125,7 +156,9 @@ export class RunController {
 
   async #setStatus(status: RunStatus, message = ""): Promise<void> {
     this.#status = status;
-    await setRunStatus(this.env.db, this.runId, status, status === "failed" ? message : null).catch(() => undefined);
+    await this.#recording("recording the run's status", () =>
+      setRunStatus(this.env.db, this.runId, status, status === "failed" ? message : null),
+    ).catch(() => undefined);
     this.#emit({ kind: "status", status: { status, message } });
   }
 
@@ -143,7 +176,9 @@ export class RunController {
     this.#stopRequested = true;
     if (immediate) {
       this.#abort.abort(new ServiceError(Code.CANCELLED, "run stopped"));
-      this.#worker.terminate();
+      // The run loop sees its worker call rejected now; the worker is released (its engine
+      // freed) once the call it is busy with ends.
+      this.#worker.abandonCalls(new Error("run stopped"));
     }
     await this.finished.catch(() => undefined);
   }
@@ -151,12 +186,15 @@ export class RunController {
   async #run(): Promise<void> {
     try {
       await this.#setStatus("running");
-      await this.#worker.call("init", {
+      if (this.#samplers.length === 0) throw new Error("no Sampler endpoints in the run or configured in the Trainer");
+      const start = await this.#startingPolicy();
+      await this.#engine("init", {
         baseModelDir: this.settings.baseModelDir,
         config: this.settings.ddpo,
         promptSet: this.promptSet,
+        start,
       });
-      let policy = await this.#restoreLatest();
+      let policy = await this.#restoreLatest(start);
       let epoch = policy.epoch;
       while (epoch < this.settings.epochs && !this.#stopRequested) {
         policy = await this.#epoch(epoch + 1, policy);
@@ -168,17 +206,34 @@ export class RunController {
       if (this.#stopRequested) await this.#setStatus("stopped", message);
       else await this.#setStatus("failed", message);
     } finally {
-      this.#worker.terminate();
+      void releaseWorker(this.#worker);
       for (const c of [...this.#samplers, ...this.#rewarders.values(), this.#registry]) c.close();
     }
   }
 
-  /** The run's newest registered checkpoint, restored into the worker; the base when none. */
-  async #restoreLatest(): Promise<Policy> {
-    const mine = (await listCheckpoints(this.env.db, { runId: this.runId })).filter((c) => c.kind !== "base");
+  /**
+   * Where the policy's weights are in the checkpoint the run starts from: none for a base model,
+   * the folder's lora/ or model/ when it continues an earlier run's policy.
+   */
+  async #startingPolicy(): Promise<{ loraDir?: string; fullModelDir?: string }> {
+    const base = await this.#recording("reading the base checkpoint", () =>
+      getCheckpoint(this.env.db, this.baseCheckpointId),
+    );
+    if (!base) throw new Error(`base checkpoint ${this.baseCheckpointId} is not registered`);
+    if (base.kind === "lora") return { loraDir: join(base.location, "lora") };
+    if (base.kind === "full") return { fullModelDir: join(base.location, "model") };
+    return {};
+  }
+
+  /** The run's newest registered checkpoint, restored into the worker; the starting policy when none. */
+  async #restoreLatest(start: { loraDir?: string; fullModelDir?: string }): Promise<Policy> {
+    const all = await this.#recording("reading the run's checkpoints", () =>
+      listCheckpoints(this.env.db, { runId: this.runId }),
+    );
+    const mine = all.filter((c) => c.kind !== "base");
     const latest = mine.sort((a, b) => (a.epoch ?? 0) - (b.epoch ?? 0)).at(-1);
-    if (!latest) return { id: this.baseCheckpointId, epoch: 0 };
-    const { epoch } = await this.#worker.call("restore", { dir: latest.location });
+    if (!latest) return { id: this.baseCheckpointId, epoch: 0, ...start };
+    const { epoch } = await this.#engine("restore", { dir: latest.location });
     const lora = this.settings.ddpo.lora !== null;
     return {
       id: latest.id,
@@ -186,6 +241,20 @@ export class RunController {
       loraDir: lora ? join(latest.location, "lora") : undefined,
       fullModelDir: lora ? undefined : join(latest.location, "model"),
     };
+  }
+
+  /** A call into the engine worker; refused once the run was stopped immediately. */
+  #engine<K extends keyof TrainerWorkerHandlers & string>(
+    method: K,
+    args: Parameters<TrainerWorkerHandlers[K]>[0],
+  ): Promise<Awaited<ReturnType<TrainerWorkerHandlers[K]>>> {
+    if (this.#abort.signal.aborted) return Promise.reject(this.#abort.signal.reason);
+    return this.#worker.call(method, args);
+  }
+
+  /** A database call, retried (like a service call) while Postgres is unreachable or restarting. */
+  #recording<T>(phase: string, fn: () => Promise<T>): Promise<T> {
+    return this.#retrying(phase, () => databaseCall(phase, fn));
   }
 
   /** Retries `fn` while the services it calls are unreachable or restarting. */
@@ -236,7 +305,7 @@ export class RunController {
       parts.map((part, s) =>
         part.prompts.length === 0
           ? Promise.resolve()
-          : this.#retrying(`sampling on ${this.settings.samplerEndpoints[s]}`, async () => {
+          : this.#retrying(`sampling on ${this.#samplerAddresses[s]}`, async () => {
               const sampler = this.#samplers[s]!;
               const options = { signal: this.#abort.signal, waitForReady: true, timeoutMs: 30_000 };
               await sampler.loadCheckpoint(
@@ -337,16 +406,16 @@ export class RunController {
 
   async #epoch(epoch: number, policy: Policy): Promise<Policy> {
     const started = performance.now();
-    const { batches } = await this.#worker.call("plan", undefined as never);
+    const { batches } = await this.#engine("plan", undefined as never);
     const sampled = await this.#sample(epoch, policy, batches);
     const t1 = performance.now();
     this.#emit({ kind: "progress", progress: { epoch, phase: "rewards", done: 0, total: sampled.prompts.length } });
     const { combined, perReward } = await this.#score(sampled);
     const t2 = performance.now();
-    const advantages = await this.#worker.call("advantages", { prompts: sampled.prompts, rewards: combined });
+    const advantages = await this.#engine("advantages", { prompts: sampled.prompts, rewards: combined });
     this.#record(epoch, policy.id, sampled, combined, advantages, perReward);
     this.#emit({ kind: "progress", progress: { epoch, phase: "training", done: 0, total: sampled.prompts.length } });
-    const update = await this.#worker.call("update", {
+    const update = await this.#engine("update", {
       prompts: sampled.prompts,
       timesteps: sampled.timesteps,
       latents: sampled.latents,
@@ -374,21 +443,23 @@ export class RunController {
       samples: sampled.prompts.length,
       optimizerSteps: update.stats.optimizerSteps,
     };
-    await recordEpoch(this.env.db, {
-      run_id: this.runId,
-      epoch,
-      reward_mean: summary.rewardMean,
-      reward_std: summary.rewardStd,
-      loss: summary.loss,
-      approx_kl: summary.approxKl,
-      clip_fraction: summary.clipFraction,
-      sampling_s: summary.samplingS,
-      reward_s: summary.rewardS,
-      training_s: summary.trainingS,
-      seconds: summary.seconds,
-      checkpoint_id: next.id,
-      samples: summary.samples,
-    });
+    await this.#recording("recording the epoch", () =>
+      recordEpoch(this.env.db, {
+        run_id: this.runId,
+        epoch,
+        reward_mean: summary.rewardMean,
+        reward_std: summary.rewardStd,
+        loss: summary.loss,
+        approx_kl: summary.approxKl,
+        clip_fraction: summary.clipFraction,
+        sampling_s: summary.samplingS,
+        reward_s: summary.rewardS,
+        training_s: summary.trainingS,
+        seconds: summary.seconds,
+        checkpoint_id: next.id,
+        samples: summary.samples,
+      }),
+    );
     this.#emit({ kind: "epoch", epoch: summary });
     return next;
   }
@@ -424,11 +495,7 @@ export class RunController {
 
   async #saveCheckpoint(epoch: number, parent: Policy): Promise<Policy> {
     const dir = join(this.settings.runDir, "checkpoints", `epoch-${String(epoch).padStart(4, "0")}`);
-    const saved = await this.#worker.call("save", { dir });
-    const weights = saved.loraDir
-      ? join(saved.loraDir, "adapter_model.safetensors")
-      : join(saved.fullModelDir!, "unet", "diffusion_pytorch_model.safetensors");
-    const { sha256, size } = await sha256File(weights);
+    const saved = await this.#engine("save", { dir });
     // Rows first: a registered checkpoint means its epoch's trajectories are in the database.
     await this.env.recorder.flush();
     const id = `${this.runId}/epoch-${epoch}`;
@@ -441,8 +508,7 @@ export class RunController {
             runId: this.runId,
             epoch,
             kind: saved.loraDir ? CheckpointKind.LORA : CheckpointKind.FULL,
-            sha256,
-            sizeBytes: BigInt(size),
+            // sha256 and size_bytes left unset: the Registry hashes the folder it will serve.
             location: dir,
           },
         },

@@ -2,6 +2,7 @@
 // engine work happens in its own worker; this thread validates requests, records runs in
 // Postgres and streams epoch events to watchers.
 import { existsSync } from "node:fs";
+import { readFile, realpath } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
@@ -9,16 +10,28 @@ import type { Kysely } from "kysely";
 import { CheckpointKind, RunStatus as RunStatusMessage } from "../gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
+import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import { type RunEventSchema, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
-import { createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
+import { digestFolder } from "../lib/checkpoints/checkpoint-folder.ts";
+import { checkpointLineage, createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { listPromptSets } from "../lib/ddpo/prompts.ts";
-import { bindService, type ClientOptions, Code, createClient, ServiceError } from "../lib/grpc/index.ts";
+import type { DdpoConfig } from "../lib/ddpo/trainer.ts";
+import {
+  bindService,
+  type ClientOptions,
+  Code,
+  checkedEndpoint,
+  checkedText,
+  createClient,
+  echoed,
+  MAX_PATH_CHARS,
+  ServiceError,
+} from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { ddpoConfigFromMessage, epochMessage, type RunSettings, runMessage } from "../lib/runs/run-messages.ts";
-import { sha256File } from "./files.ts";
-import { RunController, type RunEventPayload } from "./run-controller.ts";
+import { closeIdleWorkers, RunController, type RunEventPayload } from "./run-controller.ts";
 
 export interface TrainerServiceOptions {
   db: Kysely<Database>;
@@ -42,6 +55,19 @@ const STATUS: Record<RunStatus, RunStatusMessage> = {
 
 const TERMINAL: ReadonlySet<RunStatus> = new Set(["stopped", "finished", "failed"]);
 
+/** How long StartRun waits for a Rewarder or Sampler to answer, ms. */
+const REACHABLE_TIMEOUT_MS = 10_000;
+
+/** The most epochs a run may ask for. */
+const MAX_EPOCHS = 100_000;
+
+/** The run id a client's request_id maps to: a UUID (version 8) from its SHA-256. */
+function runIdForRequest(requestId: string): string {
+  const h = new Bun.CryptoHasher("sha256").update(`ddpo.v1.Trainer/StartRun ${requestId}`).digest("hex");
+  const variant = ((Number.parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
 function invalid(message: string): never {
   throw new ServiceError(Code.INVALID_ARGUMENT, message);
 }
@@ -63,12 +89,13 @@ async function assertRewardServed(r: RewardSpec, i: number, o: TrainerServiceOpt
   const address = r.endpoint || o.defaultRewarderAddress;
   const rewarder = createClient(Rewarder, address, o.clientOptions);
   try {
-    const { rewards } = await rewarder.listRewards({}, { timeoutMs: 30_000, waitForReady: true });
+    // No waitForReady: an address nothing listens on is UNAVAILABLE now, not DEADLINE_EXCEEDED later.
+    const { rewards } = await rewarder.listRewards({}, { timeoutMs: REACHABLE_TIMEOUT_MS });
     if (!rewards.some((known) => known.name === r.name)) {
       const names = rewards.map((known) => known.name).join(", ");
       throw new ServiceError(
         Code.NOT_FOUND,
-        `rewards[${i}]: the Rewarder at ${address} has no reward '${r.name}'; it has: ${names}`,
+        `rewards[${i}]: the Rewarder at ${address} has no reward '${r.name}'; it has: ${echoed(names)}`,
       );
     }
   } catch (e) {
@@ -78,6 +105,52 @@ async function assertRewardServed(r: RewardSpec, i: number, o: TrainerServiceOpt
     throw e;
   } finally {
     rewarder.close();
+  }
+}
+
+/**
+ * A registered checkpoint a new run may start from: NOT_FOUND when it is not registered; its
+ * lineage must end at the base model in `baseModelDir`, and a LoRA checkpoint needs a LoRA run of
+ * the same rank (a full one a full run), since the run continues that policy.
+ */
+async function assertContinuable(db: Kysely<Database>, id: string, baseModelDir: string, config: DdpoConfig) {
+  const chain = await databaseCall("StartRun", () => checkpointLineage(db, id));
+  const start = chain[0];
+  const root = chain.at(-1);
+  if (!start || !root) throw new ServiceError(Code.NOT_FOUND, `base_checkpoint_id ${id} is not registered`);
+  const [rootDir, givenDir] = await Promise.all([
+    realpath(root.location).catch(() => root.location),
+    realpath(baseModelDir),
+  ]);
+  if (root.kind !== "base" || rootDir !== givenDir) {
+    invalid(
+      `base_checkpoint_id ${id} descends from ${root.id} at ${root.location}, not from base_model_dir ${baseModelDir}`,
+    );
+  }
+  if (start.kind === "full" && config.lora) invalid(`base_checkpoint_id ${id} is a full fine-tune; set config.full`);
+  if (start.kind === "lora") {
+    if (!config.lora) invalid(`base_checkpoint_id ${id} is a LoRA checkpoint; config must fine-tune LoRA`);
+    const adapter = await readFile(join(start.location, "lora", "adapter_config.json"), "utf8")
+      .then((text) => JSON.parse(text) as { r?: unknown })
+      .catch(() => null);
+    if (adapter?.r !== config.lora.rank) {
+      invalid(
+        `base_checkpoint_id ${id} has LoRA rank ${adapter?.r ?? "unknown"}; config.lora.rank is ${config.lora.rank}`,
+      );
+    }
+  }
+}
+
+/** UNAVAILABLE unless a Sampler answers GetStatus at `address`. */
+async function assertSamplerReachable(address: string, o: TrainerServiceOptions): Promise<void> {
+  const sampler = createClient(Sampler, address, o.clientOptions);
+  try {
+    await sampler.getStatus({}, { timeoutMs: REACHABLE_TIMEOUT_MS });
+  } catch (e) {
+    if (!(e instanceof ServiceError)) throw e;
+    throw new ServiceError(e.code, `the Sampler at ${address}: ${e.message}`);
+  } finally {
+    sampler.close();
   }
 }
 
@@ -91,6 +164,7 @@ export function trainerService(o: TrainerServiceOptions) {
       recorder: o.recorder,
       registryAddress: o.registryAddress,
       defaultRewarderAddress: o.defaultRewarderAddress,
+      defaultSamplers: o.defaultSamplers,
       clientOptions: o.clientOptions,
       retryForMs: o.retryForMs ?? 120_000,
     });
@@ -102,9 +176,36 @@ export function trainerService(o: TrainerServiceOptions) {
     return controller;
   };
 
+  // StartRun (one request_id) and ResumeRun (one run) one at a time per id, so two calls cannot
+  // both find nothing running and start two controllers.
+  const busy = new Map<string, Promise<unknown>>();
+  const oneAtATime = <T>(key: string, fn: () => Promise<T>): Promise<T> => {
+    const next = (busy.get(key) ?? Promise.resolve()).catch(() => undefined).then(fn);
+    busy.set(key, next);
+    next
+      .finally(() => {
+        if (busy.get(key) === next) busy.delete(key);
+      })
+      .catch(() => undefined);
+    return next;
+  };
+
   /** Starts the controller of a recorded run from its last checkpoint. */
   const resume = async (runId: string, epochs?: number): Promise<void> => {
-    if (controllers.has(runId)) return;
+    const active = controllers.get(runId);
+    if (active) {
+      if (epochs !== undefined && epochs !== active.settings.epochs) {
+        throw new ServiceError(
+          Code.FAILED_PRECONDITION,
+          `run ${runId} is ${active.status} with a budget of ${active.settings.epochs} epochs; StopRun it before changing the budget`,
+        );
+      }
+      return;
+    }
+    if (epochs !== undefined) {
+      const done = (await databaseCall("ResumeRun", () => listEpochs(o.db, runId))).length;
+      if (epochs < done) invalid(`epochs ${epochs} is below the ${done} epochs run ${runId} has done`);
+    }
     // Pending (and the new budget) before the controller starts, so the response and a Trainer
     // restarted after a crash both see the resumed run.
     const run = await databaseCall("ResumeRun", () => reopenRun(o.db, runId, epochs));
@@ -116,12 +217,24 @@ export function trainerService(o: TrainerServiceOptions) {
   const runResponse = async (runId: string) => {
     const run = await databaseCall("GetRun", () => getRun(o.db, runId));
     if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
-    return { run: runMessage(run, await listEpochs(o.db, runId)) };
+    return { run: runMessage(run, await databaseCall("GetRun", () => listEpochs(o.db, runId))) };
   };
 
   const service = bindService(Trainer, {
-    async startRun(request) {
+    async startRun(request, context) {
       if (!request.baseModelDir) invalid("base_model_dir is required");
+      checkedText(request.name, "name");
+      checkedText(request.requestId, "request_id");
+      checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
+      if (request.baseCheckpointId !== undefined) checkedText(request.baseCheckpointId, "base_checkpoint_id");
+      checkedText(request.promptSet, "prompt_set");
+      request.rewards.forEach((r, i) => {
+        checkedText(r.rewardName, `rewards[${i}].reward_name`);
+        if (r.endpoint) checkedEndpoint(r.endpoint, `rewards[${i}].endpoint`);
+      });
+      request.samplerEndpoints.forEach((e, i) => {
+        checkedEndpoint(e, `sampler_endpoints[${i}]`);
+      });
       const baseModelDir = resolve(request.baseModelDir);
       const weights = join(baseModelDir, "unet", "diffusion_pytorch_model.safetensors");
       if (!existsSync(weights))
@@ -130,7 +243,7 @@ export function trainerService(o: TrainerServiceOptions) {
       if (!listPromptSets().includes(promptSet)) {
         invalid(`unknown prompt_set '${promptSet}'; known: ${listPromptSets().join(", ")}`);
       }
-      if (!(request.epochs >= 1 && request.epochs <= 100_000)) invalid("epochs must be in 1..100000");
+      if (!(request.epochs >= 1 && request.epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
       let config: ReturnType<typeof ddpoConfigFromMessage>;
       try {
         config = ddpoConfigFromMessage(request.config);
@@ -155,26 +268,27 @@ export function trainerService(o: TrainerServiceOptions) {
         : [{ endpoint: "", name: "jpeg_compressibility", weight: 1 }];
       // An unknown reward name would only fail the run after its first epoch's sampling.
       await Promise.all(rewards.map((r, i) => assertRewardServed(r, i, o)));
-      const samplers = request.samplerEndpoints.length ? [...request.samplerEndpoints] : o.defaultSamplers;
-      if (samplers.length === 0)
+      // Recorded as given: an empty list means the Trainer's default Samplers at each (re)start, so a
+      // run resumes after `ddpo up` restarts them on new ports.
+      const samplers = [...request.samplerEndpoints];
+      const reachable = samplers.length ? samplers : o.defaultSamplers;
+      if (reachable.length === 0)
         throw new ServiceError(Code.FAILED_PRECONDITION, "no Sampler endpoints given or configured");
+      await Promise.all(reachable.map((address) => assertSamplerReachable(address, o)));
 
-      // The base model is a checkpoint too: the root of the run's lineage.
-      const { sha256, size } = await sha256File(weights);
-      const baseId = request.baseCheckpointId || `base-${sha256.slice(0, 16)}`;
-      await registry.registerCheckpoint(
-        {
-          checkpoint: {
-            id: baseId,
-            kind: CheckpointKind.BASE,
-            sha256,
-            sizeBytes: BigInt(size),
-            location: baseModelDir,
-          },
-        },
-        { timeoutMs: 30_000, waitForReady: true },
-      );
-      const id = crypto.randomUUID();
+      let baseId = request.baseCheckpointId ?? "";
+      if (baseId) {
+        await assertContinuable(o.db, baseId, baseModelDir, config);
+      } else {
+        // The base model is a checkpoint too: the root of the run's lineage, named by the digest
+        // of its folder as the Registry computes it (so an edited folder is another checkpoint).
+        baseId = `base-${(await digestFolder(baseModelDir)).sha256.slice(0, 16)}`;
+        await registry.registerCheckpoint(
+          { checkpoint: { id: baseId, kind: CheckpointKind.BASE, location: baseModelDir } },
+          { timeoutMs: 30_000, waitForReady: true },
+        );
+      }
+      const id = request.requestId ? runIdForRequest(request.requestId) : crypto.randomUUID();
       const settings: RunSettings = {
         ddpo: config,
         baseModelDir,
@@ -182,24 +296,39 @@ export function trainerService(o: TrainerServiceOptions) {
         samplerEndpoints: samplers,
         runDir: resolve(o.dataDir, "runs", id),
       };
-      await databaseCall("StartRun", () =>
-        createRun(o.db, {
-          id,
-          name: request.name || id,
-          config: settings as unknown as Record<string, unknown>,
-          status: "pending",
-          code_version: process.env.DDPO_CODE_VERSION ?? null,
-          base_checkpoint_id: baseId,
-          prompt_set: promptSet,
-          rewards,
-        }),
-      );
-      launch(id, settings, rewards, promptSet, baseId);
-      return runResponse(id);
+      return oneAtATime(`run:${id}`, async () => {
+        // A client that gave up (deadline, cancel) gets no run: it would retry and make another.
+        if (context.signal.aborted) throw context.signal.reason;
+        const existed = await databaseCall("StartRun", () => getRun(o.db, id));
+        try {
+          await databaseCall("StartRun", () =>
+            createRun(o.db, {
+              id,
+              name: request.name || id,
+              config: settings as unknown as Record<string, unknown>,
+              status: "pending",
+              code_version: process.env.DDPO_CODE_VERSION ?? null,
+              base_checkpoint_id: baseId,
+              prompt_set: promptSet,
+              rewards,
+            }),
+          );
+        } catch (e) {
+          if (!existed || e instanceof ServiceError) throw e;
+          throw new ServiceError(
+            Code.ALREADY_EXISTS,
+            `request_id ${request.requestId} already started run ${id} with other settings`,
+          );
+        }
+        // A retry of a started run answers with it as it is now; it is not started twice.
+        if (!existed) launch(id, settings, rewards, promptSet, baseId);
+        return runResponse(id);
+      });
     },
 
     async *watchRun({ runId, fromEpoch }, context) {
       if (!runId) invalid("run_id is required");
+      checkedText(runId, "run_id");
       const run = await databaseCall("WatchRun", () => getRun(o.db, runId));
       if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
       // Subscribe before reading history so no epoch falls between the two.
@@ -212,13 +341,13 @@ export function trainerService(o: TrainerServiceOptions) {
       });
       try {
         const seen = new Set<number>();
-        for (const e of await listEpochs(o.db, runId)) {
+        for (const e of await databaseCall("WatchRun", () => listEpochs(o.db, runId))) {
           if (fromEpoch !== undefined && e.epoch < fromEpoch) continue;
           seen.add(e.epoch);
           yield { runId, time: timestampNow(), event: { case: "epoch", value: epochMessage(e) } };
         }
         if (!controller) {
-          const current = await getRun(o.db, runId);
+          const current = await databaseCall("WatchRun", () => getRun(o.db, runId));
           yield eventMessage(runId, {
             kind: "status",
             status: { status: current!.status, message: current!.error ?? "" },
@@ -246,6 +375,7 @@ export function trainerService(o: TrainerServiceOptions) {
 
     async stopRun({ runId, immediate }) {
       if (!runId) invalid("run_id is required");
+      checkedText(runId, "run_id");
       const controller = controllers.get(runId);
       if (controller) await controller.stop(immediate);
       return runResponse(runId);
@@ -253,27 +383,31 @@ export function trainerService(o: TrainerServiceOptions) {
 
     async resumeRun({ runId, epochs }) {
       if (!runId) invalid("run_id is required");
-      if (epochs !== undefined && !(epochs >= 1)) invalid("epochs must be >= 1");
-      await resume(runId, epochs);
+      checkedText(runId, "run_id");
+      if (epochs !== undefined && !(epochs >= 1 && epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
+      await oneAtATime(`run:${runId}`, () => resume(runId, epochs));
       return runResponse(runId);
     },
 
     async getRun({ runId }) {
       if (!runId) invalid("run_id is required");
+      checkedText(runId, "run_id");
       const response = await runResponse(runId);
-      return { ...response, epochs: (await listEpochs(o.db, runId)).map(epochMessage) };
+      const epochs = await databaseCall("GetRun", () => listEpochs(o.db, runId));
+      return { ...response, epochs: epochs.map(epochMessage) };
     },
   });
 
   /** Runs left `running` by a Trainer that died: resume them (called once at start-up). */
   const resumeInterrupted = async (): Promise<string[]> => {
     const running = await listRuns(o.db, { status: "running" });
-    for (const run of running) await resume(run.id);
+    for (const run of running) await oneAtATime(`run:${run.id}`, () => resume(run.id));
     return running.map((r) => r.id);
   };
 
   const close = async () => {
     await Promise.all([...controllers.values()].map((c) => c.stop(false)));
+    closeIdleWorkers();
     registry.close();
   };
 

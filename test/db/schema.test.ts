@@ -17,6 +17,8 @@ import {
   setRunStatus,
   trajectoryProvenance,
 } from "../../services/lib/db/queries.ts";
+import { Code, ServiceError } from "../../services/lib/grpc/index.ts";
+import { databaseCall } from "../../services/lib/runs/database-calls.ts";
 import { makeTrajectory, startTestPostgres, type TestDatabase, type TestPostgres } from "./postgres.ts";
 
 const SHA = (c: string) => c.repeat(64);
@@ -290,5 +292,40 @@ describe("runs, checkpoints, epochs and the views", () => {
     await expect(
       registerCheckpoint(d.db, { id: "y", kind: "full", sha256: "not-hex", size_bytes: 1, location: "/y" }),
     ).rejects.toThrow(/check constraint/);
+  });
+
+  test("databaseCall: values Postgres refuses become statuses that name the SQLSTATE, not Postgres's text", async () => {
+    const refused = async (fn: () => Promise<unknown>) => {
+      const error = await databaseCall("Test", fn).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(ServiceError);
+      return error as ServiceError;
+    };
+    const nul = await refused(() => createRun(d.db, { id: "nul\0id", name: "n" }));
+    expect([nul.code, nul.message]).toEqual([
+      Code.INVALID_ARGUMENT,
+      "Test: a text field is not valid text (SQLSTATE 22021)",
+    ]);
+    const big = await refused(() =>
+      registerCheckpoint(d.db, { id: "big", kind: "base", sha256: SHA("a"), size_bytes: 2 ** 64, location: "/m" }),
+    );
+    expect(big.code).toBe(Code.INVALID_ARGUMENT);
+    expect(big.message).toMatch(/^Test: a (number is out of range|value is invalid) \(SQLSTATE 22\w{3}\)$/);
+    const orphan = await refused(() =>
+      registerCheckpoint(d.db, {
+        id: "o",
+        kind: "base",
+        run_id: "no-run",
+        sha256: SHA("a"),
+        size_bytes: 1,
+        location: "/m",
+      }),
+    );
+    expect([orphan.code, orphan.message]).toEqual([
+      Code.NOT_FOUND,
+      "Test: it refers to a run or checkpoint that does not exist (SQLSTATE 23503)",
+    ]);
   });
 });

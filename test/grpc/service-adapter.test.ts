@@ -88,6 +88,16 @@ describe("unary", () => {
     expect(error.message).toBe("no reward named nope");
   });
 
+  test("a status message that echoes 100k characters arrives with its code, cut to a bounded length", async () => {
+    for (const name of ["x".repeat(100_000), "\u732b".repeat(20_000)]) {
+      const error = await failure(rewarder.score({ rewardName: name }));
+      expect(error.code).toBe(Code.NOT_FOUND);
+      expect(error.message.startsWith(`no reward named ${name.slice(0, 100)}`)).toBe(true);
+      expect(error.message).toEndWith(`... (${name.length + 16} characters)`);
+      expect(Buffer.byteLength(error.message)).toBeLessThanOrEqual(2000);
+    }
+  });
+
   test("an unexpected throw is INTERNAL with its message, logged, and the server stays up", async () => {
     const before = logged.length;
     const error = await failure(rewarder.score({ rewardName: "explode" }));

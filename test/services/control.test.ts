@@ -12,7 +12,7 @@ import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { checkpointLineage, countRewards, countTrajectories, listEpochs } from "../../services/lib/db/queries.ts";
-import { createClient } from "../../services/lib/grpc/index.ts";
+import { Code, createClient, type ServiceError } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
 import { healthCheck } from "../grpc/health.ts";
 import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, type ServiceProcess, spawnService, waitFor } from "./cluster.ts";
@@ -84,13 +84,55 @@ describe("Sampler", () => {
   }, 300_000);
 });
 
+describe("Sampler inside one engine batch", () => {
+  test("a deadline stops the batch within a step; GetStatus answers meanwhile; LoadCheckpoint is idempotent", async () => {
+    const proc = await spawnService("sampler", []);
+    procs.push(proc);
+    const sampler = createClient(Sampler, proc.address);
+    await sampler.loadCheckpoint({ checkpointId: "base", baseModelDir: BASE_MODEL_DIR }, { timeoutMs: 60_000 });
+    const again = await sampler.loadCheckpoint({ checkpointId: "base", baseModelDir: BASE_MODEL_DIR });
+    expect(again.loadSeconds).toBe(0);
+    // One engine batch of 1000 guided steps: minutes of work the old Sampler only checked for
+    // cancellation after the whole batch.
+    const request = { prompts: ["cat face", "tiger"], seeds: [1n, 2n], steps: 1000, guidance: 3, checkpointId: "base" };
+    const started = performance.now();
+    const call = (async () => {
+      try {
+        for await (const _ of sampler.sample(request, { timeoutMs: 1500 }));
+      } catch (e) {
+        return e as ServiceError;
+      }
+      return null;
+    })();
+    await waitFor("the batch to start", async () =>
+      (await sampler.getStatus({})).activeSamples > 0 ? true : undefined,
+    );
+    const asked = performance.now();
+    const status = await sampler.getStatus({}, { timeoutMs: 2_000 });
+    expect(performance.now() - asked).toBeLessThan(1_000);
+    expect([status.checkpointId, status.channels, status.imageSize]).toEqual(["base", 3, 32]);
+    expect((await call)?.code).toBe(Code.DEADLINE_EXCEEDED);
+    await waitFor("the worker to give up the batch", async () =>
+      (await sampler.getStatus({})).activeSamples === 0 ? true : undefined,
+    );
+    const seconds = (performance.now() - started) / 1000;
+    console.error(`1000-step batch with a 1.5 s deadline: idle again after ${seconds.toFixed(1)} s`);
+    expect(seconds).toBeLessThan(6);
+    // The engine is free for the next call.
+    const next = [];
+    for await (const t of sampler.sample({ ...request, steps: 2 }, { timeoutMs: 30_000 })) next.push(t);
+    expect(next).toHaveLength(2);
+    sampler.close();
+  }, 120_000);
+});
+
 describe("Trainer", () => {
   test("StopRun (immediate) mid-run, then ResumeRun with a larger budget: completed, every row once", async () => {
     const env = { DATABASE_URL: database.url };
     const [sampler, rewarder, registry] = await Promise.all([
       spawnService("sampler", []),
       spawnService("rewarder", []),
-      spawnService("registry", [], env),
+      spawnService("registry", ["--data-dir", dataDir], env),
     ]);
     procs.push(sampler, rewarder, registry);
     const trainerProc = await spawnService(

@@ -50,7 +50,7 @@ describe("a DDPO run across the four services", () => {
     const [sampler, rewarder, registry] = await Promise.all([
       spawnService("sampler", []),
       spawnService("rewarder", []),
-      spawnService("registry", [], env),
+      spawnService("registry", ["--data-dir", dataDir], env),
     ]);
     procs.push(sampler, rewarder, registry);
     let trainer = await startTrainer(env, sampler.address, rewarder.address, registry.address);

@@ -44,7 +44,7 @@ beforeAll(async () => {
   [sampler, builtin, registry, independent] = await Promise.all([
     spawnService("sampler", []),
     spawnService("rewarder", []),
-    spawnService("registry", [], env),
+    spawnService("registry", ["--data-dir", dataDir], env),
     spawnIndependentRewarder(),
   ]);
   procs.push(sampler, builtin, registry);

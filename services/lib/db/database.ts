@@ -177,3 +177,42 @@ export async function startDatabase(options: ResolveDatabaseOptions & { max?: nu
     },
   };
 }
+
+/**
+ * Probes the database every `intervalMs` (`select 1`, given `intervalMs` to answer) and calls
+ * `onChange(reachable)` when that flips, starting from reachable; returns a function that stops it.
+ * Services use it to report NOT_SERVING on grpc.health.v1 while Postgres is gone.
+ */
+export function watchDatabase(
+  db: Kysely<Database>,
+  onChange: (reachable: boolean) => void,
+  intervalMs = 2000,
+): () => void {
+  let reachable = true;
+  let stopped = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const probe = async () => {
+    let answer: ReturnType<typeof setTimeout> | undefined;
+    const ok = await Promise.race([
+      sql`select 1`.execute(db).then(
+        () => true,
+        () => false,
+      ),
+      new Promise<boolean>((r) => {
+        answer = setTimeout(() => r(false), intervalMs);
+      }),
+    ]);
+    clearTimeout(answer);
+    if (stopped) return;
+    if (ok !== reachable) {
+      reachable = ok;
+      onChange(ok);
+    }
+    timer = setTimeout(probe, intervalMs);
+  };
+  timer = setTimeout(probe, intervalMs);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}

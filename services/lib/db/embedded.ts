@@ -150,6 +150,13 @@ export class EmbeddedPostgresServer {
     return this.#pg !== null;
   }
 
+  /** Resolves when the postgres process exits, for any reason (a crash, a kill, stop()). */
+  get exited(): Promise<void> {
+    const child = (this.#pg as unknown as WithChild | null)?.process;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+    return new Promise((resolveExit) => child.once("exit", () => resolveExit()));
+  }
+
   /** The last lines the server printed, for diagnostics. */
   get logTail(): string[] {
     return [...this.#log];

@@ -11,6 +11,7 @@ import { writeFileAtomic } from "../checkpoints/atomic-file.ts";
 import { loadIntoParameters } from "../checkpoints/model-folder.ts";
 import { readSafetensors, writeSafetensors } from "../checkpoints/safetensors.ts";
 import { type SampleResult, sampleImages, toUint8Images } from "../diffusion/sampler.ts";
+import { SAMPLING_LIMITS, samplingProblems } from "../diffusion/sampling-limits.ts";
 import type { ParameterSource } from "../models/graph.ts";
 import { LoraAdapterSet } from "../models/lora.ts";
 import { combineSources } from "../models/parameters.ts";
@@ -523,25 +524,40 @@ export function optimizerStepsPerEpoch(c: DdpoConfig, n = c.sampleBatchSize * c.
   return c.innerEpochs * Math.ceil(Math.ceil(n / c.trainBatchSize) / c.gradientAccumulation);
 }
 
+/** Largest LoRA rank accepted (the shipped UNet's widest layer is far narrower). */
+const MAX_LORA_RANK = 256;
+
 export function validateConfig(c: DdpoConfig): void {
   const problems: string[] = [];
-  const posInt = (k: keyof DdpoConfig) => {
+  const posInt = (k: keyof DdpoConfig, max = Number.MAX_SAFE_INTEGER) => {
     const v = c[k];
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 1) problems.push(`${k} must be a positive integer`);
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > max)
+      problems.push(`${k} must be a positive integer${max < Number.MAX_SAFE_INTEGER ? ` at most ${max}` : ""}`);
   };
-  for (const k of [
-    "sampleBatchSize",
-    "sampleBatchesPerEpoch",
-    "steps",
-    "trainBatchSize",
-    "gradientAccumulation",
-    "innerEpochs",
-  ] as const) {
-    posInt(k);
-  }
+  posInt("sampleBatchesPerEpoch");
+  posInt("trainBatchSize", SAMPLING_LIMITS.maxBatchSize);
+  posInt("gradientAccumulation", SAMPLING_LIMITS.maxSamples);
+  posInt("innerEpochs", 100);
+  // An epoch is one Sample call per Sampler: the Sampler's own limits apply.
+  problems.push(
+    ...samplingProblems(
+      {
+        samples: c.sampleBatchSize * c.sampleBatchesPerEpoch,
+        steps: c.steps,
+        guidance: c.guidance,
+        eta: c.eta,
+        batchSize: c.sampleBatchSize,
+      },
+      {
+        samples: "samples per epoch (sampleBatchSize x sampleBatchesPerEpoch)",
+        steps: "steps",
+        guidance: "guidance",
+        eta: "eta",
+        batchSize: "sampleBatchSize",
+      },
+    ),
+  );
   if (!["ddpo_is", "ddpo_sf", "rwr", "sparse_rwr"].includes(c.loss)) problems.push(`unknown loss ${c.loss}`);
-  if (!(c.eta > 0)) problems.push("eta must be > 0");
-  if (!(c.guidance >= 1)) problems.push("guidance must be >= 1");
   if (!(c.timestepFraction > 0 && c.timestepFraction <= 1)) problems.push("timestepFraction must be in (0, 1]");
   if (!(Number.isInteger(c.skipFinalSteps) && c.skipFinalSteps >= 0 && c.skipFinalSteps < c.steps))
     problems.push("skipFinalSteps must be an integer in [0, steps)");
@@ -551,5 +567,18 @@ export function validateConfig(c: DdpoConfig): void {
   if (!(c.rwrTemperature > 0)) problems.push("rwrTemperature must be > 0");
   if (!(c.sparseRwrPercentile >= 0 && c.sparseRwrPercentile < 1))
     problems.push("sparseRwrPercentile must be in [0, 1)");
+  if (c.lora) {
+    if (!(Number.isInteger(c.lora.rank) && c.lora.rank >= 1 && c.lora.rank <= MAX_LORA_RANK))
+      problems.push(`lora.rank must be an integer in 1..${MAX_LORA_RANK}, got ${c.lora.rank}`);
+    if (!(Number.isFinite(c.lora.alpha) && c.lora.alpha > 0))
+      problems.push(`lora.alpha must be a finite number > 0, got ${c.lora.alpha}`);
+  }
+  if (c.statTracking) {
+    for (const k of ["bufferSize", "minCount"] as const) {
+      const v = c.statTracking[k];
+      if (!(Number.isInteger(v) && v >= 1 && v <= 1_000_000))
+        problems.push(`statTracking.${k} must be an integer in 1..1000000, got ${v}`);
+    }
+  }
   if (problems.length) throw new Error(`DDPO config: ${problems.join("; ")}`);
 }

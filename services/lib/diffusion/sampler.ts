@@ -21,6 +21,13 @@ export interface SampleOptions {
   source?: ParameterSource;
   /** LoRA adapters applied on top of `source` (the policy being trained). */
   lora?: LoraAdapters | null;
+  /** Asked before each denoising step; true abandons the batch with SamplingCancelled. */
+  cancelled?: () => boolean;
+}
+
+/** Thrown by sampleImages when its `cancelled` hook says so. */
+export class SamplingCancelled extends Error {
+  override name = "SamplingCancelled";
 }
 
 export interface SampleResult {
@@ -99,6 +106,8 @@ export function sampleImages(model: TextToImageModel, prompts: readonly string[]
     fillPerSampleNoise(engine, x, o.seeds, 0);
     record(0);
     timesteps.forEach((t, k) => {
+      if (o.cancelled?.())
+        throw new SamplingCancelled(`sampling cancelled before step ${k + 1} of ${timesteps.length}`);
       const g = new Graph(engine, source, stepArena, o.lora ?? null);
       const tt = engine.fromArray(new Array(B).fill(t), [B], { arena: stepArena });
       const eps = guidedNoise(model, g, x, tt, context, o.guidance);

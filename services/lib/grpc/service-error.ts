@@ -27,6 +27,22 @@ export class ServiceError extends Error {
   }
 }
 
+/**
+ * Longest status message sent, in UTF-8 bytes: grpc-js percent-encodes it into a trailer (up to
+ * 3 characters per byte), and one over the peer's metadata limit (8 KiB by default) turns the
+ * status into RESOURCE_EXHAUSTED or a reset stream.
+ */
+export const MAX_DETAILS_BYTES = 2000;
+
+function bounded(details: string): string {
+  const bytes = Buffer.byteLength(details);
+  if (bytes <= MAX_DETAILS_BYTES) return details;
+  // Keep whole characters: cut where the UTF-8 prefix fits, leaving room for the note.
+  let end = Math.min(details.length, MAX_DETAILS_BYTES - 50);
+  while (Buffer.byteLength(details.slice(0, end)) > MAX_DETAILS_BYTES - 50) end = Math.floor(end * 0.9);
+  return `${details.slice(0, end)}... (${details.length} characters)`;
+}
+
 /** The status a failed call answers with; `unexpected` is true when it should be logged as a bug. */
 export interface FailureStatus {
   code: Code;
@@ -41,13 +57,18 @@ export interface FailureStatus {
  */
 export function failureStatus(error: unknown, signal?: AbortSignal): FailureStatus {
   if (error instanceof ServiceError) {
-    return { code: error.code, details: error.message, metadata: error.metadata, unexpected: false };
+    return { code: error.code, details: bounded(error.message), metadata: error.metadata, unexpected: false };
   }
   if (signal?.aborted && (error === signal.reason || (error instanceof Error && error.name === "AbortError"))) {
     return { code: Code.CANCELLED, details: "call cancelled", metadata: new Metadata(), unexpected: false };
   }
   const details = error instanceof Error ? error.message : String(error);
-  return { code: Code.INTERNAL, details: details || "internal error", metadata: new Metadata(), unexpected: true };
+  return {
+    code: Code.INTERNAL,
+    details: bounded(details) || "internal error",
+    metadata: new Metadata(),
+    unexpected: true,
+  };
 }
 
 /** A grpc-js client error ({ code, details, metadata }) as a ServiceError. */

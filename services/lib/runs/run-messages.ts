@@ -30,6 +30,7 @@ export interface RunSettings {
   ddpo: DdpoConfig;
   baseModelDir: string;
   epochs: number;
+  /** As the client gave them; empty: the Trainer's default Samplers wherever they are when it runs. */
   samplerEndpoints: string[];
   /** Where the run's checkpoints are written. */
   runDir: string;

@@ -56,7 +56,19 @@ export class WorkerClient<H extends WorkerHandlers> {
     });
   }
 
-  /** Busy calls are rejected; the worker's engine memory goes with its thread. */
+  /**
+   * Rejects the calls in flight now, leaving the worker alive: it finishes the call it is busy
+   * with (its reply is dropped) and then serves later calls.
+   */
+  abandonCalls(reason: Error): void {
+    for (const w of this.#pending.values()) w.reject(reason);
+    this.#pending.clear();
+  }
+
+  /**
+   * Busy calls are rejected and the thread stops. Native memory it allocated (an engine's) is not
+   * freed by that: close the engine with a call first.
+   */
   terminate(): void {
     this.#fail(new Error("worker terminated"));
     this.#worker.terminate();

@@ -39,7 +39,7 @@ export type Checkpoint = Message<"ddpo.v1.Checkpoint"> & {
   parentId?: string | undefined;
 
   /**
-   * The run and epoch (0-based) that produced it; unset for a base model.
+   * The run and epoch (1-based: a run's first epoch is 1) that produced it; unset for a base model.
    *
    * @generated from field: optional string run_id = 3;
    */
@@ -56,21 +56,24 @@ export type Checkpoint = Message<"ddpo.v1.Checkpoint"> & {
   kind: CheckpointKind;
 
   /**
-   * Hex SHA-256 over the checkpoint's files (relative path and contents, in path order).
+   * Hex SHA-256 over the checkpoint's files, exactly those StreamCheckpoint sends: per file in
+   * path order, the '/'-separated relative path (UTF-8), a NUL byte, the size in decimal, a NUL
+   * byte, then the contents. Computed by the Registry; a request may leave it empty, or give it
+   * to have it checked (INVALID_ARGUMENT when the files differ).
    *
    * @generated from field: string sha256 = 6;
    */
   sha256: string;
 
   /**
-   * Total size of the files.
+   * Total size of those files; 0 in a request: not checked.
    *
    * @generated from field: uint64 size_bytes = 7;
    */
   sizeBytes: bigint;
 
   /**
-   * Folder holding the files, on the Registry's filesystem.
+   * Absolute path of the folder holding the files, on the Registry's filesystem; stored resolved.
    *
    * @generated from field: string location = 8;
    */
@@ -320,7 +323,9 @@ export const ListRunsResponseSchema: GenMessage<ListRunsResponse> = /*@__PURE__*
 export const Registry: GenService<{
   /**
    * Records a checkpoint. Idempotent on id: re-registering identical fields returns the stored
-   * checkpoint; different fields under the same id are ALREADY_EXISTS.
+   * checkpoint; different fields under the same id are ALREADY_EXISTS. The location must be a
+   * folder inside the Registry's checkpoint roots (its data store's runs folder and its model
+   * roots; PERMISSION_DENIED otherwise); the Registry hashes its files at registration.
    *
    * @generated from rpc ddpo.v1.Registry.RegisterCheckpoint
    */
@@ -341,7 +346,8 @@ export const Registry: GenService<{
   },
   /**
    * A checkpoint's files as a stream of chunks, for clients that do not share its filesystem.
-   * Files come one after another; within a file, chunks are in offset order.
+   * Files come one after another in path order; within a file, chunks are in offset order. The
+   * stream ends with DATA_LOSS when the bytes sent no longer match the registered sha256.
    *
    * @generated from rpc ddpo.v1.Registry.StreamCheckpoint
    */

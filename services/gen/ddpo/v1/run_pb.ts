@@ -275,7 +275,8 @@ export const BatchStatisticsSchema: GenMessage<BatchStatistics> = /*@__PURE__*/
  */
 export type RewardSource = Message<"ddpo.v1.RewardSource"> & {
   /**
-   * host:port of a Rewarder; empty: the default Rewarder the Trainer was started with.
+   * host:port of a Rewarder; empty: the Trainer's default Rewarder. StartRun answers
+   * INVALID_ARGUMENT for a malformed address and UNAVAILABLE when nothing answers there.
    *
    * @generated from field: string endpoint = 1;
    */
@@ -373,6 +374,9 @@ export type Run = Message<"ddpo.v1.Run"> & {
   config?: DdpoConfig | undefined;
 
   /**
+   * As StartRun gave them; empty: the Trainer's default Sampler(s), looked up whenever the run
+   * starts or resumes (so it resumes after the services restart on new ports).
+   *
    * @generated from field: repeated string sampler_endpoints = 12;
    */
   samplerEndpoints: string[];
@@ -416,7 +420,7 @@ export const RunSchema: GenMessage<Run> = /*@__PURE__*/
  */
 export type EpochReport = Message<"ddpo.v1.EpochReport"> & {
   /**
-   * 0-based.
+   * 1-based: a run's first epoch is 1.
    *
    * @generated from field: uint32 epoch = 1;
    */

@@ -93,8 +93,9 @@ export type SampleRequest = Message<"ddpo.v1.SampleRequest"> & {
   prompts: string[];
 
   /**
-   * One noise seed per prompt (same length as prompts); the same seed and checkpoint give the
-   * same trajectory on either backend.
+   * One noise seed per prompt (same length as prompts), each below 2^52 (INVALID_ARGUMENT
+   * otherwise: seeds travel as JavaScript numbers); the same seed and checkpoint give the same
+   * trajectory on either backend.
    *
    * @generated from field: repeated uint64 seeds = 2;
    */
@@ -115,7 +116,8 @@ export type SampleRequest = Message<"ddpo.v1.SampleRequest"> & {
   guidance?: number | undefined;
 
   /**
-   * DDIM eta (0 = deterministic, 1 = DDPM-like); unset: 1.0.
+   * DDIM eta, > 0 (1 = DDPM-like): eta = 0 is deterministic DDIM, which has no log-prob for the
+   * policy, so it is INVALID_ARGUMENT; unset: 1.0.
    *
    * @generated from field: optional double eta = 5;
    */

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ddpo/v1/trainer.proto.
  */
 export const file_ddpo_v1_trainer: GenFile = /*@__PURE__*/
-  fileDesc("ChVkZHBvL3YxL3RyYWluZXIucHJvdG8SB2RkcG8udjEi+wEKD1N0YXJ0UnVuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAIgASgJEh8KEmJhc2VfY2hlY2twb2ludF9pZBgDIAEoCUgAiAEBEhIKCnByb21wdF9zZXQYBCABKAkSDgoGZXBvY2hzGAUgASgNEiYKB3Jld2FyZHMYBiADKAsyFS5kZHBvLnYxLlJld2FyZFNvdXJjZRIjCgZjb25maWcYByABKAsyEy5kZHBvLnYxLkRkcG9Db25maWcSGQoRc2FtcGxlcl9lbmRwb2ludHMYCCADKAlCFQoTX2Jhc2VfY2hlY2twb2ludF9pZCItChBTdGFydFJ1blJlc3BvbnNlEhkKA3J1bhgBIAEoCzIMLmRkcG8udjEuUnVuIkkKD1dhdGNoUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSFwoKZnJvbV9lcG9jaBgCIAEoDUgAiAEBQg0KC19mcm9tX2Vwb2NoIskBCghSdW5FdmVudBIOCgZydW5faWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoFZXBvY2gYAyABKAsyFC5kZHBvLnYxLkVwb2NoUmVwb3J0SAASJwoGc3RhdHVzGAQgASgLMhUuZGRwby52MS5TdGF0dXNDaGFuZ2VIABIqCghwcm9ncmVzcxgFIAEoCzIWLmRkcG8udjEuRXBvY2hQcm9ncmVzc0gAQgcKBWV2ZW50IkMKDFN0YXR1c0NoYW5nZRIiCgZzdGF0dXMYASABKA4yEi5kZHBvLnYxLlJ1blN0YXR1cxIPCgdtZXNzYWdlGAIgASgJIkoKDUVwb2NoUHJvZ3Jlc3MSDQoFZXBvY2gYASABKA0SDQoFcGhhc2UYAiABKAkSDAoEZG9uZRgDIAEoDRINCgV0b3RhbBgEIAEoDSIzCg5TdG9wUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSEQoJaW1tZWRpYXRlGAIgASgIIiwKD1N0b3BSdW5SZXNwb25zZRIZCgNydW4YASABKAsyDC5kZHBvLnYxLlJ1biJCChBSZXN1bWVSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRITCgZlcG9jaHMYAiABKA1IAIgBAUIJCgdfZXBvY2hzIi4KEVJlc3VtZVJ1blJlc3BvbnNlEhkKA3J1bhgBIAEoCzIMLmRkcG8udjEuUnVuMsICCgdUcmFpbmVyEj8KCFN0YXJ0UnVuEhguZGRwby52MS5TdGFydFJ1blJlcXVlc3QaGS5kZHBvLnYxLlN0YXJ0UnVuUmVzcG9uc2USOQoIV2F0Y2hSdW4SGC5kZHBvLnYxLldhdGNoUnVuUmVxdWVzdBoRLmRkcG8udjEuUnVuRXZlbnQwARI8CgdTdG9wUnVuEhcuZGRwby52MS5TdG9wUnVuUmVxdWVzdBoYLmRkcG8udjEuU3RvcFJ1blJlc3BvbnNlEkIKCVJlc3VtZVJ1bhIZLmRkcG8udjEuUmVzdW1lUnVuUmVxdWVzdBoaLmRkcG8udjEuUmVzdW1lUnVuUmVzcG9uc2USOQoGR2V0UnVuEhYuZGRwby52MS5HZXRSdW5SZXF1ZXN0GhcuZGRwby52MS5HZXRSdW5SZXNwb25zZWIGcHJvdG8z", [file_ddpo_v1_common, file_ddpo_v1_run, file_google_protobuf_timestamp]);
+  fileDesc("ChVkZHBvL3YxL3RyYWluZXIucHJvdG8SB2RkcG8udjEijwIKD1N0YXJ0UnVuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAIgASgJEh8KEmJhc2VfY2hlY2twb2ludF9pZBgDIAEoCUgAiAEBEhIKCnByb21wdF9zZXQYBCABKAkSDgoGZXBvY2hzGAUgASgNEiYKB3Jld2FyZHMYBiADKAsyFS5kZHBvLnYxLlJld2FyZFNvdXJjZRIjCgZjb25maWcYByABKAsyEy5kZHBvLnYxLkRkcG9Db25maWcSGQoRc2FtcGxlcl9lbmRwb2ludHMYCCADKAkSEgoKcmVxdWVzdF9pZBgJIAEoCUIVChNfYmFzZV9jaGVja3BvaW50X2lkIi0KEFN0YXJ0UnVuUmVzcG9uc2USGQoDcnVuGAEgASgLMgwuZGRwby52MS5SdW4iSQoPV2F0Y2hSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIXCgpmcm9tX2Vwb2NoGAIgASgNSACIAQFCDQoLX2Zyb21fZXBvY2giyQEKCFJ1bkV2ZW50Eg4KBnJ1bl9pZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVlcG9jaBgDIAEoCzIULmRkcG8udjEuRXBvY2hSZXBvcnRIABInCgZzdGF0dXMYBCABKAsyFS5kZHBvLnYxLlN0YXR1c0NoYW5nZUgAEioKCHByb2dyZXNzGAUgASgLMhYuZGRwby52MS5FcG9jaFByb2dyZXNzSABCBwoFZXZlbnQiQwoMU3RhdHVzQ2hhbmdlEiIKBnN0YXR1cxgBIAEoDjISLmRkcG8udjEuUnVuU3RhdHVzEg8KB21lc3NhZ2UYAiABKAkiSgoNRXBvY2hQcm9ncmVzcxINCgVlcG9jaBgBIAEoDRINCgVwaGFzZRgCIAEoCRIMCgRkb25lGAMgASgNEg0KBXRvdGFsGAQgASgNIjMKDlN0b3BSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglpbW1lZGlhdGUYAiABKAgiLAoPU3RvcFJ1blJlc3BvbnNlEhkKA3J1bhgBIAEoCzIMLmRkcG8udjEuUnVuIkIKEFJlc3VtZVJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhMKBmVwb2NocxgCIAEoDUgAiAEBQgkKB19lcG9jaHMiLgoRUmVzdW1lUnVuUmVzcG9uc2USGQoDcnVuGAEgASgLMgwuZGRwby52MS5SdW4ywgIKB1RyYWluZXISPwoIU3RhcnRSdW4SGC5kZHBvLnYxLlN0YXJ0UnVuUmVxdWVzdBoZLmRkcG8udjEuU3RhcnRSdW5SZXNwb25zZRI5CghXYXRjaFJ1bhIYLmRkcG8udjEuV2F0Y2hSdW5SZXF1ZXN0GhEuZGRwby52MS5SdW5FdmVudDABEjwKB1N0b3BSdW4SFy5kZHBvLnYxLlN0b3BSdW5SZXF1ZXN0GhguZGRwby52MS5TdG9wUnVuUmVzcG9uc2USQgoJUmVzdW1lUnVuEhkuZGRwby52MS5SZXN1bWVSdW5SZXF1ZXN0GhouZGRwby52MS5SZXN1bWVSdW5SZXNwb25zZRI5CgZHZXRSdW4SFi5kZHBvLnYxLkdldFJ1blJlcXVlc3QaFy5kZHBvLnYxLkdldFJ1blJlc3BvbnNlYgZwcm90bzM", [file_ddpo_v1_common, file_ddpo_v1_run, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message ddpo.v1.StartRunRequest
@@ -40,7 +40,9 @@ export type StartRunRequest = Message<"ddpo.v1.StartRunRequest"> & {
 
   /**
    * Start from this registered checkpoint instead of the base model itself (e.g. continue the
-   * policy of an earlier run).
+   * policy of an earlier run): NOT_FOUND unless registered; its lineage must end at the base model
+   * in base_model_dir, and a LoRA checkpoint needs a LoRA config of the same rank (a full one a
+   * full config). Unset: the base model, registered as a BASE checkpoint.
    *
    * @generated from field: optional string base_checkpoint_id = 3;
    */
@@ -73,11 +75,22 @@ export type StartRunRequest = Message<"ddpo.v1.StartRunRequest"> & {
   config?: DdpoConfig | undefined;
 
   /**
-   * host:port of the Samplers to spread sampling over; empty: the Trainer's default Sampler(s).
+   * host:port of the Samplers to spread sampling over; empty: the Trainer's default Sampler(s),
+   * wherever they are when the run starts or resumes. StartRun answers INVALID_ARGUMENT for a
+   * malformed address and UNAVAILABLE when a Sampler does not answer.
    *
    * @generated from field: repeated string sampler_endpoints = 8;
    */
   samplerEndpoints: string[];
+
+  /**
+   * Chosen by the client so a retried StartRun (e.g. after DEADLINE_EXCEEDED) creates one run: a
+   * request_id already used returns that run, started once; ALREADY_EXISTS when its other fields
+   * differ. Empty: every call creates a run. At most 200 characters.
+   *
+   * @generated from field: string request_id = 9;
+   */
+  requestId: string;
 };
 
 /**
@@ -114,7 +127,8 @@ export type WatchRunRequest = Message<"ddpo.v1.WatchRunRequest"> & {
   runId: string;
 
   /**
-   * Replay finished epochs from this one (0-based); unset: only live events.
+   * Replay finished epochs from this one (1-based: the first epoch is 1; 0 or 1 replays all);
+   * unset: only live events.
    *
    * @generated from field: optional uint32 from_epoch = 2;
    */
@@ -208,6 +222,8 @@ export const StatusChangeSchema: GenMessage<StatusChange> = /*@__PURE__*/
  */
 export type EpochProgress = Message<"ddpo.v1.EpochProgress"> & {
   /**
+   * The epoch in progress (1-based).
+   *
    * @generated from field: uint32 epoch = 1;
    */
   epoch: number;
@@ -291,7 +307,8 @@ export type ResumeRunRequest = Message<"ddpo.v1.ResumeRunRequest"> & {
   runId: string;
 
   /**
-   * Raise the run's epoch budget to this many epochs in total; unset: keep it.
+   * The run's new epoch budget, in total (not in addition); at least the epochs already done
+   * (INVALID_ARGUMENT otherwise). Unset: keep it.
    *
    * @generated from field: optional uint32 epochs = 2;
    */
@@ -358,8 +375,9 @@ export const Trainer: GenService<{
     output: typeof StopRunResponseSchema;
   },
   /**
-   * Continues a stopped or failed run from its last checkpoint, advantage buffers and prompt
-   * position.
+   * Continues a stopped, failed or completed run from its last checkpoint, advantage buffers and
+   * prompt position. On a run that is already running it changes nothing: OK when epochs is unset
+   * or equals its budget, FAILED_PRECONDITION otherwise (stop it first).
    *
    * @generated from rpc ddpo.v1.Trainer.ResumeRun
    */
