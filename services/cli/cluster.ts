@@ -1,5 +1,5 @@
 // `ddpo up` as a library: the database (embedded Postgres in <dataDir>/postgres, or DATABASE_URL)
-// with migrations applied, then the four services as child processes on loopback. A service that
+// with migrations applied, then the four services and the web dashboard as child processes on loopback. A service that
 // dies unexpectedly is restarted on the same address, so a run survives it (the Trainer resumes
 // its runs from their last checkpoints). The addresses are written to <dataDir>/services.json
 // for the other commands.
@@ -8,13 +8,15 @@ import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { migrate, openDatabase, resolveDatabase } from "../lib/db/database.ts";
 
-export type ServiceName = "registry" | "rewarder" | "sampler" | "trainer";
+export type ServiceName = "registry" | "rewarder" | "sampler" | "trainer" | "dashboard";
 
 export interface ClusterAddresses {
   registry: string;
   rewarder: string;
   sampler: string;
   trainer: string;
+  /** The web dashboard's host:port (http). */
+  dashboard: string;
   databaseUrl: string;
 }
 
@@ -112,10 +114,11 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   };
 
   try {
-    const [registry, rewarder, sampler] = await Promise.all([
+    const [registry, rewarder, sampler, dashboard] = await Promise.all([
       start("registry", []),
       start("rewarder", []),
       start("sampler", []),
+      start("dashboard", []),
     ]);
     const trainer = await start("trainer", [
       "--registry",
@@ -127,7 +130,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       "--data-dir",
       dataDir,
     ]);
-    const addresses: ClusterAddresses = { registry, rewarder, sampler, trainer, databaseUrl: database.url };
+    const addresses: ClusterAddresses = { registry, rewarder, sampler, trainer, dashboard, databaseUrl: database.url };
     writeFileSync(join(dataDir, "services.json"), `${JSON.stringify(addresses, null, 2)}\n`);
     return {
       addresses,

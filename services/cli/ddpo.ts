@@ -2,8 +2,10 @@
 //   pretrain   train a base model on the emoji images (resumable)
 //   sample     draw images for prompts from a model folder into a PNG grid
 //   up, train, watch, runs, lineage: the services (remote.ts); train-local: one process (train.ts)
+//   dashboard  the web pages over the runs in Postgres (services/dashboard)
 import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
+import { DASHBOARD_USAGE, dashboardCommand } from "../dashboard/main.ts";
 import { loadEmojiDataset } from "../lib/data/emoji.ts";
 import { sampleImages, toUint8Images } from "../lib/diffusion/sampler.ts";
 import { writeTrajectories } from "../lib/diffusion/trajectory-file.ts";
@@ -42,6 +44,7 @@ const USAGE = `usage: ddpo <command> [options]
   sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
            [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-N/lora] [--reward NAME]
 ${REMOTE_USAGE}
+${DASHBOARD_USAGE}
   ${TRAIN_USAGE.replace("ddpo train", "train-local")}`;
 
 function num(v: string | undefined, fallback: number, name: string): number {
@@ -224,6 +227,7 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   runs: runsCommand,
   lineage: lineageCommand,
   "train-local": trainLocalCommand,
+  dashboard: (argv) => dashboardCommand(argv),
 };
 
 if (import.meta.main) {
