@@ -68,7 +68,12 @@ export function runsPage(runs: RunOverview[]): string {
       <td><details><summary>config</summary><pre>${JSON.stringify(r.config, null, 2)}</pre></details></td>
     </tr>`,
   );
-  const options = runs.map((r) => html`<option value="${r.id}">${runTitle(r)} (${r.id.slice(0, 8)})</option>`);
+  // The two newest runs preselected.
+  const options = (selected: number) =>
+    runs.map(
+      (r, i) =>
+        html`<option value="${r.id}"${i === selected ? new Html(" selected") : ""}>${runTitle(r)} (${r.id.slice(0, 8)})</option>`,
+    );
   return page(
     "runs",
     html`<h1>Runs</h1>
@@ -77,8 +82,8 @@ export function runsPage(runs: RunOverview[]): string {
       <th>prompts</th><th>reward terms</th><th>config</th></tr></thead><tbody>${rows}</tbody></table>
     ${
       runs.length >= 2
-        ? html`<form class="compare" action="/compare" method="get"><label>compare <select name="a">${options}</select></label>
-        <label>with <select name="b">${options}</select></label> <button type="submit">compare</button></form>`
+        ? html`<form class="compare" action="/compare" method="get"><label>compare <select name="a">${options(1)}</select></label>
+        <label>with <select name="b">${options(0)}</select></label> <button type="submit">compare</button></form>`
         : ""
     }`,
   );

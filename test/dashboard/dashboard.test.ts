@@ -118,8 +118,9 @@ async function expectEpochTable(runId: string, rows: RunRewardByEpoch[]): Promis
 beforeAll(async () => {
   cluster = await startTinyCluster();
   runA = await finish(await cluster.startRun("dashboard a", 3));
-  // Same config seed: run B draws the same prompts and seeds per epoch as run A.
-  runB = await finish(await cluster.startRun("dashboard b", 2));
+  // Same config seed: run B draws the same prompts and seeds per epoch as run A; a larger learning
+  // rate makes its policy, and so its samples from epoch 2 on, differ.
+  runB = await finish(await cluster.startRun("dashboard b", 2, { lr: 3e-2 }));
   dashboard = await spawnDashboard({ DATABASE_URL: cluster.database.url });
   browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });

@@ -19,8 +19,8 @@ export interface TinyCluster {
   database: TestDatabase;
   dataDir: string;
   trainer: ServiceProcess;
-  /** Starts a run of `epochs` tiny epochs on the Trainer; returns its id at once. */
-  startRun(name: string, epochs: number): Promise<string>;
+  /** Starts a run of `epochs` tiny epochs on the Trainer (config keys overridden); returns its id at once. */
+  startRun(name: string, epochs: number, config?: Partial<typeof TINY_RUN_CONFIG>): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -58,7 +58,7 @@ export async function startTinyCluster(): Promise<TinyCluster> {
       env,
     );
     procs.push(trainer);
-    const startRun = async (name: string, epochs: number) => {
+    const startRun = async (name: string, epochs: number, config: Partial<typeof TINY_RUN_CONFIG> = {}) => {
       const client = createClient(Trainer, trainer.address);
       try {
         const { run } = await client.startRun(
@@ -68,7 +68,7 @@ export async function startTinyCluster(): Promise<TinyCluster> {
             promptSet: "animals",
             epochs,
             rewards: TINY_RUN_REWARDS,
-            config: TINY_RUN_CONFIG,
+            config: { ...TINY_RUN_CONFIG, ...config },
           },
           { timeoutMs: 60_000 },
         );
