@@ -114,13 +114,12 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   };
 
   try {
-    const [registry, rewarder, sampler, dashboard] = await Promise.all([
+    const [registry, rewarder, sampler] = await Promise.all([
       start("registry", []),
       start("rewarder", []),
       start("sampler", []),
-      start("dashboard", []),
     ]);
-    const trainer = await start("trainer", [
+    const started = start("trainer", [
       "--registry",
       registry,
       "--rewarder",
@@ -129,6 +128,11 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       sampler,
       "--data-dir",
       dataDir,
+    ]);
+    // The dashboard asks the Sampler and Rewarder to draw a seed under each checkpoint, on request.
+    const [trainer, dashboard] = await Promise.all([
+      started,
+      start("dashboard", ["--sampler", sampler, "--rewarder", rewarder]),
     ]);
     const addresses: ClusterAddresses = { registry, rewarder, sampler, trainer, dashboard, databaseUrl: database.url };
     writeFileSync(join(dataDir, "services.json"), `${JSON.stringify(addresses, null, 2)}\n`);

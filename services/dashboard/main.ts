@@ -1,43 +1,56 @@
-// `ddpo dashboard [--address 127.0.0.1:8470] [--data-dir .ddpo] [--token-file F] [--tls-cert F --tls-key F]`
-// and `bun run services/dashboard/main.ts` (what `ddpo up` spawns): the dashboard over the database
-// that DATABASE_URL names, else the one a running `ddpo up` wrote to <data-dir>/services.json, else
-// the embedded server in <data-dir>/postgres (started here). Prints one JSON line once listening.
+// `ddpo dashboard [--address 127.0.0.1:8470] [--data-dir .ddpo] [--sampler ADDR --rewarder ADDR]
+// [--token-file F] [--tls-cert F --tls-key F]` and `bun run services/dashboard/main.ts` (what `ddpo up`
+// spawns): the dashboard over the database that DATABASE_URL names, else the one a running `ddpo up`
+// wrote to <data-dir>/services.json, else the embedded server in <data-dir>/postgres (started here).
+// The Sampler and Rewarder (flags, else services.json) draw a seed under each checkpoint on request.
+// Prints one JSON line once listening.
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { openDatabase, type ProductDatabase, startDatabase } from "../lib/db/database.ts";
 import { parseServiceFlags } from "../lib/grpc/service-process.ts";
 import { startDashboard } from "./server.ts";
 
-export const DASHBOARD_USAGE = `  dashboard [--address 127.0.0.1:8470] [--data-dir .ddpo] [--poll-ms 1000]   web pages over the runs in Postgres`;
+export const DASHBOARD_USAGE = `  dashboard [--address 127.0.0.1:8470] [--data-dir .ddpo] [--poll-ms 1000] [--sampler ADDR --rewarder ADDR]
+           web pages over the runs in Postgres`;
 
 const DEFAULT_ADDRESS = "127.0.0.1:8470";
 
-async function openProductDatabase(dataDir: string): Promise<Pick<ProductDatabase, "db" | "close">> {
-  const env = process.env;
+interface ServicesFile {
+  databaseUrl?: string;
+  sampler?: string;
+  rewarder?: string;
+}
+
+/** What a running `ddpo up` wrote, or nothing. */
+function servicesFile(dataDir: string): ServicesFile {
   const file = join(dataDir, "services.json");
-  if (!env.DATABASE_URL && existsSync(file)) {
-    const { databaseUrl } = JSON.parse(readFileSync(file, "utf8")) as { databaseUrl?: string };
-    if (databaseUrl) return openDatabase({ url: databaseUrl, connectionTimeoutMs: 2_000 });
-  }
+  return existsSync(file) ? (JSON.parse(readFileSync(file, "utf8")) as ServicesFile) : {};
+}
+
+async function openProductDatabase(dataDir: string): Promise<Pick<ProductDatabase, "db" | "close">> {
+  const url = process.env.DATABASE_URL || servicesFile(dataDir).databaseUrl;
+  if (url) return openDatabase({ url, connectionTimeoutMs: 2_000 });
   return startDatabase({ dataDir: join(dataDir, "postgres") });
 }
 
 export async function dashboardCommand(argv: string[], defaultAddress = DEFAULT_ADDRESS): Promise<void> {
-  const flags = parseServiceFlags(argv, ["data-dir", "poll-ms"]);
+  const flags = parseServiceFlags(argv, ["data-dir", "poll-ms", "sampler", "rewarder"]);
+  const dataDir = flags.extra["data-dir"] ?? ".ddpo";
+  const sampler = flags.extra.sampler ?? servicesFile(dataDir).sampler;
+  const rewarder = flags.extra.rewarder ?? servicesFile(dataDir).rewarder;
   const address =
     argv.includes("--address") || argv.some((a) => a.startsWith("--address=")) ? flags.address : defaultAddress;
   const pollMs = flags.extra["poll-ms"] === undefined ? undefined : Number(flags.extra["poll-ms"]);
   if (pollMs !== undefined && !(pollMs >= 50))
     throw new Error(`--poll-ms must be a number >= 50, got '${flags.extra["poll-ms"]}'`);
   if (Boolean(flags.tlsCert) !== Boolean(flags.tlsKey)) throw new Error("--tls-cert and --tls-key go together");
-  const database = process.env.DATABASE_URL
-    ? openDatabase({ url: process.env.DATABASE_URL, connectionTimeoutMs: 2_000 })
-    : await openProductDatabase(flags.extra["data-dir"] ?? ".ddpo");
+  const database = await openProductDatabase(dataDir);
   const dashboard = await startDashboard({
     db: database.db,
     address,
     token: flags.token,
     pollMs,
+    previews: sampler && rewarder ? { sampler, rewarder, clientOptions: { token: flags.token } } : undefined,
     tls:
       flags.tlsCert && flags.tlsKey
         ? { cert: readFileSync(flags.tlsCert), key: readFileSync(flags.tlsKey) }

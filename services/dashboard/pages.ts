@@ -12,6 +12,7 @@ import type {
   TrajectoryProvenance,
 } from "../lib/db/schema.ts";
 import { Html, html, num, page, path, query, seconds, when } from "./html.ts";
+import type { Preview } from "./previews.ts";
 
 const LIVE: readonly string[] = ["pending", "running"];
 
@@ -179,7 +180,8 @@ export function epochPage(
   const cards = samples.map((t) =>
     sampleCard(
       t,
-      html` <a class="series" href="/series${query({ run: [run.id], prompt: t.prompt })}">this prompt across epochs</a>`,
+      html` <a class="fixed" href="${path("runs", run.id, "fixed")}${query({ prompt: t.prompt, seed: t.seed })}">this seed under every checkpoint</a>
+      <a class="series" href="/series${query({ run: [run.id], prompt: t.prompt })}">this prompt across epochs</a>`,
     ),
   );
   return page(
@@ -226,7 +228,7 @@ export function trajectoryPage(
       <dt>advantage</dt><dd class="advantage">${num(t.advantage)}</dd>
       <dt>sampled by</dt><dd><span class="mono">${t.checkpoint_id}</span>
         ${provenance ? ` (${provenance.checkpoint_kind}${provenance.checkpoint_epoch === null ? "" : `, epoch ${provenance.checkpoint_epoch}`})` : ""}</dd>
-      <dt>same prompt and seed</dt><dd><a href="/series${query({ run: [t.run_id], prompt: t.prompt, seed: t.seed })}">in every epoch</a></dd>
+      <dt>same prompt and seed</dt><dd><a href="${path("runs", t.run_id, "fixed")}${query({ prompt: t.prompt, seed: t.seed })}">drawn under every checkpoint</a></dd>
     </dl>
     <table id="reward-terms"><thead><tr><th>term</th><th>value</th><th>weight</th><th>source</th></tr></thead><tbody>
       ${rewards.map((r) => html`<tr data-term="${r.reward_name}"><td>${r.reward_name}</td><td class="value">${num(r.value)}</td><td>${num(r.weight)}</td><td class="mono">${r.source ?? "–"}</td></tr>`)}
@@ -370,6 +372,35 @@ export function seriesPage(runs: Run[], prompt: string, seed: number | undefined
         sampleCard(t, html` <span class="muted">epoch ${t.epoch}</span>`),
       )}</div>`,
     )}`,
+  );
+}
+
+export interface FixedSeedCell {
+  epoch: number;
+  checkpoint: Checkpoint;
+  preview?: Preview;
+  error?: string;
+}
+
+export function fixedSeedPage(run: Run, prompt: string, seed: number, cells: FixedSeedCell[]): string {
+  return page(
+    `${prompt} · seed ${seed} under each checkpoint`,
+    html`<h1><a href="${path("runs", run.id)}">${runTitle(run)}</a> · “${prompt}”, seed ${seed}, under each checkpoint</h1>
+    <p class="muted">Drawn again now by the Sampler with the run's steps, guidance and eta, one column per checkpoint
+    (epoch 0 is the base model; the checkpoint of epoch N samples epoch N+1), and scored by the run's reward terms.</p>
+    <section class="grid" id="fixed">${cells.map(
+      (c) => html`<figure class="card" data-epoch="${c.epoch}" data-checkpoint="${c.checkpoint.id}">
+        ${
+          c.preview
+            ? html`<img class="sample" src="${path("runs", run.id, "fixed", `${c.epoch}.png`)}${query({ prompt, seed })}" alt="${prompt}, epoch ${c.epoch}">`
+            : html`<p class="error-text">${c.error ?? ""}</p>`
+        }
+        <figcaption><span>${c.epoch === 0 ? "base" : `after epoch ${c.epoch}`}</span>
+          <span class="prompt">${prompt}</span><span>seed <span class="seed">${seed}</span></span>
+          <span>reward <span class="reward">${num(c.preview?.reward)}</span></span>
+          ${(c.preview?.terms ?? []).map((t) => html`<span class="muted" data-term="${t.name}">${t.name} <span class="value">${num(t.value)}</span></span>`)}
+        </figcaption></figure>`,
+    )}</section>`,
   );
 }
 

@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import type { Kysely } from "kysely";
 import {
   checkpointLineage,
+  getCheckpoint,
   getLatentBlob,
   getRun,
   getTrajectory,
@@ -32,6 +33,8 @@ import {
   epochPage,
   epochRowsHtml,
   errorPage,
+  type FixedSeedCell,
+  fixedSeedPage,
   lineagePage,
   type RunSnapshot,
   runPage,
@@ -41,6 +44,7 @@ import {
   trajectoriesPage,
   trajectoryPage,
 } from "./pages.ts";
+import { CheckpointPreviews, type PreviewServices } from "./previews.ts";
 
 export interface DashboardOptions {
   db: Kysely<Database>;
@@ -51,6 +55,8 @@ export interface DashboardOptions {
   tls?: { cert: string | Buffer; key: string | Buffer };
   /** How often a live run's stream polls the database, ms. */
   pollMs?: number;
+  /** A Sampler and Rewarder to draw one prompt and seed under each checkpoint; the page is off without. */
+  previews?: PreviewServices;
   log?: (line: string) => void;
 }
 
@@ -64,6 +70,8 @@ export interface RunningDashboard {
 const TOKEN_COOKIE = "ddpo_token";
 const MAX_PAGE = 500;
 const MAX_SERIES_RUNS = 8;
+/** Checkpoints a fixed-seed page draws at most: evenly spaced, the base and the newest always. */
+const MAX_FIXED_SEED_COLUMNS = 13;
 
 export class HttpError extends Error {
   constructor(
@@ -196,6 +204,21 @@ async function latestCheckpoint(db: Kysely<Database>, run: Run) {
     .at(-1);
 }
 
+/** The run's checkpoints by epoch, epoch 0 its base; at most `max`, evenly spaced, first and last kept. */
+async function checkpointsByEpoch(db: Kysely<Database>, run: Run, max: number) {
+  const base = run.base_checkpoint_id ? await getCheckpoint(db, run.base_checkpoint_id) : undefined;
+  const mine = (await listCheckpoints(db, { runId: run.id }))
+    .filter((c) => c.kind !== "base" && c.epoch !== null)
+    .sort((a, b) => a.epoch! - b.epoch!);
+  const all = [
+    ...(base ? [{ epoch: 0, checkpoint: base }] : []),
+    ...mine.map((c) => ({ epoch: c.epoch!, checkpoint: c })),
+  ];
+  if (all.length <= max) return all;
+  const picked = new Set(Array.from({ length: max }, (_, i) => Math.round((i * (all.length - 1)) / (max - 1))));
+  return all.filter((_, i) => picked.has(i));
+}
+
 function runDirOf(run: Run): string | null {
   const dir = (run.config as { runDir?: unknown }).runDir;
   return typeof dir === "string" && dir ? dir : null;
@@ -214,6 +237,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
     log(`[dashboard] serving beyond loopback on ${hostname}${token ? "" : " without a token"}`);
   const assets = await buildAssets();
   const streams = new Set<() => void>();
+  const previews = o.previews ? new CheckpointPreviews(o.previews) : null;
 
   /** Server-sent events: a `run` event with the snapshot and the fresh table bodies whenever it changes. */
   function runEvents(run: Run, req: Request): Response {
@@ -385,6 +409,37 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
         headers: { "content-type": "image/png", "cache-control": "max-age=3600", ...SECURITY_HEADERS },
       });
     }
+    if (sub === "fixed" && rest.length <= 1) {
+      const prompt = q.get("prompt");
+      if (!prompt) throw badRequest("'prompt' is required");
+      const seed = required(q.get("seed"), "seed");
+      if (!previews) {
+        throw new HttpError(
+          503,
+          "No Sampler",
+          "Drawing a prompt and seed under each checkpoint needs a Sampler and a Rewarder: start the dashboard through 'ddpo up', or with --sampler and --rewarder.",
+        );
+      }
+      const columns = await checkpointsByEpoch(db, run, MAX_FIXED_SEED_COLUMNS);
+      if (rest.length === 1) {
+        const epoch = Number(/^(\d{1,6})\.png$/.exec(rest[0]!)?.[1] ?? Number.NaN);
+        const column = columns.find((c) => c.epoch === epoch);
+        if (!column) throw notFound(`Run '${run.id}' has no checkpoint drawn for epoch ${rest[0]}.`);
+        const { png } = await previews.preview(run, column.checkpoint, prompt, seed);
+        return new Response(png, {
+          headers: { "content-type": "image/png", "cache-control": "max-age=3600", ...SECURITY_HEADERS },
+        });
+      }
+      const cells: FixedSeedCell[] = [];
+      for (const c of columns) {
+        try {
+          cells.push({ ...c, preview: await previews.preview(run, c.checkpoint, prompt, seed) });
+        } catch (e) {
+          cells.push({ ...c, error: (e as Error).message });
+        }
+      }
+      return htmlResponse(fixedSeedPage(run, prompt, seed, cells));
+    }
     if (sub === "lineage" && rest.length === 0) {
       const from = (await latestCheckpoint(db, run))?.id ?? run.base_checkpoint_id;
       return htmlResponse(lineagePage(run, from ? await checkpointLineage(db, from) : []));
@@ -445,6 +500,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
     url: `${o.tls ? "https" : "http"}://${address}`,
     async stop() {
       for (const close of [...streams]) close();
+      previews?.close();
       await server.stop(true);
     },
   };

@@ -18,6 +18,8 @@ export interface TinyCluster {
   pg: TestPostgres;
   database: TestDatabase;
   dataDir: string;
+  sampler: ServiceProcess;
+  rewarder: ServiceProcess;
   trainer: ServiceProcess;
   /** Starts a run of `epochs` tiny epochs on the Trainer (config keys overridden); returns its id at once. */
   startRun(name: string, epochs: number, config?: Partial<typeof TINY_RUN_CONFIG>): Promise<string>;
@@ -77,7 +79,7 @@ export async function startTinyCluster(): Promise<TinyCluster> {
         client.close();
       }
     };
-    return { pg, database, dataDir, trainer, startRun, stop };
+    return { pg, database, dataDir, sampler, rewarder, trainer, startRun, stop };
   } catch (e) {
     await stop();
     throw e;
