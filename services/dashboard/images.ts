@@ -4,7 +4,6 @@ import { existsSync, realpathSync } from "node:fs";
 import { join, sep } from "node:path";
 import sharp from "sharp";
 import { latentsFromBlob } from "../lib/db/recorder.ts";
-import type { LatentBlob } from "../lib/db/schema.ts";
 import { toUint8Images } from "../lib/diffusion/sampler.ts";
 
 export interface LatentLayout {
@@ -31,14 +30,18 @@ export function latentLayout(shape: readonly number[]): LatentLayout {
   throw new Error(`latents of shape [${shape.join(", ")}] are not square images`);
 }
 
-/** Row `step` (0 = x_T, rows-1 = x_0) of a trajectory's latents as an RGB PNG at the model's size. */
-export async function latentStepPng(blob: Pick<LatentBlob, "shape" | "bytes">, step: number): Promise<Buffer> {
-  const { rows, channels, size } = latentLayout(blob.shape);
-  if (!Number.isInteger(step) || step < 0 || step >= rows)
-    throw new RangeError(`step ${step} is outside 0..${rows - 1}`);
-  const all = latentsFromBlob(blob);
-  const per = channels * size * size;
-  const rgb = toUint8Images(all.subarray(step * per, (step + 1) * per), 1, channels, size);
+/** Bytes of one row (one step) of the blob: float32 [C, H, W]. */
+export function latentRowBytes(layout: LatentLayout): number {
+  return layout.channels * layout.size * layout.size * 4;
+}
+
+/** One row of a trajectory's latents (float32 little-endian [C, H, W]) as an RGB PNG at the model's size. */
+export async function latentRowPng(layout: LatentLayout, row: Uint8Array): Promise<Buffer> {
+  const { channels, size } = layout;
+  if (row.length !== latentRowBytes(layout)) {
+    throw new Error(`a latent row of ${row.length} bytes, expected ${latentRowBytes(layout)}`);
+  }
+  const rgb = toUint8Images(latentsFromBlob({ bytes: row }), 1, channels, size);
   return sharp(rgb, { raw: { width: size, height: size, channels: 3 } })
     .png()
     .toBuffer();

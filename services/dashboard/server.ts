@@ -8,7 +8,8 @@ import type { Kysely } from "kysely";
 import {
   checkpointLineage,
   getCheckpoint,
-  getLatentBlob,
+  getLatentBytes,
+  getLatentShape,
   getRun,
   getTrajectory,
   listCheckpoints,
@@ -26,7 +27,7 @@ import { isUnreachable } from "../lib/db/recorder.ts";
 import type { Database, Run } from "../lib/db/schema.ts";
 import { bearerHeader, matchesBearer } from "../lib/grpc/bearer-token.ts";
 import { path as urlPath } from "./html.ts";
-import { latentLayout, latentStepPng, runFolderSample } from "./images.ts";
+import { latentLayout, latentRowBytes, latentRowPng, runFolderSample } from "./images.ts";
 import {
   type BrowserQuery,
   comparePage,
@@ -394,18 +395,22 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
       const key = { runId: run.id, epoch: required(rest[0], "epoch"), sampleIndex: required(rest[1], "sample") };
       const t = await getTrajectory(db, key);
       if (!t) throw notFound(`Run '${run.id}' has no trajectory ${key.epoch}/${key.sampleIndex}.`);
-      const blob = t.latents_sha256 ? await getLatentBlob(db, t.latents_sha256) : undefined;
+      const shape = t.latents_sha256 ? await getLatentShape(db, t.latents_sha256) : undefined;
+      const layout = shape ? latentLayout(shape) : undefined;
       if (rest.length === 2) {
         const [provenance, rewards] = await Promise.all([trajectoryProvenance(db, key), listRewards(db, key)]);
-        return htmlResponse(trajectoryPage(t, provenance, rewards, blob ? latentLayout(blob.shape).rows : 0));
+        return htmlResponse(trajectoryPage(t, provenance, rewards, layout?.rows ?? 0));
       }
       const match = rest[2] === "steps" ? /^(last|\d{1,6})\.png$/.exec(rest[3]!) : null;
       if (!match) throw notFound(`Nothing is served at ${url.pathname.slice(0, 200)}.`);
-      if (!blob) throw notFound("No latents were recorded for this trajectory.");
-      const rows = latentLayout(blob.shape).rows;
-      const step = match[1] === "last" ? rows - 1 : Number(match[1]);
-      if (step >= rows) throw notFound(`This trajectory has steps 0 to ${rows - 1}.`);
-      return new Response(await latentStepPng(blob, step), {
+      if (!layout || !t.latents_sha256) throw notFound("No latents were recorded for this trajectory.");
+      const step = match[1] === "last" ? layout.rows - 1 : Number(match[1]);
+      if (step >= layout.rows) throw notFound(`This trajectory has steps 0 to ${layout.rows - 1}.`);
+      // Only this step's bytes leave the database (a 50-step blob holds 51 of them).
+      const per = latentRowBytes(layout);
+      const row = await getLatentBytes(db, t.latents_sha256, step * per, per);
+      if (!row) throw notFound("No latents were recorded for this trajectory.");
+      return new Response(await latentRowPng(layout, row), {
         headers: { "content-type": "image/png", "cache-control": "max-age=3600", ...SECURITY_HEADERS },
       });
     }

@@ -11,8 +11,10 @@ import { type Browser, chromium, type Page } from "playwright-core";
 import sharp from "sharp";
 import { startDashboard } from "../../services/dashboard/server.ts";
 import { EmbeddedPostgresServer } from "../../services/lib/db/embedded.ts";
-import { getRun, listRewards, rewardByEpoch } from "../../services/lib/db/queries.ts";
+import { getLatentBlob, getRun, getTrajectory, listRewards, rewardByEpoch } from "../../services/lib/db/queries.ts";
+import { latentsFromBlob } from "../../services/lib/db/recorder.ts";
 import type { Run, RunRewardByEpoch } from "../../services/lib/db/schema.ts";
+import { toUint8Images } from "../../services/lib/diffusion/sampler.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
 import { readAnnouncement, waitFor } from "../services/cluster.ts";
 import { startTinyCluster, TINY_RUN_REWARDS, type TinyCluster } from "./tiny-run.ts";
@@ -224,6 +226,20 @@ describe("pages against a finished run", () => {
     expect(await strip.count()).toBe(4);
     await imagesDecoded("#strip img", 32);
     await shot("trajectory");
+
+    // Each served step is that row of the whole recorded blob, converted as the Sampler converts x_0.
+    const trajectory = await getTrajectory(cluster.database.db, { runId: runA.id, epoch: 2, sampleIndex: 1 });
+    const blob = await getLatentBlob(cluster.database.db, trajectory!.latents_sha256!);
+    const latents = latentsFromBlob(blob!);
+    const per = 3 * 32 * 32;
+    for (let step = 0; step < 4; step++) {
+      const served = await fetch(`${dashboard.url}/runs/${runA.id}/trajectories/2/1/steps/${step}.png`);
+      const rgb = await sharp(Buffer.from(await served.arrayBuffer()))
+        .removeAlpha()
+        .raw()
+        .toBuffer();
+      expect([...rgb]).toEqual([...toUint8Images(latents.subarray(step * per, (step + 1) * per), 1, 3, 32)]);
+    }
 
     // The served x_0, scored again here, gives the values the Rewarder recorded for this sample.
     const png = await fetch(`${dashboard.url}/runs/${runA.id}/trajectories/2/1/steps/last.png`);

@@ -274,6 +274,27 @@ export async function getLatentBlob(db: Db, sha256: string): Promise<LatentBlob 
   return db.selectFrom("latent_blobs").selectAll().where("sha256", "=", sha256).executeTakeFirst();
 }
 
+/** A latent blob's shape, without reading its bytes. */
+export async function getLatentShape(db: Db, sha256: string): Promise<number[] | undefined> {
+  const row = await db.selectFrom("latent_blobs").select("shape").where("sha256", "=", sha256).executeTakeFirst();
+  return row?.shape;
+}
+
+/** Bytes [offset, offset + length) of a latent blob (one step of x_T..x_0 without the others). */
+export async function getLatentBytes(
+  db: Db,
+  sha256: string,
+  offset: number,
+  length: number,
+): Promise<Buffer | undefined> {
+  const row = await db
+    .selectFrom("latent_blobs")
+    .select(sql<Buffer>`substring(bytes from ${offset + 1} for ${length})`.as("bytes"))
+    .where("sha256", "=", sha256)
+    .executeTakeFirst();
+  return row?.bytes;
+}
+
 // ---- views
 
 /** Reward statistics per epoch of a run (view run_reward_by_epoch), in epoch order. */
