@@ -11,7 +11,14 @@ import { type Browser, chromium, type Page } from "playwright-core";
 import sharp from "sharp";
 import { startDashboard } from "../../services/dashboard/server.ts";
 import { EmbeddedPostgresServer } from "../../services/lib/db/embedded.ts";
-import { getLatentBlob, getRun, getTrajectory, listRewards, rewardByEpoch } from "../../services/lib/db/queries.ts";
+import {
+  createRun,
+  getLatentBlob,
+  getRun,
+  getTrajectory,
+  listRewards,
+  rewardByEpoch,
+} from "../../services/lib/db/queries.ts";
 import { latentsFromBlob } from "../../services/lib/db/recorder.ts";
 import type { Run, RunRewardByEpoch } from "../../services/lib/db/schema.ts";
 import { toUint8Images } from "../../services/lib/diffusion/sampler.ts";
@@ -450,6 +457,16 @@ describe("bad input", () => {
     await page.goto(`${dashboard.url}/runs/no-such-run`);
     expect(await page.locator("#error-message").textContent()).toContain("There is no run 'no-such-run'.");
     await shot("not-found");
+  });
+
+  test("user text (a run's name, a prompt) is shown as text, never run as markup", async () => {
+    const name = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>';
+    await createRun(cluster.database.db, { id: "xss", name });
+    await page.goto(dashboard.url);
+    expect(await page.locator('#runs tr[data-run="xss"] a').first().textContent()).toBe(name);
+    await page.goto(`${dashboard.url}/series?run=xss&prompt=${encodeURIComponent("</script><b>x</b>")}`);
+    expect(await page.locator("h1").textContent()).toContain("</script><b>x</b>");
+    expect(await page.evaluate("window.pwned")).toBeUndefined();
   });
 
   test("no path traversal through the image routes", async () => {
