@@ -2,7 +2,7 @@
 // data-movement ops) and accumulates wall time, calls, bytes touched (every tensor argument's size,
 // read or written once) and matrix-product FLOPs per op. The CPU backend is synchronous, so a call's
 // wall time is its op's time; on CUDA the profiler synchronises after each call.
-import { Tensor, type Engine } from "../gpu-core/index.ts";
+import { type Engine, Tensor } from "../gpu-core/index.ts";
 
 export interface OpProfile {
   op: string;
