@@ -119,7 +119,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       start("rewarder", []),
       start("sampler", []),
     ]);
-    const started = start("trainer", [
+    const trainer = await start("trainer", [
       "--registry",
       registry,
       "--rewarder",
@@ -129,11 +129,9 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       "--data-dir",
       dataDir,
     ]);
-    // The dashboard asks the Sampler and Rewarder to draw a seed under each checkpoint, on request.
-    const [trainer, dashboard] = await Promise.all([
-      started,
-      start("dashboard", ["--sampler", sampler, "--rewarder", rewarder]),
-    ]);
+    // The dashboard asks the Sampler and Rewarder to draw a seed under each checkpoint, on request,
+    // and follows live runs through the Trainer's WatchRun.
+    const dashboard = await start("dashboard", ["--sampler", sampler, "--rewarder", rewarder, "--trainer", trainer]);
     const addresses: ClusterAddresses = { registry, rewarder, sampler, trainer, dashboard, databaseUrl: database.url };
     writeFileSync(join(dataDir, "services.json"), `${JSON.stringify(addresses, null, 2)}\n`);
     return {

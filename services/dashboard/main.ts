@@ -1,8 +1,9 @@
-// `ddpo dashboard [--address 127.0.0.1:8470] [--data-dir .ddpo] [--sampler ADDR --rewarder ADDR]
+// `ddpo dashboard [--address 127.0.0.1:8470] [--data-dir .ddpo] [--sampler ADDR --rewarder ADDR] [--trainer ADDR]
 // [--token-file F] [--tls-cert F --tls-key F]` and `bun run services/dashboard/main.ts` (what `ddpo up`
 // spawns): the dashboard over the database that DATABASE_URL names, else the one a running `ddpo up`
 // wrote to <data-dir>/services.json, else the embedded server in <data-dir>/postgres (started here).
-// The Sampler and Rewarder (flags, else services.json) draw a seed under each checkpoint on request.
+// The Sampler and Rewarder (flags, else services.json) draw a seed under each checkpoint on request;
+// the Trainer's WatchRun feeds live pages the progress inside an epoch.
 // Prints one JSON line once listening.
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -11,7 +12,7 @@ import { parseServiceFlags } from "../lib/grpc/service-process.ts";
 import { startDashboard } from "./server.ts";
 
 export const DASHBOARD_USAGE = `  dashboard [--address 127.0.0.1:8470] [--data-dir .ddpo] [--poll-ms 1000] [--sampler ADDR --rewarder ADDR]
-           web pages over the runs in Postgres`;
+           [--trainer ADDR]   web pages over the runs in Postgres`;
 
 const DEFAULT_ADDRESS = "127.0.0.1:8470";
 
@@ -19,6 +20,7 @@ interface ServicesFile {
   databaseUrl?: string;
   sampler?: string;
   rewarder?: string;
+  trainer?: string;
 }
 
 /** What a running `ddpo up` wrote, or nothing. */
@@ -34,10 +36,11 @@ async function openProductDatabase(dataDir: string): Promise<Pick<ProductDatabas
 }
 
 export async function dashboardCommand(argv: string[], defaultAddress = DEFAULT_ADDRESS): Promise<void> {
-  const flags = parseServiceFlags(argv, ["data-dir", "poll-ms", "sampler", "rewarder"]);
+  const flags = parseServiceFlags(argv, ["data-dir", "poll-ms", "sampler", "rewarder", "trainer"]);
   const dataDir = flags.extra["data-dir"] ?? ".ddpo";
   const sampler = flags.extra.sampler ?? servicesFile(dataDir).sampler;
   const rewarder = flags.extra.rewarder ?? servicesFile(dataDir).rewarder;
+  const trainer = flags.extra.trainer ?? servicesFile(dataDir).trainer;
   const address =
     argv.includes("--address") || argv.some((a) => a.startsWith("--address=")) ? flags.address : defaultAddress;
   const pollMs = flags.extra["poll-ms"] === undefined ? undefined : Number(flags.extra["poll-ms"]);
@@ -51,6 +54,7 @@ export async function dashboardCommand(argv: string[], defaultAddress = DEFAULT_
     token: flags.token,
     pollMs,
     previews: sampler && rewarder ? { sampler, rewarder, clientOptions: { token: flags.token } } : undefined,
+    trainer: trainer ? { address: trainer, clientOptions: { token: flags.token } } : undefined,
     tls:
       flags.tlsCert && flags.tlsKey
         ? { cert: readFileSync(flags.tlsCert), key: readFileSync(flags.tlsKey) }

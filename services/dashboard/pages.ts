@@ -143,7 +143,7 @@ export function runPage(run: Run, snapshot: RunSnapshot, lastCheckpoint: Checkpo
     <p class="links"><a href="${path("runs", run.id, "trajectories")}">trajectories</a>
       <a href="${path("runs", run.id, "lineage")}">lineage${lastCheckpoint ? "" : " (no checkpoint yet)"}</a>
       <a href="/compare${query({ a: run.id })}">compare with…</a>
-      ${live ? html`<span class="live" id="live-indicator">live</span>` : ""}</p>
+      ${live ? html`<span class="live" id="live-indicator">live <span id="progress" class="muted"></span></span>` : ""}</p>
     <section class="charts">
       <div class="chart" data-chart="reward" data-title="reward (mean ± std per epoch)"></div>
       <div class="chart" data-chart="terms" data-title="reward terms (mean per epoch, unweighted)"></div>

@@ -5,6 +5,7 @@
 // /health needs it: as `authorization: Bearer` or the cookie that opening `/?token=...` sets.
 import { readFileSync } from "node:fs";
 import type { Kysely } from "kysely";
+import { Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
 import {
   checkpointLineage,
   getCheckpoint,
@@ -26,6 +27,7 @@ import {
 import { isUnreachable } from "../lib/db/recorder.ts";
 import type { Database, Run } from "../lib/db/schema.ts";
 import { bearerHeader, matchesBearer } from "../lib/grpc/bearer-token.ts";
+import { type ClientOptions, createClient } from "../lib/grpc/index.ts";
 import { path as urlPath } from "./html.ts";
 import { latentLayout, latentRowBytes, latentRowPng, runFolderSample } from "./images.ts";
 import {
@@ -58,6 +60,8 @@ export interface DashboardOptions {
   pollMs?: number;
   /** A Sampler and Rewarder to draw one prompt and seed under each checkpoint; the page is off without. */
   previews?: PreviewServices;
+  /** The Trainer: its WatchRun feeds a live page the progress inside an epoch and wakes the poll. */
+  trainer?: { address: string; clientOptions?: ClientOptions };
   log?: (line: string) => void;
 }
 
@@ -239,21 +243,39 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
   const assets = await buildAssets();
   const streams = new Set<() => void>();
   const previews = o.previews ? new CheckpointPreviews(o.previews) : null;
+  const trainer = o.trainer ? createClient(Trainer, o.trainer.address, o.trainer.clientOptions) : null;
 
   /** Server-sent events: a `run` event with the snapshot and the fresh table bodies whenever it changes. */
   function runEvents(run: Run, req: Request): Response {
     const encoder = new TextEncoder();
     let closed = false;
     let wake: (() => void) | null = null;
+    const watch = new AbortController();
     const close = () => {
       closed = true;
+      watch.abort();
       wake?.();
     };
     req.signal.addEventListener("abort", close);
     streams.add(close);
     const stream = new ReadableStream<Uint8Array>({
       async start(controller) {
-        const send = (text: string) => controller.enqueue(encoder.encode(text));
+        const send = (text: string) => {
+          if (!closed) controller.enqueue(encoder.encode(text));
+        };
+        // Best effort: without a Trainer (or when it is down) the page still follows the database.
+        if (trainer) {
+          (async () => {
+            for await (const e of trainer.watchRun({ runId: run.id }, { signal: watch.signal })) {
+              if (e.event.case === "progress") {
+                const { epoch, phase, done, total } = e.event.value;
+                send(`event: progress\ndata: ${JSON.stringify({ epoch, phase, done, total })}\n\n`);
+              } else {
+                wake?.(); // an epoch or a status change: read the database now
+              }
+            }
+          })().catch(() => undefined);
+        }
         let last = "";
         let quiet = 0;
         send(`retry: ${Math.max(1000, pollMs)}\n\n`);
@@ -295,6 +317,8 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
           });
         }
         streams.delete(close);
+        watch.abort();
+        closed = true;
         controller.close();
       },
       cancel: close,
@@ -506,6 +530,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
     async stop() {
       for (const close of [...streams]) close();
       previews?.close();
+      trainer?.close();
       await server.stop(true);
     },
   };

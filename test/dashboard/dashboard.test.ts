@@ -135,6 +135,8 @@ beforeAll(async () => {
     cluster.sampler.address,
     "--rewarder",
     cluster.rewarder.address,
+    "--trainer",
+    cluster.trainer.address,
   ]);
   browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
@@ -415,6 +417,8 @@ describe("a live run", () => {
     await page.locator("#run-status", { hasText: /^finished$/ }).waitFor({ timeout: 60_000 });
     expect(await page.evaluate("window.notReloaded")).toBe(true);
     expect(Number(await page.locator("body").getAttribute("data-live-updates"))).toBeGreaterThanOrEqual(2);
+    // The Trainer's WatchRun progress (per sample while sampling) reached the page too.
+    expect(Number(await page.locator("body").getAttribute("data-progress-events"))).toBeGreaterThan(0);
     await expectEpochTable(runId, await rewardByEpoch(cluster.database.db, runId));
     expect(await page.locator("#live-indicator").count()).toBe(0);
   }, 90_000);

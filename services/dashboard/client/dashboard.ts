@@ -152,6 +152,13 @@ function follow(runId: string): void {
     runCharts(snapshot);
     document.body.dataset.liveUpdates = String(++updates);
   });
+  let progressEvents = 0;
+  source.addEventListener("progress", (event) => {
+    const p = JSON.parse((event as MessageEvent).data) as { epoch: number; phase: string; done: number; total: number };
+    const el = document.getElementById("progress");
+    if (el) el.textContent = `epoch ${p.epoch}: ${p.phase} ${p.done}/${p.total}`;
+    document.body.dataset.progressEvents = String(++progressEvents);
+  });
   source.addEventListener("unavailable", (event) => {
     banner.textContent = (JSON.parse((event as MessageEvent).data) as { message: string }).message;
     document.querySelector("main")?.prepend(banner);
