@@ -526,10 +526,18 @@ describe("bad input", () => {
   });
 
   test("the database goes away: a clear 503 page, the server stays up, and answers again once it is back", async () => {
+    // A run left "running" (as after a Trainer crash): its page keeps a live stream open.
+    await createRun(cluster.database.db, { id: "orphan", name: "orphan", status: "running" });
+    const live = await browser.newPage();
+    await live.goto(`${dashboard.url}/runs/orphan`);
+    await live.locator("body[data-live-updates]").waitFor();
     const pg = cluster.pg.embedded!;
     await pg.stop();
     let restarted: EmbeddedPostgresServer | null = null;
     try {
+      // The open page says so, and keeps its tables.
+      await live.locator("#stream-banner", { hasText: "The database cannot be reached" }).waitFor({ timeout: 10_000 });
+      expect(await live.locator("#run-status").textContent()).toBe("running");
       const r = await page.goto(`${dashboard.url}/runs/${runA.id}`);
       expect(r?.status()).toBe(503);
       expect(await page.locator("h1").textContent()).toBe("Database unavailable");
@@ -549,7 +557,10 @@ describe("bad input", () => {
         30_000,
       );
       expect(await back.text()).toContain(runA.id);
+      // The stream resumes: the banner goes once a snapshot arrives again.
+      await live.locator("#stream-banner").waitFor({ state: "detached", timeout: 10_000 });
     } finally {
+      await live.close();
       await restarted?.stop();
     }
   }, 60_000);
