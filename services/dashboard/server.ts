@@ -318,8 +318,10 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
         }
         streams.delete(close);
         watch.abort();
+        const cancelled = closed;
         closed = true;
-        controller.close();
+        // A stream the client cancelled is closed already.
+        if (!cancelled) controller.close();
       },
       cancel: close,
     });
