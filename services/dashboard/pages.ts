@@ -123,11 +123,14 @@ export interface RunSnapshot {
   error: string | null;
   epochs: RunRewardByEpoch[];
   terms: RewardTermByEpoch[];
+  /** Epochs the Trainer finished (recorded its statistics); the view also lists one still sampling. */
+  epochsDone: number;
 }
 
 export function runPage(run: Run, snapshot: RunSnapshot, lastCheckpoint: Checkpoint | undefined): string {
   const live = LIVE.includes(run.status);
   const total = budget(run);
+  const done = snapshot.epochsDone;
   return page(
     runTitle(run),
     html`<h1>${runTitle(run)} ${status(run, "run-status")}</h1>
@@ -135,7 +138,7 @@ export function runPage(run: Run, snapshot: RunSnapshot, lastCheckpoint: Checkpo
     <p id="run-error" class="error-text">${run.error ?? ""}</p>
     <dl class="facts">
       <dt>started</dt><dd>${when(run.created_at)}</dd>
-      <dt>epochs</dt><dd><span id="epochs-done">${snapshot.epochs.length}</span>${total === null ? "" : ` / ${total}`}</dd>
+      <dt>epochs</dt><dd><span id="epochs-done">${done}</span>${total === null ? "" : ` / ${total}`}</dd>
       <dt>prompts</dt><dd>${run.prompt_set ?? "–"}</dd>
       <dt>reward</dt><dd>${rewardTerms(run)}</dd>
       <dt>code</dt><dd>${run.code_version ?? "–"}</dd>

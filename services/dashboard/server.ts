@@ -197,7 +197,8 @@ async function runOr404(db: Kysely<Database>, id: string): Promise<Run> {
 
 async function snapshotOf(db: Kysely<Database>, run: Run): Promise<RunSnapshot> {
   const [epochs, terms] = await Promise.all([rewardByEpoch(db, run.id), rewardTermsByEpoch(db, run.id)]);
-  return { runId: run.id, name: run.name, status: run.status, error: run.error, epochs, terms };
+  const epochsDone = epochs.filter((e) => e.seconds !== null).length;
+  return { runId: run.id, name: run.name, status: run.status, error: run.error, epochs, terms, epochsDone };
 }
 
 /** The run's newest registered checkpoint (its latest epoch's), if any. */

@@ -421,6 +421,7 @@ describe("a live run", () => {
     expect(Number(await page.locator("body").getAttribute("data-progress-events"))).toBeGreaterThan(0);
     await expectEpochTable(runId, await rewardByEpoch(cluster.database.db, runId));
     expect(await page.locator("#live-indicator").count()).toBe(0);
+    expect(await page.locator("#epochs-done").textContent()).toBe("3");
   }, 90_000);
 });
 

@@ -28,6 +28,7 @@ interface Snapshot {
   error: string | null;
   epochs: EpochRow[];
   terms: TermRow[];
+  epochsDone: number;
 }
 
 type PageData =
@@ -146,7 +147,7 @@ function follow(runId: string): void {
       status.className = `status status-${snapshot.status}`;
     }
     const done = document.getElementById("epochs-done");
-    if (done) done.textContent = String(snapshot.epochs.length);
+    if (done) done.textContent = String(snapshot.epochsDone);
     const error = document.getElementById("run-error");
     if (error) error.textContent = snapshot.error ?? "";
     runCharts(snapshot);
