@@ -34,9 +34,10 @@ export function jsonScript(id: string, value: unknown): Html {
   );
 }
 
-/** Four significant digits (what the tables show); "–" for a missing value. */
+/** Four significant digits (what the tables show), very small or large ones as 1.234e-5; "–" for a missing value. */
 export function num(v: number | null | undefined): string {
   if (v === null || v === undefined || !Number.isFinite(v)) return "–";
+  if (v !== 0 && (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e6)) return v.toExponential(3);
   return String(Number(v.toPrecision(4)));
 }
 

@@ -126,10 +126,11 @@ async function expectEpochTable(runId: string, rows: RunRewardByEpoch[]): Promis
 
 beforeAll(async () => {
   cluster = await startTinyCluster();
-  runA = await finish(await cluster.startRun("dashboard a", 3));
+  // Two optimizer steps per epoch, so approx_kl and the clip fraction move (the first step's ratio is 1).
+  runA = await finish(await cluster.startRun("dashboard a", 3, { gradientAccumulation: 1, lr: 3e-3 }));
   // Same config seed: run B draws the same prompts and seeds per epoch as run A; a larger learning
   // rate makes its policy, and so its samples from epoch 2 on, differ.
-  runB = await finish(await cluster.startRun("dashboard b", 2, { lr: 3e-2 }));
+  runB = await finish(await cluster.startRun("dashboard b", 2, { gradientAccumulation: 1, lr: 3e-2 }));
   dashboard = await spawnDashboard({ DATABASE_URL: cluster.database.url }, [
     "--sampler",
     cluster.sampler.address,

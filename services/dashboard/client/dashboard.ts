@@ -45,6 +45,12 @@ interface Line {
 
 const charts = new Map<string, uPlot>();
 
+/** An axis label: 3 significant digits, tiny ones (approx_kl ~1e-6) as 2.5e-6. */
+function tick(v: number): string {
+  if (v !== 0 && Math.abs(v) < 1e-3) return v.toExponential(1);
+  return String(Number(v.toPrecision(3)));
+}
+
 /** One uPlot line chart in the `.chart[data-chart=name]` element (replacing any drawn before). */
 function draw(name: string, xs: number[], lines: Line[], band?: { upper: number; lower: number }): void {
   const el = document.querySelector<HTMLElement>(`.chart[data-chart="${name}"]`);
@@ -54,11 +60,20 @@ function draw(name: string, xs: number[], lines: Line[], band?: { upper: number;
     title: el.dataset.title,
     width: Math.max(280, el.clientWidth || 420),
     height: 220,
-    scales: { x: { time: false } },
+    scales: {
+      x: { time: false },
+      // A flat series (approx_kl of 0 early on) gets a small band around its value, not 0..100.
+      y: {
+        range: (_u, min, max) =>
+          min === max
+            ? [min - (Math.abs(min) || 1) * 0.1, max + (Math.abs(max) || 1) * 0.1]
+            : uPlot.rangeNum(min, max, 0.1, true),
+      },
+    },
     // Whole epochs on x; y ticks in 3 significant digits (approx_kl and loss can be ~1e-8).
     axes: [
       { label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] },
-      { size: 60, values: (_u, ticks) => ticks.map((v) => String(Number(v.toPrecision(3)))) },
+      { size: 64, values: (_u, ticks) => ticks.map(tick) },
     ],
     series: [
       { label: "epoch" },
