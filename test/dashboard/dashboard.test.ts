@@ -284,8 +284,14 @@ describe("pages against a finished run", () => {
       );
     expect(await page.locator("#trajectories tbody tr").count()).toBe(n);
     for (const p of await page.locator("#trajectories .prompt").allTextContents()) expect(p).toBe(prompt);
+    expect(await rewards()).toEqual([...(await rewards())].sort((a, b) => b - a));
+    // Back to every prompt (the form keeps the sort): all 12, by reward, highest first.
+    await page.selectOption('select[name="prompt"]', "");
+    await Promise.all([page.waitForURL(/prompt=&/), page.click("#filters button")]);
     const byReward = await rewards();
+    expect(byReward.length).toBe(12);
     expect(byReward).toEqual([...byReward].sort((a, b) => b - a));
+    expect(new Set(await page.locator("#trajectories .prompt").allTextContents()).size).toBeGreaterThan(1);
     await shot("trajectories");
 
     await page.goto(`${dashboard.url}/runs/${runA.id}/trajectories?sort=advantage&order=asc`);
