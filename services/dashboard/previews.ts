@@ -8,7 +8,7 @@ import sharp from "sharp";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import type { Checkpoint, Run } from "../lib/db/schema.ts";
-import { type ClientOptions, createClient, type ServiceClient } from "../lib/grpc/index.ts";
+import { type ClientOptions, Code, createClient, type ServiceClient, ServiceError } from "../lib/grpc/index.ts";
 import type { RunSettings } from "../lib/runs/run-messages.ts";
 
 export interface PreviewServices {
@@ -72,25 +72,33 @@ export class CheckpointPreviews {
     // The Trainer's checkpoint folders: lora/ (peft) or model/ (full weights); the base is its model folder.
     const lora = checkpoint.kind === "lora" ? join(checkpoint.location, "lora") : undefined;
     const full = checkpoint.kind === "full" ? join(checkpoint.location, "model") : undefined;
-    await this.#sampler.loadCheckpoint(
-      { checkpointId: checkpoint.id, baseModelDir: settings.baseModelDir, loraDir: lora, fullModelDir: full },
-      options,
-    );
     let image: { width: number; height: number; rgb: Uint8Array } | undefined;
-    for await (const t of this.#sampler.sample(
-      {
-        prompts: [prompt],
-        seeds: [BigInt(seed)],
-        steps: settings.ddpo.steps,
-        guidance: settings.ddpo.guidance,
-        eta: settings.ddpo.eta,
-        checkpointId: checkpoint.id,
-      },
-      options,
-    )) {
-      image = t.image;
+    // A Trainer sampling on the same Sampler may load its policy between our load and our sample
+    // (FAILED_PRECONDITION): load ours again, a few times.
+    for (let attempt = 1; !image; attempt++) {
+      try {
+        await this.#sampler.loadCheckpoint(
+          { checkpointId: checkpoint.id, baseModelDir: settings.baseModelDir, loraDir: lora, fullModelDir: full },
+          options,
+        );
+        for await (const t of this.#sampler.sample(
+          {
+            prompts: [prompt],
+            seeds: [BigInt(seed)],
+            steps: settings.ddpo.steps,
+            guidance: settings.ddpo.guidance,
+            eta: settings.ddpo.eta,
+            checkpointId: checkpoint.id,
+          },
+          options,
+        )) {
+          image = t.image;
+        }
+        if (!image) throw new Error("the Sampler returned no image");
+      } catch (e) {
+        if (!(e instanceof ServiceError && e.code === Code.FAILED_PRECONDITION) || attempt >= 3) throw e;
+      }
     }
-    if (!image) throw new Error("the Sampler returned no image");
     const terms = await Promise.all(
       run.rewards.map(async (r) => {
         const { scores } = await this.#rewarder(r.endpoint).score(
