@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up for a fresh Debian machine with Node and npm: npm dependencies (Bun among
-# them), OpenBLAS from Debian when missing, and the gpu-core native build. Cheap when done.
+# them), OpenBLAS and Chromium (the dashboard's browser tests) from Debian when missing, and the
+# gpu-core native build. Cheap when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,24 +15,31 @@ if [ ! -x node_modules/.bin/bun ] || [ package.json -nt node_modules/.install-st
   touch node_modules/.install-stamp
 fi
 
+# Debian packages, installed when missing: as root, or with passwordless sudo; otherwise say what to install.
+apt_install() {
+  local package=$1 why=$2
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing $package from Debian ($why)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq "$package" >&2
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    log "installing $package from Debian ($why, sudo)"
+    sudo -n env DEBIAN_FRONTEND=noninteractive sh -c "apt-get update -qq && apt-get install -y -qq $package" >&2
+  else
+    echo "setup: $package is missing ($why); install it (e.g. 'sudo apt-get install $package') and run again." >&2
+    exit 1
+  fi
+}
+
 # OpenBLAS (CBLAS header + library) for the CPU backend.
 have_openblas() {
   [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ] \
     || [ -f /usr/include/openblas/cblas.h ] || [ -f /usr/include/aarch64-linux-gnu/cblas.h ]
 }
-if ! have_openblas; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing libopenblas-dev from Debian"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2 && apt-get install -y -qq libopenblas-dev >&2
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    log "installing libopenblas-dev from Debian (sudo)"
-    sudo -n env DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && apt-get install -y -qq libopenblas-dev' >&2
-  else
-    echo "setup: OpenBLAS is missing; install it (e.g. 'sudo apt-get install libopenblas-dev') and run again." >&2
-    exit 1
-  fi
-fi
+have_openblas || apt_install libopenblas-dev "the CPU backend"
+
+# Chromium, driven headless by playwright-core in the dashboard's browser tests (test/dashboard/).
+[ -x /usr/bin/chromium ] || apt_install chromium "the dashboard's browser tests"
 
 # gpu-core: make is incremental, so this is a no-op when nothing changed.
 make -s -C gpu-core >&2

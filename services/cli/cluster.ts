@@ -1,5 +1,5 @@
 // `ddpo up` as a library: the database (embedded Postgres in <dataDir>/postgres, or DATABASE_URL)
-// with migrations applied, then the four services as child processes on loopback. A service that
+// with migrations applied, then the four services and the web dashboard as child processes on loopback. A service that
 // dies unexpectedly is restarted on the same address, so a run survives it (the Trainer resumes
 // its runs from their last checkpoints). The addresses are written to <dataDir>/services.json
 // for the other commands.
@@ -9,13 +9,15 @@ import type { Subprocess } from "bun";
 import { migrate, openDatabase, resolveDatabase } from "../lib/db/database.ts";
 import { EmbeddedPostgresServer } from "../lib/db/embedded.ts";
 
-export type ServiceName = "registry" | "rewarder" | "sampler" | "trainer";
+export type ServiceName = "registry" | "rewarder" | "sampler" | "trainer" | "dashboard";
 
 export interface ClusterAddresses {
   registry: string;
   rewarder: string;
   sampler: string;
   trainer: string;
+  /** The web dashboard's host:port (http). */
+  dashboard: string;
   databaseUrl: string;
 }
 
@@ -169,7 +171,10 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       "--data-dir",
       dataDir,
     ]);
-    const addresses: ClusterAddresses = { registry, rewarder, sampler, trainer, databaseUrl: database.url };
+    // The dashboard asks the Sampler and Rewarder to draw a seed under each checkpoint, on request,
+    // and follows live runs through the Trainer's WatchRun.
+    const dashboard = await start("dashboard", ["--sampler", sampler, "--rewarder", rewarder, "--trainer", trainer]);
+    const addresses: ClusterAddresses = { registry, rewarder, sampler, trainer, dashboard, databaseUrl: database.url };
     writeFileSync(join(dataDir, "services.json"), `${JSON.stringify(addresses, null, 2)}\n`);
     return {
       addresses,

@@ -3,8 +3,10 @@
 //   sample     draw images for prompts from a model folder into a PNG grid
 //   train-clip train the emoji CLIP; eval: how often it reads a model's drawings as their prompts (clip.ts)
 //   up, train, watch, runs, lineage: the services (remote.ts); train-local: one process (train.ts)
+//   dashboard  the web pages over the runs in Postgres (services/dashboard)
 import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
+import { DASHBOARD_USAGE, dashboardCommand } from "../dashboard/main.ts";
 import { loadEmojiDataset } from "../lib/data/emoji.ts";
 import { sampleImages, toUint8Images } from "../lib/diffusion/sampler.ts";
 import { writeTrajectories } from "../lib/diffusion/trajectory-file.ts";
@@ -47,6 +49,7 @@ const USAGE = `usage: ddpo <command> [options]
   ${TRAIN_CLIP_USAGE}
   ${EVAL_USAGE}
 ${REMOTE_USAGE}
+${DASHBOARD_USAGE}
   ${TRAIN_USAGE.replace("ddpo train", "train-local")}`;
 
 function pretrainSubset(v: string): "all" | "animals" {
@@ -224,6 +227,7 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   "train-local": trainLocalCommand,
   "train-clip": trainClipCommand,
   eval: evalCommand,
+  dashboard: (argv) => dashboardCommand(argv),
 };
 
 if (import.meta.main) {

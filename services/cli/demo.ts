@@ -28,6 +28,7 @@ const cluster = await startCluster({ dataDir });
 try {
   const a = cluster.addresses;
   console.log(`registry ${a.registry}  rewarder ${a.rewarder}  sampler ${a.sampler}  trainer ${a.trainer}`);
+  console.log(`dashboard http://${a.dashboard}/ (the run's curves live while it trains)`);
   const trainer = createClient(Trainer, a.trainer);
   // A CPU-sized epoch: 32 samples x 10 DDIM steps with guidance 3, LoRA rank 4, two optimizer
   // steps per epoch, the final 2 steps not trained (skipFinalSteps), lr 3e-3: the recipe of the
@@ -88,7 +89,8 @@ run ${runId} ended: ${result.message || "completed"}
                 then psql '${a.databaseUrl}', e.g.
                 select * from run_reward_by_epoch where run_id = '${runId}';
                 select * from checkpoint_ancestry where checkpoint_id = '${runId}/epoch-${epochs}';
-                select prompt, seed, reward, checkpoint_id from trajectory_provenance where run_id = '${runId}' limit 5;`);
+                select prompt, seed, reward, checkpoint_id from trajectory_provenance where run_id = '${runId}' limit 5;
+  dashboard     the same 'up' serves it (its address is printed), or: bun run services/cli/ddpo.ts dashboard --data-dir ${dataDir}`);
 } finally {
   await cluster.stop();
 }

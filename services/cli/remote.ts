@@ -16,8 +16,8 @@ import { type ClusterAddresses, startCluster } from "./cluster.ts";
 import { formatSeconds } from "./progress.ts";
 import { configFromFlags } from "./train.ts";
 
-export const REMOTE_USAGE = `  up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services; Ctrl-C stops them
-           (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)
+export const REMOTE_USAGE = `  up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services + the dashboard; Ctrl-C
+           stops them (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)
   train    [--trainer ADDR] [--model models/emoji-base] [--reward [W*]NAME[@HOST:PORT] ...] [--prompts animals]
            [--epochs 10] [--name TEXT] [--full] [--key value ...] [--detach]
   watch    RUN_ID [--trainer ADDR]
@@ -58,6 +58,7 @@ export async function upCommand(argv: string[]): Promise<void> {
   const cluster = await startCluster({ dataDir: values["data-dir"] ?? ".ddpo", modelRoots: values["model-root"] });
   const a = cluster.addresses;
   console.log(`registry  ${a.registry}\nrewarder  ${a.rewarder}\nsampler   ${a.sampler}\ntrainer   ${a.trainer}`);
+  console.log(`dashboard http://${a.dashboard}/`);
   console.log(`database  ${a.databaseUrl}\n(addresses in ${join(cluster.dataDir, "services.json")}; Ctrl-C stops)`);
   await new Promise<void>((done) => {
     const stop = () => cluster.stop().then(done);

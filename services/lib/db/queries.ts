@@ -274,6 +274,27 @@ export async function getLatentBlob(db: Db, sha256: string): Promise<LatentBlob 
   return db.selectFrom("latent_blobs").selectAll().where("sha256", "=", sha256).executeTakeFirst();
 }
 
+/** A latent blob's shape, without reading its bytes. */
+export async function getLatentShape(db: Db, sha256: string): Promise<number[] | undefined> {
+  const row = await db.selectFrom("latent_blobs").select("shape").where("sha256", "=", sha256).executeTakeFirst();
+  return row?.shape;
+}
+
+/** Bytes [offset, offset + length) of a latent blob (one step of x_T..x_0 without the others). */
+export async function getLatentBytes(
+  db: Db,
+  sha256: string,
+  offset: number,
+  length: number,
+): Promise<Buffer | undefined> {
+  const row = await db
+    .selectFrom("latent_blobs")
+    .select(sql<Buffer>`substring(bytes from ${offset + 1} for ${length})`.as("bytes"))
+    .where("sha256", "=", sha256)
+    .executeTakeFirst();
+  return row?.bytes;
+}
+
 // ---- views
 
 /** Reward statistics per epoch of a run (view run_reward_by_epoch), in epoch order. */
@@ -290,4 +311,144 @@ export async function trajectoryProvenance(db: Db, key: TrajectoryKey): Promise<
     .where("epoch", "=", key.epoch)
     .where("sample_index", "=", key.sampleIndex)
     .executeTakeFirst();
+}
+
+// ---- overviews (the dashboard)
+
+export interface RunOverview extends Run {
+  /** Epochs the trainer recorded. */
+  epochs_done: number;
+  /** The last recorded epoch's number and reward mean (null before the first epoch). */
+  last_epoch: number | null;
+  last_reward_mean: number | null;
+}
+
+/** Newest first, each run with its recorded epoch count and latest reward mean. */
+export async function listRunOverviews(db: Db, filter: { limit?: number } = {}): Promise<RunOverview[]> {
+  let query = db
+    .selectFrom("runs as r")
+    .selectAll("r")
+    .select((eb) => [
+      eb
+        .selectFrom("epochs as e")
+        .whereRef("e.run_id", "=", "r.id")
+        .select((e) => e.fn.countAll<number>().as("n"))
+        .as("epochs_done"),
+      eb
+        .selectFrom("epochs as e")
+        .whereRef("e.run_id", "=", "r.id")
+        .select("e.epoch")
+        .orderBy("e.epoch", "desc")
+        .limit(1)
+        .as("last_epoch"),
+      eb
+        .selectFrom("epochs as e")
+        .whereRef("e.run_id", "=", "r.id")
+        .select("e.reward_mean")
+        .orderBy("e.epoch", "desc")
+        .limit(1)
+        .as("last_reward_mean"),
+    ])
+    .orderBy("r.created_at", "desc")
+    .orderBy("r.id");
+  if (filter.limit !== undefined) query = query.limit(filter.limit);
+  return (await query.execute()) as RunOverview[];
+}
+
+export interface RewardTermByEpoch {
+  epoch: number;
+  reward_name: string;
+  weight: number;
+  samples: number;
+  /** Mean and population std of the term's unweighted values over the epoch's samples. */
+  mean: number;
+  std: number;
+}
+
+/** Per epoch and reward term of a run: the term's mean and std (its unweighted values), in epoch order. */
+export async function rewardTermsByEpoch(db: Db, runId: string): Promise<RewardTermByEpoch[]> {
+  return db
+    .selectFrom("rewards")
+    .select((eb) => [
+      "epoch",
+      "reward_name",
+      eb.fn.max("weight").as("weight"),
+      eb.fn.countAll<number>().as("samples"),
+      eb.fn.avg<number>("value").as("mean"),
+      sql<number>`stddev_pop(value)`.as("std"),
+    ])
+    .where("run_id", "=", runId)
+    .groupBy(["epoch", "reward_name"])
+    .orderBy("epoch")
+    .orderBy("reward_name")
+    .execute();
+}
+
+/** A run's prompts with how many trajectories each has, most sampled first. */
+export async function listRunPrompts(db: Db, runId: string): Promise<Array<{ prompt: string; trajectories: number }>> {
+  return db
+    .selectFrom("trajectories")
+    .select((eb) => ["prompt", eb.fn.countAll<number>().as("trajectories")])
+    .where("run_id", "=", runId)
+    .groupBy("prompt")
+    .orderBy("trajectories", "desc")
+    .orderBy("prompt")
+    .execute();
+}
+
+export type TrajectorySummary = Pick<
+  Trajectory,
+  "run_id" | "epoch" | "sample_index" | "prompt" | "seed" | "reward" | "advantage" | "checkpoint_id"
+>;
+
+const SUMMARY_COLUMNS = [
+  "run_id",
+  "epoch",
+  "sample_index",
+  "prompt",
+  "seed",
+  "reward",
+  "advantage",
+  "checkpoint_id",
+] as const;
+
+export interface TrajectorySearch {
+  runId: string;
+  epoch?: number;
+  prompt?: string;
+  sort?: "sample" | "reward" | "advantage";
+  descending?: boolean;
+  limit?: number;
+  offset?: number;
+}
+
+/** A run's trajectories (no latents, no image), filtered and sorted; nulls last; ties in sample order. */
+export async function searchTrajectories(db: Db, s: TrajectorySearch): Promise<TrajectorySummary[]> {
+  let query = db.selectFrom("trajectories").select(SUMMARY_COLUMNS).where("run_id", "=", s.runId);
+  if (s.epoch !== undefined) query = query.where("epoch", "=", s.epoch);
+  if (s.prompt !== undefined) query = query.where("prompt", "=", s.prompt);
+  const direction = s.descending ? "desc" : "asc";
+  if (s.sort === "reward" || s.sort === "advantage")
+    query = query.orderBy(sql`${sql.ref(s.sort)} ${sql.raw(direction)} nulls last`);
+  query = query
+    .orderBy("epoch", s.sort === "sample" ? direction : "asc")
+    .orderBy("sample_index", s.sort === "sample" ? direction : "asc");
+  if (s.limit !== undefined) query = query.limit(s.limit);
+  if (s.offset !== undefined) query = query.offset(s.offset);
+  return query.execute();
+}
+
+/** Every recorded trajectory of a prompt (and seed, when given) in these runs, by run and epoch. */
+export async function trajectorySeries(
+  db: Db,
+  s: { runIds: readonly string[]; prompt: string; seed?: number },
+): Promise<TrajectorySummary[]> {
+  if (s.runIds.length === 0) return [];
+  let query = db
+    .selectFrom("trajectories")
+    .select(SUMMARY_COLUMNS)
+    .where("run_id", "in", s.runIds)
+    .where("prompt", "=", s.prompt);
+  if (s.seed !== undefined) query = query.where("seed", "=", s.seed);
+  return query.orderBy("run_id").orderBy("epoch").orderBy("sample_index").execute();
 }
