@@ -42,7 +42,8 @@ export async function startTinyCluster(): Promise<TinyCluster> {
     const [sampler, rewarder, registry] = await Promise.all([
       spawnService("sampler", []),
       spawnService("rewarder", []),
-      spawnService("registry", [], env),
+      // The Registry serves checkpoints only from <data-dir>/runs and the model roots.
+      spawnService("registry", ["--data-dir", dataDir], env),
     ]);
     procs.push(sampler, rewarder, registry);
     const trainer = await spawnService(
