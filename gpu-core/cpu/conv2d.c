@@ -149,8 +149,13 @@ static void taps_from_weights(float *wt, const float *w, int64_t O, int64_t C) {
       for (int64_t k = 0; k < 9; k++) wt[(k * O + o) * C + c] = w[(o * C + c) * 9 + k];
 }
 
-static gc_status shifted_forward(float *y, const float *x, const float *w, const float *b,
-                                 int64_t B, int64_t C, int64_t H, int64_t W, int64_t O) {
+/* The nine taps over a batch, one image per OpenMP task. Forward (backward == 0): out = y from
+ * in = x, planes = x bordered, wide[O, H(W+2)] = sum_k w_k planes_k, cropped (+ b) into y.
+ * Backward data (backward == 1): out = dx from in = dy, wide = dy widened with two zero columns
+ * per row (so the junk columns add nothing), planes_k += w_k^T wide, the planes' interior is dx. */
+static gc_status shifted_taps(int backward, float *out, const float *in, const float *w,
+                              const float *b, int64_t B, int64_t C, int64_t H, int64_t W,
+                              int64_t O) {
   const int64_t Wp = W + 2, PS = (H + 2) * Wp, N = H * Wp, P = H * W;
   float *wt = malloc((size_t)(9 * O * C) * sizeof(float));
   if (!wt) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d tap weights of %lld floats", (long long)(9 * O * C));
@@ -169,72 +174,39 @@ static gc_status shifted_forward(float *y, const float *x, const float *w, const
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < B; i++) {
       if (!scratch) continue;
-      float *xp = scratch, *yw = scratch + C * PS + 2;
-      border_copy(xp, x + i * C * H * W, C, H, W);
-      for (int64_t k = 0; k < 9; k++) {
-        const int64_t ky = k / 3, kx = k % 3;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)N, (int)C, 1.0f,
-                    wt + k * O * C, (int)C, xp + ky * Wp + kx, (int)PS, k ? 1.0f : 0.0f, yw,
-                    (int)N);
-      }
-      float *yi = y + i * O * P;
-      for (int64_t o = 0; o < O; o++) {
-        const float bias = b ? b[o] : 0.0f;
-        for (int64_t h = 0; h < H; h++) {
-          const float *src = yw + o * N + h * Wp;
-          float *dst = yi + o * P + h * W;
-          for (int64_t q = 0; q < W; q++) dst[q] = src[q] + bias;
+      float *planes = scratch, *wide = scratch + C * PS + 2;
+      if (!backward) {
+        border_copy(planes, in + i * C * P, C, H, W);
+        for (int64_t k = 0; k < 9; k++)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)N, (int)C, 1.0f,
+                      wt + k * O * C, (int)C, planes + (k / 3) * Wp + k % 3, (int)PS,
+                      k ? 1.0f : 0.0f, wide, (int)N);
+        for (int64_t o = 0; o < O; o++) {
+          const float bias = b ? b[o] : 0.0f;
+          for (int64_t h = 0; h < H; h++) {
+            const float *src = wide + o * N + h * Wp;
+            float *dst = out + (i * O + o) * P + h * W;
+            for (int64_t q = 0; q < W; q++) dst[q] = src[q] + bias;
+          }
         }
+      } else {
+        for (int64_t o = 0; o < O; o++)
+          for (int64_t h = 0; h < H; h++) {
+            float *dst = wide + o * N + h * Wp;
+            memcpy(dst, in + (i * O + o) * P + h * W, (size_t)W * sizeof(float));
+            dst[W] = 0.0f;
+            dst[W + 1] = 0.0f;
+          }
+        memset(planes, 0, (size_t)(C * PS + 2) * sizeof(float));
+        for (int64_t k = 0; k < 9; k++)
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)C, (int)N, (int)O, 1.0f,
+                      wt + k * O * C, (int)C, wide, (int)N, 1.0f, planes + (k / 3) * Wp + k % 3,
+                      (int)PS);
+        for (int64_t c = 0; c < C; c++)
+          for (int64_t h = 0; h < H; h++)
+            memcpy(out + (i * C + c) * P + h * W, planes + c * PS + (h + 1) * Wp + 1,
+                   (size_t)W * sizeof(float));
       }
-    }
-  }
-  free(wt);
-  if (oom) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d scratch of %zu floats per thread", need);
-  return GC_OK;
-}
-
-/* dx[B,C,H,W] (=) from dy[B,O,H,W]: nine GEMMs of depth O accumulate each tap's w_k^T dy into
- * the zero-bordered planes (dy widened with two zero columns per row, so the junk columns add
- * nothing), whose interior is dx. */
-static gc_status shifted_backward_data(float *dx, const float *dy, const float *w, int64_t B,
-                                       int64_t C, int64_t H, int64_t W, int64_t O) {
-  const int64_t Wp = W + 2, PS = (H + 2) * Wp, N = H * Wp, P = H * W;
-  float *wt = malloc((size_t)(9 * O * C) * sizeof(float));
-  if (!wt) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d tap weights of %lld floats", (long long)(9 * O * C));
-  taps_from_weights(wt, w, O, C);
-  const size_t need = (size_t)(C * PS + 2 + O * N);
-  int team = blas_team();
-  if (team > B) team = (int)B;
-  int oom = 0;
-#pragma omp parallel num_threads(team)
-  {
-    float *scratch = scratch_get(need);
-    if (!scratch) {
-#pragma omp atomic write
-      oom = 1;
-    }
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < B; i++) {
-      if (!scratch) continue;
-      float *planes = scratch, *dyw = scratch + C * PS + 2;
-      const float *dyi = dy + i * O * P;
-      for (int64_t o = 0; o < O; o++)
-        for (int64_t h = 0; h < H; h++) {
-          float *dst = dyw + o * N + h * Wp;
-          memcpy(dst, dyi + o * P + h * W, (size_t)W * sizeof(float));
-          dst[W] = 0.0f;
-          dst[W + 1] = 0.0f;
-        }
-      memset(planes, 0, (size_t)(C * PS + 2) * sizeof(float));
-      for (int64_t k = 0; k < 9; k++) {
-        const int64_t ky = k / 3, kx = k % 3;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)C, (int)N, (int)O, 1.0f,
-                    wt + k * O * C, (int)C, dyw, (int)N, 1.0f, planes + ky * Wp + kx, (int)PS);
-      }
-      float *dxi = dx + i * C * P;
-      for (int64_t c = 0; c < C; c++)
-        for (int64_t h = 0; h < H; h++)
-          memcpy(dxi + (c * H + h) * W, planes + c * PS + (h + 1) * Wp + 1, (size_t)W * sizeof(float));
     }
   }
   free(wt);
@@ -282,7 +254,7 @@ gc_status be_conv2d_forward(be_ctx *bc, float *y, const float *x, const float *w
                             int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
                             int64_t stride, int64_t pad, int64_t Ho, int64_t Wo) {
   (void)bc;
-  if (shifted_eligible(C, K, stride, pad, H, W, O)) return shifted_forward(y, x, w, b, B, C, H, W, O);
+  if (shifted_eligible(C, K, stride, pad, H, W, O)) return shifted_taps(0, y, x, w, b, B, C, H, W, O);
   const conv_plan p = plan_conv(B, C, O, K, stride, pad, Ho, Wo);
   gc_status st = check_blas_sizes(&p, O);
   if (st != GC_OK) return st;
@@ -351,7 +323,7 @@ gc_status be_conv2d_backward(be_ctx *bc, float *dx, float *dw, float *db, const 
                                         Ho, Wo);
       if (st != GC_OK) return st;
     }
-    return shifted_backward_data(dx, dy, w, B, C, H, W, O);
+    return shifted_taps(1, dx, dy, w, NULL, B, C, H, W, O);
   }
   const conv_plan p = plan_conv(B, C, O, K, stride, pad, Ho, Wo);
   gc_status st = check_blas_sizes(&p, O);
