@@ -95,8 +95,8 @@ export class ClipBpeTokenizer {
     this.padId = id("pad");
     this.unkId = id("unk");
     if (!Number.isInteger(maxLength) || maxLength < 2) throw new Error(`maxLength must be >= 2, got ${maxLength}`);
-    const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-    this.#specials = new RegExp(`(${[...new Set([specials.bos, specials.eos])].map(escape).join("|")})`, "u");
+    const literal = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    this.#specials = new RegExp(`(${[...new Set([specials.bos, specials.eos])].map(literal).join("|")})`, "u");
   }
 
   get vocabSize(): number {
