@@ -60,7 +60,7 @@ describe("ddpo eval arguments", () => {
     [["--model", model, "--guidance", "0.5"], /--guidance must be >= 1/],
     [["--model", model, "--eta", "0"], /--eta must be > 0/],
     [["--model", model, "--bogus"], /Unknown option '--bogus'/],
-    [["--model", model, "--clip", join(ROOT, "no-such-clip")], /no-such-clip.*config file does not exist/],
+    [["--model", model, "--clip", join(ROOT, "no-such-clip")], /no-such-clip.*no such CLIP model folder/],
     [["--model", join(ROOT, "no-such-model"), "--seeds", "1"], /pipeline folder does not exist/],
   ];
   for (const [args, message] of cases) {
