@@ -33,6 +33,7 @@ describe("zero-shot scoring with models/emoji-clip", () => {
       const row = sims.subarray(i * 123, (i + 1) * 123);
       const t = labels.indexOf(truth[i]!);
       expect(r.ranks[i]).toBe(row.filter((s) => s > row[t]!).length);
+      expect(r.alignment[i]).toBe(row[t]!);
     }
     expect(topK([0, 3, 7, 0], 1)).toBe(0.5);
     expect(topK([0, 3, 7, 0], 5)).toBe(0.75);
