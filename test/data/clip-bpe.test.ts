@@ -51,6 +51,8 @@ describe("ClipBpeTokenizer (clip_bpe_tiny parity with transformers)", () => {
     expect(long).toBeDefined();
     const { ids, dropped } = tok.encode(long!.text, 77);
     expect(dropped).toBeGreaterThan(0);
+    expect(tok.droppedTokens(long!.text)).toBe(dropped);
+    expect(tok.droppedTokens("cat face")).toBe(0);
     expect(ids[76]).toBe(tok.eosId);
   });
 

@@ -2,7 +2,7 @@
 // fixture), clip_alignment on real animal emoji with the shipped emoji CLIP (its raw score is the
 // zero-shot cosine of the same image, so uint8 preprocessing lands on the pixels the CLIP was
 // trained on), CLIPScore scaling, resizing of other image sizes, and the errors a user sees.
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, spyOn, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -159,10 +159,15 @@ describe("clip_alignment reward (emoji CLIP)", () => {
     expect(mean(raw)).toBeGreaterThan(mean(shuffled) + 0.1);
   });
 
-  test("other image sizes are resized and cropped; empty prompts score", async () => {
+  test("other image sizes are resized and cropped; empty prompts score; long ones are truncated, with a warning", async () => {
     const fn = rewardByName("clip_alignment:raw");
     const images = Uint8Array.from({ length: 2 * 48 * 40 * 3 }, (_, i) => (i * 31) % 256);
-    const s = await fn.score(images, { height: 48, width: 40 }, ["", "cat face"]);
+    const warn = spyOn(console, "warn").mockImplementation(() => {});
+    const long = `cat face ${"very ".repeat(30)}`;
+    const s = await fn.score(images, { height: 48, width: 40 }, ["", long]);
+    expect(warn).toHaveBeenCalledTimes(1);
+    expect(String(warn.mock.calls[0]![0])).toMatch(/is 18 tokens over the CLIP's 16; truncated/);
+    warn.mockRestore();
     expect(s.every((v) => Number.isFinite(v) && v >= -1 && v <= 1)).toBe(true);
     await expect(fn.score(images, { height: 48, width: 40 }, ["one prompt"])).rejects.toThrow(
       /expected 1 x 48 x 40 x 3/,

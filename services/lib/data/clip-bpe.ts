@@ -161,6 +161,11 @@ export class ClipBpeTokenizer {
     return { ids, dropped: Math.max(0, tokens.length - keep) };
   }
 
+  /** Tokens of `text` that encodeBatch drops to fit maxLength. */
+  droppedTokens(text: string): number {
+    return this.encode(text, this.maxLength).dropped;
+  }
+
   /** (texts.length, maxLength) int32, row-major: every text padded or truncated to maxLength. */
   encodeBatch(texts: readonly string[]): Int32Array {
     const out = new Int32Array(texts.length * this.maxLength);

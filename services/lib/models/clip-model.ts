@@ -338,6 +338,8 @@ export interface ClipTextTokenizer {
   readonly eosId: number;
   /** (texts.length, maxLength) int32 ids, padded and truncated. */
   encodeBatch(texts: readonly string[]): Int32Array;
+  /** How many tokens of `text` encodeBatch drops (0 when it fits). */
+  droppedTokens(text: string): number;
   /** Writes its files into a model folder. */
   save(modelDir: string): void;
 }

@@ -68,6 +68,15 @@ export function clipAlignment(opts: { clipDir?: string; scale?: AlignmentScale }
       const p = clip.config.projection_dim;
       const missing = [...new Set(prompts)].filter((t) => !textCache.has(t));
       if (missing.length > 0) {
+        for (const t of missing) {
+          const dropped = clip.textTokenizer.droppedTokens(t);
+          // As transformers does, the text is cut at the tokenizer's length; say so once per prompt.
+          if (dropped > 0) {
+            console.warn(
+              `${name}: prompt "${t.slice(0, 60)}..." is ${dropped} tokens over the CLIP's ${clip.textTokenizer.maxLength}; truncated`,
+            );
+          }
+        }
         const embeds = clip.embedTexts(missing);
         missing.forEach((t, i) => {
           textCache.set(t, embeds.slice(i * p, (i + 1) * p));
