@@ -95,7 +95,9 @@ describe("CLIPImageProcessor steps", () => {
     const g = (0.8 - 0.5) / 0.5; // 0.6
     const b = [(0 - 0.5) / 1, (0.2 - 0.5) / 1]; // columns 0 and 1
     const expected = [r, r, r, r, g, g, g, g, b[0], b[1], b[0], b[1]];
-    expected.forEach((v, i) => expect(pixels[i]!).toBeCloseTo(v!, 6));
+    expected.forEach((v, i) => {
+      expect(pixels[i]!).toBeCloseTo(v!, 6);
+    });
   });
 
   test("a 4-wide image cropped to 2 takes the middle: left = (4 - 2) // 2 = 1", () => {
