@@ -4,14 +4,18 @@
 // - aesthetic: the LAION improved-aesthetic-predictor head over L2-normalised CLIP image
 //   embeddings (ViT-L/14, 768 wide, for the published head).
 // Images go through the folder's CLIPImageProcessor settings (bicubic resize, centre crop, mean/std).
-// Each CLIP folder is loaded once per process, on one engine, when first scored; the folder is
-// named in the reward's name and description, so recorded reward rows say which model scored.
+// The CLIPs run in one engine worker per process (clip-worker.ts), off the event loop; each folder
+// is loaded there once, when first scored. The folder is named in the reward's name and
+// description, so recorded reward rows say which model scored.
 
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Engine } from "../../../gpu-core/index.ts";
-import { ClipModel } from "../models/clip-model.ts";
+import { readJsonConfig } from "../checkpoints/model-folder.ts";
+import { ClipModel, validateClipConfig } from "../models/clip-model.ts";
+import { WorkerClient } from "../workers/worker-rpc.ts";
 import { AestheticHead } from "./aesthetic.ts";
+import type { ClipWorkerHandlers } from "./clip-worker.ts";
 import { type ImageSize, type RewardFunction, validateBatch } from "./reward-function.ts";
 
 /** The shipped emoji CLIP, the default scorer of clip_alignment. */
@@ -26,7 +30,23 @@ export const AESTHETIC_CLIP_ENV = "DDPO_AESTHETIC_CLIP";
 let engine: Engine | undefined;
 const clips = new Map<string, ClipModel>();
 
-/** The CLIP of a folder, loaded once per process. */
+let worker: WorkerClient<ClipWorkerHandlers> | undefined;
+
+/** The process's CLIP engine thread, started on first use; it does not keep the process alive. */
+function clipWorker(): WorkerClient<ClipWorkerHandlers> {
+  if (!worker) {
+    worker = new WorkerClient<ClipWorkerHandlers>(new URL("./clip-worker.ts", import.meta.url));
+    worker.unref();
+  }
+  return worker;
+}
+
+/** RGB uint8 images (N, H, W, 3) -> L2-normalised image embeddings [N, P] under the CLIP at dir, in the worker. */
+async function imageEmbeds(dir: string, images: Uint8Array, size: ImageSize): Promise<Float64Array> {
+  return clipWorker().call("imageEmbeds", { dir, images, height: size.height, width: size.width });
+}
+
+/** The CLIP of a folder, loaded once per thread (the worker's, or a caller's own). */
 export function sharedClip(dir: string): ClipModel {
   const key = resolve(dir);
   let clip = clips.get(key);
@@ -36,6 +56,11 @@ export function sharedClip(dir: string): ClipModel {
     clips.set(key, clip);
   }
   return clip;
+}
+
+/** projection_dim of a CLIP folder's config (read here; the weights load in the worker). */
+function projectionDim(dir: string): number {
+  return validateClipConfig(readJsonConfig(join(dir, "config.json"))).projection_dim;
 }
 
 function requireFolder(reward: string, what: string, dir: string): void {
@@ -56,6 +81,7 @@ export function clipAlignment(opts: { clipDir?: string; scale?: AlignmentScale }
   const parts = [CLIP_ALIGNMENT, ...(scale === "raw" ? ["raw"] : []), ...(opts.clipDir ? [opts.clipDir] : [])];
   const name = parts.join(":");
   requireFolder(name, "CLIP", dir);
+  const p = projectionDim(dir);
   const textCache = new Map<string, Float64Array>();
   return {
     name,
@@ -64,25 +90,20 @@ export function clipAlignment(opts: { clipDir?: string; scale?: AlignmentScale }
       (scale === "raw" ? ", raw in [-1, 1]" : ", as CLIPScore 100 * max(cos, 0) in [0, 100]"),
     async score(images: Uint8Array, size: ImageSize, prompts: readonly string[]): Promise<Float64Array> {
       const n = validateBatch(name, images, size, prompts);
-      const clip = sharedClip(dir);
-      const p = clip.config.projection_dim;
       const missing = [...new Set(prompts)].filter((t) => !textCache.has(t));
       if (missing.length > 0) {
-        for (const t of missing) {
-          const dropped = clip.textTokenizer.droppedTokens(t);
-          // As transformers does, the text is cut at the tokenizer's length; say so once per prompt.
-          if (dropped > 0) {
-            console.warn(
-              `${name}: prompt "${t.slice(0, 60)}..." is ${dropped} tokens over the CLIP's ${clip.textTokenizer.maxLength}; truncated`,
-            );
-          }
-        }
-        const embeds = clip.embedTexts(missing);
+        const { embeds, dropped, maxLength } = await clipWorker().call("textEmbeds", { dir, texts: missing });
         missing.forEach((t, i) => {
           textCache.set(t, embeds.slice(i * p, (i + 1) * p));
+          // As transformers does, the text is cut at the tokenizer's length; say so once per prompt.
+          if (dropped[i]! > 0) {
+            console.warn(
+              `${name}: prompt "${t.slice(0, 60)}..." is ${dropped[i]} tokens over the CLIP's ${maxLength}; truncated`,
+            );
+          }
         });
       }
-      const img = clip.embedRgb(images, size);
+      const img = await imageEmbeds(dir, images, size);
       const out = new Float64Array(n);
       for (let i = 0; i < n; i++) {
         const txt = textCache.get(prompts[i]!)!;
@@ -112,12 +133,13 @@ export function aesthetic(opts: { headFile?: string; clipDir?: string } = {}): R
   }
   const name = opts.headFile && opts.clipDir ? `${AESTHETIC}:${opts.headFile}:${opts.clipDir}` : AESTHETIC;
   const head = AestheticHead.load(headFile);
-  requireFolder(name, "CLIP", resolve(clipDir));
-  const clip = sharedClip(clipDir);
-  if (clip.config.projection_dim !== head.inputWidth) {
+  const dir = resolve(clipDir);
+  requireFolder(name, "CLIP", dir);
+  const width = projectionDim(dir);
+  if (width !== head.inputWidth) {
     throw new Error(
-      `${name}: the head takes ${head.inputWidth}-wide image embeddings, the CLIP at ${resolve(clipDir)} ` +
-        `gives ${clip.config.projection_dim} (the LAION head needs CLIP ViT-L/14, projection_dim 768)`,
+      `${name}: the head takes ${head.inputWidth}-wide image embeddings, the CLIP at ${dir} ` +
+        `gives ${width} (the LAION head needs CLIP ViT-L/14, projection_dim 768)`,
     );
   }
   return {
@@ -125,7 +147,7 @@ export function aesthetic(opts: { headFile?: string; clipDir?: string } = {}): R
     description: `LAION aesthetic score (head ${resolve(headFile)}) of the image embedding under the CLIP at ${resolve(clipDir)}`,
     async score(images: Uint8Array, size: ImageSize, prompts: readonly string[]): Promise<Float64Array> {
       validateBatch(name, images, size, prompts);
-      return head.forward(clip.embedRgb(images, size));
+      return head.forward(await imageEmbeds(dir, images, size));
     },
   };
 }

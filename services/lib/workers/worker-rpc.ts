@@ -56,6 +56,11 @@ export class WorkerClient<H extends WorkerHandlers> {
     });
   }
 
+  /** Lets the process exit while the worker idles (for helpers a command may or may not use). */
+  unref(): void {
+    this.#worker.unref();
+  }
+
   /** Busy calls are rejected; the worker's engine memory goes with its thread. */
   terminate(): void {
     this.#fail(new Error("worker terminated"));
