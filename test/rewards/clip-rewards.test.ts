@@ -10,6 +10,8 @@ import { Engine } from "../../gpu-core/index.ts";
 import { readSafetensors, writeSafetensors } from "../../services/lib/checkpoints/safetensors.ts";
 import { ClipBpeTokenizer } from "../../services/lib/data/clip-bpe.ts";
 import { loadEmojiDataset, toFloatNCHW } from "../../services/lib/data/emoji.ts";
+import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
+import { DDPO_DEFAULTS, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { ZeroShotClassifier } from "../../services/lib/eval/zero-shot.ts";
 import { ClipModel } from "../../services/lib/models/clip-model.ts";
 import {
@@ -20,7 +22,7 @@ import {
   rewardByName,
   sharedClip,
 } from "../../services/lib/rewards/index.ts";
-import { relativeError } from "../models/tiny-model.ts";
+import { relativeError, tinyModel } from "../models/tiny-model.ts";
 
 const FIXTURES = join(import.meta.dir, "..", "fixtures");
 const HEAD = join(FIXTURES, "aesthetic_head", "model.safetensors");
@@ -173,4 +175,37 @@ describe("clip_alignment reward (emoji CLIP)", () => {
       /expected 1 x 48 x 40 x 3/,
     );
   });
+});
+
+test("a DDPO epoch trains on clip_alignment (16x16 drawings resized to the CLIP's 32x32)", async () => {
+  const names = ["cat face", "tiger", "frog", "dog face"];
+  const model = tinyModel(engine, names, 5);
+  const config = {
+    ...DDPO_DEFAULTS,
+    sampleBatchSize: 4,
+    sampleBatchesPerEpoch: 1,
+    steps: 3,
+    trainBatchSize: 2,
+    gradientAccumulation: 2,
+    statTracking: null,
+    lora: { rank: 2, alpha: 2 },
+    lr: 1e-2,
+  };
+  const trainer = new DdpoTrainer(
+    engine,
+    model,
+    config,
+    rewardByName("clip_alignment"),
+    promptSetFromList("t", "t", names),
+  );
+  const before = trainer.lora!.params.values.read();
+  const report = await trainer.runEpoch();
+  expect(report.samples).toBe(4);
+  expect(report.rewardMean).toBeGreaterThanOrEqual(0);
+  expect(report.rewardMean).toBeLessThanOrEqual(100);
+  expect(Number.isFinite(report.loss)).toBe(true);
+  // The adapters moved: the rewards differed, so the advantages did and the update is not zero.
+  expect(trainer.lora!.params.values.read().some((v, i) => v !== before[i])).toBe(true);
+  trainer.close();
+  model.close();
 });
