@@ -33,7 +33,7 @@ describe("zero-shot scoring with models/emoji-clip", () => {
       const row = sims.subarray(i * 123, (i + 1) * 123);
       const t = labels.indexOf(truth[i]!);
       expect(r.ranks[i]).toBe(row.filter((s) => s > row[t]!).length);
-      expect(r.alignment[i]).toBe(row[t]!);
+      expect(r.alignment[i]).toBeCloseTo(row[t]!, 6); // batch of 246 vs 3: fp32 kernels group differently
     }
     expect(topK([0, 3, 7, 0], 1)).toBe(0.5);
     expect(topK([0, 3, 7, 0], 5)).toBe(0.75);
