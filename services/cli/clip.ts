@@ -203,7 +203,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
       }
       console.log(
         `eval: ${set.name}, ${set.prompts.length} prompts x ${options.seeds} seeds, ${options.steps} steps, guidance ${options.guidance}: ` +
-          `top-1 ${(100 * r.top1).toFixed(1)}%, top-5 ${(100 * r.top5).toFixed(1)}% ` +
+          `top-1 ${(100 * r.top1).toFixed(1)}%, top-5 ${(100 * r.top5).toFixed(1)}%, alignment (mean cosine) ${r.alignment.toFixed(4)} ` +
           `(chance ${(100 / set.prompts.length).toFixed(1)}% / ${((100 * Math.min(5, set.prompts.length)) / set.prompts.length).toFixed(1)}%) ` +
           `in ${formatSeconds(r.seconds)}${values.out ? `; grid -> ${values.out}` : ""}`,
       );

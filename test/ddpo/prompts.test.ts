@@ -10,7 +10,7 @@ import { Mulberry32 } from "../../services/lib/training/random.ts";
 
 describe("prompt sets", () => {
   test("every set is non-empty and distinct", () => {
-    expect(listPromptSets()).toEqual(["animals", "all_emoji", "animal_activities"]);
+    expect(listPromptSets()).toEqual(["animals", "all_emoji", "animals_train", "animals_heldout", "animal_activities"]);
     for (const name of listPromptSets()) {
       const set = promptSetByName(name);
       expect(set.name).toBe(name);
@@ -28,6 +28,16 @@ describe("prompt sets", () => {
     const all = promptSetByName("all_emoji").prompts;
     expect(all.length).toBeGreaterThan(animals.length * 5);
     for (const a of animals) expect(all).toContain(a);
+  });
+
+  test("animals_train and animals_heldout split the animals two thirds / one third, disjoint", () => {
+    const animals = promptSetByName("animals").prompts;
+    const train = promptSetByName("animals_train").prompts;
+    const heldout = promptSetByName("animals_heldout").prompts;
+    expect(train.length + heldout.length).toBe(animals.length);
+    expect(heldout.length).toBe(Math.floor(animals.length / 3));
+    for (const h of heldout) expect(train).not.toContain(h);
+    expect([...train, ...heldout].sort()).toEqual([...animals].sort());
   });
 
   test("animal_activities pairs every animal with every activity, with a/an right", () => {

@@ -135,7 +135,7 @@ describe("registry and weighted sums", () => {
     expect(names).toContain("jpeg_incompressibility");
     for (const name of names.filter((n) => !n.includes("<"))) expect(rewardByName(name).name).toBe(name);
     expect(rewardByName("color_target:#00ff00").name).toBe("color_target:#00ff00");
-    expect(() => rewardByName("aesthetic")).toThrow(/unknown reward "aesthetic"; known: jpeg_compressibility/);
+    expect(() => rewardByName("pickscore")).toThrow(/unknown reward "pickscore"; known: jpeg_compressibility/);
   });
 
   test("weightedSum adds weighted scores and its name rebuilds it", async () => {

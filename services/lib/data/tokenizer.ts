@@ -98,6 +98,11 @@ export class WordTokenizer {
     return this.ids.get(word) ?? this.unkId;
   }
 
+  /** Words of `text` that encode drops to fit maxLength. */
+  droppedTokens(text: string): number {
+    return Math.max(0, splitWords(text).length - (this.maxLength - 2));
+  }
+
   /** [<bos>, words..., <eos>, <pad>...] of length maxLength; words past maxLength-2 are dropped, <eos> kept. */
   encode(text: string): Int32Array {
     const out = new Int32Array(this.maxLength).fill(this.padId);

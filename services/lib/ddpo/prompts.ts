@@ -83,6 +83,19 @@ const BUILDERS: Record<string, () => PromptSet> = {
       "every distinct emoji name",
       emojiRecords().map((r) => r.caption),
     ),
+  // The unseen-animals experiment's fixed split: every third animal (in the emoji order) held out.
+  animals_train: () =>
+    promptSetFromList(
+      "animals_train",
+      "two thirds of the animal names, for training (animals_heldout holds the rest)",
+      animalNames(emojiRecords()).filter((_, i) => i % 3 !== 2),
+    ),
+  animals_heldout: () =>
+    promptSetFromList(
+      "animals_heldout",
+      "every third animal name, never in animals_train (the unseen-prompts check)",
+      animalNames(emojiRecords()).filter((_, i) => i % 3 === 2),
+    ),
   animal_activities: () =>
     promptSetFromList(
       "animal_activities",

@@ -38,6 +38,8 @@ export interface PromptScore {
   predictions: string[];
   top1: number;
   top5: number;
+  /** Mean cosine of the prompt's images with the prompt under the CLIP (clip_alignment:raw). */
+  alignment: number;
 }
 
 export interface PromptEvalResult {
@@ -45,9 +47,16 @@ export interface PromptEvalResult {
   seeds: number[];
   top1: number;
   top5: number;
+  alignment: number;
   /** Every image, prompt-major then seed, [N, C, S, S] in [-1, 1]. */
   images: Float32Array;
   seconds: number;
+}
+
+function mean(x: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i]!;
+  return s / x.length;
 }
 
 export function evaluatePrompts(
@@ -108,6 +117,7 @@ export function evaluatePrompts(
       predictions: result.predictions.slice(p * seeds.length, (p + 1) * seeds.length),
       top1: topK(ranks, 1),
       top5: topK(ranks, 5),
+      alignment: mean(result.alignment.subarray(p * seeds.length, (p + 1) * seeds.length)),
     };
   });
   return {
@@ -115,6 +125,7 @@ export function evaluatePrompts(
     seeds,
     top1: result.top1,
     top5: result.top5,
+    alignment: mean(result.alignment),
     images,
     seconds: (performance.now() - started) / 1000,
   };

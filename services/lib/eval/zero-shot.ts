@@ -11,6 +11,8 @@ export interface ZeroShotResult {
   ranks: Int32Array;
   /** Per image: the best-scoring label. */
   predictions: string[];
+  /** Per image: cosine similarity with its true label (clip_alignment:raw of the image and prompt). */
+  alignment: Float64Array;
   /** Fraction of images whose true label is first, or among the first five. */
   top1: number;
   top5: number;
@@ -61,6 +63,7 @@ export class ZeroShotClassifier {
     const n = sims.length / m;
     if (truth.length !== n) throw new Error(`${truth.length} true labels for ${n} images`);
     const ranks = new Int32Array(n);
+    const alignment = new Float64Array(n);
     const predictions: string[] = [];
     for (let i = 0; i < n; i++) {
       const t = typeof truth[i] === "number" ? (truth[i] as number) : this.labels.indexOf(truth[i] as string);
@@ -73,9 +76,10 @@ export class ZeroShotClassifier {
         if (row[j]! > row[best]!) best = j;
       }
       ranks[i] = rank;
+      alignment[i] = row[t]!;
       predictions.push(this.labels[best]!);
     }
-    return { ranks, predictions, top1: topK(ranks, 1), top5: topK(ranks, 5) };
+    return { ranks, predictions, alignment, top1: topK(ranks, 1), top5: topK(ranks, 5) };
   }
 }
 

@@ -18,6 +18,8 @@ import {
   saveParameters,
   writeJsonConfig,
 } from "../checkpoints/model-folder.ts";
+import { ClipBpeTokenizer } from "../data/clip-bpe.ts";
+import { type ClipImageProcessing, clipPixelValues, parseClipImageProcessor } from "../data/clip-image.ts";
 import { WordTokenizer } from "../data/tokenizer.ts";
 import {
   type ClipEncoderConfig,
@@ -329,19 +331,62 @@ export function clipPreprocessorConfig(imageSize: number): Record<string, unknow
   };
 }
 
-/** A CLIPModel in flat engine buffers with its config and word tokenizer. */
+/** What the text tower needs of a tokenizer: the emoji CLIP's WordTokenizer or CLIP's BPE. */
+export interface ClipTextTokenizer {
+  readonly vocabSize: number;
+  readonly maxLength: number;
+  readonly eosId: number;
+  /** (texts.length, maxLength) int32 ids, padded and truncated. */
+  encodeBatch(texts: readonly string[]): Int32Array;
+  /** How many tokens of `text` encodeBatch drops (0 when it fits). */
+  droppedTokens(text: string): number;
+  /** Writes its files into a model folder. */
+  save(modelDir: string): void;
+}
+
+/**
+ * The tokenizer of a CLIP folder: CLIP's BPE (vocab.json + merges.txt at its root, as in
+ * openai/clip-vit-*), else the emoji CLIP's tokenizer/ folder, else none (image side only).
+ */
+export function loadClipTokenizer(dir: string, maxPositions: number): ClipTextTokenizer | null {
+  if (ClipBpeTokenizer.isIn(dir)) return ClipBpeTokenizer.load(dir, maxPositions);
+  if (existsSync(join(dir, "tokenizer", "vocab.json"))) return WordTokenizer.load(dir);
+  return null;
+}
+
+/**
+ * A CLIPModel in flat engine buffers with its config, tokenizer (null when its folder has none:
+ * image embeddings only) and image processor settings.
+ */
 export class ClipModel {
   readonly config: ClipConfig;
   readonly shapes: ParameterShape[];
   readonly params: FlatParameters;
+  readonly processor: ClipImageProcessing;
 
   private constructor(
     readonly engine: Engine,
     rawConfig: Record<string, unknown>,
-    readonly tokenizer: WordTokenizer,
+    readonly tokenizer: ClipTextTokenizer | null,
+    processor?: ClipImageProcessing,
   ) {
     this.config = validateClipConfig(rawConfig);
     const t = this.config.text_config;
+    const size = this.config.vision_config.image_size;
+    this.processor = processor ?? parseClipImageProcessor(clipPreprocessorConfig(size));
+    if (this.processor.cropHeight !== size || this.processor.cropWidth !== size) {
+      throw new Error(
+        `image processor crops ${this.processor.cropHeight}x${this.processor.cropWidth}, the vision tower takes ${size}x${size}`,
+      );
+    }
+    if (tokenizer) ClipModel.#checkTokenizer(t, tokenizer);
+    this.shapes = listParameters((L) =>
+      clipModelDefinition(L, this.config, tokenizer?.maxLength ?? t.max_position_embeddings),
+    );
+    this.params = allocateParameters(engine, this.shapes);
+  }
+
+  static #checkTokenizer(t: ClipTextConfig, tokenizer: ClipTextTokenizer): void {
     if (tokenizer.vocabSize > t.vocab_size) {
       throw new Error(`tokenizer has ${tokenizer.vocabSize} tokens, the text tower only ${t.vocab_size}`);
     }
@@ -356,30 +401,43 @@ export class ClipModel {
       const rule = eos === CLIP_LEGACY_EOS_ID ? "the highest token id (legacy eos_token_id 2)" : `token id ${eos}`;
       throw new Error(`text_config pools at ${rule}, not at the tokenizer's <eos> (id ${tokenizer.eosId})`);
     }
-    this.shapes = listParameters((L) => clipModelDefinition(L, this.config, tokenizer.maxLength));
-    this.params = allocateParameters(engine, this.shapes);
   }
 
   /** A fresh model (PyTorch default initialisation, Philox stream `seed`). */
-  static create(engine: Engine, config: Record<string, unknown>, tokenizer: WordTokenizer, seed: number): ClipModel {
+  static create(
+    engine: Engine,
+    config: Record<string, unknown>,
+    tokenizer: ClipTextTokenizer,
+    seed: number,
+  ): ClipModel {
     const m = new ClipModel(engine, config, tokenizer);
     initialiseParameters(engine, m.params, m.shapes, seed);
     return m;
   }
 
+  /**
+   * A transformers CLIPModel folder as is (our emoji CLIP, or a local copy of
+   * openai/clip-vit-base-patch32 or clip-vit-large-patch14): config.json, model.safetensors in
+   * F32, F16 or BF16 (upcast to float32), preprocessor_config.json, and the tokenizer files.
+   * A checkpoint that does not fit is refused with the list of missing and unexpected names.
+   */
   static load(engine: Engine, dir: string): ClipModel {
-    const config = readJsonConfig(join(dir, CLIP_FILES.config));
+    if (!existsSync(dir)) throw new ConfigError(dir, "no such CLIP model folder");
+    const config = validateClipConfig(readJsonConfig(join(dir, CLIP_FILES.config)));
     const preprocessor = join(dir, CLIP_FILES.preprocessor);
-    if (existsSync(preprocessor)) {
-      const p = readJsonConfig(preprocessor);
-      const halves = (v: unknown) => Array.isArray(v) && v.length === 3 && v.every((x) => x === 0.5);
-      if (!halves(p.image_mean) || !halves(p.image_std) || p.do_normalize === false) {
-        throw new ConfigError(preprocessor, "only image_mean = image_std = 0.5 (pixels in [-1, 1]) is supported");
-      }
-    }
-    const m = new ClipModel(engine, config, WordTokenizer.load(dir));
+    const processor = existsSync(preprocessor)
+      ? parseClipImageProcessor(readJsonConfig(preprocessor), preprocessor)
+      : undefined;
+    const weights = join(dir, CLIP_FILES.weights);
+    if (!existsSync(weights)) throw new ConfigError(weights, "missing (a CLIP folder needs model.safetensors)");
+    const m = new ClipModel(
+      engine,
+      config,
+      loadClipTokenizer(dir, config.text_config.max_position_embeddings),
+      processor,
+    );
     try {
-      loadIntoParameters(m.params, join(dir, CLIP_FILES.weights), { ignore: CLIP_TEXT_IGNORED });
+      loadIntoParameters(m.params, weights, { ignore: CLIP_TEXT_IGNORED });
     } catch (err) {
       m.close();
       throw err;
@@ -393,7 +451,7 @@ export class ClipModel {
     writeJsonConfig(join(dir, CLIP_FILES.config), this.config);
     saveParameters(this.params, join(dir, CLIP_FILES.weights), { format: "pt", ...metadata });
     writeJsonConfig(join(dir, CLIP_FILES.preprocessor), clipPreprocessorConfig(this.config.vision_config.image_size));
-    this.tokenizer.save(dir);
+    this.tokenizer?.save(dir);
   }
 
   source(opts: { frozen?: boolean } = {}): ParameterSource {
@@ -411,15 +469,22 @@ export class ClipModel {
 
   /** Token ids [n, maxLength] of `texts` and where each is pooled. */
   encodeTexts(texts: readonly string[]): { ids: Int32Array; poolAt: Int32Array } {
-    const ids = this.tokenizer.encodeBatch(texts);
-    const poolAt = clipTextPoolPositions(ids, this.tokenizer.maxLength, clipEosTokenId(this.config.text_config));
+    const tokenizer = this.textTokenizer;
+    const ids = tokenizer.encodeBatch(texts);
+    const poolAt = clipTextPoolPositions(ids, tokenizer.maxLength, clipEosTokenId(this.config.text_config));
     return { ids, poolAt };
+  }
+
+  /** The tokenizer, or a clear error for a folder without one. */
+  get textTokenizer(): ClipTextTokenizer {
+    if (!this.tokenizer) throw new Error("this CLIP folder has no tokenizer (vocab.json + merges.txt, or tokenizer/)");
+    return this.tokenizer;
   }
 
   /** Text features [n, P] on a graph (ids uploaded into its arena). */
   textFeatures(g: Graph, texts: readonly string[]): Tensor {
     const { ids, poolAt } = this.encodeTexts(texts);
-    const t = this.engine.fromInt32(ids, [texts.length, this.tokenizer.maxLength], { arena: g.arena });
+    const t = this.engine.fromInt32(ids, [texts.length, this.textTokenizer.maxLength], { arena: g.arena });
     return clipTextFeatures(g, this.config, t, poolAt);
   }
 
@@ -430,8 +495,32 @@ export class ClipModel {
     );
   }
 
-  /** L2-normalised image embeddings [n, P] of pixels [n, C, S, S] in [-1, 1], forward only. */
+  /**
+   * L2-normalised image embeddings [n, P] of images [n, C, S, S] in [-1, 1] (as the diffusion
+   * model draws them, i.e. rgb / 127.5 - 1), normalised with the processor's mean and std.
+   */
   embedImages(pixels: Float32Array, batch = 64): Float64Array {
+    const { mean, std, rescaleFactor } = this.processor;
+    const v = this.config.vision_config;
+    const plane = v.image_size * v.image_size;
+    const halves = mean.every((m) => m === 0.5) && std.every((s) => s === 0.5) && rescaleFactor === 1 / 255;
+    if (halves || v.num_channels !== 3) return this.embedPixelValues(pixels, batch);
+    // x = rgb / 127.5 - 1, so rgb * rescale_factor = (x + 1) * 127.5 * rescale_factor.
+    const values = new Float32Array(pixels.length);
+    for (let i = 0; i < pixels.length; i++) {
+      const c = Math.floor(i / plane) % 3;
+      values[i] = ((pixels[i]! + 1) * 127.5 * rescaleFactor - mean[c]!) / std[c]!;
+    }
+    return this.embedPixelValues(values, batch);
+  }
+
+  /** L2-normalised image embeddings [n, P] of RGB uint8 images (N, H, W, 3) through the image processor. */
+  embedRgb(images: Uint8Array, size: { height: number; width: number }, batch = 64): Float64Array {
+    return this.embedPixelValues(clipPixelValues(images, size, this.processor).pixels, batch);
+  }
+
+  /** L2-normalised image embeddings [n, P] of pixel_values [n, C, S, S] (already normalised). */
+  embedPixelValues(pixels: Float32Array, batch = 64): Float64Array {
     const v = this.config.vision_config;
     const per = v.num_channels * v.image_size * v.image_size;
     const n = pixels.length / per;

@@ -1,10 +1,13 @@
 // The reward library (DESIGN.md §6): built-in rewards by name, and weighted sums of rewards.
 // The Rewarder gRPC service serves these; the Trainer may also call them in-process.
 
+import { CLIP_REWARD_PATTERNS, clipRewardByName } from "./clip.ts";
 import { brightness, colorTarget, redness, saturation } from "./colour.ts";
 import { jpegCompressibility, jpegIncompressibility } from "./jpeg.ts";
 import { type ImageSize, type RewardFunction, validateBatch, validateScores } from "./reward-function.ts";
 
+export { AESTHETIC_LAYERS, AestheticHead } from "./aesthetic.ts";
+export { aesthetic, clipAlignment, EMOJI_CLIP_DIR, sharedClip } from "./clip.ts";
 export { brightness, colorTarget, NAMED_COLOURS, parseColour, redness, saturation } from "./colour.ts";
 export { encodeJpeg, JPEG_QUALITY, jpegCompressibility, jpegIncompressibility, jpegSizesKb } from "./jpeg.ts";
 export { type ImageSize, type RewardFunction, validateBatch, validateScores } from "./reward-function.ts";
@@ -27,6 +30,7 @@ export function listRewards(): { name: string; description: string }[] {
       name: `${COLOR_TARGET_PREFIX}<colour>`,
       description: "closeness of the mean colour to <colour> (a name, #rrggbb or r,g,b) in [0, 1]",
     },
+    ...CLIP_REWARD_PATTERNS,
   ];
 }
 
@@ -72,6 +76,8 @@ function singleRewardByName(name: string): RewardFunction {
   const found = BUILT_IN.find((r) => r.name === name);
   if (found) return found;
   if (name.startsWith(COLOR_TARGET_PREFIX)) return colorTarget(name.slice(COLOR_TARGET_PREFIX.length));
+  const clip = clipRewardByName(name);
+  if (clip) return clip;
   throw new Error(
     `unknown reward "${name}"; known: ${listRewards()
       .map((r) => r.name)

@@ -65,6 +65,11 @@ export class WorkerClient<H extends WorkerHandlers> {
     this.#pending.clear();
   }
 
+  /** Lets the process exit while the worker idles (for helpers a command may or may not use). */
+  unref(): void {
+    this.#worker.unref();
+  }
+
   /**
    * Busy calls are rejected and the thread stops. Native memory it allocated (an engine's) is not
    * freed by that: close the engine with a call first.
