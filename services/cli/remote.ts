@@ -3,26 +3,36 @@
 // Addresses come from flags or from <data-dir>/services.json, which `up` writes.
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { parseArgs } from "node:util";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { CheckpointKind, RunStatus } from "../gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import type { EpochReport } from "../gen/ddpo/v1/run_pb.ts";
 import { Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
-import { DDPO_DEFAULTS } from "../lib/ddpo/trainer.ts";
 import { createClient } from "../lib/grpc/index.ts";
 import { ddpoConfigMessage } from "../lib/runs/run-messages.ts";
 import { type ClusterAddresses, startCluster } from "./cluster.ts";
+import { commandFlags, type FlagSpec } from "./flags.ts";
 import { formatSeconds } from "./progress.ts";
-import { configFromFlags } from "./train.ts";
+import { configFromFlags, DDPO_FLAGS } from "./train.ts";
 
-export const REMOTE_USAGE = `  up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services; Ctrl-C stops them
-           (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)
-  train    [--trainer ADDR] [--model models/emoji-base] [--reward [W*]NAME[@HOST:PORT] ...] [--prompts animals]
-           [--epochs 10] [--name TEXT] [--full] [--key value ...] [--detach]
-  watch    RUN_ID [--trainer ADDR]
-  runs     [--registry ADDR]
-  lineage  CHECKPOINT_ID | --run RUN_ID [--registry ADDR]`;
+const UP_USAGE = `up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services; Ctrl-C stops them
+           (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)`;
+const TRAIN_REMOTE_USAGE = `train    [--trainer ADDR] [--model models/emoji-base] [--reward [W*]NAME[@HOST:PORT] ...] [--prompts animals]
+           [--epochs 10] [--name TEXT] [--full] [--key value ...] [--detach]`;
+const WATCH_USAGE = "watch    RUN_ID [--trainer ADDR]";
+const RUNS_USAGE = "runs     [--registry ADDR]";
+const LINEAGE_USAGE = "lineage  CHECKPOINT_ID | --run RUN_ID [--registry ADDR]";
+export const REMOTE_USAGE = [UP_USAGE, TRAIN_REMOTE_USAGE, WATCH_USAGE, RUNS_USAGE, LINEAGE_USAGE]
+  .map((u) => `  ${u}`)
+  .join("\n");
+
+/** --SERVICE ADDR and --data-dir: where a command finds the service it talks to. */
+function addressFlags<S extends "trainer" | "registry">(service: S) {
+  return {
+    [service]: { type: "string", value: "HOST:PORT", help: `the ${service}'s address`, default: "from services.json" },
+    "data-dir": { type: "string", value: "DIR", help: "where `ddpo up` wrote services.json", default: ".ddpo" },
+  } as Record<S | "data-dir", FlagSpec & { type: "string" }>;
+}
 
 const STATUS_NAMES: Record<number, string> = {
   [RunStatus.PENDING]: "pending",
@@ -51,10 +61,18 @@ function addressOf(service: keyof ClusterAddresses, flag: string | undefined, da
 }
 
 export async function upCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: { "data-dir": { type: "string" }, "model-root": { type: "string", multiple: true } },
+  const parsed = commandFlags(`ddpo ${UP_USAGE}`, argv, {
+    "data-dir": { type: "string", value: "DIR", help: "Postgres data, run folders, services.json", default: ".ddpo" },
+    "model-root": {
+      type: "string",
+      multiple: true,
+      value: "DIR",
+      help: "folder the Registry serves checkpoints from",
+      default: "models/",
+    },
   });
+  if (!parsed) return;
+  const { values } = parsed;
   const cluster = await startCluster({ dataDir: values["data-dir"] ?? ".ddpo", modelRoots: values["model-root"] });
   const a = cluster.addresses;
   console.log(`registry  ${a.registry}\nrewarder  ${a.rewarder}\nsampler   ${a.sampler}\ntrainer   ${a.trainer}`);
@@ -120,24 +138,24 @@ export async function followRun(
 }
 
 export async function trainCommand(argv: string[]): Promise<void> {
-  const keyOptions = Object.fromEntries(Object.keys(DDPO_DEFAULTS).map((k) => [k, { type: "string" as const }]));
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      trainer: { type: "string" },
-      "data-dir": { type: "string" },
-      model: { type: "string" },
-      reward: { type: "string", multiple: true },
-      prompts: { type: "string" },
-      epochs: { type: "string" },
-      name: { type: "string" },
-      full: { type: "boolean" },
-      detach: { type: "boolean" },
-      "lora-rank": { type: "string" },
-      "lora-alpha": { type: "string" },
-      ...keyOptions,
+  const parsed = commandFlags(`ddpo ${TRAIN_REMOTE_USAGE}`, argv, {
+    ...addressFlags("trainer"),
+    model: { type: "string", value: "DIR", help: "base model folder", default: "models/emoji-base" },
+    reward: {
+      type: "string",
+      multiple: true,
+      value: "[W*]NAME[@HOST:PORT]",
+      help: "reward term (weight, name, Rewarder address)",
+      default: "jpeg_compressibility",
     },
+    prompts: { type: "string", value: "SET", help: "prompt set", default: "animals" },
+    epochs: { type: "string", value: "N", help: "epochs to run", default: 10 },
+    name: { type: "string", value: "TEXT", help: "run name, for humans", default: "the run id" },
+    detach: { type: "boolean", help: "print the run id and return instead of following the run" },
+    ...DDPO_FLAGS,
   });
+  if (!parsed) return;
+  const { values } = parsed;
   const address = addressOf("trainer", values.trainer, values["data-dir"]);
   const { reward: _rewards, ...flags } = values;
   const config = configFromFlags(flags);
@@ -162,11 +180,9 @@ export async function trainCommand(argv: string[]): Promise<void> {
 }
 
 export async function watchCommand(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { trainer: { type: "string" }, "data-dir": { type: "string" } },
-  });
+  const parsed = commandFlags(`ddpo ${WATCH_USAGE}`, argv, addressFlags("trainer"), { positionals: true });
+  if (!parsed) return;
+  const { values, positionals } = parsed;
   if (!positionals[0]) throw new Error("watch: RUN_ID is required");
   const result = await followRun(addressOf("trainer", values.trainer, values["data-dir"]), positionals[0]);
   console.log(
@@ -175,10 +191,9 @@ export async function watchCommand(argv: string[]): Promise<void> {
 }
 
 export async function runsCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: { registry: { type: "string" }, "data-dir": { type: "string" } },
-  });
+  const parsed = commandFlags(`ddpo ${RUNS_USAGE}`, argv, addressFlags("registry"));
+  if (!parsed) return;
+  const { values } = parsed;
   const client = createClient(Registry, addressOf("registry", values.registry, values["data-dir"]), { token: token() });
   try {
     const { runs } = await client.listRuns({ pageSize: 100 });
@@ -195,11 +210,14 @@ export async function runsCommand(argv: string[]): Promise<void> {
 }
 
 export async function lineageCommand(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { registry: { type: "string" }, run: { type: "string" }, "data-dir": { type: "string" } },
-  });
+  const parsed = commandFlags(
+    `ddpo ${LINEAGE_USAGE}`,
+    argv,
+    { ...addressFlags("registry"), run: { type: "string", value: "RUN_ID", help: "the run's latest checkpoint" } },
+    { positionals: true },
+  );
+  if (!parsed) return;
+  const { values, positionals } = parsed;
   const client = createClient(Registry, addressOf("registry", values.registry, values["data-dir"]), { token: token() });
   try {
     let id = positionals[0];

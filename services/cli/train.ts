@@ -4,7 +4,6 @@
 // reward curve PNG. `--resume` continues from the last checkpoint of the run folder.
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
 import { promptSetByName } from "../lib/ddpo/prompts.ts";
 import {
@@ -18,11 +17,11 @@ import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { lineChartPng } from "../lib/plots/line-chart.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
+import { commandFlags, type FlagSpec } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 
 export const TRAIN_USAGE = `ddpo train --model DIR --out RUN_DIR [--reward jpeg_compressibility] [--prompts animals]
-           [--epochs 10] [--loss ddpo_is|ddpo_sf|rwr|sparse_rwr] [--full] [--resume] [--key value ...]
-  keys: ${Object.keys(DDPO_DEFAULTS).join(", ")}`;
+           [--epochs 10] [--loss ddpo_is|ddpo_sf|rwr|sparse_rwr] [--full] [--resume] [--key value ...]`;
 
 function epochLine(r: EpochReport): string {
   return (
@@ -31,6 +30,42 @@ function epochLine(r: EpochReport): string {
     `${r.seconds.toFixed(1)} s (sample ${r.samplingSeconds.toFixed(1)}, reward ${r.rewardSeconds.toFixed(1)}, train ${r.trainingSeconds.toFixed(1)})`
   );
 }
+
+/** What each DdpoConfig key given as a flag means (--help); the default comes from DDPO_DEFAULTS. */
+const DDPO_KEY_HELP: Record<Exclude<keyof DdpoConfig, "lora" | "statTracking">, string> = {
+  seed: "seed of prompt draws, noise seeds and shuffles",
+  loss: "ddpo_is | ddpo_sf | rwr | sparse_rwr",
+  sampleBatchSize: "samples per sampling batch",
+  sampleBatchesPerEpoch: "sampling batches per epoch",
+  steps: "DDIM steps",
+  eta: "DDIM eta",
+  guidance: "classifier-free guidance scale",
+  trainBatchSize: "samples per training minibatch",
+  gradientAccumulation: "minibatches per optimizer step",
+  innerEpochs: "passes over each epoch's samples",
+  timestepFraction: "fraction of each trajectory's steps trained on",
+  skipFinalSteps: "last DDIM steps sampled but not trained on",
+  clipRange: "PPO ratio clip epsilon",
+  advClipMax: "advantages clipped to +-this",
+  lr: "AdamW learning rate",
+  weightDecay: "AdamW decoupled weight decay",
+  maxGradNorm: "gradient L2 norm clip",
+  rwrTemperature: "RWR weight temperature",
+  sparseRwrPercentile: "sparse RWR keeps samples above this quantile",
+};
+
+/** The flags of the DDPO hyper-parameters, shared by `train` and `train-local`. */
+export const DDPO_FLAGS = {
+  ...Object.fromEntries(
+    Object.entries(DDPO_KEY_HELP).map(([k, help]) => [
+      k,
+      { type: "string", value: "X", help, default: DDPO_DEFAULTS[k as keyof typeof DDPO_KEY_HELP] } satisfies FlagSpec,
+    ]),
+  ),
+  full: { type: "boolean", help: "fine-tune the whole UNet instead of LoRA adapters" },
+  "lora-rank": { type: "string", value: "N", help: "LoRA rank", default: DDPO_DEFAULTS.lora!.rank },
+  "lora-alpha": { type: "string", value: "X", help: "LoRA alpha (scale alpha / rank)", default: "the rank" },
+} as const satisfies Record<string, FlagSpec>;
 
 /** Applies `--key value` overrides onto the defaults, with types taken from the defaults. */
 export function configFromFlags(flags: Record<string, string | boolean | undefined>): DdpoConfig {
@@ -51,26 +86,17 @@ export function configFromFlags(flags: Record<string, string | boolean | undefin
 }
 
 export async function trainCommand(argv: string[]): Promise<void> {
-  const keyOptions = Object.fromEntries(
-    Object.entries(DDPO_DEFAULTS)
-      .filter(([, v]) => typeof v === "number" || typeof v === "string")
-      .map(([k]) => [k, { type: "string" as const }]),
-  );
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      model: { type: "string" },
-      out: { type: "string" },
-      reward: { type: "string" },
-      prompts: { type: "string" },
-      epochs: { type: "string" },
-      full: { type: "boolean" },
-      resume: { type: "boolean" },
-      "lora-rank": { type: "string" },
-      "lora-alpha": { type: "string" },
-      ...keyOptions,
-    },
+  const parsed = commandFlags(TRAIN_USAGE.replace("ddpo train", "ddpo train-local"), argv, {
+    model: { type: "string", value: "DIR", help: "base model folder (diffusers layout); required" },
+    out: { type: "string", value: "RUN_DIR", help: "run folder (history, charts, samples, checkpoints); required" },
+    reward: { type: "string", value: "NAME", help: "reward, or a weighted sum", default: "jpeg_compressibility" },
+    prompts: { type: "string", value: "SET", help: "prompt set", default: "animals" },
+    epochs: { type: "string", value: "N", help: "epochs in all (a resumed run counts the done ones)", default: 10 },
+    resume: { type: "boolean", help: "continue from the run folder's last checkpoint" },
+    ...DDPO_FLAGS,
   });
+  if (!parsed) return;
+  const { values } = parsed;
   if (!values.model || !values.out) throw new Error(`train: --model and --out are required\n${TRAIN_USAGE}`);
   const config = configFromFlags(values);
   const epochs = Number(values.epochs ?? 10);
