@@ -12,7 +12,7 @@ import { createClient } from "../lib/grpc/index.ts";
 import { ddpoConfigMessage } from "../lib/runs/run-messages.ts";
 import { type ClusterAddresses, startCluster } from "./cluster.ts";
 import { commandFlags, type FlagSpec } from "./flags.ts";
-import { formatSeconds } from "./progress.ts";
+import { epochLine } from "./progress.ts";
 import { configFromFlags, DDPO_FLAGS } from "./train.ts";
 
 const UP_USAGE = `up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services; Ctrl-C stops them
@@ -98,14 +98,6 @@ export function parseRewardSpec(spec: string): { endpoint: string; rewardName: s
   }
   if (!rest) throw new Error(`--reward ${spec}: no reward name`);
   return { endpoint, rewardName: rest, weight };
-}
-
-export function epochLine(e: EpochReport): string {
-  return (
-    `epoch ${String(e.epoch).padStart(3)}  reward ${e.rewardMean.toFixed(3)} ± ${e.rewardStd.toFixed(3)}  ` +
-    `approx_kl ${e.approxKl.toExponential(2)}  clipfrac ${e.clipFraction.toFixed(3)}  ${formatSeconds(e.seconds)} ` +
-    `(sample ${e.samplingS.toFixed(1)} s, reward ${e.rewardS.toFixed(1)} s, train ${e.trainingS.toFixed(1)} s)`
-  );
 }
 
 /** Follows a run's events until it ends; returns its final status and the epochs seen. */

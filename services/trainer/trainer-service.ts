@@ -76,7 +76,7 @@ type RunEventInit = MessageInitShape<typeof RunEventSchema>;
 
 function eventMessage(runId: string, e: RunEventPayload): RunEventInit {
   const base = { runId, time: timestampNow() };
-  if (e.kind === "epoch") return { ...base, event: { case: "epoch", value: { ...e.epoch! } } };
+  if (e.kind === "epoch") return { ...base, event: { case: "epoch", value: e.epoch! } };
   if (e.kind === "progress") return { ...base, event: { case: "progress", value: e.progress! } };
   return {
     ...base,

@@ -20,6 +20,7 @@ import type {
   CheckpointKind as DbKind,
   RunStatus as DbStatus,
   Epoch,
+  NewEpoch,
   RewardSpec,
   Run,
 } from "../db/schema.ts";
@@ -91,6 +92,25 @@ export function epochMessage(e: Epoch): EpochReport {
     checkpointId: e.checkpoint_id ?? "",
     samples: e.samples,
   });
+}
+
+/** The epochs-table row of a finished epoch's report. */
+export function epochRow(runId: string, r: EpochReport): NewEpoch {
+  return {
+    run_id: runId,
+    epoch: r.epoch,
+    reward_mean: r.rewardMean,
+    reward_std: r.rewardStd,
+    loss: r.loss,
+    approx_kl: r.approxKl,
+    clip_fraction: r.clipFraction,
+    sampling_s: r.samplingS,
+    reward_s: r.rewardS,
+    training_s: r.trainingS,
+    seconds: r.seconds,
+    checkpoint_id: r.checkpointId,
+    samples: r.samples,
+  };
 }
 
 export function runMessage(run: Run, epochs: readonly Epoch[]): RunMessage {
