@@ -9,7 +9,7 @@ import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import type { EpochReport } from "../gen/ddpo/v1/run_pb.ts";
 import { Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
 import { createClient } from "../lib/grpc/index.ts";
-import { ddpoConfigMessage } from "../lib/runs/run-messages.ts";
+import { ddpoConfigMessage, runStatusName } from "../lib/runs/run-messages.ts";
 import { type ClusterAddresses, startCluster } from "./cluster.ts";
 import { commandFlags, type FlagSpec } from "./flags.ts";
 import { epochLine } from "./progress.ts";
@@ -33,14 +33,6 @@ function addressFlags<S extends "trainer" | "registry">(service: S) {
     "data-dir": { type: "string", value: "DIR", help: "where `ddpo up` wrote services.json", default: ".ddpo" },
   } as Record<S | "data-dir", FlagSpec & { type: "string" }>;
 }
-
-const STATUS_NAMES: Record<number, string> = {
-  [RunStatus.PENDING]: "pending",
-  [RunStatus.RUNNING]: "running",
-  [RunStatus.STOPPED]: "stopped",
-  [RunStatus.COMPLETED]: "completed",
-  [RunStatus.FAILED]: "failed",
-};
 
 const KIND_NAMES: Record<number, string> = {
   [CheckpointKind.BASE]: "base",
@@ -167,7 +159,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
   console.log(`run ${run!.id} started (${run!.epochs} epochs)`);
   if (values.detach) return;
   const result = await followRun(address, run!.id);
-  console.log(`run ${run!.id}: ${STATUS_NAMES[result.status] ?? "?"}${result.message ? ` (${result.message})` : ""}`);
+  console.log(`run ${run!.id}: ${runStatusName(result.status)}${result.message ? ` (${result.message})` : ""}`);
   if (result.status !== RunStatus.COMPLETED) process.exitCode = 1;
 }
 
@@ -177,9 +169,7 @@ export async function watchCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parsed;
   if (!positionals[0]) throw new Error("watch: RUN_ID is required");
   const result = await followRun(addressOf("trainer", values.trainer, values["data-dir"]), positionals[0]);
-  console.log(
-    `run ${positionals[0]}: ${STATUS_NAMES[result.status] ?? "?"}${result.message ? ` (${result.message})` : ""}`,
-  );
+  console.log(`run ${positionals[0]}: ${runStatusName(result.status)}${result.message ? ` (${result.message})` : ""}`);
 }
 
 export async function runsCommand(argv: string[]): Promise<void> {
@@ -192,7 +182,7 @@ export async function runsCommand(argv: string[]): Promise<void> {
     console.log(`${"run".padEnd(36)}  ${"name".padEnd(16)}  ${"status".padEnd(9)}  epochs  latest checkpoint`);
     for (const r of runs) {
       console.log(
-        `${r.id.padEnd(36)}  ${r.name.slice(0, 16).padEnd(16)}  ${(STATUS_NAMES[r.status] ?? "?").padEnd(9)}  ` +
+        `${r.id.padEnd(36)}  ${r.name.slice(0, 16).padEnd(16)}  ${runStatusName(r.status).padEnd(9)}  ` +
           `${`${r.epochsDone}/${r.epochs}`.padEnd(6)}  ${r.latestCheckpointId}`,
       );
     }

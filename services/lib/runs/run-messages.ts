@@ -58,6 +58,16 @@ const LOSSES: [DdpoLoss, Loss][] = [
   [DdpoLoss.SPARSE_RWR, "sparse_rwr"],
 ];
 
+/** The ddpo.v1 status of a run's recorded status (the one mapping of the two). */
+export function runStatusMessage(status: DbStatus): RunStatus {
+  return STATUS_TO_MESSAGE[status];
+}
+
+/** A run status for people: the enum's name in lower case ("completed"). */
+export function runStatusName(status: RunStatus): string {
+  return RunStatus[status]?.toLowerCase() ?? "?";
+}
+
 export function checkpointKindFromMessage(kind: CheckpointKind): DbKind | null {
   const found = Object.entries(KIND_TO_MESSAGE).find(([, v]) => v === kind);
   return found ? (found[0] as DbKind) : null;
