@@ -55,7 +55,7 @@ import { createClient } from "../services/lib/grpc/index.ts";
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
 import { rewardByName } from "../services/lib/rewards/index.ts";
 import { RunFolder, runCheckpointId } from "../services/lib/runs/run-folder.ts";
-import { ddpoConfigMessage, epochRow } from "../services/lib/runs/run-messages.ts";
+import { ddpoConfigMessage, epochRow, runSettingsJson } from "../services/lib/runs/run-messages.ts";
 import { flagValue } from "./flags.ts";
 
 const REWARD = "jpeg_compressibility";
@@ -104,7 +104,7 @@ async function runInProcess(
   await createRun(db, {
     id: runId,
     name: "bench services: in process",
-    config: { ddpo: config, baseModelDir: modelDir, epochs },
+    config: runSettingsJson({ ddpo: config, baseModelDir: modelDir, epochs, samplerEndpoints: [], runDir: dir }),
     status: "running",
     base_checkpoint_id: baseId,
     prompt_set: PROMPTS,

@@ -2,7 +2,7 @@
 //   pretrain   train a base model on the emoji images (resumable)
 //   sample     draw images for prompts from a model folder into a PNG grid
 //   train-clip train the emoji CLIP; eval: how often it reads a model's drawings as their prompts (clip.ts)
-//   up, train, watch, runs, lineage: the services (remote.ts); train-local: one process (train.ts)
+//   up, train, watch, runs, lineage, pull: the services (remote.ts); train-local: one process (train.ts)
 import { Engine } from "../../gpu-core/index.ts";
 import { loadEmojiDataset } from "../lib/data/emoji.ts";
 import { sampleImages, toUint8Images } from "../lib/diffusion/sampler.ts";
@@ -16,7 +16,15 @@ import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
 import { EVAL_USAGE, evalCommand, TRAIN_CLIP_USAGE, trainClipCommand } from "./clip.ts";
 import { commandFlags, numberFlag } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
-import { lineageCommand, REMOTE_USAGE, runsCommand, trainCommand, upCommand, watchCommand } from "./remote.ts";
+import {
+  lineageCommand,
+  pullCommand,
+  REMOTE_USAGE,
+  runsCommand,
+  trainCommand,
+  upCommand,
+  watchCommand,
+} from "./remote.ts";
 import { TRAIN_USAGE, trainCommand as trainLocalCommand } from "./train.ts";
 
 export const SHOWCASE_PROMPTS = [
@@ -221,6 +229,7 @@ export const commands: Record<string, (argv: string[]) => Promise<void>> = {
   watch: watchCommand,
   runs: runsCommand,
   lineage: lineageCommand,
+  pull: pullCommand,
   "train-local": trainLocalCommand,
   "train-clip": trainClipCommand,
   eval: evalCommand,

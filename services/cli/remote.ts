@@ -1,13 +1,14 @@
 // The `ddpo` commands that talk to running services: `up` starts them, `train` starts a run on the
-// Trainer and follows it, `watch` re-attaches to a run, `runs` and `lineage` ask the Registry.
+// Trainer and follows it, `watch` re-attaches to a run, `runs`, `lineage` and `pull` ask the Registry.
 // Addresses come from flags or from <data-dir>/services.json, which `up` writes.
-import { existsSync, readFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { CheckpointKind, RunStatus } from "../gen/ddpo/v1/common_pb.ts";
-import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
+import { type CheckpointChunk, Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import type { EpochReport } from "../gen/ddpo/v1/run_pb.ts";
 import { Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
+import { digestFolder } from "../lib/checkpoints/checkpoint-folder.ts";
 import { createClient } from "../lib/grpc/index.ts";
 import { ddpoConfigMessage, runStatusName } from "../lib/runs/run-messages.ts";
 import { type ClusterAddresses, startCluster } from "./cluster.ts";
@@ -22,7 +23,8 @@ const TRAIN_REMOTE_USAGE = `train    [--trainer ADDR] [--model models/emoji-base
 const WATCH_USAGE = "watch    RUN_ID [--trainer ADDR]";
 const RUNS_USAGE = "runs     [--registry ADDR]";
 const LINEAGE_USAGE = "lineage  CHECKPOINT_ID | --run RUN_ID [--registry ADDR]";
-export const REMOTE_USAGE = [UP_USAGE, TRAIN_REMOTE_USAGE, WATCH_USAGE, RUNS_USAGE, LINEAGE_USAGE]
+const PULL_USAGE = "pull     CHECKPOINT_ID --out DIR [--registry ADDR]   copy a checkpoint out of the store";
+export const REMOTE_USAGE = [UP_USAGE, TRAIN_REMOTE_USAGE, WATCH_USAGE, RUNS_USAGE, LINEAGE_USAGE, PULL_USAGE]
   .map((u) => `  ${u}`)
   .join("\n");
 
@@ -215,5 +217,64 @@ export async function lineageCommand(argv: string[]): Promise<void> {
     }
   } finally {
     client.close();
+  }
+}
+
+/**
+ * `ddpo pull`: a registered checkpoint's files copied out of the checkpoint store through the
+ * Registry's StreamCheckpoint, for machines that do not mount the store (docs/DESIGN.md §7); the
+ * copy is checked against the sha256 the Registry recorded (the same digest over the same files).
+ */
+export async function pullCommand(argv: string[]): Promise<void> {
+  const parsed = commandFlags(
+    `ddpo ${PULL_USAGE}`,
+    argv,
+    {
+      ...addressFlags("registry"),
+      out: { type: "string", value: "DIR", help: "a new or empty folder for the files; required" },
+    },
+    { positionals: true },
+  );
+  if (!parsed) return;
+  const { values, positionals } = parsed;
+  const id = positionals[0];
+  if (!id || !values.out) throw new Error(`CHECKPOINT_ID and --out DIR are required\n  ${PULL_USAGE}`);
+  const out = resolve(values.out);
+  if (existsSync(out) && readdirSync(out).length > 0) throw new Error(`${out} is not empty`);
+  mkdirSync(out, { recursive: true });
+  const client = createClient(Registry, addressOf("registry", values.registry, values["data-dir"]), { token: token() });
+  try {
+    const { checkpoint } = await client.getCheckpoint({ id }, { timeoutMs: 30_000 });
+    await writeStream(out, client.streamCheckpoint({ id }));
+    const { sha256, sizeBytes } = await digestFolder(out);
+    if (sha256 !== checkpoint!.sha256) {
+      throw new Error(`the copy in ${out} has sha256 ${sha256}; the Registry recorded ${checkpoint!.sha256}`);
+    }
+    console.log(`pull: ${id} -> ${out} (${sizeBytes} bytes, sha256 ${sha256.slice(0, 12)}, as registered)`);
+  } finally {
+    client.close();
+  }
+}
+
+/** Writes streamed chunks (files in turn, each in offset order) under `out`. */
+async function writeStream(out: string, chunks: AsyncIterable<CheckpointChunk>): Promise<void> {
+  let current = "";
+  let fd = -1;
+  try {
+    for await (const chunk of chunks) {
+      if (fd < 0 || current !== chunk.path) {
+        if (fd >= 0) closeSync(fd);
+        fd = -1;
+        const path = resolve(out, chunk.path);
+        // The paths are the Registry's listing of the folder; none may land outside `out`.
+        if (relative(out, path).startsWith("..")) throw new Error(`a path outside the folder: ${chunk.path}`);
+        mkdirSync(dirname(path), { recursive: true });
+        fd = openSync(path, "w");
+        current = chunk.path;
+      }
+      writeSync(fd, chunk.data, 0, chunk.data.byteLength, Number(chunk.offset));
+    }
+  } finally {
+    if (fd >= 0) closeSync(fd);
   }
 }

@@ -37,6 +37,8 @@ import {
   epochMessage,
   type RunSettings,
   runMessage,
+  runSettingsFromJson,
+  runSettingsJson,
   runStatusMessage,
 } from "../lib/runs/run-messages.ts";
 import { closeIdleWorkers, RunController, type RunEventPayload } from "./run-controller.ts";
@@ -312,7 +314,12 @@ export function trainerService(o: TrainerServiceOptions) {
     // restarted after a crash both see the resumed run.
     const run = await databaseCall("ResumeRun", () => reopenRun(o.db, runId, epochs));
     if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
-    const settings = run.config as unknown as RunSettings;
+    let settings: RunSettings;
+    try {
+      settings = runSettingsFromJson(run.config);
+    } catch (e) {
+      throw new ServiceError(Code.FAILED_PRECONDITION, `run ${runId}: its recorded settings: ${(e as Error).message}`);
+    }
     launch(runId, settings, run.rewards, run.prompt_set ?? "animals", run.base_checkpoint_id ?? "");
   };
 
@@ -349,7 +356,7 @@ export function trainerService(o: TrainerServiceOptions) {
         createRun(o.db, {
           id,
           name: run.name || id,
-          config: settings as unknown as Record<string, unknown>,
+          config: runSettingsJson(settings),
           status: "pending",
           code_version: process.env.DDPO_CODE_VERSION ?? null,
           base_checkpoint_id: baseId,
@@ -453,14 +460,6 @@ export function trainerService(o: TrainerServiceOptions) {
       if (epochs !== undefined && !(epochs >= 1 && epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
       await oneAtATime(`run:${runId}`, () => resume(runId, epochs));
       return runResponse(runId);
-    },
-
-    async getRun({ runId }) {
-      if (!runId) invalid("run_id is required");
-      checkedText(runId, "run_id");
-      const response = await runResponse(runId);
-      const epochs = await databaseCall("GetRun", () => listEpochs(o.db, runId));
-      return { ...response, epochs: epochs.map(epochMessage) };
     },
   });
 
