@@ -13,7 +13,7 @@ import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { CLIP_TRAIN_DEFAULTS, type ClipEvaluation, trainClip } from "../lib/training/clip.ts";
-import { commandFlags, numberFlag } from "./flags.ts";
+import { commandFlags, numberFlag, trainingFlags } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 
 export const TRAIN_CLIP_USAGE = `train-clip --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N]
@@ -44,20 +44,13 @@ function evaluationLine(e: ClipEvaluation): string {
 export async function trainClipCommand(argv: string[]): Promise<void> {
   const d = CLIP_TRAIN_DEFAULTS;
   const parsed = commandFlags(`ddpo ${TRAIN_CLIP_USAGE}`, argv, {
-    out: { type: "string", value: "DIR", help: "model folder written (transformers CLIPModel layout); required" },
-    "state-dir": { type: "string", value: "DIR", help: "training state, for resuming", default: "OUT.training" },
-    steps: { type: "string", value: "N", help: "optimizer steps", default: d.steps },
-    batch: { type: "string", value: "N", help: "images per batch (>= 2)", default: d.batchSize },
-    lr: { type: "string", value: "X", help: "peak learning rate", default: d.lr },
-    seed: { type: "string", value: "N", help: "seed of initialisation and batches", default: d.seed },
+    ...trainingFlags("model folder written (transformers CLIPModel layout)", d),
     sources: { type: "string", value: "LIST", help: "image sets, comma-separated", default: d.sources.join(",") },
     "no-augment": { type: "boolean", help: "no random crops and flips" },
     width: { type: "string", value: "N", help: "embedding width", default: d.sizes.width },
     "vision-layers": { type: "string", value: "N", help: "vision transformer layers", default: d.sizes.visionLayers },
     "text-layers": { type: "string", value: "N", help: "text transformer layers", default: d.sizes.textLayers },
     patch: { type: "string", value: "N", help: "vision patch size in pixels", default: d.sizes.patchSize },
-    "checkpoint-every": { type: "string", value: "N", help: "steps between saved states", default: d.checkpointEvery },
-    fresh: { type: "boolean", help: "start over instead of resuming the state folder" },
   });
   if (!parsed) return;
   const { values } = parsed;

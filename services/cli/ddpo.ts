@@ -14,7 +14,7 @@ import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
 import { EVAL_USAGE, evalCommand, TRAIN_CLIP_USAGE, trainClipCommand } from "./clip.ts";
-import { commandFlags, numberFlag } from "./flags.ts";
+import { commandFlags, numberFlag, trainingFlags } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 import {
   lineageCommand,
@@ -67,19 +67,12 @@ function pretrainSubset(v: string): "all" | "animals" {
 async function pretrainCommand(argv: string[]): Promise<void> {
   const d = PRETRAIN_DEFAULTS;
   const parsed = commandFlags(`ddpo ${PRETRAIN_USAGE}`, argv, {
-    out: { type: "string", value: "DIR", help: "model folder written (diffusers layout); required" },
-    "state-dir": { type: "string", value: "DIR", help: "training state, for resuming", default: "OUT.training" },
-    steps: { type: "string", value: "N", help: "optimizer steps", default: d.steps },
-    batch: { type: "string", value: "N", help: "images per batch", default: d.batchSize },
-    lr: { type: "string", value: "X", help: "peak learning rate", default: d.lr },
-    seed: { type: "string", value: "N", help: "seed of initialisation, batches and noise", default: d.seed },
+    ...trainingFlags("model folder written (diffusers layout)", d),
     channels: { type: "string", value: "LIST", help: "UNet block widths", default: d.blockOutChannels.join(",") },
-    "checkpoint-every": { type: "string", value: "N", help: "steps between saved states", default: d.checkpointEvery },
     "min-snr-gamma": { type: "string", value: "X", help: "min-SNR loss weighting gamma", default: d.minSnrGamma },
     ema: { type: "string", value: "X", help: "EMA decay of the saved weights", default: d.emaDecay },
     subset: { type: "string", value: "animals|all", help: "images trained on", default: d.subset },
     warmup: { type: "string", value: "N", help: "learning-rate warm-up steps", default: d.warmupSteps },
-    fresh: { type: "boolean", help: "start over instead of resuming the state folder" },
     samples: { type: "string", value: "FILE.png", help: "a sample grid of the trained model" },
   });
   if (!parsed) return;

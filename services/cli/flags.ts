@@ -34,6 +34,23 @@ export interface ParsedFlags<T extends Record<string, FlagSpec>> {
   positionals: string[];
 }
 
+/** The flags every resumable training command (pretrain, train-clip) shares, with its defaults. */
+export function trainingFlags(
+  outHelp: string,
+  d: { steps: number; batchSize: number; lr: number; seed: number; checkpointEvery: number },
+) {
+  return {
+    out: { type: "string", value: "DIR", help: `${outHelp}; required` },
+    "state-dir": { type: "string", value: "DIR", help: "training state, for resuming", default: "OUT.training" },
+    steps: { type: "string", value: "N", help: "optimizer steps", default: d.steps },
+    batch: { type: "string", value: "N", help: "images per batch", default: d.batchSize },
+    lr: { type: "string", value: "X", help: "peak learning rate", default: d.lr },
+    seed: { type: "string", value: "N", help: "seed of initialisation, batches and noise", default: d.seed },
+    "checkpoint-every": { type: "string", value: "N", help: "steps between saved states", default: d.checkpointEvery },
+    fresh: { type: "boolean", help: "start over instead of resuming the state folder" },
+  } as const satisfies Record<string, FlagSpec>;
+}
+
 /** The --help text of a command: its usage line, then one line per flag with its default. */
 export function helpText(usage: string, flags: Record<string, FlagSpec>): string {
   const rows = Object.entries(flags).map(([name, f]) => {

@@ -10,7 +10,13 @@ import { type EpochReport, EpochReportSchema } from "../gen/ddpo/v1/run_pb.ts";
 import { type LocalHooks, runLocalEpoch } from "../lib/ddpo/local-steps.ts";
 import type { ProgressListener } from "../lib/ddpo/pipeline.ts";
 import { promptSetByName } from "../lib/ddpo/prompts.ts";
-import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer, optimizerStepsPerEpoch } from "../lib/ddpo/trainer.ts";
+import {
+  DDPO_DEFAULTS,
+  type DdpoConfig,
+  type DdpoLoss,
+  DdpoTrainer,
+  optimizerStepsPerEpoch,
+} from "../lib/ddpo/trainer.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { lineChartPng } from "../lib/plots/line-chart.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
@@ -21,10 +27,12 @@ import { epochLine, formatSeconds, ProgressBar } from "./progress.ts";
 export const TRAIN_USAGE = `ddpo train --model DIR --out RUN_DIR [--reward jpeg_compressibility] [--prompts animals]
            [--epochs 10] [--loss ddpo_is|ddpo_sf|rwr|sparse_rwr] [--full] [--resume] [--key value ...]`;
 
-/** What each DdpoConfig key given as a flag means (--help); the default comes from DDPO_DEFAULTS. */
-const DDPO_KEY_HELP: Record<Exclude<keyof DdpoConfig, "lora" | "statTracking">, string> = {
+/** The DdpoConfig keys holding a number. */
+type NumberKey = { [K in keyof DdpoConfig]: DdpoConfig[K] extends number ? K : never }[keyof DdpoConfig];
+
+/** What each number key given as a flag means (--help); the default comes from DDPO_DEFAULTS. */
+const NUMBER_KEY_HELP: Record<NumberKey, string> = {
   seed: "seed of prompt draws, noise seeds and shuffles",
-  loss: "ddpo_is | ddpo_sf | rwr | sparse_rwr",
   sampleBatchSize: "samples per sampling batch",
   sampleBatchesPerEpoch: "sampling batches per epoch",
   steps: "DDIM steps",
@@ -43,13 +51,16 @@ const DDPO_KEY_HELP: Record<Exclude<keyof DdpoConfig, "lora" | "statTracking">, 
   rwrTemperature: "RWR weight temperature",
   sparseRwrPercentile: "sparse RWR keeps samples above this quantile",
 };
+const NUMBER_KEYS = Object.keys(NUMBER_KEY_HELP).filter((k): k is NumberKey => k in NUMBER_KEY_HELP);
+const LOSSES: readonly DdpoLoss[] = ["ddpo_is", "ddpo_sf", "rwr", "sparse_rwr"];
 
 /** The flags of the DDPO hyper-parameters, shared by `train` and `train-local`. */
 export const DDPO_FLAGS = {
+  loss: { type: "string", value: "NAME", help: LOSSES.join(" | "), default: DDPO_DEFAULTS.loss },
   ...Object.fromEntries(
-    Object.entries(DDPO_KEY_HELP).map(([k, help]) => [
+    NUMBER_KEYS.map((k) => [
       k,
-      { type: "string", value: "X", help, default: DDPO_DEFAULTS[k as keyof typeof DDPO_KEY_HELP] } satisfies FlagSpec,
+      { type: "string", value: "X", help: NUMBER_KEY_HELP[k], default: DDPO_DEFAULTS[k] } satisfies FlagSpec,
     ]),
   ),
   full: { type: "boolean", help: "fine-tune the whole UNet instead of LoRA adapters" },
@@ -57,22 +68,28 @@ export const DDPO_FLAGS = {
   "lora-alpha": { type: "string", value: "X", help: "LoRA alpha (scale alpha / rank)", default: "the rank" },
 } as const satisfies Record<string, FlagSpec>;
 
-/** Applies `--key value` overrides onto the defaults, with types taken from the defaults. */
-export function configFromFlags(flags: Record<string, string | boolean | undefined>): DdpoConfig {
-  const c: Record<string, unknown> = { ...DDPO_DEFAULTS };
-  for (const [k, v] of Object.entries(flags)) {
-    if (!(k in DDPO_DEFAULTS) || v === undefined) continue;
-    const d = (DDPO_DEFAULTS as unknown as Record<string, unknown>)[k];
-    if (typeof d === "number") {
-      const n = Number(v);
-      if (!Number.isFinite(n)) throw new Error(`--${k} must be a number, got '${v}'`);
-      c[k] = n;
-    } else if (typeof d === "string") c[k] = String(v);
+/** Applies `--key value` overrides onto the defaults (numbers checked here, ranges by the trainer). */
+export function configFromFlags(flags: Record<string, string | string[] | boolean | undefined>): DdpoConfig {
+  const c: DdpoConfig = { ...DDPO_DEFAULTS };
+  for (const k of NUMBER_KEYS) {
+    const v = flags[k];
+    if (typeof v === "string") c[k] = numberFlag(v, c[k], k);
+  }
+  if (typeof flags.loss === "string") {
+    const loss = LOSSES.find((l) => l === flags.loss);
+    if (!loss) throw new Error(`--loss must be one of ${LOSSES.join(", ")}, got '${flags.loss}'`);
+    c.loss = loss;
   }
   if (flags.full) c.lora = null;
-  if (flags["lora-rank"] !== undefined)
-    c.lora = { rank: Number(flags["lora-rank"]), alpha: Number(flags["lora-alpha"] ?? flags["lora-rank"]) };
-  return c as unknown as DdpoConfig;
+  const rank = flags["lora-rank"];
+  if (typeof rank === "string") {
+    const alpha = flags["lora-alpha"];
+    c.lora = {
+      rank: numberFlag(rank, 0, "lora-rank", true),
+      alpha: numberFlag(typeof alpha === "string" ? alpha : rank, 0, "lora-alpha"),
+    };
+  }
+  return c;
 }
 
 export async function trainCommand(argv: string[]): Promise<void> {
