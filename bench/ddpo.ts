@@ -5,6 +5,7 @@
 //   npm run bench -- ddpo [--json] [--samples 16] [--steps 20] [--model models/emoji-base]
 import { join } from "node:path";
 import { Engine } from "../gpu-core/index.ts";
+import { runLocalEpoch } from "../services/lib/ddpo/local-steps.ts";
 import { promptSetByName } from "../services/lib/ddpo/prompts.ts";
 import { DDPO_DEFAULTS, DdpoTrainer } from "../services/lib/ddpo/trainer.ts";
 import { FlopCounter } from "../services/lib/models/flops.ts";
@@ -49,22 +50,22 @@ export async function main(args: string[]): Promise<void> {
   const cfgPasses = config.guidance === 1 ? 1 : 2;
 
   const sgemmBefore = sgemmGflops(engine);
-  const report = await trainer.runEpoch();
+  const { report, stats } = await runLocalEpoch(trainer);
   const sgemm = (sgemmBefore + sgemmGflops(engine)) / 2;
   const samplingFlops = samples * steps * cfgPasses * perImage;
-  const trainingFlops = report.pairs * cfgPasses * 3 * perImage; // forward + backward (2x)
-  const achieved = (samplingFlops + trainingFlops) / (report.samplingSeconds + report.trainingSeconds) / 1e9;
+  const trainingFlops = stats.pairs * cfgPasses * 3 * perImage; // forward + backward (2x)
+  const achieved = (samplingFlops + trainingFlops) / (report.samplingS + report.trainingS) / 1e9;
   const result = {
     machine: `${navigator.hardwareConcurrency} threads, ${engine.backend} backend`,
     samples,
     steps,
-    pairs: report.pairs,
+    pairs: stats.pairs,
     epoch_s: report.seconds,
-    sampling_s: report.samplingSeconds,
-    reward_s: report.rewardSeconds,
-    training_s: report.trainingSeconds,
-    samples_per_s: samples / report.samplingSeconds,
-    pairs_per_s: report.pairs / report.trainingSeconds,
+    sampling_s: report.samplingS,
+    reward_s: report.rewardS,
+    training_s: report.trainingS,
+    samples_per_s: samples / report.samplingS,
+    pairs_per_s: stats.pairs / report.trainingS,
     sgemm_gflops: sgemm,
     achieved_gflops: achieved,
     ratio_to_sgemm: achieved / sgemm,

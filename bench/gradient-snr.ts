@@ -8,6 +8,7 @@
 //                                 [--reward jpeg_compressibility] [--model models/emoji-base]
 import { join } from "node:path";
 import { Engine } from "../gpu-core/index.ts";
+import { collectEpoch } from "../services/lib/ddpo/local-steps.ts";
 import { promptSetFromList } from "../services/lib/ddpo/prompts.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer, type TrainingBatch } from "../services/lib/ddpo/trainer.ts";
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
@@ -53,7 +54,7 @@ export async function main(args: string[]): Promise<void> {
     engine.randn(trainer.lora.params.values, 5, 0);
     engine.axpby(trainer.lora.params.values, 1e-3, trainer.lora.params.values, 0);
   }
-  const { trajectories: t } = await trainer.collect();
+  const t = await collectEpoch(trainer);
   const T = t.timesteps.length;
   const per = t.latents[0]!.length / (T + 1);
   const half = samples / 2;

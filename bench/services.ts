@@ -4,15 +4,17 @@
 //
 // Both sides write into the same Postgres (the cluster's: embedded in a temporary folder, or
 // DATABASE_URL) and do the same per-epoch work:
-//   in process  DdpoTrainer.runEpoch; the epoch's rows (latent blobs, trajectories, rewards, built as
-//               RunController does) queued on a TrajectoryRecorder; the sample grid PNG; the
-//               checkpoint saved, the recorder flushed and the checkpoint row registered.
-//   services    startCluster, then Trainer.StartRun with the same config; the Trainer plans, the
-//               Sampler samples, the Rewarder scores, the Trainer's recorder queues the same rows, its
-//               engine worker updates and saves, then it flushes and registers via the Registry.
+//   in process  the epoch pipeline (lib/ddpo/pipeline.ts) with its in-process steps; the epoch's rows
+//               (latent blobs, trajectories, rewards, built by epochRows as the Trainer does) queued on
+//               a TrajectoryRecorder; the sample grid PNG; the checkpoint saved, the recorder flushed
+//               and the checkpoint row registered; the epoch row recorded.
+//   services    startCluster, then Trainer.StartRun with the same config: the same pipeline with the
+//               Trainer's steps; the Sampler samples, the Rewarder scores, the Trainer's recorder
+//               queues the same rows, its engine worker updates and saves, then it flushes and
+//               registers via the Registry.
 // Figures:
-//   in_process_epoch_s  wall time of each in-process epoch, runEpoch through checkpoint registration.
-//   services_epoch_s    the `seconds` of each epoch event (RunController: plan through registration).
+//   in_process_epoch_s, services_epoch_s  the `seconds` of each epoch's report: the pipeline's plan
+//                       through checkpoint registration, measured the same way on both sides.
 //   epoch_ratio         services_epoch_s / in_process_epoch_s, per epoch index.
 //   overhead_ratio      sum of services epoch seconds / sum of in-process epoch seconds over the epochs
 //                       after the first (overhead_epochs; epoch 1 when --epochs 1): the first epoch of the
@@ -29,7 +31,7 @@
 //                       recording, checkpoint, RPC hops: the epoch seconds minus sampling and training).
 //
 //   npm run bench -- services [--json] [--samples 16] [--steps 10] [--epochs 2] [--model models/emoji-base]
-import { chmodSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { realpath } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -46,13 +48,14 @@ import { epochRows } from "../services/lib/db/epoch-rows.ts";
 import { createRun, recordEpoch, registerCheckpoint } from "../services/lib/db/queries.ts";
 import { TrajectoryRecorder } from "../services/lib/db/recorder.ts";
 import type { Database } from "../services/lib/db/schema.ts";
+import { type LocalHooks, runLocalEpoch } from "../services/lib/ddpo/local-steps.ts";
 import { promptSetByName } from "../services/lib/ddpo/prompts.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../services/lib/ddpo/trainer.ts";
 import { createClient } from "../services/lib/grpc/index.ts";
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
-import { imageGridPng } from "../services/lib/plots/image-grid.ts";
 import { rewardByName } from "../services/lib/rewards/index.ts";
-import { ddpoConfigMessage } from "../services/lib/runs/run-messages.ts";
+import { RunFolder, runCheckpointId } from "../services/lib/runs/run-folder.ts";
+import { ddpoConfigMessage, epochRow, runSettingsJson } from "../services/lib/runs/run-messages.ts";
 import { flagValue } from "./flags.ts";
 
 const REWARD = "jpeg_compressibility";
@@ -101,7 +104,7 @@ async function runInProcess(
   await createRun(db, {
     id: runId,
     name: "bench services: in process",
-    config: { ddpo: config, baseModelDir: modelDir, epochs },
+    config: runSettingsJson({ ddpo: config, baseModelDir: modelDir, epochs, samplerEndpoints: [], runDir: dir }),
     status: "running",
     base_checkpoint_id: baseId,
     prompt_set: PROMPTS,
@@ -112,7 +115,6 @@ async function runInProcess(
   const model = TextToImageModel.load(engine, modelDir);
   const trainer = new DdpoTrainer(engine, model, config, rewardByName(REWARD), await promptSetByName(PROMPTS));
   const machine = `${navigator.hardwareConcurrency} threads, ${engine.backend} backend`;
-  const size = model.unetConfig.sample_size;
   const out: InProcessResult = {
     runId,
     machine,
@@ -122,63 +124,45 @@ async function runInProcess(
     rewardMeans: [],
     wallS: 0,
   };
+  const folder = new RunFolder(dir);
   let parent = baseId;
-  try {
-    for (let e = 1; e <= epochs; e++) {
-      const t0 = performance.now();
-      const report = await trainer.runEpoch(async (t) => {
-        const per = t.inputIds.length / t.prompts.length;
-        const inputIds = t.prompts.map((_, i) => Array.from(t.inputIds.subarray(i * per, (i + 1) * per)));
-        const term = { name: REWARD, source: "in-process", weight: 1, scores: t.rewards };
-        recorder.add(epochRows(runId, e, parent, { ...t, inputIds }, [term]));
-        mkdirSync(join(dir, "samples"), { recursive: true });
-        await imageGridPng(join(dir, "samples", `epoch-${String(e).padStart(4, "0")}.png`), t.imagesU8, {
-          cols: 8,
-          scale: 3,
-          height: size,
-          width: size,
-          captions: t.prompts.map((p, i) => `${p} ${t.rewards[i]!.toFixed(2)}`),
-        });
-      });
-      const ckpt = join(dir, "checkpoints", `epoch-${String(e).padStart(4, "0")}`);
-      trainer.saveCheckpoint(ckpt);
-      const { sha256, sizeBytes: bytes } = await digestFolder(ckpt);
+  // The pipeline's in-process steps, recording what the Trainer's steps record, in the same way.
+  const hooks: LocalHooks = {
+    record(epoch, sampled, scored, advantages) {
+      recorder.add(epochRows(runId, epoch, parent, { ...sampled, rewards: scored.rewards, advantages }, scored.terms));
+      return folder.writeSamples(epoch, sampled.images, sampled.imageSize, sampled.prompts, scored.rewards);
+    },
+    async checkpoint(epoch) {
+      const location = folder.checkpoint(epoch);
+      trainer.saveCheckpoint(location);
+      const { sha256, sizeBytes } = await digestFolder(location);
       await recorder.flush();
-      const id = `${runId}/epoch-${e}`;
+      const id = runCheckpointId(runId, epoch);
       await registerCheckpoint(db, {
         id,
         parent_id: parent,
         run_id: runId,
-        epoch: e,
+        epoch,
         kind: "lora",
         sha256,
-        size_bytes: bytes,
-        location: ckpt,
-      });
-      const seconds = (performance.now() - t0) / 1000;
-      await recordEpoch(db, {
-        run_id: runId,
-        epoch: e,
-        reward_mean: report.rewardMean,
-        reward_std: report.rewardStd,
-        loss: report.loss,
-        approx_kl: report.approxKl,
-        clip_fraction: report.clipFraction,
-        sampling_s: report.samplingSeconds,
-        reward_s: report.rewardSeconds,
-        training_s: report.trainingSeconds,
-        seconds,
-        checkpoint_id: id,
-        samples: report.samples,
+        size_bytes: sizeBytes,
+        location,
       });
       parent = id;
-      out.epochS.push(seconds);
-      out.samplingS.push(report.samplingSeconds);
-      out.trainingS.push(report.trainingSeconds);
+      return id;
+    },
+    report: async (report) => void (await recordEpoch(db, epochRow(runId, report))),
+  };
+  try {
+    for (let e = 1; e <= epochs; e++) {
+      const { report } = await runLocalEpoch(trainer, hooks);
+      out.epochS.push(report.seconds);
+      out.samplingS.push(report.samplingS);
+      out.trainingS.push(report.trainingS);
       out.rewardMeans.push(report.rewardMean);
       console.error(
-        `[in process] epoch ${e}: ${seconds.toFixed(1)} s (sample ${report.samplingSeconds.toFixed(1)}, ` +
-          `train ${report.trainingSeconds.toFixed(1)}), reward ${report.rewardMean.toFixed(3)}`,
+        `[in process] epoch ${e}: ${report.seconds.toFixed(1)} s (sample ${report.samplingS.toFixed(1)}, ` +
+          `train ${report.trainingS.toFixed(1)}), reward ${report.rewardMean.toFixed(3)}`,
       );
     }
     out.wallS = (performance.now() - started) / 1000;

@@ -3,7 +3,6 @@
 // `ddpo eval`: samples every prompt of a set with fixed seeds and reports how often the emoji
 // CLIP reads each image as its prompt (top-1 / top-5 among the set), with a grid.
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
 import { EMOJI_SOURCES, type EmojiSource, loadEmojiDataset } from "../lib/data/emoji.ts";
 import { promptSetByName } from "../lib/ddpo/prompts.ts";
@@ -14,7 +13,7 @@ import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { CLIP_TRAIN_DEFAULTS, type ClipEvaluation, trainClip } from "../lib/training/clip.ts";
-import { numberFlag } from "./flags.ts";
+import { commandFlags, numberFlag, trainingFlags } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
 
 export const TRAIN_CLIP_USAGE = `train-clip --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N]
@@ -43,27 +42,19 @@ function evaluationLine(e: ClipEvaluation): string {
 }
 
 export async function trainClipCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      out: { type: "string" },
-      "state-dir": { type: "string" },
-      steps: { type: "string" },
-      batch: { type: "string" },
-      lr: { type: "string" },
-      seed: { type: "string" },
-      sources: { type: "string" },
-      "no-augment": { type: "boolean" },
-      width: { type: "string" },
-      "vision-layers": { type: "string" },
-      "text-layers": { type: "string" },
-      patch: { type: "string" },
-      "checkpoint-every": { type: "string" },
-      fresh: { type: "boolean" },
-    },
-  });
-  if (!values.out) throw new Error("train-clip: --out DIR is required");
   const d = CLIP_TRAIN_DEFAULTS;
+  const parsed = commandFlags(`ddpo ${TRAIN_CLIP_USAGE}`, argv, {
+    ...trainingFlags("model folder written (transformers CLIPModel layout)", d),
+    sources: { type: "string", value: "LIST", help: "image sets, comma-separated", default: d.sources.join(",") },
+    "no-augment": { type: "boolean", help: "no random crops and flips" },
+    width: { type: "string", value: "N", help: "embedding width", default: d.sizes.width },
+    "vision-layers": { type: "string", value: "N", help: "vision transformer layers", default: d.sizes.visionLayers },
+    "text-layers": { type: "string", value: "N", help: "text transformer layers", default: d.sizes.textLayers },
+    patch: { type: "string", value: "N", help: "vision patch size in pixels", default: d.sizes.patchSize },
+  });
+  if (!parsed) return;
+  const { values } = parsed;
+  if (!values.out) throw new Error("train-clip: --out DIR is required");
   const options = {
     ...d,
     out: values.out,
@@ -124,25 +115,24 @@ export const EVAL_USAGE = `eval     --model DIR [--lora DIR] [--prompts animals]
 export const DEFAULT_CLIP = join(import.meta.dir, "..", "..", "models", "emoji-clip");
 
 export async function evalCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      model: { type: "string" },
-      lora: { type: "string" },
-      prompts: { type: "string" },
-      seeds: { type: "string" },
-      steps: { type: "string" },
-      guidance: { type: "string" },
-      eta: { type: "string" },
-      clip: { type: "string" },
-      batch: { type: "string" },
-      json: { type: "boolean" },
-      out: { type: "string" },
-    },
+  const d = PROMPT_EVAL_DEFAULTS;
+  const parsed = commandFlags(`ddpo ${EVAL_USAGE}`, argv, {
+    model: { type: "string", value: "DIR", help: "base model folder (diffusers layout); required" },
+    lora: { type: "string", value: "DIR", help: "peft LoRA folder applied over the model" },
+    prompts: { type: "string", value: "SET", help: "prompt set", default: "animals" },
+    seeds: { type: "string", value: "N", help: "images per prompt (seeds 1..N)", default: d.seeds },
+    steps: { type: "string", value: "N", help: "DDIM steps", default: d.steps },
+    guidance: { type: "string", value: "X", help: "classifier-free guidance scale", default: d.guidance },
+    eta: { type: "string", value: "X", help: "DDIM eta", default: d.eta },
+    clip: { type: "string", value: "DIR", help: "emoji CLIP folder", default: "models/emoji-clip" },
+    batch: { type: "string", value: "N", help: "images per sampling batch", default: d.batch },
+    json: { type: "boolean", help: "print the whole report as JSON" },
+    out: { type: "string", value: "FILE.png", help: "grid of the images captioned with their ranks" },
   });
+  if (!parsed) return;
+  const { values } = parsed;
   // Every argument is checked before anything heavy loads.
   if (!values.model) throw new Error("eval: --model DIR is required");
-  const d = PROMPT_EVAL_DEFAULTS;
   const options = {
     seeds: numberFlag(values.seeds, d.seeds, "seeds", true),
     steps: numberFlag(values.steps, d.steps, "steps", true),

@@ -2,7 +2,7 @@
 //   pretrain   train a base model on the emoji images (resumable)
 //   sample     draw images for prompts from a model folder into a PNG grid
 //   train-clip train the emoji CLIP; eval: how often it reads a model's drawings as their prompts (clip.ts)
-//   up, train, watch, runs, lineage: the services (remote.ts); train-local: one process (train.ts)
+//   up, train, watch, runs, lineage, pull: the services (remote.ts); train-local: one process (train.ts)
 //   dashboard  the web pages over the runs in Postgres (services/dashboard)
 import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
@@ -17,9 +17,17 @@ import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
 import { PRETRAIN_DEFAULTS, pretrain } from "../lib/training/pretrain.ts";
 import { EVAL_USAGE, evalCommand, TRAIN_CLIP_USAGE, trainClipCommand } from "./clip.ts";
-import { numberFlag } from "./flags.ts";
+import { commandFlags, numberFlag, trainingFlags } from "./flags.ts";
 import { formatSeconds, ProgressBar } from "./progress.ts";
-import { lineageCommand, REMOTE_USAGE, runsCommand, trainCommand, upCommand, watchCommand } from "./remote.ts";
+import {
+  lineageCommand,
+  pullCommand,
+  REMOTE_USAGE,
+  runsCommand,
+  trainCommand,
+  upCommand,
+  watchCommand,
+} from "./remote.ts";
 import { TRAIN_USAGE, trainCommand as trainLocalCommand } from "./train.ts";
 
 export const SHOWCASE_PROMPTS = [
@@ -41,11 +49,14 @@ export const SHOWCASE_PROMPTS = [
   "penguin",
 ];
 
-const USAGE = `usage: ddpo <command> [options]
-  pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
-           [--min-snr-gamma 5] [--ema 0.999] [--subset animals|all] [--warmup 200] [--checkpoint-every 250]
-  sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
-           [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-N/lora] [--reward NAME]
+const PRETRAIN_USAGE = `pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
+           [--min-snr-gamma 5] [--ema 0.999] [--subset animals|all] [--warmup 200] [--checkpoint-every 250]`;
+const SAMPLE_USAGE = `sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
+           [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-NNNN/lora] [--reward NAME]`;
+
+const USAGE = `usage: ddpo <command> [options]   (ddpo <command> --help lists a command's flags and defaults)
+  ${PRETRAIN_USAGE}
+  ${SAMPLE_USAGE}
   ${TRAIN_CLIP_USAGE}
   ${EVAL_USAGE}
 ${REMOTE_USAGE}
@@ -58,27 +69,19 @@ function pretrainSubset(v: string): "all" | "animals" {
 }
 
 async function pretrainCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      out: { type: "string" },
-      "state-dir": { type: "string" },
-      steps: { type: "string" },
-      batch: { type: "string" },
-      lr: { type: "string" },
-      seed: { type: "string" },
-      channels: { type: "string" },
-      "checkpoint-every": { type: "string" },
-      "min-snr-gamma": { type: "string" },
-      ema: { type: "string" },
-      subset: { type: "string" },
-      warmup: { type: "string" },
-      fresh: { type: "boolean" },
-      samples: { type: "string" },
-    },
-  });
-  if (!values.out) throw new Error("pretrain: --out DIR is required");
   const d = PRETRAIN_DEFAULTS;
+  const parsed = commandFlags(`ddpo ${PRETRAIN_USAGE}`, argv, {
+    ...trainingFlags("model folder written (diffusers layout)", d),
+    channels: { type: "string", value: "LIST", help: "UNet block widths", default: d.blockOutChannels.join(",") },
+    "min-snr-gamma": { type: "string", value: "X", help: "min-SNR loss weighting gamma", default: d.minSnrGamma },
+    ema: { type: "string", value: "X", help: "EMA decay of the saved weights", default: d.emaDecay },
+    subset: { type: "string", value: "animals|all", help: "images trained on", default: d.subset },
+    warmup: { type: "string", value: "N", help: "learning-rate warm-up steps", default: d.warmupSteps },
+    samples: { type: "string", value: "FILE.png", help: "a sample grid of the trained model" },
+  });
+  if (!parsed) return;
+  const { values } = parsed;
+  if (!values.out) throw new Error("pretrain: --out DIR is required");
   const options = {
     ...d,
     out: values.out,
@@ -132,7 +135,7 @@ async function writeSampleGrid(
     seed: number;
     trajectories?: string;
     checkpoint?: string;
-    /** peft LoRA folder applied over the model (a DDPO run's checkpoints/epoch-N/lora). */
+    /** peft LoRA folder applied over the model (a DDPO run's checkpoints/epoch-NNNN/lora). */
     lora?: string;
     /** Score each image with this reward: captions show it, the mean is printed. */
     reward?: string;
@@ -184,21 +187,20 @@ async function writeSampleGrid(
 }
 
 async function sampleCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      model: { type: "string" },
-      prompt: { type: "string", multiple: true },
-      out: { type: "string" },
-      steps: { type: "string" },
-      guidance: { type: "string" },
-      eta: { type: "string" },
-      seed: { type: "string" },
-      trajectories: { type: "string" },
-      lora: { type: "string" },
-      reward: { type: "string" },
-    },
+  const parsed = commandFlags(`ddpo ${SAMPLE_USAGE}`, argv, {
+    model: { type: "string", value: "DIR", help: "model folder (diffusers layout); required" },
+    prompt: { type: "string", multiple: true, value: "TEXT", help: "prompt to draw", default: "16 showcase prompts" },
+    out: { type: "string", value: "FILE.png", help: "the image grid", default: "samples.png" },
+    steps: { type: "string", value: "N", help: "DDIM steps", default: 50 },
+    guidance: { type: "string", value: "X", help: "classifier-free guidance scale", default: 3 },
+    eta: { type: "string", value: "X", help: "DDIM eta", default: 1 },
+    seed: { type: "string", value: "N", help: "seed of the first image (the i-th gets seed + i)", default: 1 },
+    trajectories: { type: "string", value: "FILE", help: "also write the trajectories (safetensors)" },
+    lora: { type: "string", value: "DIR", help: "peft LoRA folder applied over the model" },
+    reward: { type: "string", value: "NAME", help: "score each image with this reward" },
   });
+  if (!parsed) return;
+  const { values } = parsed;
   if (!values.model) throw new Error("sample: --model DIR is required");
   const engine = Engine.open();
   const model = TextToImageModel.load(engine, values.model);
@@ -216,7 +218,7 @@ async function sampleCommand(argv: string[]): Promise<void> {
   engine.close();
 }
 
-const commands: Record<string, (argv: string[]) => Promise<void>> = {
+export const commands: Record<string, (argv: string[]) => Promise<void>> = {
   pretrain: pretrainCommand,
   sample: sampleCommand,
   up: upCommand,
@@ -224,6 +226,7 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
   watch: watchCommand,
   runs: runsCommand,
   lineage: lineageCommand,
+  pull: pullCommand,
   "train-local": trainLocalCommand,
   "train-clip": trainClipCommand,
   eval: evalCommand,
@@ -233,6 +236,10 @@ const commands: Record<string, (argv: string[]) => Promise<void>> = {
 if (import.meta.main) {
   const [name, ...rest] = process.argv.slice(2);
   const command = name ? commands[name] : undefined;
+  if (name === "--help" || name === "-h" || name === "help") {
+    console.log(USAGE);
+    process.exit(0);
+  }
   if (!command) {
     console.error(USAGE);
     process.exit(2);

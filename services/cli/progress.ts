@@ -1,5 +1,6 @@
 // A terminal progress bar on stderr: redrawn in place on a TTY, one line every `every` updates
-// otherwise (logs, CI).
+// otherwise (logs, CI); and the one-line summary of an epoch both `train` commands print.
+import type { EpochReport } from "../gen/ddpo/v1/run_pb.ts";
 
 export class ProgressBar {
   #last = 0;
@@ -30,4 +31,14 @@ export function formatSeconds(s: number): string {
   const m = Math.floor((s % 3600) / 60);
   const sec = Math.floor(s % 60);
   return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(sec).padStart(2, "0")}s`;
+}
+
+/** One line per finished epoch: reward mean ± std, loss, approx_kl, clip fraction, seconds by phase. */
+export function epochLine(e: EpochReport): string {
+  return (
+    `epoch ${String(e.epoch).padStart(3)}  reward ${e.rewardMean.toFixed(3)} ± ${e.rewardStd.toFixed(3)}  ` +
+    `loss ${e.loss.toExponential(2)}  approx_kl ${e.approxKl.toExponential(2)}  clipfrac ${e.clipFraction.toFixed(3)}  ` +
+    `${formatSeconds(e.seconds)} (sample ${e.samplingS.toFixed(1)} s, reward ${e.rewardS.toFixed(1)} s, ` +
+    `train ${e.trainingS.toFixed(1)} s)`
+  );
 }

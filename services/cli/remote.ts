@@ -1,36 +1,40 @@
 // The `ddpo` commands that talk to running services: `up` starts them, `train` starts a run on the
-// Trainer and follows it, `watch` re-attaches to a run, `runs` and `lineage` ask the Registry.
+// Trainer and follows it, `watch` re-attaches to a run, `runs`, `lineage` and `pull` ask the Registry.
 // Addresses come from flags or from <data-dir>/services.json, which `up` writes.
-import { existsSync, readFileSync } from "node:fs";
-import { join, resolve } from "node:path";
-import { parseArgs } from "node:util";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { CheckpointKind, RunStatus } from "../gen/ddpo/v1/common_pb.ts";
-import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
+import { type CheckpointChunk, Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import type { EpochReport } from "../gen/ddpo/v1/run_pb.ts";
 import { Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
-import { DDPO_DEFAULTS } from "../lib/ddpo/trainer.ts";
+import { digestFolder } from "../lib/checkpoints/checkpoint-folder.ts";
 import { createClient } from "../lib/grpc/index.ts";
-import { ddpoConfigMessage } from "../lib/runs/run-messages.ts";
+import { ddpoConfigMessage, runStatusName } from "../lib/runs/run-messages.ts";
 import { type ClusterAddresses, startCluster } from "./cluster.ts";
-import { formatSeconds } from "./progress.ts";
-import { configFromFlags } from "./train.ts";
+import { commandFlags, type FlagSpec } from "./flags.ts";
+import { epochLine } from "./progress.ts";
+import { configFromFlags, DDPO_FLAGS } from "./train.ts";
 
-export const REMOTE_USAGE = `  up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services + the dashboard; Ctrl-C
-           stops them (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)
-  train    [--trainer ADDR] [--model models/emoji-base] [--reward [W*]NAME[@HOST:PORT] ...] [--prompts animals]
-           [--epochs 10] [--name TEXT] [--full] [--key value ...] [--detach]
-  watch    RUN_ID [--trainer ADDR]
-  runs     [--registry ADDR]
-  lineage  CHECKPOINT_ID | --run RUN_ID [--registry ADDR]`;
+const UP_USAGE = `up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services + the dashboard;
+           Ctrl-C stops them (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)`;
+const TRAIN_REMOTE_USAGE = `train    [--trainer ADDR] [--model models/emoji-base] [--reward [W*]NAME[@HOST:PORT] ...] [--prompts animals]
+           [--epochs 10] [--name TEXT] [--full] [--key value ...] [--detach]`;
+const WATCH_USAGE = "watch    RUN_ID [--trainer ADDR]";
+const RUNS_USAGE = "runs     [--registry ADDR]";
+const LINEAGE_USAGE = "lineage  CHECKPOINT_ID | --run RUN_ID [--registry ADDR]";
+const PULL_USAGE = "pull     CHECKPOINT_ID --out DIR [--registry ADDR]   copy a checkpoint out of the store";
+export const REMOTE_USAGE = [UP_USAGE, TRAIN_REMOTE_USAGE, WATCH_USAGE, RUNS_USAGE, LINEAGE_USAGE, PULL_USAGE]
+  .map((u) => `  ${u}`)
+  .join("\n");
 
-const STATUS_NAMES: Record<number, string> = {
-  [RunStatus.PENDING]: "pending",
-  [RunStatus.RUNNING]: "running",
-  [RunStatus.STOPPED]: "stopped",
-  [RunStatus.COMPLETED]: "completed",
-  [RunStatus.FAILED]: "failed",
-};
+/** --SERVICE ADDR and --data-dir: where a command finds the service it talks to. */
+function addressFlags<S extends "trainer" | "registry">(service: S) {
+  return {
+    [service]: { type: "string", value: "HOST:PORT", help: `the ${service}'s address`, default: "from services.json" },
+    "data-dir": { type: "string", value: "DIR", help: "where `ddpo up` wrote services.json", default: ".ddpo" },
+  } as Record<S | "data-dir", FlagSpec & { type: "string" }>;
+}
 
 const KIND_NAMES: Record<number, string> = {
   [CheckpointKind.BASE]: "base",
@@ -51,10 +55,18 @@ function addressOf(service: keyof ClusterAddresses, flag: string | undefined, da
 }
 
 export async function upCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: { "data-dir": { type: "string" }, "model-root": { type: "string", multiple: true } },
+  const parsed = commandFlags(`ddpo ${UP_USAGE}`, argv, {
+    "data-dir": { type: "string", value: "DIR", help: "Postgres data, run folders, services.json", default: ".ddpo" },
+    "model-root": {
+      type: "string",
+      multiple: true,
+      value: "DIR",
+      help: "folder the Registry serves checkpoints from",
+      default: "models/",
+    },
   });
+  if (!parsed) return;
+  const { values } = parsed;
   const cluster = await startCluster({ dataDir: values["data-dir"] ?? ".ddpo", modelRoots: values["model-root"] });
   const a = cluster.addresses;
   console.log(`registry  ${a.registry}\nrewarder  ${a.rewarder}\nsampler   ${a.sampler}\ntrainer   ${a.trainer}`);
@@ -81,14 +93,6 @@ export function parseRewardSpec(spec: string): { endpoint: string; rewardName: s
   }
   if (!rest) throw new Error(`--reward ${spec}: no reward name`);
   return { endpoint, rewardName: rest, weight };
-}
-
-export function epochLine(e: EpochReport): string {
-  return (
-    `epoch ${String(e.epoch).padStart(3)}  reward ${e.rewardMean.toFixed(3)} ± ${e.rewardStd.toFixed(3)}  ` +
-    `approx_kl ${e.approxKl.toExponential(2)}  clipfrac ${e.clipFraction.toFixed(3)}  ${formatSeconds(e.seconds)} ` +
-    `(sample ${e.samplingS.toFixed(1)} s, reward ${e.rewardS.toFixed(1)} s, train ${e.trainingS.toFixed(1)} s)`
-  );
 }
 
 /** Follows a run's events until it ends; returns its final status and the epochs seen. */
@@ -121,24 +125,24 @@ export async function followRun(
 }
 
 export async function trainCommand(argv: string[]): Promise<void> {
-  const keyOptions = Object.fromEntries(Object.keys(DDPO_DEFAULTS).map((k) => [k, { type: "string" as const }]));
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      trainer: { type: "string" },
-      "data-dir": { type: "string" },
-      model: { type: "string" },
-      reward: { type: "string", multiple: true },
-      prompts: { type: "string" },
-      epochs: { type: "string" },
-      name: { type: "string" },
-      full: { type: "boolean" },
-      detach: { type: "boolean" },
-      "lora-rank": { type: "string" },
-      "lora-alpha": { type: "string" },
-      ...keyOptions,
+  const parsed = commandFlags(`ddpo ${TRAIN_REMOTE_USAGE}`, argv, {
+    ...addressFlags("trainer"),
+    model: { type: "string", value: "DIR", help: "base model folder", default: "models/emoji-base" },
+    reward: {
+      type: "string",
+      multiple: true,
+      value: "[W*]NAME[@HOST:PORT]",
+      help: "reward term (weight, name, Rewarder address)",
+      default: "jpeg_compressibility",
     },
+    prompts: { type: "string", value: "SET", help: "prompt set", default: "animals" },
+    epochs: { type: "string", value: "N", help: "epochs to run", default: 10 },
+    name: { type: "string", value: "TEXT", help: "run name, for humans", default: "the run id" },
+    detach: { type: "boolean", help: "print the run id and return instead of following the run" },
+    ...DDPO_FLAGS,
   });
+  if (!parsed) return;
+  const { values } = parsed;
   const address = addressOf("trainer", values.trainer, values["data-dir"]);
   const { reward: _rewards, ...flags } = values;
   const config = configFromFlags(flags);
@@ -158,35 +162,30 @@ export async function trainCommand(argv: string[]): Promise<void> {
   console.log(`run ${run!.id} started (${run!.epochs} epochs)`);
   if (values.detach) return;
   const result = await followRun(address, run!.id);
-  console.log(`run ${run!.id}: ${STATUS_NAMES[result.status] ?? "?"}${result.message ? ` (${result.message})` : ""}`);
+  console.log(`run ${run!.id}: ${runStatusName(result.status)}${result.message ? ` (${result.message})` : ""}`);
   if (result.status !== RunStatus.COMPLETED) process.exitCode = 1;
 }
 
 export async function watchCommand(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { trainer: { type: "string" }, "data-dir": { type: "string" } },
-  });
+  const parsed = commandFlags(`ddpo ${WATCH_USAGE}`, argv, addressFlags("trainer"), { positionals: true });
+  if (!parsed) return;
+  const { values, positionals } = parsed;
   if (!positionals[0]) throw new Error("watch: RUN_ID is required");
   const result = await followRun(addressOf("trainer", values.trainer, values["data-dir"]), positionals[0]);
-  console.log(
-    `run ${positionals[0]}: ${STATUS_NAMES[result.status] ?? "?"}${result.message ? ` (${result.message})` : ""}`,
-  );
+  console.log(`run ${positionals[0]}: ${runStatusName(result.status)}${result.message ? ` (${result.message})` : ""}`);
 }
 
 export async function runsCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: { registry: { type: "string" }, "data-dir": { type: "string" } },
-  });
+  const parsed = commandFlags(`ddpo ${RUNS_USAGE}`, argv, addressFlags("registry"));
+  if (!parsed) return;
+  const { values } = parsed;
   const client = createClient(Registry, addressOf("registry", values.registry, values["data-dir"]), { token: token() });
   try {
     const { runs } = await client.listRuns({ pageSize: 100 });
     console.log(`${"run".padEnd(36)}  ${"name".padEnd(16)}  ${"status".padEnd(9)}  epochs  latest checkpoint`);
     for (const r of runs) {
       console.log(
-        `${r.id.padEnd(36)}  ${r.name.slice(0, 16).padEnd(16)}  ${(STATUS_NAMES[r.status] ?? "?").padEnd(9)}  ` +
+        `${r.id.padEnd(36)}  ${r.name.slice(0, 16).padEnd(16)}  ${runStatusName(r.status).padEnd(9)}  ` +
           `${`${r.epochsDone}/${r.epochs}`.padEnd(6)}  ${r.latestCheckpointId}`,
       );
     }
@@ -196,11 +195,14 @@ export async function runsCommand(argv: string[]): Promise<void> {
 }
 
 export async function lineageCommand(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { registry: { type: "string" }, run: { type: "string" }, "data-dir": { type: "string" } },
-  });
+  const parsed = commandFlags(
+    `ddpo ${LINEAGE_USAGE}`,
+    argv,
+    { ...addressFlags("registry"), run: { type: "string", value: "RUN_ID", help: "the run's latest checkpoint" } },
+    { positionals: true },
+  );
+  if (!parsed) return;
+  const { values, positionals } = parsed;
   const client = createClient(Registry, addressOf("registry", values.registry, values["data-dir"]), { token: token() });
   try {
     let id = positionals[0];
@@ -216,5 +218,64 @@ export async function lineageCommand(argv: string[]): Promise<void> {
     }
   } finally {
     client.close();
+  }
+}
+
+/**
+ * `ddpo pull`: a registered checkpoint's files copied out of the checkpoint store through the
+ * Registry's StreamCheckpoint, for machines that do not mount the store (docs/DESIGN.md §7); the
+ * copy is checked against the sha256 the Registry recorded (the same digest over the same files).
+ */
+export async function pullCommand(argv: string[]): Promise<void> {
+  const parsed = commandFlags(
+    `ddpo ${PULL_USAGE}`,
+    argv,
+    {
+      ...addressFlags("registry"),
+      out: { type: "string", value: "DIR", help: "a new or empty folder for the files; required" },
+    },
+    { positionals: true },
+  );
+  if (!parsed) return;
+  const { values, positionals } = parsed;
+  const id = positionals[0];
+  if (!id || !values.out) throw new Error(`CHECKPOINT_ID and --out DIR are required\n  ${PULL_USAGE}`);
+  const out = resolve(values.out);
+  if (existsSync(out) && readdirSync(out).length > 0) throw new Error(`${out} is not empty`);
+  mkdirSync(out, { recursive: true });
+  const client = createClient(Registry, addressOf("registry", values.registry, values["data-dir"]), { token: token() });
+  try {
+    const { checkpoint } = await client.getCheckpoint({ id }, { timeoutMs: 30_000 });
+    await writeStream(out, client.streamCheckpoint({ id }));
+    const { sha256, sizeBytes } = await digestFolder(out);
+    if (sha256 !== checkpoint!.sha256) {
+      throw new Error(`the copy in ${out} has sha256 ${sha256}; the Registry recorded ${checkpoint!.sha256}`);
+    }
+    console.log(`pull: ${id} -> ${out} (${sizeBytes} bytes, sha256 ${sha256.slice(0, 12)}, as registered)`);
+  } finally {
+    client.close();
+  }
+}
+
+/** Writes streamed chunks (files in turn, each in offset order) under `out`. */
+async function writeStream(out: string, chunks: AsyncIterable<CheckpointChunk>): Promise<void> {
+  let current = "";
+  let fd = -1;
+  try {
+    for await (const chunk of chunks) {
+      if (fd < 0 || current !== chunk.path) {
+        if (fd >= 0) closeSync(fd);
+        fd = -1;
+        const path = resolve(out, chunk.path);
+        // The paths are the Registry's listing of the folder; none may land outside `out`.
+        if (relative(out, path).startsWith("..")) throw new Error(`a path outside the folder: ${chunk.path}`);
+        mkdirSync(dirname(path), { recursive: true });
+        fd = openSync(path, "w");
+        current = chunk.path;
+      }
+      writeSync(fd, chunk.data, 0, chunk.data.byteLength, Number(chunk.offset));
+    }
+  } finally {
+    if (fd >= 0) closeSync(fd);
   }
 }

@@ -3,12 +3,12 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
-import { loadIntoParameters } from "../lib/checkpoints/model-folder.ts";
+import { ConfigError, loadIntoParameters } from "../lib/checkpoints/model-folder.ts";
 import { sampleImages, toUint8Images } from "../lib/diffusion/sampler.ts";
 import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { combineSources } from "../lib/models/parameters.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
-import { serveWorkerHandlers, transferResult } from "../lib/workers/worker-rpc.ts";
+import { serveWorkerHandlers, transferResult, WorkerError } from "../lib/workers/worker-rpc.ts";
 
 export interface PolicyLocation {
   checkpointId: string;
@@ -46,6 +46,18 @@ export interface SampleBatchResult {
   trajectories: SampledTrajectory[];
 }
 
+/** Runs a checkpoint load: a missing file is not_found, any other failure an unusable checkpoint. */
+function asLoadError<T>(load: () => T): T {
+  try {
+    return load();
+  } catch (e) {
+    if (e instanceof WorkerError) throw e;
+    const message = e instanceof Error ? e.message : String(e);
+    const missing = (e as { code?: unknown }).code === "ENOENT" || (e instanceof ConfigError && !existsSync(e.file));
+    throw new WorkerError(missing ? "not_found" : "invalid_argument", message);
+  }
+}
+
 let engine: Engine | null = null;
 let model: TextToImageModel | null = null;
 let lora: LoraAdapterSet | null = null;
@@ -69,16 +81,19 @@ const handlers = {
   } {
     engine ??= Engine.open();
     for (const dir of [args.baseModelDir, args.loraDir, args.fullModelDir]) {
-      if (dir !== undefined && !existsSync(dir)) throw new Error(`checkpoint folder ${dir} does not exist`);
+      if (dir !== undefined && !existsSync(dir))
+        throw new WorkerError("not_found", `checkpoint folder ${dir} does not exist`);
     }
     // Load into fresh objects first so a bad checkpoint leaves the current policy in place.
-    const next = TextToImageModel.load(engine, args.baseModelDir);
+    const next = asLoadError(() => TextToImageModel.load(engine!, args.baseModelDir));
     let nextLora: LoraAdapterSet | null = null;
     try {
-      if (args.fullModelDir) {
-        loadIntoParameters(next.unet, join(args.fullModelDir, "unet", "diffusion_pytorch_model.safetensors"));
-      }
-      if (args.loraDir) nextLora = LoraAdapterSet.load(engine, next.unetShapes, args.loraDir);
+      asLoadError(() => {
+        if (args.fullModelDir) {
+          loadIntoParameters(next.unet, join(args.fullModelDir, "unet", "diffusion_pytorch_model.safetensors"));
+        }
+        if (args.loraDir) nextLora = LoraAdapterSet.load(engine!, next.unetShapes, args.loraDir);
+      });
     } catch (e) {
       next.close();
       throw e;
@@ -97,7 +112,7 @@ const handlers = {
   },
 
   sample(args: SampleBatchArgs): SampleBatchResult {
-    if (!model || !loaded) throw new Error("no checkpoint loaded");
+    if (!model || !loaded) throw new WorkerError("failed_precondition", "no checkpoint loaded");
     const source = lora
       ? combineSources(
           lora.source({ frozen: true }),

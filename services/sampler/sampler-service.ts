@@ -6,6 +6,7 @@ import { Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampl
 import { SAMPLING_LIMITS, samplingProblems } from "../lib/diffusion/sampling-limits.ts";
 import { bindService, Code, checkedText, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import type { WorkerClient } from "../lib/workers/worker-rpc.ts";
+import { workerStatus } from "../lib/workers/worker-status.ts";
 import type { SamplerWorkerHandlers } from "./engine-worker.ts";
 
 const DEFAULTS = { steps: 20, guidance: 3, eta: 1, batchSize: 8 };
@@ -48,9 +49,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         const loaded = await worker.call("load", wanted);
         policy = { request: wanted, backend: loaded.backend, channels: loaded.channels, imageSize: loaded.imageSize };
       } catch (e) {
-        const message = (e as Error).message;
-        const code = /does not exist|ENOENT|no such file/i.test(message) ? Code.NOT_FOUND : Code.INVALID_ARGUMENT;
-        throw new ServiceError(code, `checkpoint ${request.checkpointId}: ${message}`);
+        throw workerStatus(e, `checkpoint ${request.checkpointId}: `);
       }
       return { checkpointId: request.checkpointId, loadSeconds: (performance.now() - started) / 1000 };
     },
@@ -103,15 +102,19 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         for (let start = 0; start < n; start += batchSize) {
           if (context.signal.aborted) return;
           const end = Math.min(n, start + batchSize);
-          const batch = await worker.call("sample", {
-            cancel,
-            prompts: request.prompts.slice(start, end),
-            seeds: seeds.slice(start, end),
-            steps,
-            guidance,
-            eta,
-            includeLatents: request.includeLatents,
-          });
+          const batch = await worker
+            .call("sample", {
+              cancel,
+              prompts: request.prompts.slice(start, end),
+              seeds: seeds.slice(start, end),
+              steps,
+              guidance,
+              eta,
+              includeLatents: request.includeLatents,
+            })
+            .catch((e) => {
+              throw workerStatus(e, "sampling: ");
+            });
           if (batch.checkpointId !== loaded) {
             throw new ServiceError(Code.ABORTED, `checkpoint changed to ${batch.checkpointId} during the call`);
           }

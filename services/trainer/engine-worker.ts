@@ -1,7 +1,9 @@
 // The Trainer's engine thread: owns the policy being trained (DdpoTrainer: LoRA adapters or the
-// full UNet, AdamW moments, per-prompt stat tracker, prompt RNG). The gRPC thread asks it for
-// an epoch's plan, sends back the sampled trajectories with their rewards, and has it save
-// checkpoints; samples and rewards themselves come from the Sampler and Rewarder services.
+// full UNet, AdamW moments, per-prompt stat tracker, prompt RNG): the plan, advantages, update
+// and checkpoint steps of the epoch pipeline (lib/ddpo/pipeline.ts). The gRPC thread asks it for
+// an epoch's plan, gives it the rewards (it keeps them and their advantages for the update), sends
+// the sampled trajectories for the update, and has it save checkpoints; samples and rewards
+// themselves come from the Sampler and Rewarder services.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
@@ -10,7 +12,7 @@ import { promptSetByName } from "../lib/ddpo/prompts.ts";
 import { type DdpoConfig, DdpoTrainer, type SampleBatchPlan, type UpdateStats } from "../lib/ddpo/trainer.ts";
 import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
-import { serveWorkerHandlers } from "../lib/workers/worker-rpc.ts";
+import { serveWorkerHandlers, WorkerError } from "../lib/workers/worker-rpc.ts";
 
 export interface TrainerInit {
   baseModelDir: string;
@@ -20,50 +22,62 @@ export interface TrainerInit {
   start?: { loraDir?: string; fullModelDir?: string };
 }
 
+/** The sampled trajectories of the epoch whose rewards `advantages` was given, in its order. */
 export interface EpochUpdateArgs {
-  prompts: string[];
   timesteps: number[];
   latents: Float32Array[]; // per sample [T+1, C, H, W]
   logProbs: Float32Array[]; // per sample [T]
-  rewards: Float64Array;
-  advantages: Float64Array;
 }
 
 export interface EpochUpdateResult {
   epoch: number;
   stats: UpdateStats;
-  trainingSeconds: number;
 }
 
 let trainer: DdpoTrainer | null = null;
 let engine: Engine | null = null;
+/** This epoch's rewards and advantages, from `advantages` to `update`. */
+let kept: { prompts: string[]; rewards: Float64Array; advantages: Float64Array } | null = null;
 
 function active(): DdpoTrainer {
-  if (!trainer) throw new Error("trainer worker: init() first");
+  if (!trainer) throw new WorkerError("failed_precondition", "trainer worker: init() first");
   return trainer;
 }
 
 const handlers = {
   async init(args: TrainerInit): Promise<{ epoch: number; backend: string; lora: boolean }> {
-    if (trainer) throw new Error("trainer worker: already initialised");
+    if (trainer) throw new WorkerError("failed_precondition", "trainer worker: already initialised");
     engine = Engine.open();
     const model = TextToImageModel.load(engine, args.baseModelDir);
     const prompts = await promptSetByName(args.promptSet);
     trainer = new DdpoTrainer(engine, model, args.config, null, prompts);
     if (args.start?.loraDir) {
-      if (!trainer.lora) throw new Error("a LoRA checkpoint to start from, but the run fine-tunes the whole UNet");
+      if (!trainer.lora) {
+        throw new WorkerError(
+          "invalid_argument",
+          "a LoRA checkpoint to start from, but the run fine-tunes the whole UNet",
+        );
+      }
       const loaded = LoraAdapterSet.load(engine, model.unetShapes, args.start.loraDir);
       try {
         const [want, got] = [trainer.lora.settings, loaded.settings];
         if (want.rank !== got.rank || loaded.params.total !== trainer.lora.params.total) {
-          throw new Error(`${args.start.loraDir}: LoRA rank ${got.rank}, but the run's config has rank ${want.rank}`);
+          throw new WorkerError(
+            "invalid_argument",
+            `${args.start.loraDir}: LoRA rank ${got.rank}, but the run's config has rank ${want.rank}`,
+          );
         }
         trainer.lora.params.values.write(loaded.params.values.read());
       } finally {
         loaded.close();
       }
     } else if (args.start?.fullModelDir) {
-      if (trainer.lora) throw new Error("a full fine-tuned checkpoint to start from, but the run trains LoRA adapters");
+      if (trainer.lora) {
+        throw new WorkerError(
+          "invalid_argument",
+          "a full fine-tuned checkpoint to start from, but the run trains LoRA adapters",
+        );
+      }
       loadIntoParameters(model.unet, join(args.start.fullModelDir, "unet", "diffusion_pytorch_model.safetensors"));
     }
     return { epoch: 0, backend: engine.backend, lora: trainer.lora !== null };
@@ -74,22 +88,30 @@ const handlers = {
     return { epoch: t.epoch, batches: t.planEpoch() };
   },
 
-  /** Per-prompt advantages of this epoch's rewards (updates the stat tracker's buffers). */
+  /**
+   * Per-prompt advantages of this epoch's rewards (updates the stat tracker's buffers); kept with
+   * the rewards for this epoch's update, and returned to be recorded.
+   */
   advantages(args: { prompts: string[]; rewards: Float64Array }): Float64Array {
-    return active().computeAdvantages(args.prompts, args.rewards);
+    const advantages = active().computeAdvantages(args.prompts, args.rewards);
+    kept = { prompts: args.prompts, rewards: args.rewards, advantages };
+    return advantages;
   },
 
-  /** The policy-gradient update on this epoch's trajectories, then the epoch counter. */
+  /** The policy-gradient update on this epoch's trajectories with the kept advantages. */
   update(args: EpochUpdateArgs): EpochUpdateResult {
     const t = active();
-    const n = args.prompts.length;
-    if (args.latents.length !== n || args.logProbs.length !== n || args.advantages.length !== n) {
-      throw new Error(`update: ${n} prompts but ${args.latents.length} latents, ${args.advantages.length} advantages`);
+    if (!kept) throw new WorkerError("failed_precondition", "update: no advantages for this epoch");
+    const n = kept.prompts.length;
+    if (args.latents.length !== n || args.logProbs.length !== n) {
+      throw new WorkerError(
+        "invalid_argument",
+        `update: ${args.latents.length} latents and ${args.logProbs.length} log-prob rows for ${n} samples`,
+      );
     }
-    const started = performance.now();
-    const stats = t.train({ ...args });
-    const epoch = t.endEpoch();
-    return { epoch, stats, trainingSeconds: (performance.now() - started) / 1000 };
+    const stats = t.train({ ...args, ...kept });
+    kept = null;
+    return { epoch: t.endEpoch(), stats };
   },
 
   /** Writes the checkpoint folder; returns where the policy's weights are inside it. */
@@ -111,11 +133,12 @@ const handlers = {
     engine?.close();
     trainer = null;
     engine = null;
+    kept = null;
   },
 
   restore(args: { dir: string }): { epoch: number } {
     const t = active();
-    if (!existsSync(args.dir)) throw new Error(`checkpoint folder ${args.dir} does not exist`);
+    if (!existsSync(args.dir)) throw new WorkerError("not_found", `checkpoint folder ${args.dir} does not exist`);
     t.restoreCheckpoint(args.dir);
     return { epoch: t.epoch };
   },

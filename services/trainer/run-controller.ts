@@ -1,52 +1,51 @@
-// One DDPO run driven across the services (DESIGN.md §2): per epoch the engine worker plans
-// prompts and seeds, the Samplers stream trajectories under the current checkpoint, the Rewarders
-// score each batch as it arrives, the recorder queues every trajectory and reward for Postgres,
-// the worker computes advantages and updates the policy, and the new checkpoint is saved,
-// registered with its parent (lineage) and handed to the Samplers next epoch.
+// One DDPO run driven across the services: the epoch pipeline (lib/ddpo/pipeline.ts) with its
+// steps over gRPC and the engine worker. Per epoch the worker plans prompts and seeds, the
+// Samplers stream trajectories under the current checkpoint, the Rewarders score them, the worker
+// computes and keeps the advantages, the recorder queues every trajectory and reward for Postgres,
+// the worker updates the policy and saves it, and the checkpoint is registered with the Registry
+// (lineage) and handed to the Samplers next epoch (docs/DESIGN.md §2).
+//
+// Ownership (docs/DESIGN.md §7): the Trainer writes runs, epochs, trajectories and rewards; it
+// reads checkpoints only through the Registry, which owns them. Samplers read checkpoint folders
+// from the shared checkpoint store by the paths the Registry recorded.
 //
 // Crash safety: an epoch's rows are flushed before its checkpoint is registered, and a resumed run
 // restarts from the last registered checkpoint with the same prompt RNG, stat-tracker buffers and
 // seeds, so a redone epoch reproduces its rows and the idempotent writes keep one copy of each.
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { Kysely } from "kysely";
 import { CheckpointKind } from "../gen/ddpo/v1/common_pb.ts";
-import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
+import { type Checkpoint, Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
+import type { EpochReport } from "../gen/ddpo/v1/run_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import { epochRows } from "../lib/db/epoch-rows.ts";
-import { getCheckpoint, listCheckpoints, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
+import { listEpochs, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
+import {
+  checkScores,
+  combineTerms,
+  type EpochSteps,
+  type ProgressListener,
+  runEpoch,
+  type SampledEpoch,
+  type ScoredEpoch,
+} from "../lib/ddpo/pipeline.ts";
+import type { SampleBatchPlan } from "../lib/ddpo/trainer.ts";
 import { type ClientOptions, Code, createClient, type ServiceClient, ServiceError } from "../lib/grpc/index.ts";
-import { imageGridPng } from "../lib/plots/image-grid.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
+import { RunFolder, runCheckpointId } from "../lib/runs/run-folder.ts";
 import type { RunSettings } from "../lib/runs/run-messages.ts";
+import { epochRow } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
 
 export interface RunEventPayload {
   kind: "epoch" | "status" | "progress";
-  epoch?: EpochSummary;
+  epoch?: EpochReport;
   status?: { status: RunStatus; message: string };
   progress?: { epoch: number; phase: string; done: number; total: number };
-}
-
-export interface EpochSummary {
-  epoch: number;
-  rewardMean: number;
-  rewardStd: number;
-  rewardMeans: Record<string, number>;
-  loss: number;
-  approxKl: number;
-  clipFraction: number;
-  seconds: number;
-  samplingS: number;
-  rewardS: number;
-  trainingS: number;
-  checkpointId: string;
-  samples: number;
-  optimizerSteps: number;
 }
 
 export interface RunEnvironment {
@@ -61,27 +60,34 @@ export interface RunEnvironment {
   retryForMs: number;
 }
 
-interface SampledEpoch {
+/** The policy the Samplers sample with: a registered checkpoint and where its weights are. */
+interface Policy {
+  id: string;
+  epoch: number;
+  loraDir?: string;
+  fullModelDir?: string;
+}
+
+/** The share of an epoch's samples one Sampler draws: its prompts, seeds and their positions. */
+interface SamplerPart {
   prompts: string[];
   seeds: number[];
-  inputIds: number[][];
+  at: number[];
+}
+
+/** One trajectory as a Sampler streamed it. */
+interface StreamedTrajectory {
+  prompt: string;
+  seed: number;
+  inputIds: number[];
   timesteps: number[];
-  latents: Float32Array[];
-  logProbs: Float32Array[];
-  images: Uint8Array[];
+  latents: Float32Array;
+  logProbs: Float32Array;
+  image: Uint8Array;
   imageSize: number;
 }
 
 const RETRYABLE = new Set([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.FAILED_PRECONDITION, Code.ABORTED]);
-
-function mean(xs: readonly number[]): number {
-  return xs.reduce((a, b) => a + b, 0) / xs.length;
-}
-
-function std(xs: readonly number[]): number {
-  const m = mean(xs);
-  return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length);
-}
 
 // Engine workers outlive their runs. Each new worker thread leaves some 10-15 MB of thread state
 // (OpenMP team, BLAS buffers, its JS heap) in the process even after its engine is closed, so a
@@ -117,10 +123,13 @@ export class RunController {
   readonly #samplers: ServiceClient<typeof Sampler.method>[];
   readonly #rewarders = new Map<string, ServiceClient<typeof Rewarder.method>>();
   readonly #registry: ServiceClient<typeof Registry.method>;
+  readonly #folder: RunFolder;
   #stopRequested = false;
   #status: RunStatus = "pending";
   #done: Promise<void> | null = null;
   readonly #abort = new AbortController();
+  /** The policy the next epoch samples with. */
+  #policy: Policy | null = null;
 
   constructor(
     readonly runId: string,
@@ -131,11 +140,12 @@ export class RunController {
     readonly env: RunEnvironment,
   ) {
     this.#worker = acquireWorker();
+    this.#folder = new RunFolder(settings.runDir);
     this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
     this.#samplers = this.#samplerAddresses.map((a) => createClient(Sampler, a, env.clientOptions));
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
     for (const r of rewards) {
-      const address = r.endpoint || env.defaultRewarderAddress;
+      const address = this.#rewarderAddress(r);
       if (!this.#rewarders.has(address))
         this.#rewarders.set(address, createClient(Rewarder, address, env.clientOptions));
     }
@@ -194,13 +204,15 @@ export class RunController {
         promptSet: this.promptSet,
         start,
       });
-      let policy = await this.#restoreLatest(start);
-      let epoch = policy.epoch;
-      while (epoch < this.settings.epochs && !this.#stopRequested) {
-        policy = await this.#epoch(epoch + 1, policy);
-        epoch = policy.epoch;
+      this.#policy = await this.#restoreLatest(start);
+      const steps = this.#steps();
+      const progress: ProgressListener = (phase, done, total) =>
+        this.#emit({ kind: "progress", progress: { epoch: this.#policy!.epoch + 1, phase, done, total } });
+      while (this.#policy.epoch < this.settings.epochs && !this.#stopRequested) {
+        await runEpoch(steps, this.#policy.epoch + 1, progress);
       }
-      await this.#setStatus(this.#stopRequested && epoch < this.settings.epochs ? "stopped" : "finished");
+      const unfinished = this.#policy.epoch < this.settings.epochs;
+      await this.#setStatus(this.#stopRequested && unfinished ? "stopped" : "finished");
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       if (this.#stopRequested) await this.#setStatus("stopped", message);
@@ -211,36 +223,66 @@ export class RunController {
     }
   }
 
+  /** The pipeline's steps across the services. */
+  #steps(): EpochSteps {
+    return {
+      plan: async () => (await this.#engine("plan", undefined as never)).batches,
+      sample: (_epoch, plan, progress) => this.#sample(plan, progress),
+      score: (_epoch, sampled) => this.#score(sampled),
+      advantages: (_epoch, prompts, rewards) => this.#engine("advantages", { prompts, rewards }),
+      record: async (epoch, sampled, scored, advantages) => this.#record(epoch, sampled, scored, advantages),
+      update: async (epoch, sampled) => {
+        const { timesteps, latents, logProbs } = sampled;
+        const update = await this.#engine("update", { timesteps, latents, logProbs });
+        if (update.epoch !== epoch) throw new Error(`trainer worker is at epoch ${update.epoch}, expected ${epoch}`);
+        return update.stats;
+      },
+      checkpoint: (epoch) => this.#checkpoint(epoch),
+      report: async (report) => {
+        await this.#recording("recording the epoch", () => recordEpoch(this.env.db, epochRow(this.runId, report)));
+        this.#emit({ kind: "epoch", epoch: report });
+      },
+    };
+  }
+
+  /** A registered checkpoint as the Registry has it; null when it is not registered. */
+  async #registered(id: string): Promise<Checkpoint | null> {
+    try {
+      const { checkpoint } = await this.#retrying(`reading checkpoint ${id} from the Registry`, () =>
+        this.#registry.getCheckpoint({ id }, { waitForReady: true, timeoutMs: 30_000 }),
+      );
+      return checkpoint ?? null;
+    } catch (e) {
+      if (e instanceof RetryError && e.code === Code.NOT_FOUND) return null;
+      throw e;
+    }
+  }
+
   /**
    * Where the policy's weights are in the checkpoint the run starts from: none for a base model,
    * the folder's lora/ or model/ when it continues an earlier run's policy.
    */
   async #startingPolicy(): Promise<{ loraDir?: string; fullModelDir?: string }> {
-    const base = await this.#recording("reading the base checkpoint", () =>
-      getCheckpoint(this.env.db, this.baseCheckpointId),
-    );
+    const base = await this.#registered(this.baseCheckpointId);
     if (!base) throw new Error(`base checkpoint ${this.baseCheckpointId} is not registered`);
-    if (base.kind === "lora") return { loraDir: join(base.location, "lora") };
-    if (base.kind === "full") return { fullModelDir: join(base.location, "model") };
-    return {};
+    return policyDirs(base);
   }
 
-  /** The run's newest registered checkpoint, restored into the worker; the starting policy when none. */
+  /**
+   * The run's newest registered checkpoint, restored into the worker; the starting policy when
+   * none. That is the last recorded epoch's, or the next epoch's when the Trainer stopped between
+   * registering it and recording the epoch.
+   */
   async #restoreLatest(start: { loraDir?: string; fullModelDir?: string }): Promise<Policy> {
-    const all = await this.#recording("reading the run's checkpoints", () =>
-      listCheckpoints(this.env.db, { runId: this.runId }),
-    );
-    const mine = all.filter((c) => c.kind !== "base");
-    const latest = mine.sort((a, b) => (a.epoch ?? 0) - (b.epoch ?? 0)).at(-1);
+    const recorded = await this.#recording("reading the run's epochs", () => listEpochs(this.env.db, this.runId));
+    const done = recorded.at(-1)?.epoch ?? 0;
+    let latest: Checkpoint | null = null;
+    for (const epoch of [done + 1, done]) {
+      if (epoch >= 1) latest ??= await this.#registered(runCheckpointId(this.runId, epoch));
+    }
     if (!latest) return { id: this.baseCheckpointId, epoch: 0, ...start };
     const { epoch } = await this.#engine("restore", { dir: latest.location });
-    const lora = this.settings.ddpo.lora !== null;
-    return {
-      id: latest.id,
-      epoch,
-      loraDir: lora ? join(latest.location, "lora") : undefined,
-      fullModelDir: lora ? undefined : join(latest.location, "model"),
-    };
+    return { id: latest.id, epoch, ...policyDirs(latest) };
   }
 
   /** A call into the engine worker; refused once the run was stopped immediately. */
@@ -267,7 +309,7 @@ export class RunController {
       } catch (e) {
         const code = e instanceof ServiceError ? e.code : null;
         if (this.#abort.signal.aborted || code === null || !RETRYABLE.has(code) || Date.now() > until) {
-          throw new Error(`${phase}: ${(e as Error).message}`);
+          throw new RetryError(code, `${phase}: ${(e as Error).message}`);
         }
         await Bun.sleep(delay);
         delay = Math.min(delay * 2, 4000);
@@ -275,236 +317,128 @@ export class RunController {
     }
   }
 
-  async #sample(epoch: number, policy: Policy, plan: { prompts: string[]; seeds: number[] }[]): Promise<SampledEpoch> {
-    const c = this.settings.ddpo;
+  #rewarderAddress(r: RewardSpec): string {
+    return r.endpoint || this.env.defaultRewarderAddress;
+  }
+
+  /** The planned batches go round-robin to the Samplers; each streams its share back. */
+  async #sample(plan: SampleBatchPlan[], progress: ProgressListener): Promise<SampledEpoch> {
+    const parts = assignBatches(plan, this.#samplers.length);
     const total = plan.reduce((a, b) => a + b.prompts.length, 0);
-    const out: SampledEpoch = {
-      prompts: [],
-      seeds: [],
-      inputIds: [],
-      timesteps: [],
-      latents: [],
-      logProbs: [],
-      images: [],
-      imageSize: 0,
-    };
-    // Batches go round-robin to the Samplers; each Sampler gets the policy before sampling.
-    const parts = this.#samplers.map(() => ({ prompts: [] as string[], seeds: [] as number[], at: [] as number[] }));
-    let position = 0;
-    plan.forEach((batch, k) => {
-      const part = parts[k % parts.length]!;
-      batch.prompts.forEach((p, i) => {
-        part.prompts.push(p);
-        part.seeds.push(batch.seeds[i]!);
-        part.at.push(position++);
-      });
-    });
-    const slots = new Array<SampledEpoch | null>(total).fill(null);
+    const slots = new Array<StreamedTrajectory | null>(total).fill(null);
     let done = 0;
     await Promise.all(
       parts.map((part, s) =>
         part.prompts.length === 0
           ? Promise.resolve()
-          : this.#retrying(`sampling on ${this.#samplerAddresses[s]}`, async () => {
-              const sampler = this.#samplers[s]!;
-              const options = { signal: this.#abort.signal, waitForReady: true, timeoutMs: 30_000 };
-              await sampler.loadCheckpoint(
-                {
-                  checkpointId: policy.id,
-                  baseModelDir: this.settings.baseModelDir,
-                  loraDir: policy.loraDir,
-                  fullModelDir: policy.fullModelDir,
-                },
-                options,
-              );
-              let i = 0;
-              for await (const t of sampler.sample(
-                {
-                  prompts: part.prompts,
-                  seeds: part.seeds.map(BigInt),
-                  steps: c.steps,
-                  guidance: c.guidance,
-                  eta: c.eta,
-                  checkpointId: policy.id,
-                  includeLatents: true,
-                  batchSize: c.sampleBatchSize,
-                },
-                { signal: this.#abort.signal },
-              )) {
-                if (!t.latents || !t.image)
-                  throw new ServiceError(Code.INTERNAL, "trajectory without latents or image");
-                const bytes = t.latents.data;
-                const latents = new Float32Array(
-                  bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength),
-                );
-                const slot = part.at[i++]!;
-                if (!slots[slot]) done += 1;
-                slots[slot] = {
-                  prompts: [t.prompt],
-                  seeds: [Number(t.seed)],
-                  inputIds: [t.inputIds],
-                  timesteps: t.timesteps,
-                  latents: [latents],
-                  logProbs: [Float32Array.from(t.logProbs)],
-                  images: [t.image.rgb],
-                  imageSize: t.image.width,
-                };
-                this.#emit({ kind: "progress", progress: { epoch, phase: "sampling", done, total } });
-              }
-              if (i !== part.prompts.length)
-                throw new ServiceError(Code.ABORTED, `sampler sent ${i} of ${part.prompts.length}`);
-            }),
+          : this.#retrying(`sampling on ${this.#samplerAddresses[s]}`, () =>
+              this.#sampleOn(s, part, (at, t) => {
+                if (!slots[at]) done += 1;
+                slots[at] = t;
+                progress("sampling", done, total);
+              }),
+            ),
       ),
     );
-    for (const s of slots) {
-      if (!s) throw new Error("sampling: a trajectory is missing");
-      out.prompts.push(s.prompts[0]!);
-      out.seeds.push(s.seeds[0]!);
-      out.inputIds.push(s.inputIds[0]!);
-      out.latents.push(s.latents[0]!);
-      out.logProbs.push(s.logProbs[0]!);
-      out.images.push(s.images[0]!);
-      out.timesteps = s.timesteps;
-      out.imageSize = s.imageSize;
+    return gatherSamples(slots);
+  }
+
+  /** One Sampler's share: loads the current policy there, then streams its trajectories. */
+  async #sampleOn(s: number, part: SamplerPart, onTrajectory: (at: number, t: StreamedTrajectory) => void) {
+    const c = this.settings.ddpo;
+    const policy = this.#policy!;
+    const sampler = this.#samplers[s]!;
+    const options = { signal: this.#abort.signal, waitForReady: true, timeoutMs: 30_000 };
+    await sampler.loadCheckpoint(
+      {
+        checkpointId: policy.id,
+        baseModelDir: this.settings.baseModelDir,
+        loraDir: policy.loraDir,
+        fullModelDir: policy.fullModelDir,
+      },
+      options,
+    );
+    let i = 0;
+    const stream = sampler.sample(
+      {
+        prompts: part.prompts,
+        seeds: part.seeds.map(BigInt),
+        steps: c.steps,
+        guidance: c.guidance,
+        eta: c.eta,
+        checkpointId: policy.id,
+        includeLatents: true,
+        batchSize: c.sampleBatchSize,
+      },
+      { signal: this.#abort.signal },
+    );
+    for await (const t of stream) {
+      if (!t.latents || !t.image) throw new ServiceError(Code.INTERNAL, "trajectory without latents or image");
+      const bytes = t.latents.data;
+      onTrajectory(part.at[i++]!, {
+        prompt: t.prompt,
+        seed: Number(t.seed),
+        inputIds: t.inputIds,
+        timesteps: t.timesteps,
+        latents: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)),
+        logProbs: Float32Array.from(t.logProbs),
+        image: t.image.rgb,
+        imageSize: t.image.width,
+      });
     }
-    return out;
+    if (i !== part.prompts.length) throw new ServiceError(Code.ABORTED, `sampler sent ${i} of ${part.prompts.length}`);
   }
 
   /** Each reward source's scores for all samples, and the weighted sum. */
-  async #score(sampled: SampledEpoch): Promise<{ combined: Float64Array; perReward: Map<RewardSpec, number[]> }> {
+  async #score(sampled: SampledEpoch): Promise<ScoredEpoch> {
     const n = sampled.prompts.length;
-    const perReward = new Map<RewardSpec, number[]>();
-    await Promise.all(
+    const size = sampled.imageSize;
+    const perImage = size * size * 3;
+    const terms = await Promise.all(
       this.rewards.map((r) => {
-        const address = r.endpoint || this.env.defaultRewarderAddress;
+        const address = this.#rewarderAddress(r);
         return this.#retrying(`reward ${r.name} at ${address}`, async () => {
           const response = await this.#rewarders.get(address)!.score(
             {
               rewardName: r.name,
               images: sampled.prompts.map((prompt, i) => ({
                 prompt,
-                image: { width: sampled.imageSize, height: sampled.imageSize, rgb: sampled.images[i]! },
+                image: { width: size, height: size, rgb: sampled.images.subarray(i * perImage, (i + 1) * perImage) },
               })),
             },
             { signal: this.#abort.signal, timeoutMs: 120_000, waitForReady: true },
           );
-          if (response.scores.length !== n || !response.scores.every(Number.isFinite)) {
-            throw new Error(
-              `reward ${r.name} at ${address}: ${response.scores.length} scores for ${n} images (all must be finite)`,
-            );
-          }
-          perReward.set(r, response.scores);
+          checkScores(response.scores, n, `reward ${r.name} at ${address}`);
+          return { name: r.name, source: address, weight: r.weight, scores: response.scores };
         });
       }),
     );
-    const combined = new Float64Array(n);
-    for (const [r, scores] of perReward) {
-      for (let i = 0; i < n; i++) combined[i]! += r.weight * scores[i]!;
-    }
-    return { combined, perReward };
+    return { rewards: combineTerms(terms, n), terms };
   }
 
-  async #epoch(epoch: number, policy: Policy): Promise<Policy> {
-    const started = performance.now();
-    const { batches } = await this.#engine("plan", undefined as never);
-    const sampled = await this.#sample(epoch, policy, batches);
-    const t1 = performance.now();
-    this.#emit({ kind: "progress", progress: { epoch, phase: "rewards", done: 0, total: sampled.prompts.length } });
-    const { combined, perReward } = await this.#score(sampled);
-    const t2 = performance.now();
-    const advantages = await this.#engine("advantages", { prompts: sampled.prompts, rewards: combined });
-    this.#record(epoch, policy.id, sampled, combined, advantages, perReward);
-    this.#emit({ kind: "progress", progress: { epoch, phase: "training", done: 0, total: sampled.prompts.length } });
-    const update = await this.#engine("update", {
-      prompts: sampled.prompts,
-      timesteps: sampled.timesteps,
-      latents: sampled.latents,
-      logProbs: sampled.logProbs,
-      rewards: combined,
-      advantages,
-    });
-    const t3 = performance.now();
-    if (update.epoch !== epoch) throw new Error(`trainer worker is at epoch ${update.epoch}, expected ${epoch}`);
-    const next = await this.#saveCheckpoint(epoch, policy);
-    const rewardMeans = Object.fromEntries([...perReward].map(([r, s]) => [r.name, mean(s)]));
-    const summary: EpochSummary = {
-      epoch,
-      rewardMean: mean([...combined]),
-      rewardStd: std([...combined]),
-      rewardMeans,
-      loss: update.stats.loss,
-      approxKl: update.stats.approxKl,
-      clipFraction: update.stats.clipFraction,
-      seconds: (performance.now() - started) / 1000,
-      samplingS: (t1 - started) / 1000,
-      rewardS: (t2 - t1) / 1000,
-      trainingS: (t3 - t2) / 1000,
-      checkpointId: next.id,
-      samples: sampled.prompts.length,
-      optimizerSteps: update.stats.optimizerSteps,
-    };
-    await this.#recording("recording the epoch", () =>
-      recordEpoch(this.env.db, {
-        run_id: this.runId,
-        epoch,
-        reward_mean: summary.rewardMean,
-        reward_std: summary.rewardStd,
-        loss: summary.loss,
-        approx_kl: summary.approxKl,
-        clip_fraction: summary.clipFraction,
-        sampling_s: summary.samplingS,
-        reward_s: summary.rewardS,
-        training_s: summary.trainingS,
-        seconds: summary.seconds,
-        checkpoint_id: next.id,
-        samples: summary.samples,
-      }),
+  /** Queues the epoch's rows for Postgres and writes its sample grid next to the checkpoints. */
+  #record(epoch: number, s: SampledEpoch, scored: ScoredEpoch, advantages: Float64Array): void {
+    const policy = this.#policy!.id;
+    this.env.recorder.add(
+      epochRows(this.runId, epoch, policy, { ...s, rewards: scored.rewards, advantages }, scored.terms),
     );
-    this.#emit({ kind: "epoch", epoch: summary });
-    return next;
+    // For people; a failed PNG does not fail the run.
+    this.#folder.writeSamples(epoch, s.images, s.imageSize, s.prompts, scored.rewards).catch(() => undefined);
   }
 
-  #record(
-    epoch: number,
-    checkpointId: string,
-    s: SampledEpoch,
-    combined: Float64Array,
-    advantages: Float64Array,
-    perReward: Map<RewardSpec, number[]>,
-  ): void {
-    const terms = [...perReward].map(([r, scores]) => ({
-      name: r.name,
-      source: r.endpoint || this.env.defaultRewarderAddress,
-      weight: r.weight,
-      scores,
-    }));
-    this.env.recorder.add(epochRows(this.runId, epoch, checkpointId, { ...s, rewards: combined, advantages }, terms));
-    // A grid of this epoch's images next to the checkpoints, for people.
-    const size = s.imageSize;
-    const rgb = new Uint8Array(s.images.length * size * size * 3);
-    for (const [i, img] of s.images.entries()) rgb.set(img, i * size * size * 3);
-    mkdirSync(join(this.settings.runDir, "samples"), { recursive: true });
-    imageGridPng(join(this.settings.runDir, "samples", `epoch-${String(epoch).padStart(4, "0")}.png`), rgb, {
-      cols: 8,
-      scale: 3,
-      height: size,
-      width: size,
-      captions: s.prompts.map((p, i) => `${p} ${combined[i]!.toFixed(2)}`),
-    }).catch(() => undefined);
-  }
-
-  async #saveCheckpoint(epoch: number, parent: Policy): Promise<Policy> {
-    const dir = join(this.settings.runDir, "checkpoints", `epoch-${String(epoch).padStart(4, "0")}`);
+  /** Saves the policy, flushes the epoch's rows, registers the checkpoint; the next epoch's policy. */
+  async #checkpoint(epoch: number): Promise<string> {
+    const dir = this.#folder.checkpoint(epoch);
     const saved = await this.#engine("save", { dir });
     // Rows first: a registered checkpoint means its epoch's trajectories are in the database.
     await this.env.recorder.flush();
-    const id = `${this.runId}/epoch-${epoch}`;
+    const id = runCheckpointId(this.runId, epoch);
     await this.#retrying("registering the checkpoint", () =>
       this.#registry.registerCheckpoint(
         {
           checkpoint: {
             id,
-            parentId: parent.id,
+            parentId: this.#policy!.id,
             runId: this.runId,
             epoch,
             kind: saved.loraDir ? CheckpointKind.LORA : CheckpointKind.FULL,
@@ -515,13 +449,66 @@ export class RunController {
         { waitForReady: true, timeoutMs: 30_000 },
       ),
     );
-    return { id, epoch, loraDir: saved.loraDir, fullModelDir: saved.fullModelDir };
+    this.#policy = { id, epoch, loraDir: saved.loraDir, fullModelDir: saved.fullModelDir };
+    return id;
   }
 }
 
-interface Policy {
-  id: string;
-  epoch: number;
-  loraDir?: string;
-  fullModelDir?: string;
+/** A failure after retries, with the status code of the last attempt (null: not a service error). */
+class RetryError extends Error {
+  constructor(
+    readonly code: Code | null,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Where a checkpoint's policy weights are: its lora/ or model/ folder (a base model: none). */
+function policyDirs(c: Checkpoint): { loraDir?: string; fullModelDir?: string } {
+  if (c.kind === CheckpointKind.LORA) return { loraDir: join(c.location, "lora") };
+  if (c.kind === CheckpointKind.FULL) return { fullModelDir: join(c.location, "model") };
+  return {};
+}
+
+/** The plan's batches round-robin over `samplers` Samplers, remembering each sample's position. */
+function assignBatches(plan: readonly SampleBatchPlan[], samplers: number): SamplerPart[] {
+  const parts = Array.from({ length: samplers }, (): SamplerPart => ({ prompts: [], seeds: [], at: [] }));
+  let position = 0;
+  plan.forEach((batch, k) => {
+    const part = parts[k % samplers]!;
+    batch.prompts.forEach((p, i) => {
+      part.prompts.push(p);
+      part.seeds.push(batch.seeds[i]!);
+      part.at.push(position++);
+    });
+  });
+  return parts;
+}
+
+/** The streamed trajectories in plan order as one epoch. */
+function gatherSamples(slots: readonly (StreamedTrajectory | null)[]): SampledEpoch {
+  const first = slots[0];
+  if (!first) throw new Error("sampling: a trajectory is missing");
+  const size = first.imageSize;
+  const out: SampledEpoch = {
+    prompts: [],
+    seeds: [],
+    inputIds: [],
+    timesteps: first.timesteps,
+    latents: [],
+    logProbs: [],
+    images: new Uint8Array(slots.length * size * size * 3),
+    imageSize: size,
+  };
+  for (const [i, t] of slots.entries()) {
+    if (!t) throw new Error("sampling: a trajectory is missing");
+    out.prompts.push(t.prompt);
+    out.seeds.push(t.seed);
+    out.inputIds.push(t.inputIds);
+    out.latents.push(t.latents);
+    out.logProbs.push(t.logProbs);
+    out.images.set(t.image, i * size * size * 3);
+  }
+  return out;
 }

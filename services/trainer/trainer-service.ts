@@ -7,13 +7,13 @@ import { join, resolve } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Kysely } from "kysely";
-import { CheckpointKind, RunStatus as RunStatusMessage } from "../gen/ddpo/v1/common_pb.ts";
+import { CheckpointKind } from "../gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
-import { type RunEventSchema, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
+import { type RunEventSchema, type StartRunRequest, Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
 import { digestFolder } from "../lib/checkpoints/checkpoint-folder.ts";
-import { checkpointLineage, createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
+import { createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { listPromptSets } from "../lib/ddpo/prompts.ts";
@@ -27,10 +27,20 @@ import {
   createClient,
   echoed,
   MAX_PATH_CHARS,
+  type ServiceClient,
   ServiceError,
 } from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
-import { ddpoConfigFromMessage, epochMessage, type RunSettings, runMessage } from "../lib/runs/run-messages.ts";
+import { RunFolder } from "../lib/runs/run-folder.ts";
+import {
+  ddpoConfigFromMessage,
+  epochMessage,
+  type RunSettings,
+  runMessage,
+  runSettingsFromJson,
+  runSettingsJson,
+  runStatusMessage,
+} from "../lib/runs/run-messages.ts";
 import { closeIdleWorkers, RunController, type RunEventPayload } from "./run-controller.ts";
 
 export interface TrainerServiceOptions {
@@ -44,14 +54,6 @@ export interface TrainerServiceOptions {
   clientOptions: ClientOptions;
   retryForMs?: number;
 }
-
-const STATUS: Record<RunStatus, RunStatusMessage> = {
-  pending: RunStatusMessage.PENDING,
-  running: RunStatusMessage.RUNNING,
-  stopped: RunStatusMessage.STOPPED,
-  finished: RunStatusMessage.COMPLETED,
-  failed: RunStatusMessage.FAILED,
-};
 
 const TERMINAL: ReadonlySet<RunStatus> = new Set(["stopped", "finished", "failed"]);
 
@@ -76,11 +78,11 @@ type RunEventInit = MessageInitShape<typeof RunEventSchema>;
 
 function eventMessage(runId: string, e: RunEventPayload): RunEventInit {
   const base = { runId, time: timestampNow() };
-  if (e.kind === "epoch") return { ...base, event: { case: "epoch", value: { ...e.epoch! } } };
+  if (e.kind === "epoch") return { ...base, event: { case: "epoch", value: e.epoch! } };
   if (e.kind === "progress") return { ...base, event: { case: "progress", value: e.progress! } };
   return {
     ...base,
-    event: { case: "status", value: { status: STATUS[e.status!.status], message: e.status!.message } },
+    event: { case: "status", value: { status: runStatusMessage(e.status!.status), message: e.status!.message } },
   };
 }
 
@@ -110,11 +112,23 @@ async function assertRewardServed(r: RewardSpec, i: number, o: TrainerServiceOpt
 
 /**
  * A registered checkpoint a new run may start from: NOT_FOUND when it is not registered; its
- * lineage must end at the base model in `baseModelDir`, and a LoRA checkpoint needs a LoRA run of
- * the same rank (a full one a full run), since the run continues that policy.
+ * lineage (asked of the Registry, which owns checkpoints) must end at the base model in
+ * `baseModelDir`, and a LoRA checkpoint needs a LoRA run of the same rank (a full one a full run),
+ * since the run continues that policy.
  */
-async function assertContinuable(db: Kysely<Database>, id: string, baseModelDir: string, config: DdpoConfig) {
-  const chain = await databaseCall("StartRun", () => checkpointLineage(db, id));
+async function assertContinuable(
+  registry: ServiceClient<typeof Registry.method>,
+  id: string,
+  baseModelDir: string,
+  config: DdpoConfig,
+) {
+  const chain = await registry
+    .getLineage({ checkpointId: id }, { timeoutMs: 30_000, waitForReady: true })
+    .then((r) => r.ancestry)
+    .catch((e: unknown) => {
+      if (e instanceof ServiceError && e.code === Code.NOT_FOUND) return [];
+      throw e;
+    });
   const start = chain[0];
   const root = chain.at(-1);
   if (!start || !root) throw new ServiceError(Code.NOT_FOUND, `base_checkpoint_id ${id} is not registered`);
@@ -122,13 +136,15 @@ async function assertContinuable(db: Kysely<Database>, id: string, baseModelDir:
     realpath(root.location).catch(() => root.location),
     realpath(baseModelDir),
   ]);
-  if (root.kind !== "base" || rootDir !== givenDir) {
+  if (root.kind !== CheckpointKind.BASE || rootDir !== givenDir) {
     invalid(
       `base_checkpoint_id ${id} descends from ${root.id} at ${root.location}, not from base_model_dir ${baseModelDir}`,
     );
   }
-  if (start.kind === "full" && config.lora) invalid(`base_checkpoint_id ${id} is a full fine-tune; set config.full`);
-  if (start.kind === "lora") {
+  if (start.kind === CheckpointKind.FULL && config.lora) {
+    invalid(`base_checkpoint_id ${id} is a full fine-tune; set config.full`);
+  }
+  if (start.kind === CheckpointKind.LORA) {
     if (!config.lora) invalid(`base_checkpoint_id ${id} is a LoRA checkpoint; config must fine-tune LoRA`);
     const adapter = await readFile(join(start.location, "lora", "adapter_config.json"), "utf8")
       .then((text) => JSON.parse(text) as { r?: unknown })
@@ -152,6 +168,94 @@ async function assertSamplerReachable(address: string, o: TrainerServiceOptions)
   } finally {
     sampler.close();
   }
+}
+
+/** A StartRun request checked field by field, defaults filled in: nothing probed or written yet. */
+interface RunRequest {
+  name: string;
+  requestId: string;
+  baseModelDir: string;
+  baseCheckpointId: string;
+  promptSet: string;
+  epochs: number;
+  config: DdpoConfig;
+  rewards: RewardSpec[];
+  /** As given: empty means the Trainer's default Samplers at each (re)start. */
+  samplers: string[];
+}
+
+/** INVALID_ARGUMENT (or NOT_FOUND for a base model folder that is not one) naming the field. */
+function checkedStartRun(request: StartRunRequest): RunRequest {
+  if (!request.baseModelDir) invalid("base_model_dir is required");
+  checkedText(request.name, "name");
+  checkedText(request.requestId, "request_id");
+  checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
+  if (request.baseCheckpointId !== undefined) checkedText(request.baseCheckpointId, "base_checkpoint_id");
+  checkedText(request.promptSet, "prompt_set");
+  request.rewards.forEach((r, i) => {
+    checkedText(r.rewardName, `rewards[${i}].reward_name`);
+    if (r.endpoint) checkedEndpoint(r.endpoint, `rewards[${i}].endpoint`);
+  });
+  request.samplerEndpoints.forEach((e, i) => {
+    checkedEndpoint(e, `sampler_endpoints[${i}]`);
+  });
+  const baseModelDir = resolve(request.baseModelDir);
+  const weights = join(baseModelDir, "unet", "diffusion_pytorch_model.safetensors");
+  if (!existsSync(weights))
+    throw new ServiceError(Code.NOT_FOUND, `${baseModelDir}: no unet weights (not a model folder)`);
+  const promptSet = request.promptSet || "animals";
+  if (!listPromptSets().includes(promptSet)) {
+    invalid(`unknown prompt_set '${promptSet}'; known: ${listPromptSets().join(", ")}`);
+  }
+  if (!(request.epochs >= 1 && request.epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
+  return {
+    name: request.name,
+    requestId: request.requestId,
+    baseModelDir,
+    baseCheckpointId: request.baseCheckpointId ?? "",
+    promptSet,
+    epochs: request.epochs,
+    config: checkedConfig(request.config),
+    rewards: checkedRewards(request.rewards),
+    samplers: [...request.samplerEndpoints],
+  };
+}
+
+/** The DdpoConfig message over the defaults, every value finite and in range. */
+function checkedConfig(message: StartRunRequest["config"]): DdpoConfig {
+  let config: DdpoConfig;
+  try {
+    config = ddpoConfigFromMessage(message);
+  } catch (e) {
+    invalid((e as Error).message);
+  }
+  // validateConfig checks ranges only: Infinity passes "> 0" and would diverge mid-run.
+  for (const [field, value] of [
+    ...Object.entries(config),
+    ...Object.entries(config.lora ?? {}).map(([k, v]) => [`lora.${k}`, v]),
+  ]) {
+    if (typeof value === "number" && !Number.isFinite(value)) invalid(`config.${field} must be finite, got ${value}`);
+  }
+  return config;
+}
+
+/** The run's reward terms; none given: jpeg_compressibility from the default Rewarder. */
+function checkedRewards(sources: StartRunRequest["rewards"]): RewardSpec[] {
+  if (sources.length === 0) return [{ endpoint: "", name: "jpeg_compressibility", weight: 1 }];
+  return sources.map((r, i) => {
+    if (!r.rewardName) invalid(`rewards[${i}].reward_name is required`);
+    const weight = r.weight ?? 1;
+    if (!Number.isFinite(weight)) invalid(`rewards[${i}].weight must be finite`);
+    return { endpoint: r.endpoint, name: r.rewardName, weight };
+  });
+}
+
+/** The run's Samplers (or the Trainer's defaults) all answer; FAILED_PRECONDITION when there are none. */
+async function assertSamplersReachable(samplers: readonly string[], o: TrainerServiceOptions): Promise<void> {
+  const reachable = samplers.length ? samplers : o.defaultSamplers;
+  if (reachable.length === 0)
+    throw new ServiceError(Code.FAILED_PRECONDITION, "no Sampler endpoints given or configured");
+  await Promise.all(reachable.map((address) => assertSamplerReachable(address, o)));
 }
 
 export function trainerService(o: TrainerServiceOptions) {
@@ -210,7 +314,12 @@ export function trainerService(o: TrainerServiceOptions) {
     // restarted after a crash both see the resumed run.
     const run = await databaseCall("ResumeRun", () => reopenRun(o.db, runId, epochs));
     if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
-    const settings = run.config as unknown as RunSettings;
+    let settings: RunSettings;
+    try {
+      settings = runSettingsFromJson(run.config);
+    } catch (e) {
+      throw new ServiceError(Code.FAILED_PRECONDITION, `run ${runId}: its recorded settings: ${(e as Error).message}`);
+    }
     launch(runId, settings, run.rewards, run.prompt_set ?? "animals", run.base_checkpoint_id ?? "");
   };
 
@@ -220,108 +329,72 @@ export function trainerService(o: TrainerServiceOptions) {
     return { run: runMessage(run, await databaseCall("GetRun", () => listEpochs(o.db, runId))) };
   };
 
+  /** The checkpoint a new run starts from: the one it names, or its base model, registered. */
+  const startingCheckpoint = async (run: RunRequest): Promise<string> => {
+    if (run.baseCheckpointId) {
+      await assertContinuable(registry, run.baseCheckpointId, run.baseModelDir, run.config);
+      return run.baseCheckpointId;
+    }
+    // The base model is a checkpoint too: the root of the run's lineage, named by the digest
+    // of its folder as the Registry computes it (so an edited folder is another checkpoint).
+    const id = `base-${(await digestFolder(run.baseModelDir)).sha256.slice(0, 16)}`;
+    await registry.registerCheckpoint(
+      { checkpoint: { id, kind: CheckpointKind.BASE, location: run.baseModelDir } },
+      { timeoutMs: 30_000, waitForReady: true },
+    );
+    return id;
+  };
+
+  /**
+   * Records the run as pending; false when this request_id already created it (the same
+   * settings), ALREADY_EXISTS when it created one with other settings.
+   */
+  const recordNewRun = async (id: string, run: RunRequest, settings: RunSettings, baseId: string) => {
+    const existed = await databaseCall("StartRun", () => getRun(o.db, id));
+    try {
+      await databaseCall("StartRun", () =>
+        createRun(o.db, {
+          id,
+          name: run.name || id,
+          config: runSettingsJson(settings),
+          status: "pending",
+          code_version: process.env.DDPO_CODE_VERSION ?? null,
+          base_checkpoint_id: baseId,
+          prompt_set: run.promptSet,
+          rewards: run.rewards,
+        }),
+      );
+    } catch (e) {
+      if (!existed || e instanceof ServiceError) throw e;
+      throw new ServiceError(
+        Code.ALREADY_EXISTS,
+        `request_id ${run.requestId} already started run ${id} with other settings`,
+      );
+    }
+    return !existed;
+  };
+
   const service = bindService(Trainer, {
     async startRun(request, context) {
-      if (!request.baseModelDir) invalid("base_model_dir is required");
-      checkedText(request.name, "name");
-      checkedText(request.requestId, "request_id");
-      checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
-      if (request.baseCheckpointId !== undefined) checkedText(request.baseCheckpointId, "base_checkpoint_id");
-      checkedText(request.promptSet, "prompt_set");
-      request.rewards.forEach((r, i) => {
-        checkedText(r.rewardName, `rewards[${i}].reward_name`);
-        if (r.endpoint) checkedEndpoint(r.endpoint, `rewards[${i}].endpoint`);
-      });
-      request.samplerEndpoints.forEach((e, i) => {
-        checkedEndpoint(e, `sampler_endpoints[${i}]`);
-      });
-      const baseModelDir = resolve(request.baseModelDir);
-      const weights = join(baseModelDir, "unet", "diffusion_pytorch_model.safetensors");
-      if (!existsSync(weights))
-        throw new ServiceError(Code.NOT_FOUND, `${baseModelDir}: no unet weights (not a model folder)`);
-      const promptSet = request.promptSet || "animals";
-      if (!listPromptSets().includes(promptSet)) {
-        invalid(`unknown prompt_set '${promptSet}'; known: ${listPromptSets().join(", ")}`);
-      }
-      if (!(request.epochs >= 1 && request.epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
-      let config: ReturnType<typeof ddpoConfigFromMessage>;
-      try {
-        config = ddpoConfigFromMessage(request.config);
-      } catch (e) {
-        invalid((e as Error).message);
-      }
-      // validateConfig checks ranges only: Infinity passes "> 0" and would diverge mid-run.
-      for (const [field, value] of [
-        ...Object.entries(config),
-        ...Object.entries(config.lora ?? {}).map(([k, v]) => [`lora.${k}`, v]),
-      ]) {
-        if (typeof value === "number" && !Number.isFinite(value))
-          invalid(`config.${field} must be finite, got ${value}`);
-      }
-      const rewards: RewardSpec[] = request.rewards.length
-        ? request.rewards.map((r, i) => {
-            if (!r.rewardName) invalid(`rewards[${i}].reward_name is required`);
-            const weight = r.weight ?? 1;
-            if (!Number.isFinite(weight)) invalid(`rewards[${i}].weight must be finite`);
-            return { endpoint: r.endpoint, name: r.rewardName, weight };
-          })
-        : [{ endpoint: "", name: "jpeg_compressibility", weight: 1 }];
+      const run = checkedStartRun(request);
       // An unknown reward name would only fail the run after its first epoch's sampling.
-      await Promise.all(rewards.map((r, i) => assertRewardServed(r, i, o)));
-      // Recorded as given: an empty list means the Trainer's default Samplers at each (re)start, so a
-      // run resumes after `ddpo up` restarts them on new ports.
-      const samplers = [...request.samplerEndpoints];
-      const reachable = samplers.length ? samplers : o.defaultSamplers;
-      if (reachable.length === 0)
-        throw new ServiceError(Code.FAILED_PRECONDITION, "no Sampler endpoints given or configured");
-      await Promise.all(reachable.map((address) => assertSamplerReachable(address, o)));
-
-      let baseId = request.baseCheckpointId ?? "";
-      if (baseId) {
-        await assertContinuable(o.db, baseId, baseModelDir, config);
-      } else {
-        // The base model is a checkpoint too: the root of the run's lineage, named by the digest
-        // of its folder as the Registry computes it (so an edited folder is another checkpoint).
-        baseId = `base-${(await digestFolder(baseModelDir)).sha256.slice(0, 16)}`;
-        await registry.registerCheckpoint(
-          { checkpoint: { id: baseId, kind: CheckpointKind.BASE, location: baseModelDir } },
-          { timeoutMs: 30_000, waitForReady: true },
-        );
-      }
+      await Promise.all(run.rewards.map((r, i) => assertRewardServed(r, i, o)));
+      await assertSamplersReachable(run.samplers, o);
+      const baseId = await startingCheckpoint(run);
       const id = request.requestId ? runIdForRequest(request.requestId) : crypto.randomUUID();
       const settings: RunSettings = {
-        ddpo: config,
-        baseModelDir,
-        epochs: request.epochs,
-        samplerEndpoints: samplers,
-        runDir: resolve(o.dataDir, "runs", id),
+        ddpo: run.config,
+        baseModelDir: run.baseModelDir,
+        epochs: run.epochs,
+        samplerEndpoints: run.samplers,
+        runDir: RunFolder.forRun(o.dataDir, id).root,
       };
       return oneAtATime(`run:${id}`, async () => {
         // A client that gave up (deadline, cancel) gets no run: it would retry and make another.
         if (context.signal.aborted) throw context.signal.reason;
-        const existed = await databaseCall("StartRun", () => getRun(o.db, id));
-        try {
-          await databaseCall("StartRun", () =>
-            createRun(o.db, {
-              id,
-              name: request.name || id,
-              config: settings as unknown as Record<string, unknown>,
-              status: "pending",
-              code_version: process.env.DDPO_CODE_VERSION ?? null,
-              base_checkpoint_id: baseId,
-              prompt_set: promptSet,
-              rewards,
-            }),
-          );
-        } catch (e) {
-          if (!existed || e instanceof ServiceError) throw e;
-          throw new ServiceError(
-            Code.ALREADY_EXISTS,
-            `request_id ${request.requestId} already started run ${id} with other settings`,
-          );
-        }
+        const created = await recordNewRun(id, run, settings, baseId);
         // A retry of a started run answers with it as it is now; it is not started twice.
-        if (!existed) launch(id, settings, rewards, promptSet, baseId);
+        if (created) launch(id, settings, run.rewards, run.promptSet, baseId);
         return runResponse(id);
       });
     },
@@ -387,14 +460,6 @@ export function trainerService(o: TrainerServiceOptions) {
       if (epochs !== undefined && !(epochs >= 1 && epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
       await oneAtATime(`run:${runId}`, () => resume(runId, epochs));
       return runResponse(runId);
-    },
-
-    async getRun({ runId }) {
-      if (!runId) invalid("run_id is required");
-      checkedText(runId, "run_id");
-      const response = await runResponse(runId);
-      const epochs = await databaseCall("GetRun", () => listEpochs(o.db, runId));
-      return { ...response, epochs: epochs.map(epochMessage) };
     },
   });
 

@@ -15,6 +15,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
+import { runLocalEpoch } from "../../services/lib/ddpo/local-steps.ts";
 import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { sampleImages, toUint8Images } from "../../services/lib/diffusion/sampler.ts";
@@ -97,8 +98,10 @@ async function learn(rewardName: string): Promise<LearningResult> {
     const overControl: number[] = [];
     for (let e = 1; e <= EPOCHS; e++) {
       let control = 0;
-      const report = await trainer.runEpoch(async (t) => {
-        control = mean(await rewardsOf(reward, t.prompts, t.seeds, null));
+      const { report } = await runLocalEpoch(trainer, {
+        record: async (_epoch, t) => {
+          control = mean(await rewardsOf(reward, t.prompts, t.seeds, null));
+        },
       });
       controlMeans.push(control);
       overControl.push(report.rewardMean - control);

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
+import { collectEpoch, runLocalEpoch } from "../../services/lib/ddpo/local-steps.ts";
 import { policyGradientStep } from "../../services/lib/ddpo/policy-gradient.ts";
 import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
@@ -64,12 +65,12 @@ describe("ddpo", () => {
     // Two epochs: the second samples with adapters the first epoch has moved, so the sampler
     // and the update must both see the current policy.
     for (let epoch = 1; epoch <= 2; epoch++) {
-      const report = await trainer.runEpoch();
+      const { report, stats } = await runLocalEpoch(trainer);
       console.log(
-        `epoch ${epoch}: on-policy max |logp_new - logp_old| = ${report.onPolicyMaxLogProbDiff.toExponential(2)}`,
+        `epoch ${epoch}: on-policy max |logp_new - logp_old| = ${stats.onPolicyMaxLogProbDiff.toExponential(2)}`,
       );
-      expect(report.onPolicyMaxLogProbDiff).toBeLessThan(1e-5);
-      expect(report.pairs).toBe(4 * 4);
+      expect(stats.onPolicyMaxLogProbDiff).toBeLessThan(1e-5);
+      expect(stats.pairs).toBe(4 * 4);
       expect(Number.isFinite(report.loss) && Number.isFinite(report.approxKl)).toBe(true);
     }
     expect(trainer.lora!.params.values.read().some((v, i) => i > 0 && v !== 0)).toBe(true);
@@ -81,7 +82,7 @@ describe("ddpo", () => {
     // Give the adapters non-zero B so every LoRA matrix receives gradient.
     engine.randn(trainer.lora!.params.values, 3, 0);
     engine.axpby(trainer.lora!.params.values, 0.01, trainer.lora!.params.values, 0);
-    const { trajectories: tr } = await trainer.collect();
+    const tr = await collectEpoch(trainer);
     const source = trainer.source(true);
     const per = 3 * 16 * 16;
     const settings = { loss: "ddpo_is" as const, guidance: 3, eta: 1, steps: 4, clipRange: 0.2, advClipMax: 5 };
@@ -141,13 +142,13 @@ describe("ddpo", () => {
   test("a checkpoint resumes the run exactly (policy, optimizer, advantage buffers, prompt position)", async () => {
     const cfg = config({ lora: { rank: 2, alpha: 2 }, statTracking: { bufferSize: 4, minCount: 2 } });
     const a = new DdpoTrainer(engine, model, cfg, reward, prompts);
-    await a.runEpoch();
+    await runLocalEpoch(a);
     a.saveCheckpoint(join(dir, "ckpt"));
-    const next = await a.runEpoch();
+    const { report: next } = await runLocalEpoch(a);
     const b = new DdpoTrainer(engine, model, cfg, reward, prompts);
     b.restoreCheckpoint(join(dir, "ckpt"));
     expect(b.epoch).toBe(1);
-    const resumed = await b.runEpoch();
+    const { report: resumed } = await runLocalEpoch(b);
     expect(resumed.rewardMean).toBe(next.rewardMean);
     expect(resumed.loss).toBe(next.loss);
     expect(
@@ -160,9 +161,9 @@ describe("ddpo", () => {
   test("skipFinalSteps trains exactly the earlier steps: the same update as on trajectories cut after them", async () => {
     const cfg = (skip: number) => config({ lora: { rank: 2, alpha: 2 }, lr: 1e-2, skipFinalSteps: skip });
     const skipping = new DdpoTrainer(engine, model, cfg(2), reward, prompts);
-    const { trajectories: tr } = await skipping.collect();
+    const tr = await collectEpoch(skipping);
     const cut = new DdpoTrainer(engine, model, cfg(0), reward, prompts);
-    cut.planEpoch(); // the same prompt RNG position as `skipping` after its collect()
+    cut.planEpoch(); // the same prompt RNG position as `skipping` after its collectEpoch()
     const per = tr.latents[0]!.length / (tr.timesteps.length + 1);
     const report = skipping.train(tr);
     const reportCut = cut.train({
@@ -195,7 +196,7 @@ describe("ddpo", () => {
         prompts,
       );
       const before = trainer.lora!.params.values.read();
-      const report = await trainer.runEpoch();
+      const { report } = await runLocalEpoch(trainer);
       expect(Number.isFinite(report.loss)).toBe(true);
       expect(report.optimizerSteps).toBeGreaterThan(0);
       const after = trainer.lora!.params.values.read();
@@ -209,7 +210,7 @@ describe("ddpo update direction", () => {
   test("a small step along the DDPO_SF gradient raises sum(A * log pi) on the same trajectories", async () => {
     const cfg = config({ loss: "ddpo_sf", lora: null, trainBatchSize: 4, gradientAccumulation: 1 });
     const trainer = new DdpoTrainer(engine, model, cfg, reward, prompts);
-    const { trajectories: tr } = await trainer.collect();
+    const tr = await collectEpoch(trainer);
     const per = 3 * 16 * 16;
     const arena = engine.arena();
     const source = trainer.source(true);

@@ -10,6 +10,7 @@ import { Engine } from "../../gpu-core/index.ts";
 import { readSafetensors, writeSafetensors } from "../../services/lib/checkpoints/safetensors.ts";
 import { ClipBpeTokenizer } from "../../services/lib/data/clip-bpe.ts";
 import { loadEmojiDataset, toFloatNCHW } from "../../services/lib/data/emoji.ts";
+import { runLocalEpoch } from "../../services/lib/ddpo/local-steps.ts";
 import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
 import { DDPO_DEFAULTS, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { ZeroShotClassifier } from "../../services/lib/eval/zero-shot.ts";
@@ -199,8 +200,8 @@ test("a DDPO epoch trains on clip_alignment (16x16 drawings resized to the CLIP'
     promptSetFromList("t", "t", names),
   );
   const before = trainer.lora!.params.values.read();
-  const report = await trainer.runEpoch();
-  expect(report.samples).toBe(4);
+  const { report, stats } = await runLocalEpoch(trainer);
+  expect(stats.pairs).toBeGreaterThan(0);
   expect(report.rewardMean).toBeGreaterThanOrEqual(0);
   expect(report.rewardMean).toBeLessThanOrEqual(100);
   expect(Number.isFinite(report.loss)).toBe(true);

@@ -627,12 +627,12 @@ describe("Trainer", () => {
       "base_checkpoint_id must not contain a NUL character",
     );
     await expectStatus(
-      trainer.getRun({ runId: "x".repeat(100_000) }),
+      registry.getRun({ runId: "x".repeat(100_000) }),
       Code.INVALID_ARGUMENT,
       "run_id is 100000 characters; at most 200",
     );
     await expectStatus(
-      trainer.getRun({ runId: "a\0" }),
+      registry.getRun({ runId: "a\0" }),
       Code.INVALID_ARGUMENT,
       "run_id must not contain a NUL character",
     );
@@ -692,8 +692,8 @@ describe("Trainer", () => {
       "epochs must be in 1..100000",
     );
     await expectStatus(trainer.resumeRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
-    await expectStatus(trainer.getRun({}), Code.INVALID_ARGUMENT, "run_id is required");
-    await expectStatus(trainer.getRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
+    await expectStatus(registry.getRun({}), Code.INVALID_ARGUMENT, "run_id is required");
+    await expectStatus(registry.getRun({ runId: "nope" }), Code.NOT_FOUND, "run nope does not exist");
   });
 
   test("oversized and malformed messages", async () => {
@@ -726,7 +726,7 @@ describe("after all of that", () => {
     expect(last.event.case === "status" && last.event.value.status).toBe(RunStatus.COMPLETED);
     expect((await registry.getRun({ runId: run!.id })).epochs).toHaveLength(1);
     // The default Sampler is not recorded: the run finds the Trainer's current one when resumed.
-    expect((await trainer.getRun({ runId: run!.id })).run!.samplerEndpoints).toEqual([]);
+    expect((await registry.getRun({ runId: run!.id })).run!.samplerEndpoints).toEqual([]);
     expect((await sampler.getStatus({})).checkpointId).not.toBe("");
     for (const [name, p] of Object.entries(procs)) expect(p.proc.exitCode, name).toBeNull();
     validRunId = run!.id;
@@ -754,7 +754,7 @@ describe("StartRun request_id and ResumeRun budgets", () => {
       /^run .* with a budget of 2 epochs; StopRun it before changing the budget$/,
     );
     for await (const _ of trainer.watchRun({ runId: first.id }, { timeoutMs: 60_000 }));
-    const done = (await trainer.getRun({ runId: first.id })).run!;
+    const done = (await registry.getRun({ runId: first.id })).run!;
     expect([done.status, done.epochs, done.epochsDone]).toEqual([RunStatus.COMPLETED, 2, 2]);
     expect((await registry.listRuns({})).runs.filter((r) => r.name === "retried")).toHaveLength(1);
     await expectStatus(
@@ -762,7 +762,7 @@ describe("StartRun request_id and ResumeRun budgets", () => {
       Code.INVALID_ARGUMENT,
       `epochs 1 is below the 2 epochs run ${first.id} has done`,
     );
-    expect((await trainer.getRun({ runId: first.id })).run!.epochs).toBe(2);
+    expect((await registry.getRun({ runId: first.id })).run!.epochs).toBe(2);
   }, 60_000);
 });
 
@@ -807,7 +807,7 @@ describe("base_checkpoint_id", () => {
   });
 
   test("the base model is named by its folder's digest: a copy is the same checkpoint, an edited copy another", async () => {
-    const { run: first } = await trainer.getRun({ runId: validRunId });
+    const { run: first } = await registry.getRun({ runId: validRunId });
     const copy = join(scratch, "data", "runs", "model-copy");
     cpSync(BASE_MODEL_DIR, copy, { recursive: true });
     const same = (await trainer.startRun({ ...start, name: "copy", baseModelDir: copy })).run!;
@@ -855,4 +855,31 @@ describe("base_checkpoint_id", () => {
     expect(largest).toBeGreaterThan(0);
     expect(moved).toBeLessThan(0.05 * largest);
   }, 60_000);
+});
+
+describe("ddpo pull", () => {
+  const ddpo = (...args: string[]) =>
+    Bun.spawnSync([process.execPath, "run", join(import.meta.dir, "..", "..", "services", "cli", "ddpo.ts"), ...args], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+
+  test("copies a run's checkpoint out of the store through StreamCheckpoint, byte for byte", async () => {
+    const id = `${validRunId}/epoch-1`;
+    const out = join(scratch, "pulled");
+    const r = ddpo("pull", id, "--out", out, "--registry", procs.registry.address);
+    expect(r.stderr.toString()).toBe("");
+    expect(r.exitCode).toBe(0);
+    const { checkpoint } = await registry.getCheckpoint({ id });
+    for (const file of ["lora/adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"]) {
+      expect(readFileSync(join(out, file)).equals(readFileSync(join(checkpoint!.location, file)))).toBe(true);
+    }
+    expect(r.stdout.toString()).toContain(`sha256 ${checkpoint!.sha256.slice(0, 12)}, as registered`);
+    // A folder with files in it is refused; an unknown id is the Registry's NOT_FOUND.
+    const again = ddpo("pull", id, "--out", out, "--registry", procs.registry.address);
+    expect([again.exitCode, again.stderr.toString().trim()]).toEqual([1, `ddpo pull: ${out} is not empty`]);
+    const unknown = ddpo("pull", "nope", "--out", join(scratch, "nope"), "--registry", procs.registry.address);
+    expect(unknown.exitCode).toBe(1);
+    expect(unknown.stderr.toString()).toContain("checkpoint nope is not registered");
+  }, 30_000);
 });

@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
+import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { checkpointLineage, countRewards, countTrajectories, listEpochs } from "../../services/lib/db/queries.ts";
@@ -151,6 +152,7 @@ describe("Trainer", () => {
     );
     procs.push(trainerProc);
     const trainer = createClient(Trainer, trainerProc.address);
+    const registryClient = createClient(Registry, registry.address);
     const { run } = await trainer.startRun(
       { name: "stop and resume", baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs: 20, config: CONFIG },
       { timeoutMs: 60_000 },
@@ -167,7 +169,7 @@ describe("Trainer", () => {
     // Nothing moves while it is stopped.
     await Bun.sleep(1500);
     expect((await listEpochs(database.db, runId)).length).toBe(done);
-    expect((await trainer.getRun({ runId })).run?.status).toBe(RunStatus.STOPPED);
+    expect((await registryClient.getRun({ runId })).run?.status).toBe(RunStatus.STOPPED);
 
     const total = done + 2;
     const resumed = await trainer.resumeRun({ runId, epochs: total }, { timeoutMs: 60_000 });
@@ -189,5 +191,6 @@ describe("Trainer", () => {
     expect(lineage.at(-1)!.kind).toBe("base");
     expect(lineage[0]!.kind).toBe("lora");
     trainer.close();
+    registryClient.close();
   }, 600_000);
 });

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Cluster, startCluster } from "../../services/cli/cluster.ts";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
+import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { openDatabase } from "../../services/lib/db/database.ts";
 import { countTrajectories, listEpochs } from "../../services/lib/db/queries.ts";
@@ -30,6 +31,7 @@ test("a run stopped before `ddpo up` restarts resumes on the new Sampler and com
   cluster = await startCluster({ dataDir, log: quiet });
   const before = cluster.addresses;
   let trainer = createClient(Trainer, before.trainer);
+  const registry = createClient(Registry, before.registry);
   const epochs = 3;
   const { run } = await trainer.startRun(
     { name: "across restarts", baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs, config: CONFIG },
@@ -37,11 +39,12 @@ test("a run stopped before `ddpo up` restarts resumes on the new Sampler and com
   );
   const runId = run!.id;
   expect(run!.samplerEndpoints).toEqual([]);
-  await waitFor("epoch 1", async () => ((await trainer.getRun({ runId })).run!.epochsDone >= 1 ? true : undefined));
+  await waitFor("epoch 1", async () => ((await registry.getRun({ runId })).run!.epochsDone >= 1 ? true : undefined));
   expect((await trainer.stopRun({ runId, immediate: true }, { timeoutMs: 60_000 })).run!.status).toBe(
     RunStatus.STOPPED,
   );
   trainer.close();
+  registry.close();
   await cluster.stop();
 
   cluster = await startCluster({ dataDir, log: quiet });

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Cluster, type ServiceName, startCluster } from "../../services/cli/cluster.ts";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
+import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { openDatabase } from "../../services/lib/db/database.ts";
 import { checkpointLineage, countRewards, countTrajectories, listEpochs } from "../../services/lib/db/queries.ts";
@@ -31,6 +32,7 @@ test("a run survives SIGKILL of every service and of Postgres: completed, every 
   cluster = await startCluster({ dataDir, log: (line) => log.push(line) });
   const c = cluster;
   const trainer = createClient(Trainer, c.addresses.trainer);
+  const registry = createClient(Registry, c.addresses.registry);
   const epochs = 6;
   const { run } = await trainer.startRun(
     { name: "soak", baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs, config: CONFIG },
@@ -39,7 +41,7 @@ test("a run survives SIGKILL of every service and of Postgres: completed, every 
   const runId = run!.id;
   const current = async () => {
     try {
-      return (await trainer.getRun({ runId }, { timeoutMs: 5_000, waitForReady: true })).run;
+      return (await registry.getRun({ runId }, { timeoutMs: 5_000, waitForReady: true })).run;
     } catch {
       return undefined; // the Trainer or Postgres is down right now
     }
@@ -78,7 +80,7 @@ test("a run survives SIGKILL of every service and of Postgres: completed, every 
     },
     240_000,
   );
-  const got = (await trainer.getRun({ runId })).run!;
+  const got = (await registry.getRun({ runId })).run!;
   expect([final, got.error]).toEqual([RunStatus.COMPLETED, ""]);
   const db = openDatabase({ url: c.addresses.databaseUrl });
   try {
@@ -92,6 +94,7 @@ test("a run survives SIGKILL of every service and of Postgres: completed, every 
   } finally {
     await db.close();
     trainer.close();
+    registry.close();
   }
   expect(log.filter((l) => l.includes("restarting")).length).toBeGreaterThanOrEqual(5);
 }, 300_000);

@@ -5,6 +5,8 @@
 // A = (r - mean) / (std + 1e-6), std the population std (numpy's np.std, ddof = 0).
 // Advantages are not clipped here: the loss clips them to [-adv_clip_max, adv_clip_max].
 
+import { meanStd } from "./statistics.ts";
+
 const STD_EPS = 1e-6;
 
 /** Summary of one prompt's buffer, for logging. */
@@ -20,15 +22,6 @@ export interface PerPromptStatTrackerState {
   minCount: number;
   /** [prompt, its buffered rewards, oldest first], in first-seen order. */
   buffers: [string, number[]][];
-}
-
-function meanAndStd(xs: readonly number[] | Float64Array): { mean: number; std: number } {
-  let sum = 0;
-  for (const x of xs) sum += x;
-  const mean = sum / xs.length;
-  let sq = 0;
-  for (const x of xs) sq += (x - mean) ** 2;
-  return { mean, std: Math.sqrt(sq / xs.length) };
 }
 
 function checkSettings(bufferSize: number, minCount: number): void {
@@ -65,7 +58,7 @@ export class PerPromptStatTracker {
     }
     const advantages = new Float64Array(n);
     if (n === 0) return advantages;
-    const batch = meanAndStd(Float64Array.from(rewards));
+    const batch = meanStd(Float64Array.from(rewards));
 
     // Group sample indices by prompt, in batch order (the reference's rewards[prompts == prompt]).
     const groups = new Map<string, number[]>();
@@ -83,7 +76,7 @@ export class PerPromptStatTracker {
       for (const i of indices) buffer.push(rewards[i]!);
       if (buffer.length > this.bufferSize) buffer.splice(0, buffer.length - this.bufferSize);
 
-      const { mean, std } = buffer.length < this.minCount ? batch : meanAndStd(buffer);
+      const { mean, std } = buffer.length < this.minCount ? batch : meanStd(buffer);
       for (const i of indices) advantages[i] = (rewards[i]! - mean) / (std + STD_EPS);
     }
     return advantages;
@@ -92,7 +85,7 @@ export class PerPromptStatTracker {
   /** Mean, std and count of each prompt's buffer, for logging. */
   stats(): Map<string, PromptRewardStats> {
     const out = new Map<string, PromptRewardStats>();
-    for (const [prompt, buffer] of this.#buffers) out.set(prompt, { ...meanAndStd(buffer), count: buffer.length });
+    for (const [prompt, buffer] of this.#buffers) out.set(prompt, { ...meanStd(buffer), count: buffer.length });
     return out;
   }
 

@@ -1,7 +1,9 @@
-// One DDPO run in one process (DESIGN.md §2-§3): each epoch samples trajectories with log-probs
-// under the current policy, scores the images, turns rewards into per-prompt advantages, and
-// runs the policy-gradient (DDPO_IS / DDPO_SF) or reward-weighted-regression update over
-// (sample, timestep) pairs, with LoRA adapters or full fine-tuning of the UNet.
+// The policy being trained and its update (DESIGN.md §3): LoRA adapters or the full UNet, AdamW
+// moments, the per-prompt stat tracker and the prompt RNG. It plans each epoch's prompts and
+// seeds, samples in this process, turns rewards into advantages, and runs the policy-gradient
+// (DDPO_IS / DDPO_SF) or reward-weighted-regression update over (sample, timestep) pairs. The
+// epoch's order of steps is pipeline.ts's; this class is the policy side of it, in `train-local`
+// (local-steps.ts) and in the Trainer's engine worker.
 
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -10,7 +12,7 @@ import type { FlatParameters } from "../../../gpu-core/parameters.ts";
 import { writeFileAtomic } from "../checkpoints/atomic-file.ts";
 import { loadIntoParameters } from "../checkpoints/model-folder.ts";
 import { readSafetensors, writeSafetensors } from "../checkpoints/safetensors.ts";
-import { type SampleResult, sampleImages, toUint8Images } from "../diffusion/sampler.ts";
+import { sampleImages, toUint8Images } from "../diffusion/sampler.ts";
 import { SAMPLING_LIMITS, samplingProblems } from "../diffusion/sampling-limits.ts";
 import type { ParameterSource } from "../models/graph.ts";
 import { LoraAdapterSet } from "../models/lora.ts";
@@ -20,9 +22,11 @@ import type { RewardFunction } from "../rewards/index.ts";
 import { denoisingLossAndGrad } from "../training/denoising.ts";
 import { JointAdamW } from "../training/optimizer.ts";
 import { Mulberry32 } from "../training/random.ts";
+import type { ProgressListener, SampledEpoch } from "./pipeline.ts";
 import { type PolicyGradientSettings, policyGradientStep } from "./policy-gradient.ts";
 import type { PromptSet } from "./prompts.ts";
 import { PerPromptStatTracker } from "./stat-tracker.ts";
+import { meanStd } from "./statistics.ts";
 
 export type DdpoLoss = "ddpo_is" | "ddpo_sf" | "rwr" | "sparse_rwr";
 
@@ -96,33 +100,24 @@ export interface UpdateStats {
   optimizerSteps: number;
 }
 
-export interface EpochReport extends UpdateStats {
-  epoch: number;
-  rewardMean: number;
-  rewardStd: number;
-  samplingSeconds: number;
-  rewardSeconds: number;
-  trainingSeconds: number;
-  seconds: number;
+/** What the update reads from an epoch's trajectories, [N] per field unless said. */
+export interface TrainingBatch {
+  prompts: readonly string[];
+  /** [T] */
+  timesteps: readonly number[];
+  /** Per sample [T+1, C, H, W]. */
+  latents: readonly Float32Array[];
+  /** Per sample [T]. */
+  logProbs: readonly Float32Array[];
+  advantages: ArrayLike<number>;
+  /** The combined rewards (RWR weights them). */
+  rewards: ArrayLike<number>;
 }
-
-/** What the update reads from an epoch's trajectories (latents [T+1, C, H, W] per sample). */
-export type TrainingBatch = Pick<
-  EpochTrajectories,
-  "prompts" | "timesteps" | "latents" | "logProbs" | "advantages" | "rewards"
->;
 
 /** One sample batch of an epoch: the prompts and the per-sample noise seeds. */
 export interface SampleBatchPlan {
   prompts: string[];
   seeds: number[];
-}
-
-/** What one epoch sampled and scored (the Registry records it). */
-export interface EpochTrajectories extends SampleResult {
-  rewards: Float64Array;
-  advantages: Float64Array;
-  imagesU8: Uint8Array;
 }
 
 interface TrainerState {
@@ -132,26 +127,45 @@ interface TrainerState {
   config: DdpoConfig;
 }
 
-function mean(xs: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < xs.length; i++) s += xs[i]!;
-  return xs.length ? s / xs.length : Number.NaN;
+/** Running sums of an update's per-call statistics. */
+class UpdateTotals {
+  loss = 0;
+  approxKl = 0;
+  clipFraction = 0;
+  calls = 0;
+  pairs = 0;
+  onPolicy = 0;
+  optimizerSteps = 0;
+
+  stats(samples: number): UpdateStats {
+    return {
+      samples,
+      pairs: this.pairs,
+      loss: this.loss / this.calls,
+      approxKl: this.approxKl / this.calls,
+      clipFraction: this.clipFraction / this.calls,
+      onPolicyMaxLogProbDiff: this.onPolicy,
+      optimizerSteps: this.optimizerSteps,
+    };
+  }
 }
 
-function std(xs: ArrayLike<number>): number {
-  const m = mean(xs);
-  let s = 0;
-  for (let i = 0; i < xs.length; i++) s += (xs[i]! - m) ** 2;
-  return Math.sqrt(s / Math.max(1, xs.length));
+/** What every (sample, timestep) step of one policy-gradient update shares. */
+interface PairUpdate {
+  tr: TrainingBatch;
+  source: ParameterSource;
+  settings: PolicyGradientSettings;
+  totals: UpdateTotals;
 }
+
+/** The minibatches (sample indices) accumulated into one optimizer step. */
+type StepGroup = number[][];
 
 export class DdpoTrainer {
   readonly lora: LoraAdapterSet | null;
   readonly trainable: FlatParameters;
   readonly optimizer: JointAdamW;
   readonly statTracker: PerPromptStatTracker | null;
-  /** Called after each sample batch and each optimizer step of an epoch (progress bars). */
-  onProgress: ((phase: "sampling" | "training", done: number, total: number) => void) | null = null;
   #rng: Mulberry32;
   #epoch = 0;
   readonly #arena;
@@ -160,7 +174,7 @@ export class DdpoTrainer {
     readonly engine: Engine,
     readonly model: TextToImageModel,
     readonly config: DdpoConfig,
-    /** null when rewards come from elsewhere (the Rewarder services); collect() needs one. */
+    /** null when rewards come from elsewhere (the Rewarder services); local steps need one. */
     readonly reward: RewardFunction | null,
     readonly prompts: PromptSet,
   ) {
@@ -211,9 +225,9 @@ export class DdpoTrainer {
     if (rewards.length !== prompts.length || !rewards.every(Number.isFinite)) {
       throw new Error(`rewards: got ${rewards.length} values for ${prompts.length} samples (all must be finite)`);
     }
-    return this.statTracker
-      ? this.statTracker.update(prompts, rewards)
-      : Float64Array.from(rewards, (r) => (r - mean(rewards)) / (std(rewards) + 1e-6));
+    if (this.statTracker) return this.statTracker.update(prompts, rewards);
+    const { mean, std } = meanStd(rewards);
+    return Float64Array.from(rewards, (r) => (r - mean) / (std + 1e-6));
   }
 
   /** Marks the epoch done (after its update); returns the number of completed epochs. */
@@ -222,13 +236,23 @@ export class DdpoTrainer {
     return this.#epoch;
   }
 
-  /** Samples this epoch's trajectories in this process and scores them. */
-  async collect(): Promise<{ trajectories: EpochTrajectories; samplingSeconds: number; rewardSeconds: number }> {
+  /** The planned trajectories sampled in this process under the current policy. */
+  sampleEpoch(plan: readonly SampleBatchPlan[], progress?: ProgressListener): SampledEpoch {
     const c = this.config;
-    const t0 = performance.now();
-    const plan = this.planEpoch();
-    const results = plan.map(({ prompts, seeds }, k) => {
-      const result = sampleImages(this.model, prompts, {
+    const { out_channels: channels, sample_size: size } = this.model.unetConfig;
+    const total = plan.reduce((a, b) => a + b.prompts.length, 0);
+    const out: SampledEpoch = {
+      prompts: [],
+      seeds: [],
+      inputIds: [],
+      timesteps: [],
+      latents: [],
+      logProbs: [],
+      images: new Uint8Array(total * size * size * 3),
+      imageSize: size,
+    };
+    for (const { prompts, seeds } of plan) {
+      const r = sampleImages(this.model, prompts, {
         steps: c.steps,
         guidance: c.guidance,
         eta: c.eta,
@@ -237,30 +261,24 @@ export class DdpoTrainer {
         source: this.source(false),
         lora: this.lora,
       });
-      this.onProgress?.("sampling", k + 1, plan.length);
-      return result;
-    });
-    const merged = mergeSamples(results);
-    const t1 = performance.now();
-    const size = this.model.unetConfig.sample_size;
-    const n = merged.prompts.length;
-    const imagesU8 = toUint8Images(merged.images, n, this.model.unetConfig.out_channels, size);
-    if (!this.reward) throw new Error("collect: this trainer has no reward function (rewards come from Rewarders)");
-    const rewards = await this.reward.score(imagesU8, { height: size, width: size }, merged.prompts);
-    if (rewards.length !== n || !rewards.every(Number.isFinite)) {
-      throw new Error(`reward ${this.reward.name} returned ${rewards.length} values (need ${n} finite ones)`);
+      const L = r.inputIds.length / r.prompts.length;
+      out.images.set(toUint8Images(r.images, r.prompts.length, channels, size), out.prompts.length * size * size * 3);
+      for (let b = 0; b < r.prompts.length; b++) out.inputIds.push(Array.from(r.inputIds.subarray(b * L, (b + 1) * L)));
+      out.prompts.push(...r.prompts);
+      out.seeds.push(...r.seeds);
+      out.latents.push(...r.latents);
+      out.logProbs.push(...r.logProbs);
+      out.timesteps = r.timesteps;
+      progress?.("sampling", out.prompts.length, total);
     }
-    const advantages = this.computeAdvantages(merged.prompts, rewards);
-    const t2 = performance.now();
-    return {
-      trajectories: { ...merged, rewards, advantages, imagesU8 },
-      samplingSeconds: (t1 - t0) / 1000,
-      rewardSeconds: (t2 - t1) / 1000,
-    };
+    return out;
   }
 
-  /** The update on one epoch's trajectories; returns loss statistics. */
-  train(tr: TrainingBatch): UpdateStats {
+  /**
+   * The update on one epoch's trajectories; returns loss statistics. `onStep` is told after each
+   * optimizer step (done, total).
+   */
+  train(tr: TrainingBatch, onStep?: (done: number, total: number) => void): UpdateStats {
     const c = this.config;
     if (c.loss === "rwr" || c.loss === "sparse_rwr") return this.#trainRwr(tr);
     const n = tr.prompts.length;
@@ -269,88 +287,100 @@ export class DdpoTrainer {
     const eligible = T - c.skipFinalSteps;
     if (eligible < 1) throw new Error(`skipFinalSteps ${c.skipFinalSteps} leaves none of the ${T} steps to train`);
     const pairsPerSample = Math.max(1, Math.floor(eligible * c.timestepFraction));
-    const per = tr.latents[0]!.length / (T + 1);
-    const settings: PolicyGradientSettings = {
-      loss: c.loss,
-      guidance: c.guidance,
-      eta: c.eta,
-      steps: c.steps,
-      clipRange: c.clipRange,
-      advClipMax: c.advClipMax,
+    const update: PairUpdate = {
+      tr,
+      source: this.source(true),
+      settings: {
+        loss: c.loss,
+        guidance: c.guidance,
+        eta: c.eta,
+        steps: c.steps,
+        clipRange: c.clipRange,
+        advClipMax: c.advClipMax,
+      },
+      totals: new UpdateTotals(),
     };
-    const source = this.source(true);
-    let lossSum = 0;
-    let klSum = 0;
-    let clipSum = 0;
-    let calls = 0;
-    let trainedPairs = 0;
-    let onPolicy = 0;
-    let optimizerSteps = 0;
+    const totals = update.totals;
     const totalSteps = optimizerStepsPerEpoch(c, n);
     for (let inner = 0; inner < c.innerEpochs; inner++) {
-      const order = this.#rng.permutation(n);
-      const timestepOrder = Array.from({ length: n }, () => this.#rng.permutation(eligible));
-      const minibatches: number[][] = [];
-      for (let i = 0; i < n; i += c.trainBatchSize) minibatches.push(order.slice(i, i + c.trainBatchSize));
-      for (let g0 = 0; g0 < minibatches.length; g0 += c.gradientAccumulation) {
-        const group = minibatches.slice(g0, g0 + c.gradientAccumulation);
+      const { groups, timestepOrder } = this.#shuffle(n, eligible);
+      for (const group of groups) {
+        // The on-policy check: before the first optimizer step the policy is the sampler's.
+        const onPolicy = totals.optimizerSteps === 0 && inner === 0;
         const pairs = group.reduce((a, mb) => a + mb.length, 0) * pairsPerSample;
-        const beforeFirstStep = optimizerSteps === 0 && inner === 0;
         this.optimizer.zeroGrad();
         for (const mb of group) {
           for (let j = 0; j < pairsPerSample; j++) {
-            const xT = new Float32Array(mb.length * per);
-            const xPrev = new Float32Array(mb.length * per);
             const ks = mb.map((s) => timestepOrder[s]![j]!);
-            mb.forEach((s, i) => {
-              const k = ks[i]!;
-              xT.set(tr.latents[s]!.subarray(k * per, (k + 1) * per), i * per);
-              xPrev.set(tr.latents[s]!.subarray((k + 1) * per, (k + 2) * per), i * per);
-            });
-            const stats = policyGradientStep(
-              this.model,
-              source,
-              this.lora,
-              this.#arena,
-              {
-                prompts: mb.map((s) => tr.prompts[s]!),
-                xT,
-                xPrev,
-                timesteps: ks.map((k) => tr.timesteps[k]!),
-                oldLogProbs: Float32Array.from(mb.map((s, i) => tr.logProbs[s]![ks[i]!]!)),
-                advantages: Float32Array.from(mb.map((s) => tr.advantages[s]!)),
-              },
-              settings,
-              mb.length / pairs,
-            );
-            this.#arena.reset();
-            if (beforeFirstStep) {
-              mb.forEach((s, i) => {
-                const d = Math.abs(stats.logProbs[i]! - tr.logProbs[s]![ks[i]!]!);
-                onPolicy = Math.max(onPolicy, d);
-              });
-            }
-            lossSum += stats.loss;
-            klSum += stats.approxKl;
-            clipSum += stats.clipFraction;
-            calls += 1;
-            trainedPairs += mb.length;
+            this.#pairStep(update, mb, ks, mb.length / pairs, onPolicy);
           }
         }
         this.optimizer.step({ lr: c.lr, weightDecay: c.weightDecay, maxGradNorm: c.maxGradNorm });
-        optimizerSteps += 1;
-        this.onProgress?.("training", optimizerSteps, totalSteps);
+        totals.optimizerSteps += 1;
+        onStep?.(totals.optimizerSteps, totalSteps);
       }
     }
-    return {
-      samples: n,
-      pairs: trainedPairs,
-      loss: lossSum / calls,
-      approxKl: klSum / calls,
-      clipFraction: clipSum / calls,
-      onPolicyMaxLogProbDiff: onPolicy,
-      optimizerSteps,
-    };
+    return totals.stats(n);
+  }
+
+  /**
+   * One inner epoch's order: the samples shuffled into minibatches of trainBatchSize, grouped by
+   * gradientAccumulation per optimizer step, and each sample's eligible timesteps shuffled.
+   */
+  #shuffle(n: number, eligible: number): { groups: StepGroup[]; timestepOrder: number[][] } {
+    const c = this.config;
+    const order = this.#rng.permutation(n);
+    const timestepOrder = Array.from({ length: n }, () => this.#rng.permutation(eligible));
+    const minibatches: number[][] = [];
+    for (let i = 0; i < n; i += c.trainBatchSize) minibatches.push(order.slice(i, i + c.trainBatchSize));
+    const groups: StepGroup[] = [];
+    for (let g = 0; g < minibatches.length; g += c.gradientAccumulation) {
+      groups.push(minibatches.slice(g, g + c.gradientAccumulation));
+    }
+    return { groups, timestepOrder };
+  }
+
+  /**
+   * The policy-gradient loss and its gradient (accumulated, scaled by `scale`) on minibatch `mb`
+   * at timestep index ks[i] of sample mb[i]: x_t = latents[k], x_{t-1} = latents[k + 1].
+   */
+  #pairStep(update: PairUpdate, mb: readonly number[], ks: readonly number[], scale: number, onPolicy: boolean): void {
+    const { tr, source, settings, totals } = update;
+    const per = tr.latents[0]!.length / (tr.timesteps.length + 1);
+    const xT = new Float32Array(mb.length * per);
+    const xPrev = new Float32Array(mb.length * per);
+    mb.forEach((s, i) => {
+      const k = ks[i]!;
+      xT.set(tr.latents[s]!.subarray(k * per, (k + 1) * per), i * per);
+      xPrev.set(tr.latents[s]!.subarray((k + 1) * per, (k + 2) * per), i * per);
+    });
+    const stats = policyGradientStep(
+      this.model,
+      source,
+      this.lora,
+      this.#arena,
+      {
+        prompts: mb.map((s) => tr.prompts[s]!),
+        xT,
+        xPrev,
+        timesteps: ks.map((k) => tr.timesteps[k]!),
+        oldLogProbs: Float32Array.from(mb.map((s, i) => tr.logProbs[s]![ks[i]!]!)),
+        advantages: Float32Array.from(mb.map((s) => tr.advantages[s]!)),
+      },
+      settings,
+      scale,
+    );
+    this.#arena.reset();
+    if (onPolicy) {
+      mb.forEach((s, i) => {
+        totals.onPolicy = Math.max(totals.onPolicy, Math.abs(stats.logProbs[i]! - tr.logProbs[s]![ks[i]!]!));
+      });
+    }
+    totals.loss += stats.loss;
+    totals.approxKl += stats.approxKl;
+    totals.clipFraction += stats.clipFraction;
+    totals.calls += 1;
+    totals.pairs += mb.length;
   }
 
   /** RWR: the denoising loss on the sampled x0 weighted by exp(r / T) (normalised to mean 1);
@@ -362,7 +392,7 @@ export class DdpoTrainer {
     const per = tr.latents[0]!.length / (T + 1);
     let weights: number[];
     if (c.loss === "rwr") {
-      const max = Math.max(...tr.rewards);
+      const max = Math.max(...Array.from(tr.rewards));
       const e = Array.from(tr.rewards, (r) => Math.exp((r - max) / c.rwrTemperature));
       const z = e.reduce((a, b) => a + b, 0);
       weights = e.map((v) => (v * n) / z);
@@ -419,27 +449,6 @@ export class DdpoTrainer {
     };
   }
 
-  /** One whole epoch: collect, score, update. */
-  async runEpoch(onTrajectories?: (t: EpochTrajectories) => void | Promise<void>): Promise<EpochReport> {
-    const started = performance.now();
-    const { trajectories, samplingSeconds, rewardSeconds } = await this.collect();
-    await onTrajectories?.(trajectories);
-    const t0 = performance.now();
-    const stats = this.train(trajectories);
-    const trainingSeconds = (performance.now() - t0) / 1000;
-    const epoch = this.endEpoch();
-    return {
-      epoch,
-      rewardMean: mean(trajectories.rewards),
-      rewardStd: std(trajectories.rewards),
-      ...stats,
-      samplingSeconds,
-      rewardSeconds,
-      trainingSeconds,
-      seconds: (performance.now() - started) / 1000,
-    };
-  }
-
   /**
    * Saves the policy (LoRA adapters, or the UNet weights), optimizer moments, the stat tracker's
    * buffers and the prompt RNG position, so a resumed run continues exactly.
@@ -490,32 +499,6 @@ export class DdpoTrainer {
     this.#arena.close();
     this.lora?.close();
   }
-}
-
-export function mergeSamples(results: SampleResult[]): SampleResult {
-  const first = results[0]!;
-  const images = new Float32Array(results.reduce((a, r) => a + r.images.length, 0));
-  let offset = 0;
-  for (const r of results) {
-    images.set(r.images, offset);
-    offset += r.images.length;
-  }
-  const ids = new Int32Array(results.reduce((a, r) => a + r.inputIds.length, 0));
-  offset = 0;
-  for (const r of results) {
-    ids.set(r.inputIds, offset);
-    offset += r.inputIds.length;
-  }
-  return {
-    prompts: results.flatMap((r) => r.prompts),
-    seeds: results.flatMap((r) => r.seeds),
-    inputIds: ids,
-    uncondIds: first.uncondIds,
-    timesteps: first.timesteps,
-    images,
-    latents: results.flatMap((r) => r.latents),
-    logProbs: results.flatMap((r) => r.logProbs),
-  };
 }
 
 /** Optimizer steps of the DDPO update over n samples: per inner epoch, one per group of

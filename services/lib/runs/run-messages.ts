@@ -1,7 +1,8 @@
 // Conversions between the database rows (services/lib/db) and the ddpo.v1 messages, and between
 // the DdpoConfig message (every field optional) and the trainer's DdpoConfig (defaults filled in,
-// validated). The Trainer stores a run's settings in runs.config as a RunSettings object.
-import { create } from "@bufbuild/protobuf";
+// validated). The Trainer stores a run's settings in runs.config as the protobuf JSON of a
+// ddpo.v1.RunSettings message (runSettingsJson / runSettingsFromJson).
+import { create, fromJson, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CheckpointKind, RunStatus } from "../../gen/ddpo/v1/common_pb.ts";
 import type { Checkpoint as CheckpointMessage } from "../../gen/ddpo/v1/registry_pb.ts";
@@ -14,18 +15,20 @@ import {
   EpochReportSchema,
   type Run as RunMessage,
   RunSchema,
+  RunSettingsSchema,
 } from "../../gen/ddpo/v1/run_pb.ts";
 import type {
   Checkpoint,
   CheckpointKind as DbKind,
   RunStatus as DbStatus,
   Epoch,
+  NewEpoch,
   RewardSpec,
   Run,
 } from "../db/schema.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, type DdpoLoss as Loss, validateConfig } from "../ddpo/trainer.ts";
 
-/** What runs.config holds: everything the Trainer needs to resume the run in a new process. */
+/** A run's settings as the Trainer uses them; runs.config holds them as a RunSettings message. */
 export interface RunSettings {
   ddpo: DdpoConfig;
   baseModelDir: string;
@@ -56,6 +59,16 @@ const LOSSES: [DdpoLoss, Loss][] = [
   [DdpoLoss.RWR, "rwr"],
   [DdpoLoss.SPARSE_RWR, "sparse_rwr"],
 ];
+
+/** The ddpo.v1 status of a run's recorded status (the one mapping of the two). */
+export function runStatusMessage(status: DbStatus): RunStatus {
+  return STATUS_TO_MESSAGE[status];
+}
+
+/** A run status for people: the enum's name in lower case ("completed"). */
+export function runStatusName(status: RunStatus): string {
+  return RunStatus[status]?.toLowerCase() ?? "?";
+}
 
 export function checkpointKindFromMessage(kind: CheckpointKind): DbKind | null {
   const found = Object.entries(KIND_TO_MESSAGE).find(([, v]) => v === kind);
@@ -93,8 +106,66 @@ export function epochMessage(e: Epoch): EpochReport {
   });
 }
 
+/** The epochs-table row of a finished epoch's report. */
+export function epochRow(runId: string, r: EpochReport): NewEpoch {
+  return {
+    run_id: runId,
+    epoch: r.epoch,
+    reward_mean: r.rewardMean,
+    reward_std: r.rewardStd,
+    loss: r.loss,
+    approx_kl: r.approxKl,
+    clip_fraction: r.clipFraction,
+    sampling_s: r.samplingS,
+    reward_s: r.rewardS,
+    training_s: r.trainingS,
+    seconds: r.seconds,
+    checkpoint_id: r.checkpointId,
+    samples: r.samples,
+  };
+}
+
+/** runs.config of a run: its settings as protobuf JSON (every field written, empty lists too). */
+export function runSettingsJson(s: RunSettings): JsonObject {
+  const message = create(RunSettingsSchema, {
+    ddpo: ddpoConfigMessage(s.ddpo),
+    baseModelDir: s.baseModelDir,
+    epochs: s.epochs,
+    samplerEndpoints: s.samplerEndpoints,
+    runDir: s.runDir,
+  });
+  const json = toJson(RunSettingsSchema, message, { alwaysEmitImplicit: true });
+  if (json === null || typeof json !== "object" || Array.isArray(json))
+    throw new Error("RunSettings: not a JSON object");
+  return json;
+}
+
+/** A run's settings from runs.config; throws naming the problem when they are not a RunSettings. */
+export function runSettingsFromJson(config: unknown): RunSettings {
+  if (!isJson(config)) throw new Error("runs.config is not JSON");
+  const m = fromJson(RunSettingsSchema, config);
+  return {
+    ddpo: ddpoConfigFromMessage(m.ddpo),
+    baseModelDir: m.baseModelDir,
+    epochs: m.epochs,
+    samplerEndpoints: m.samplerEndpoints,
+    runDir: m.runDir,
+  };
+}
+
+function isJson(v: unknown): v is JsonValue {
+  if (v === null || typeof v === "string" || typeof v === "boolean") return true;
+  if (typeof v === "number") return Number.isFinite(v);
+  if (Array.isArray(v)) return v.every(isJson);
+  return typeof v === "object" && Object.values(v).every(isJson);
+}
+
 export function runMessage(run: Run, epochs: readonly Epoch[]): RunMessage {
-  const settings = run.config as unknown as Partial<RunSettings>;
+  // A run whose settings cannot be read is still listed, with what its row says.
+  let settings: Partial<RunSettings> = {};
+  try {
+    settings = runSettingsFromJson(run.config);
+  } catch {}
   const last = epochs.at(-1);
   return create(RunSchema, {
     id: run.id,

@@ -1,7 +1,8 @@
 // Request/response calls into a Bun Worker, so the engine's long synchronous calls (sampling,
 // training steps) run off the gRPC event loop: health checks, cancellation and streams stay live.
-// The worker side registers plain async handlers; errors cross back as messages, never crash
-// either side. Large typed arrays can be transferred instead of copied.
+// The worker side registers plain async handlers; errors cross back as a code and a message
+// (WorkerError), never crash either side, and handlers on the calling side map the code, not the
+// message. Large typed arrays can be transferred instead of copied.
 
 declare const self: Worker;
 
@@ -13,14 +14,41 @@ interface CallMessage {
   args: unknown;
 }
 
-type ReplyMessage = { id: number; ok: true; result: unknown } | { id: number; ok: false; error: string };
+/**
+ * Why a worker call failed, as the calling service maps it onto its own status codes:
+ * not_found (a file or folder the call names is missing), invalid_argument (the call's input or a
+ * file it names is unusable), failed_precondition (the worker is not in the state the call needs),
+ * internal (anything else: a bug, a dead worker).
+ */
+export type WorkerErrorCode = "not_found" | "invalid_argument" | "failed_precondition" | "internal";
+
+export class WorkerError extends Error {
+  constructor(
+    readonly code: WorkerErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = "WorkerError";
+  }
+}
+
+/** The code an error thrown in a worker crosses with: its own, ENOENT as not_found, else internal. */
+function workerErrorCode(e: unknown): WorkerErrorCode {
+  if (e instanceof WorkerError) return e.code;
+  if ((e as { code?: unknown } | null)?.code === "ENOENT") return "not_found";
+  return "internal";
+}
+
+type ReplyMessage =
+  | { id: number; ok: true; result: unknown }
+  | { id: number; ok: false; code: WorkerErrorCode; error: string };
 
 /** Typed handle on a worker that serves `H` (see serveWorkerHandlers). */
 export class WorkerClient<H extends WorkerHandlers> {
   readonly #worker: Worker;
   readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   #nextId = 1;
-  #dead: Error | null = null;
+  #dead: WorkerError | null = null;
 
   constructor(url: URL | string, options?: { env?: Record<string, string> }) {
     this.#worker = new Worker(url, { env: options?.env ?? (process.env as Record<string, string>) });
@@ -30,13 +58,15 @@ export class WorkerClient<H extends WorkerHandlers> {
       if (!waiter) return;
       this.#pending.delete(reply.id);
       if (reply.ok) waiter.resolve(reply.result);
-      else waiter.reject(new Error(reply.error));
+      else waiter.reject(new WorkerError(reply.code, reply.error));
     });
-    this.#worker.addEventListener("error", (ev: ErrorEvent) => this.#fail(new Error(`worker failed: ${ev.message}`)));
-    this.#worker.addEventListener("close", () => this.#fail(new Error("worker exited")));
+    this.#worker.addEventListener("error", (ev: ErrorEvent) =>
+      this.#fail(new WorkerError("internal", `worker failed: ${ev.message}`)),
+    );
+    this.#worker.addEventListener("close", () => this.#fail(new WorkerError("internal", "worker exited")));
   }
 
-  #fail(error: Error): void {
+  #fail(error: WorkerError): void {
     this.#dead ??= error;
     for (const w of this.#pending.values()) w.reject(error);
     this.#pending.clear();
@@ -75,7 +105,7 @@ export class WorkerClient<H extends WorkerHandlers> {
    * freed by that: close the engine with a call first.
    */
   terminate(): void {
-    this.#fail(new Error("worker terminated"));
+    this.#fail(new WorkerError("internal", "worker terminated"));
     this.#worker.terminate();
   }
 }
@@ -91,12 +121,13 @@ export function serveWorkerHandlers(handlers: WorkerHandlers): void {
     queue = queue.then(async () => {
       const handler = handlers[method];
       try {
-        if (!handler) throw new Error(`worker: no method '${method}'`);
+        if (!handler) throw new WorkerError("internal", `worker: no method '${method}'`);
         const out = await handler(args as never);
         if (out instanceof TransferableResult) self.postMessage({ id, ok: true, result: out.result }, out.transfer);
         else self.postMessage({ id, ok: true, result: out });
       } catch (e) {
-        self.postMessage({ id, ok: false, error: e instanceof Error ? e.message : String(e) });
+        const error = e instanceof Error ? e.message : String(e);
+        self.postMessage({ id, ok: false, code: workerErrorCode(e), error } satisfies ReplyMessage);
       }
     });
   });

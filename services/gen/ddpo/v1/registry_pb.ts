@@ -377,7 +377,8 @@ export const Registry: GenService<{
     output: typeof ListRunsResponseSchema;
   },
   /**
-   * A recorded run with its epochs.
+   * A recorded run with its epochs (the one GetRun: the Registry answers every read of the
+   * record, the Trainer writes runs and epochs; docs/DESIGN.md §7).
    *
    * @generated from rpc ddpo.v1.Registry.GetRun
    */

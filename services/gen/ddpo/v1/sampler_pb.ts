@@ -2,7 +2,8 @@
 // @generated from file ddpo/v1/sampler.proto (package ddpo.v1, syntax proto3)
 /* eslint-disable */
 
-// The Sampler: runs the current policy and streams DDPO trajectories (DESIGN.md §2 step 1).
+// The Sampler: runs the current policy and streams DDPO trajectories (the sample step of the
+// epoch pipeline, docs/DESIGN.md §2).
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
@@ -29,6 +30,8 @@ export type LoadCheckpointRequest = Message<"ddpo.v1.LoadCheckpointRequest"> & {
 
   /**
    * Base model folder on the Sampler's filesystem (diffusers layout: unet/, text_encoder/, ...).
+   * The folders of this request are paths in the shared checkpoint store, mounted at the same
+   * paths on every Sampler (docs/DESIGN.md §7).
    *
    * @generated from field: string base_model_dir = 2;
    */

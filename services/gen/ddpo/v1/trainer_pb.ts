@@ -2,13 +2,15 @@
 // @generated from file ddpo/v1/trainer.proto (package ddpo.v1, syntax proto3)
 /* eslint-disable */
 
-// The Trainer: drives DDPO runs across Samplers and Rewarders (DESIGN.md §2).
+// The Trainer: drives DDPO runs across Samplers and Rewarders (docs/DESIGN.md §2). It writes the
+// runs, epochs, trajectories and rewards; their record is read through the Registry (ListRuns,
+// GetRun; docs/DESIGN.md §7).
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { RunStatus } from "./common_pb.ts";
 import { file_ddpo_v1_common } from "./common_pb.ts";
-import type { DdpoConfig, EpochReport, GetRunRequestSchema, GetRunResponseSchema, RewardSource, Run } from "./run_pb.ts";
+import type { DdpoConfig, EpochReport, RewardSource, Run } from "./run_pb.ts";
 import { file_ddpo_v1_run } from "./run_pb.ts";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -18,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ddpo/v1/trainer.proto.
  */
 export const file_ddpo_v1_trainer: GenFile = /*@__PURE__*/
-  fileDesc("ChVkZHBvL3YxL3RyYWluZXIucHJvdG8SB2RkcG8udjEijwIKD1N0YXJ0UnVuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAIgASgJEh8KEmJhc2VfY2hlY2twb2ludF9pZBgDIAEoCUgAiAEBEhIKCnByb21wdF9zZXQYBCABKAkSDgoGZXBvY2hzGAUgASgNEiYKB3Jld2FyZHMYBiADKAsyFS5kZHBvLnYxLlJld2FyZFNvdXJjZRIjCgZjb25maWcYByABKAsyEy5kZHBvLnYxLkRkcG9Db25maWcSGQoRc2FtcGxlcl9lbmRwb2ludHMYCCADKAkSEgoKcmVxdWVzdF9pZBgJIAEoCUIVChNfYmFzZV9jaGVja3BvaW50X2lkIi0KEFN0YXJ0UnVuUmVzcG9uc2USGQoDcnVuGAEgASgLMgwuZGRwby52MS5SdW4iSQoPV2F0Y2hSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIXCgpmcm9tX2Vwb2NoGAIgASgNSACIAQFCDQoLX2Zyb21fZXBvY2giyQEKCFJ1bkV2ZW50Eg4KBnJ1bl9pZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVlcG9jaBgDIAEoCzIULmRkcG8udjEuRXBvY2hSZXBvcnRIABInCgZzdGF0dXMYBCABKAsyFS5kZHBvLnYxLlN0YXR1c0NoYW5nZUgAEioKCHByb2dyZXNzGAUgASgLMhYuZGRwby52MS5FcG9jaFByb2dyZXNzSABCBwoFZXZlbnQiQwoMU3RhdHVzQ2hhbmdlEiIKBnN0YXR1cxgBIAEoDjISLmRkcG8udjEuUnVuU3RhdHVzEg8KB21lc3NhZ2UYAiABKAkiSgoNRXBvY2hQcm9ncmVzcxINCgVlcG9jaBgBIAEoDRINCgVwaGFzZRgCIAEoCRIMCgRkb25lGAMgASgNEg0KBXRvdGFsGAQgASgNIjMKDlN0b3BSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglpbW1lZGlhdGUYAiABKAgiLAoPU3RvcFJ1blJlc3BvbnNlEhkKA3J1bhgBIAEoCzIMLmRkcG8udjEuUnVuIkIKEFJlc3VtZVJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhMKBmVwb2NocxgCIAEoDUgAiAEBQgkKB19lcG9jaHMiLgoRUmVzdW1lUnVuUmVzcG9uc2USGQoDcnVuGAEgASgLMgwuZGRwby52MS5SdW4ywgIKB1RyYWluZXISPwoIU3RhcnRSdW4SGC5kZHBvLnYxLlN0YXJ0UnVuUmVxdWVzdBoZLmRkcG8udjEuU3RhcnRSdW5SZXNwb25zZRI5CghXYXRjaFJ1bhIYLmRkcG8udjEuV2F0Y2hSdW5SZXF1ZXN0GhEuZGRwby52MS5SdW5FdmVudDABEjwKB1N0b3BSdW4SFy5kZHBvLnYxLlN0b3BSdW5SZXF1ZXN0GhguZGRwby52MS5TdG9wUnVuUmVzcG9uc2USQgoJUmVzdW1lUnVuEhkuZGRwby52MS5SZXN1bWVSdW5SZXF1ZXN0GhouZGRwby52MS5SZXN1bWVSdW5SZXNwb25zZRI5CgZHZXRSdW4SFi5kZHBvLnYxLkdldFJ1blJlcXVlc3QaFy5kZHBvLnYxLkdldFJ1blJlc3BvbnNlYgZwcm90bzM", [file_ddpo_v1_common, file_ddpo_v1_run, file_google_protobuf_timestamp]);
+  fileDesc("ChVkZHBvL3YxL3RyYWluZXIucHJvdG8SB2RkcG8udjEijwIKD1N0YXJ0UnVuUmVxdWVzdBIMCgRuYW1lGAEgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAIgASgJEh8KEmJhc2VfY2hlY2twb2ludF9pZBgDIAEoCUgAiAEBEhIKCnByb21wdF9zZXQYBCABKAkSDgoGZXBvY2hzGAUgASgNEiYKB3Jld2FyZHMYBiADKAsyFS5kZHBvLnYxLlJld2FyZFNvdXJjZRIjCgZjb25maWcYByABKAsyEy5kZHBvLnYxLkRkcG9Db25maWcSGQoRc2FtcGxlcl9lbmRwb2ludHMYCCADKAkSEgoKcmVxdWVzdF9pZBgJIAEoCUIVChNfYmFzZV9jaGVja3BvaW50X2lkIi0KEFN0YXJ0UnVuUmVzcG9uc2USGQoDcnVuGAEgASgLMgwuZGRwby52MS5SdW4iSQoPV2F0Y2hSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIXCgpmcm9tX2Vwb2NoGAIgASgNSACIAQFCDQoLX2Zyb21fZXBvY2giyQEKCFJ1bkV2ZW50Eg4KBnJ1bl9pZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVlcG9jaBgDIAEoCzIULmRkcG8udjEuRXBvY2hSZXBvcnRIABInCgZzdGF0dXMYBCABKAsyFS5kZHBvLnYxLlN0YXR1c0NoYW5nZUgAEioKCHByb2dyZXNzGAUgASgLMhYuZGRwby52MS5FcG9jaFByb2dyZXNzSABCBwoFZXZlbnQiQwoMU3RhdHVzQ2hhbmdlEiIKBnN0YXR1cxgBIAEoDjISLmRkcG8udjEuUnVuU3RhdHVzEg8KB21lc3NhZ2UYAiABKAkiSgoNRXBvY2hQcm9ncmVzcxINCgVlcG9jaBgBIAEoDRINCgVwaGFzZRgCIAEoCRIMCgRkb25lGAMgASgNEg0KBXRvdGFsGAQgASgNIjMKDlN0b3BSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglpbW1lZGlhdGUYAiABKAgiLAoPU3RvcFJ1blJlc3BvbnNlEhkKA3J1bhgBIAEoCzIMLmRkcG8udjEuUnVuIkIKEFJlc3VtZVJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhMKBmVwb2NocxgCIAEoDUgAiAEBQgkKB19lcG9jaHMiLgoRUmVzdW1lUnVuUmVzcG9uc2USGQoDcnVuGAEgASgLMgwuZGRwby52MS5SdW4yhwIKB1RyYWluZXISPwoIU3RhcnRSdW4SGC5kZHBvLnYxLlN0YXJ0UnVuUmVxdWVzdBoZLmRkcG8udjEuU3RhcnRSdW5SZXNwb25zZRI5CghXYXRjaFJ1bhIYLmRkcG8udjEuV2F0Y2hSdW5SZXF1ZXN0GhEuZGRwby52MS5SdW5FdmVudDABEjwKB1N0b3BSdW4SFy5kZHBvLnYxLlN0b3BSdW5SZXF1ZXN0GhguZGRwby52MS5TdG9wUnVuUmVzcG9uc2USQgoJUmVzdW1lUnVuEhkuZGRwby52MS5SZXN1bWVSdW5SZXF1ZXN0GhouZGRwby52MS5SZXN1bWVSdW5SZXNwb25zZWIGcHJvdG8z", [file_ddpo_v1_common, file_ddpo_v1_run, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message ddpo.v1.StartRunRequest
@@ -385,16 +387,6 @@ export const Trainer: GenService<{
     methodKind: "unary";
     input: typeof ResumeRunRequestSchema;
     output: typeof ResumeRunResponseSchema;
-  },
-  /**
-   * The run as the Trainer sees it now, with its finished epochs.
-   *
-   * @generated from rpc ddpo.v1.Trainer.GetRun
-   */
-  getRun: {
-    methodKind: "unary";
-    input: typeof GetRunRequestSchema;
-    output: typeof GetRunResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ddpo_v1_trainer, 0);
