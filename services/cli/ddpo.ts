@@ -4,7 +4,6 @@
 //   train-clip train the emoji CLIP; eval: how often it reads a model's drawings as their prompts (clip.ts)
 //   up, train, watch, runs, lineage, pull: the services (remote.ts); train-local: one process (train.ts)
 //   dashboard  the web pages over the runs in Postgres (services/dashboard)
-import { parseArgs } from "node:util";
 import { Engine } from "../../gpu-core/index.ts";
 import { DASHBOARD_USAGE, dashboardCommand } from "../dashboard/main.ts";
 import { loadEmojiDataset } from "../lib/data/emoji.ts";

@@ -7,8 +7,8 @@
 // Prints one JSON line once listening.
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { openDatabase, type ProductDatabase, startDatabase } from "../lib/db/database.ts";
 import { commandFlags, type FlagSpec } from "../cli/flags.ts";
+import { openDatabase, type ProductDatabase, startDatabase } from "../lib/db/database.ts";
 import { startDashboard } from "./server.ts";
 
 export const DASHBOARD_USAGE = `  dashboard [--address 127.0.0.1:8470] [--data-dir .ddpo] [--poll-ms 1000] [--sampler ADDR --rewarder ADDR]
