@@ -41,5 +41,8 @@ have_openblas || apt_install libopenblas-dev "the CPU backend"
 # Chromium, driven headless by playwright-core in the dashboard's browser tests (test/dashboard/).
 [ -x /usr/bin/chromium ] || apt_install chromium "the dashboard's browser tests"
 
+# A font for the charts' and grids' text (SVG rasterised by sharp's librsvg).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core "text in charts and image grids"
+
 # gpu-core: make is incremental, so this is a no-op when nothing changed.
 make -s -C gpu-core >&2

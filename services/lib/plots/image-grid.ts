@@ -1,8 +1,20 @@
 // Image grids (dataset previews, samples per prompt): tiles upscaled nearest-neighbour so each
-// source pixel stays a crisp square, with optional captions wrapped under each tile.
+// source pixel stays a crisp square, with optional captions wrapped under each tile (an SVG
+// overlay, rasterised by sharp).
 
-import { CHAR_ADVANCE, LINE_HEIGHT, textWidth, toFontText } from "./font.ts";
-import { createImage, drawText, fillRect, type Rgb, type RgbImage, writePng } from "./raster.ts";
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import sharp from "sharp";
+import { CHAR_WIDTH, escapeXml, FONT_FAMILY } from "./svg.ts";
+
+type Rgb = readonly [number, number, number];
+
+/** An RGB image, row-major, 3 bytes a pixel. */
+export interface RgbImage {
+  width: number;
+  height: number;
+  data: Uint8Array;
+}
 
 export interface ImageGridOptions {
   /** Tiles per row (default: a near-square grid). */
@@ -21,14 +33,15 @@ export interface ImageGridOptions {
 }
 
 const BACKGROUND: Rgb = [210, 210, 210];
-const CAPTION_BACKGROUND: Rgb = [255, 255, 255];
-const CAPTION_COLOR: Rgb = [20, 20, 20];
+/** Caption font size and line height in pixels. */
+const CAPTION_FONT = 9;
+const CAPTION_LINE = 11;
 
 /** Greedy word wrap into at most maxLines lines of maxChars; the last line ends in ".." if cut. */
 export function wrapCaption(text: string, maxChars: number, maxLines: number): string[] {
   const lines: string[] = [];
   let line = "";
-  const words = toFontText(text).split(/\s+/).filter(Boolean);
+  const words = text.split(/\s+/).filter(Boolean);
   for (let word of words) {
     if (word.length > maxChars) {
       // A word longer than a line gets lines of its own, cut into pieces.
@@ -51,8 +64,14 @@ export function wrapCaption(text: string, maxChars: number, maxLines: number): s
   return kept;
 }
 
+/** A grid laid out: its tiles (captions not drawn yet) and the captions as an SVG overlay. */
+export interface ImageGrid {
+  image: RgbImage;
+  captionSvg: string | null;
+}
+
 /** Lay out images (N, height, width, 3) uint8 in a grid. */
-export function renderImageGrid(images: Uint8Array, options: ImageGridOptions = {}): RgbImage {
+export function layoutImageGrid(images: Uint8Array, options: ImageGridOptions = {}): ImageGrid {
   const h = options.height ?? 32;
   const w = options.width ?? h;
   const scale = options.scale ?? 1;
@@ -68,12 +87,16 @@ export function renderImageGrid(images: Uint8Array, options: ImageGridOptions = 
   const rows = Math.ceil(count / cols);
   const tileW = w * scale;
   const tileH = h * scale;
-  const maxChars = Math.max(1, Math.floor((tileW + 1) / CHAR_ADVANCE));
+  const maxChars = Math.max(1, Math.floor(tileW / (CHAR_WIDTH * CAPTION_FONT)));
   const captionLines = options.captionLines ?? 2;
-  const captionH = captions ? captionLines * LINE_HEIGHT + 2 : 0;
+  const captionH = captions ? captionLines * CAPTION_LINE + 2 : 0;
   const cellW = tileW + gap;
   const cellH = tileH + captionH + gap;
-  const img = createImage(cols * cellW + gap, rows * cellH + gap, BACKGROUND);
+  const width = cols * cellW + gap;
+  const height = rows * cellH + gap;
+  const data = new Uint8Array(width * height * 3);
+  for (let i = 0; i < data.length; i += 3) data.set(BACKGROUND, i);
+  const svg: string[] = [];
 
   for (let n = 0; n < count; n++) {
     const x0 = gap + (n % cols) * cellW;
@@ -81,26 +104,33 @@ export function renderImageGrid(images: Uint8Array, options: ImageGridOptions = 
     const src = n * h * w * 3;
     for (let y = 0; y < tileH; y++) {
       const sy = Math.floor(y / scale);
-      const rowStart = ((y0 + y) * img.width + x0) * 3;
+      const rowStart = ((y0 + y) * width + x0) * 3;
       for (let x = 0; x < tileW; x++) {
         const s = src + (sy * w + Math.floor(x / scale)) * 3;
-        img.data[rowStart + x * 3] = images[s]!;
-        img.data[rowStart + x * 3 + 1] = images[s + 1]!;
-        img.data[rowStart + x * 3 + 2] = images[s + 2]!;
+        data[rowStart + x * 3] = images[s]!;
+        data[rowStart + x * 3 + 1] = images[s + 1]!;
+        data[rowStart + x * 3 + 2] = images[s + 2]!;
       }
     }
     if (captions) {
-      fillRect(img, x0, y0 + tileH, tileW, captionH, CAPTION_BACKGROUND);
+      svg.push(`<rect x="${x0}" y="${y0 + tileH}" width="${tileW}" height="${captionH}" fill="white"/>`);
       wrapCaption(captions[n]!, maxChars, captionLines).forEach((line, k) => {
-        const x = x0 + Math.max(0, Math.floor((tileW - textWidth(line)) / 2));
-        drawText(img, x, y0 + tileH + 2 + k * LINE_HEIGHT, line, CAPTION_COLOR);
+        const y = y0 + tileH + 1 + (k + 1) * CAPTION_LINE - 2;
+        svg.push(`<text x="${x0 + tileW / 2}" y="${y}" text-anchor="middle">${escapeXml(line)}</text>`);
       });
     }
   }
-  return img;
+  const captionSvg = captions
+    ? `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="${FONT_FAMILY}" font-size="${CAPTION_FONT}" fill="rgb(20,20,20)">${svg.join("")}</svg>`
+    : null;
+  return { image: { width, height, data }, captionSvg };
 }
 
 /** Render an image grid and write it as a PNG. */
 export async function imageGridPng(path: string, images: Uint8Array, options: ImageGridOptions = {}): Promise<void> {
-  await writePng(path, renderImageGrid(images, options));
+  const { image, captionSvg } = layoutImageGrid(images, options);
+  let png = sharp(Buffer.from(image.data), { raw: { width: image.width, height: image.height, channels: 3 } });
+  if (captionSvg) png = png.composite([{ input: Buffer.from(captionSvg), top: 0, left: 0 }]);
+  mkdirSync(dirname(path), { recursive: true });
+  await Bun.write(path, await png.removeAlpha().png().toBuffer());
 }

@@ -1,18 +1,9 @@
-// Line charts (loss curves, reward per epoch) drawn on our own raster: axes with "nice" ticks
-// (1, 2, 5 x 10^k, or decades on a log axis), grid, legend, title and labels in the bitmap font.
+// Line charts (loss curves, reward per epoch) as SVG: axes with "nice" ticks (1, 2, 5 x 10^k, or
+// decades on a log axis), grid, legend, title and labels; written as PNG through sharp.
 
-import { LINE_HEIGHT, textWidth } from "./font.ts";
-import {
-  type ClipBox,
-  createImage,
-  drawLine,
-  drawText,
-  fillRect,
-  type Rgb,
-  type RgbImage,
-  strokeRect,
-  writePng,
-} from "./raster.ts";
+import { escapeXml, FONT_FAMILY, textWidth, writeSvgPng } from "./svg.ts";
+
+type Rgb = readonly [number, number, number];
 
 export interface LineSeries {
   name: string;
@@ -27,8 +18,8 @@ export interface LineChartOptions {
   width?: number;
   height?: number;
   logY?: boolean;
-  /** Glyph scale for all text; default from the image size (2 for 800x500). */
-  textScale?: number;
+  /** Font size in pixels of all text; default from the image size (14 for 800x500). */
+  fontSize?: number;
 }
 
 /** matplotlib's "tab10" colours. */
@@ -45,9 +36,7 @@ export const SERIES_COLORS: readonly Rgb[] = [
   [23, 190, 207],
 ];
 
-const BLACK: Rgb = [0, 0, 0];
-const GRID: Rgb = [225, 225, 225];
-const LEGEND_BORDER: Rgb = [180, 180, 180];
+const rgb = ([r, g, b]: Rgb) => `rgb(${r},${g},${b})`;
 
 interface Axis {
   /** Range in axis units (log10 of the value on a log axis). */
@@ -116,13 +105,12 @@ function logAxis(min: number, max: number): Axis {
   return { lo, hi, ticks };
 }
 
-/** Render a line chart to an RGB image. */
-export function renderLineChart(series: readonly LineSeries[], options: LineChartOptions = {}): RgbImage {
+/** A line chart as an SVG document. */
+export function lineChartSvg(series: readonly LineSeries[], options: LineChartOptions = {}): string {
   const width = options.width ?? 800;
   const height = options.height ?? 500;
-  const s = options.textScale ?? Math.max(1, Math.round(Math.min(width, height) / 250));
-  const img = createImage(width, height);
-  const lineH = LINE_HEIGHT * s;
+  const fs = options.fontSize ?? Math.max(10, Math.round(Math.min(width, height) / 36));
+  const pad = Math.round(fs / 2);
 
   // Data extent, in axis units.
   const logY = options.logY ?? false;
@@ -151,79 +139,93 @@ export function renderLineChart(series: readonly LineSeries[], options: LineChar
   // Layout: title on top, y label and tick labels on the left, x tick labels and label below.
   const yAxis = logY ? logAxis(yMin, yMax) : linearAxis(yMin, yMax, Math.max(3, Math.floor(height / 80)), true);
   const xAxis = linearAxis(xMin, xMax, Math.max(3, Math.floor(width / 110)), false);
-  const yTickWidth = Math.max(...yAxis.ticks.map((t) => textWidth(t.label, s)));
-  const left = 8 * s + (options.yLabel ? lineH : 0) + yTickWidth + 6 * s;
-  const top = (options.title ? lineH + 8 * s : 0) + 8 * s;
-  const bottom = 6 * s + lineH + (options.xLabel ? lineH + 2 * s : 0) + 4 * s;
-  const right = 12 * s + Math.ceil(textWidth(formatTick(xAxis.ticks.at(-1)?.at ?? 0), s) / 2);
-  const plot: ClipBox = { x0: left, y0: top, x1: width - right, y1: height - bottom };
+  const yTickWidth = Math.max(...yAxis.ticks.map((t) => textWidth(t.label, fs)));
+  const left = pad + (options.yLabel ? fs + pad : 0) + yTickWidth + pad;
+  const top = (options.title ? fs + pad : 0) + pad;
+  const bottom = pad + fs + (options.xLabel ? fs + pad : 0) + pad;
+  const right = pad + Math.ceil(textWidth(formatTick(xAxis.ticks.at(-1)?.at ?? 0), fs) / 2);
+  const plot = { x0: left, y0: top, x1: width - right, y1: height - bottom };
   if (plot.x1 - plot.x0 < 20 || plot.y1 - plot.y0 < 20) throw new Error(`chart ${width}x${height} is too small`);
-  const px = (x: number) => plot.x0 + ((x - xAxis.lo) / (xAxis.hi - xAxis.lo)) * (plot.x1 - plot.x0 - 1);
-  const py = (y: number) => plot.y1 - 1 - ((y - yAxis.lo) / (yAxis.hi - yAxis.lo)) * (plot.y1 - plot.y0 - 1);
+  const px = (x: number) => plot.x0 + ((x - xAxis.lo) / (xAxis.hi - xAxis.lo)) * (plot.x1 - plot.x0);
+  const py = (y: number) => plot.y1 - ((y - yAxis.lo) / (yAxis.hi - yAxis.lo)) * (plot.y1 - plot.y0);
+  const f = (v: number) => v.toFixed(1);
+  const text = (x: number, y: number, s: string, anchor: "start" | "middle" | "end", extra = "") =>
+    `<text x="${f(x)}" y="${f(y)}" text-anchor="${anchor}"${extra}>${escapeXml(s)}</text>`;
 
+  const out: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="${FONT_FAMILY}" font-size="${fs}">`,
+    `<rect width="${width}" height="${height}" fill="white"/>`,
+  ];
   // Grid and ticks.
   for (const t of yAxis.ticks) {
-    const y = Math.round(py(t.at));
-    fillRect(img, plot.x0, y, plot.x1 - plot.x0, 1, GRID);
-    fillRect(img, plot.x0 - 4 * s, y, 4 * s, 1, BLACK);
-    drawText(img, plot.x0 - 6 * s - textWidth(t.label, s), y - 3 * s, t.label, BLACK, { scale: s });
+    const y = py(t.at);
+    out.push(`<line x1="${f(plot.x0)}" y1="${f(y)}" x2="${f(plot.x1)}" y2="${f(y)}" stroke="rgb(225,225,225)"/>`);
+    out.push(`<line x1="${f(plot.x0 - pad)}" y1="${f(y)}" x2="${f(plot.x0)}" y2="${f(y)}" stroke="black"/>`);
+    out.push(text(plot.x0 - pad - 2, y + fs * 0.35, t.label, "end"));
   }
   for (const t of xAxis.ticks) {
-    const x = Math.round(px(t.at));
-    fillRect(img, x, plot.y0, 1, plot.y1 - plot.y0, GRID);
-    fillRect(img, x, plot.y1, 1, 4 * s, BLACK);
-    drawText(img, x - Math.floor(textWidth(t.label, s) / 2), plot.y1 + 6 * s, t.label, BLACK, { scale: s });
+    const x = px(t.at);
+    out.push(`<line x1="${f(x)}" y1="${f(plot.y0)}" x2="${f(x)}" y2="${f(plot.y1)}" stroke="rgb(225,225,225)"/>`);
+    out.push(`<line x1="${f(x)}" y1="${f(plot.y1)}" x2="${f(x)}" y2="${f(plot.y1 + pad)}" stroke="black"/>`);
+    out.push(text(x, plot.y1 + pad + fs, t.label, "middle"));
   }
-  strokeRect(img, plot.x0 - 1, plot.y0 - 1, plot.x1 - plot.x0 + 2, plot.y1 - plot.y0 + 2, BLACK);
+  out.push(
+    `<rect x="${plot.x0}" y="${plot.y0}" width="${plot.x1 - plot.x0}" height="${plot.y1 - plot.y0}" fill="none" stroke="black"/>`,
+  );
 
   // Series, clipped to the plot area: runs of usable points become polylines, a lone point a dot.
+  out.push(
+    `<clipPath id="plot"><rect x="${plot.x0}" y="${plot.y0}" width="${plot.x1 - plot.x0}" height="${plot.y1 - plot.y0}"/></clipPath>`,
+    `<g clip-path="url(#plot)" fill="none" stroke-width="${f(fs / 7)}" stroke-linejoin="round">`,
+  );
   series.forEach(({ points }, i) => {
-    const color = SERIES_COLORS[i % SERIES_COLORS.length]!;
-    let run: [number, number][] = [];
+    const color = rgb(SERIES_COLORS[i % SERIES_COLORS.length]!);
+    let run: string[] = [];
     const flush = () => {
-      if (run.length === 1) drawLine(img, run[0]![0], run[0]![1], run[0]![0], run[0]![1], color, 3 * s, plot);
-      for (let k = 1; k < run.length; k++) {
-        drawLine(img, run[k - 1]![0], run[k - 1]![1], run[k]![0], run[k]![1], color, 1.5 * s, plot);
-      }
+      if (run.length === 1) {
+        const [x, y] = run[0]!.split(",");
+        out.push(`<circle cx="${x}" cy="${y}" r="${f(fs / 5)}" fill="${color}"/>`);
+      } else if (run.length > 1) out.push(`<polyline points="${run.join(" ")}" stroke="${color}"/>`);
       run = [];
     };
     for (const [x, y] of points) {
-      if (usable(x, y)) run.push([px(x) + 0.5, py(logY ? Math.log10(y) : y) + 0.5]);
+      if (usable(x, y)) run.push(`${f(px(x))},${f(py(logY ? Math.log10(y) : y))}`);
       else flush();
     }
     flush();
   });
+  out.push("</g>");
 
   // Labels.
-  if (options.title) {
-    drawText(img, Math.round((width - textWidth(options.title, s)) / 2), 6 * s, options.title, BLACK, { scale: s });
-  }
-  if (options.xLabel) {
-    const x = Math.round((plot.x0 + plot.x1 - textWidth(options.xLabel, s)) / 2);
-    drawText(img, x, height - 4 * s - lineH + 2 * s, options.xLabel, BLACK, { scale: s });
-  }
+  if (options.title) out.push(text(width / 2, pad + fs * 0.85, options.title, "middle", ' font-weight="bold"'));
+  if (options.xLabel) out.push(text((plot.x0 + plot.x1) / 2, height - pad, options.xLabel, "middle"));
   if (options.yLabel) {
-    const y = Math.round((plot.y0 + plot.y1 - textWidth(options.yLabel, s)) / 2);
-    drawText(img, 6 * s, y, options.yLabel, BLACK, { scale: s, vertical: true });
+    const cy = (plot.y0 + plot.y1) / 2;
+    out.push(
+      text(pad + fs * 0.85, cy, options.yLabel, "middle", ` transform="rotate(-90 ${f(pad + fs * 0.85)} ${f(cy)})"`),
+    );
   }
 
   // Legend in the top-right corner of the plot.
   if (series.length > 0) {
-    const sample = 18 * s;
-    const boxW = 4 * s + sample + 4 * s + Math.max(...series.map((ser) => textWidth(ser.name, s))) + 4 * s;
-    const boxH = series.length * lineH + 4 * s;
-    const bx = plot.x1 - boxW - 6 * s;
-    const by = plot.y0 + 6 * s;
-    fillRect(img, bx, by, boxW, boxH, [255, 255, 255]);
-    strokeRect(img, bx, by, boxW, boxH, LEGEND_BORDER);
+    const sample = 2 * fs;
+    const lineH = Math.round(fs * 1.3);
+    const boxW = pad + sample + pad + Math.max(...series.map((ser) => textWidth(ser.name, fs))) + pad;
+    const boxH = series.length * lineH + pad;
+    const bx = plot.x1 - boxW - pad;
+    const by = plot.y0 + pad;
+    out.push(`<rect x="${bx}" y="${by}" width="${boxW}" height="${boxH}" fill="white" stroke="rgb(180,180,180)"/>`);
     series.forEach((ser, i) => {
-      const y = by + 3 * s + i * lineH;
-      const color = SERIES_COLORS[i % SERIES_COLORS.length]!;
-      drawLine(img, bx + 4 * s, y + 3.5 * s, bx + 4 * s + sample, y + 3.5 * s, color, 1.5 * s);
-      drawText(img, bx + 8 * s + sample, y, ser.name, BLACK, { scale: s });
+      const y = by + pad / 2 + i * lineH + lineH / 2;
+      const color = rgb(SERIES_COLORS[i % SERIES_COLORS.length]!);
+      out.push(
+        `<line x1="${bx + pad}" y1="${f(y)}" x2="${bx + pad + sample}" y2="${f(y)}" stroke="${color}" stroke-width="${f(fs / 7)}"/>`,
+      );
+      out.push(text(bx + 2 * pad + sample, y + fs * 0.35, ser.name, "start"));
     });
   }
-  return img;
+  out.push("</svg>");
+  return out.join("\n");
 }
 
 /** Render a line chart and write it as a PNG. */
@@ -232,5 +234,5 @@ export async function lineChartPng(
   series: readonly LineSeries[],
   options: LineChartOptions = {},
 ): Promise<void> {
-  await writePng(path, renderLineChart(series, options));
+  await writeSvgPng(path, lineChartSvg(series, options));
 }
