@@ -29,23 +29,24 @@ import {
 } from "./remote.ts";
 import { TRAIN_USAGE, trainCommand as trainLocalCommand } from "./train.ts";
 
+/** The default prompts of `ddpo sample` (animals: what the shipped base model was trained on). */
 export const SHOWCASE_PROMPTS = [
   "cat face",
-  "red apple",
   "tiger",
   "dog face",
-  "sun",
-  "fire",
-  "green heart",
-  "pizza",
-  "frog",
-  "banana",
-  "panda",
-  "snowman",
-  "rocket",
-  "blue heart",
-  "watermelon",
+  "fox face",
+  "lion face",
+  "panda face",
   "penguin",
+  "frog face",
+  "monkey face",
+  "pig face",
+  "cow face",
+  "unicorn face",
+  "octopus",
+  "turtle",
+  "owl",
+  "rabbit face",
 ];
 
 const PRETRAIN_USAGE = `pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]

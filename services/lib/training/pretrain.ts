@@ -54,7 +54,7 @@ export interface PretrainOptions {
 }
 
 export const PRETRAIN_DEFAULTS: Omit<PretrainOptions, "out" | "stateDir"> = {
-  steps: 4000,
+  steps: 6000,
   batchSize: 32,
   lr: 1e-3,
   warmupSteps: 200,
