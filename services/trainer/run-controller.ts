@@ -40,6 +40,7 @@ import type { RunSettings } from "../lib/runs/run-messages.ts";
 import { epochRow } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
+import { drawChunks, planChunks, type SampleChunk } from "./sampler-fleet.ts";
 
 export interface RunEventPayload {
   kind: "epoch" | "status" | "progress";
@@ -66,13 +67,6 @@ interface Policy {
   epoch: number;
   loraDir?: string;
   fullModelDir?: string;
-}
-
-/** The share of an epoch's samples one Sampler draws: its prompts, seeds and their positions. */
-interface SamplerPart {
-  prompts: string[];
-  seeds: number[];
-  at: number[];
 }
 
 /** One trajectory as a Sampler streamed it. */
@@ -321,34 +315,40 @@ export class RunController {
     return r.endpoint || this.env.defaultRewarderAddress;
   }
 
-  /** The planned batches go round-robin to the Samplers; each streams its share back. */
+  /**
+   * The epoch's chunks (sampler-fleet.ts) drawn over the run's Samplers: each free Sampler takes
+   * the next chunk, a failed chunk goes to another, and each trajectory is kept once.
+   */
   async #sample(plan: SampleBatchPlan[], progress: ProgressListener): Promise<SampledEpoch> {
-    const parts = assignBatches(plan, this.#samplers.length);
+    const chunks = planChunks(plan);
     const total = plan.reduce((a, b) => a + b.prompts.length, 0);
     const slots = new Array<StreamedTrajectory | null>(total).fill(null);
     let done = 0;
-    await Promise.all(
-      parts.map((part, s) =>
-        part.prompts.length === 0
-          ? Promise.resolve()
-          : this.#retrying(`sampling on ${this.#samplerAddresses[s]}`, () =>
-              this.#sampleOn(s, part, (at, t) => {
-                if (!slots[at]) done += 1;
-                slots[at] = t;
-                progress("sampling", done, total);
-              }),
-            ),
-      ),
-    );
+    await drawChunks(chunks, {
+      members: this.#samplers.length,
+      draw: (s, chunk) =>
+        this.#sampleOn(s, chunk, (at, t) => {
+          if (slots[at]) return; // a redrawn chunk's copy of a trajectory already kept
+          slots[at] = t;
+          done += 1;
+          progress("sampling", done, total);
+        }),
+      retryable: (e) => e instanceof ServiceError && RETRYABLE.has(e.code),
+      retryForMs: this.env.retryForMs,
+      signal: this.#abort.signal,
+    }).catch((e) => {
+      throw new RetryError(e instanceof ServiceError ? e.code : null, `sampling: ${(e as Error).message}`);
+    });
     return gatherSamples(slots);
   }
 
-  /** One Sampler's share: loads the current policy there, then streams its trajectories. */
-  async #sampleOn(s: number, part: SamplerPart, onTrajectory: (at: number, t: StreamedTrajectory) => void) {
+  /** One chunk on Sampler `s`: loads the current policy there, then streams its trajectories. */
+  async #sampleOn(s: number, chunk: SampleChunk, onTrajectory: (at: number, t: StreamedTrajectory) => void) {
     const c = this.settings.ddpo;
     const policy = this.#policy!;
     const sampler = this.#samplers[s]!;
-    const options = { signal: this.#abort.signal, waitForReady: true, timeoutMs: 30_000 };
+    const address = this.#samplerAddresses[s]!;
+    // Not waitForReady: an unreachable Sampler fails at once, so its chunk goes to a live one.
     await sampler.loadCheckpoint(
       {
         checkpointId: policy.id,
@@ -356,13 +356,13 @@ export class RunController {
         loraDir: policy.loraDir,
         fullModelDir: policy.fullModelDir,
       },
-      options,
+      { signal: this.#abort.signal, timeoutMs: 30_000 },
     );
     let i = 0;
     const stream = sampler.sample(
       {
-        prompts: part.prompts,
-        seeds: part.seeds.map(BigInt),
+        prompts: chunk.prompts,
+        seeds: chunk.seeds.map(BigInt),
         steps: c.steps,
         guidance: c.guidance,
         eta: c.eta,
@@ -373,9 +373,13 @@ export class RunController {
       { signal: this.#abort.signal },
     );
     for await (const t of stream) {
-      if (!t.latents || !t.image) throw new ServiceError(Code.INTERNAL, "trajectory without latents or image");
+      if (!t.latents || !t.image)
+        throw new ServiceError(Code.INTERNAL, `${address}: trajectory without latents or image`);
+      if (i >= chunk.prompts.length || Number(t.seed) !== chunk.seeds[i]) {
+        throw new ServiceError(Code.INTERNAL, `${address}: trajectory ${i} is not the one asked for (seed ${t.seed})`);
+      }
       const bytes = t.latents.data;
-      onTrajectory(part.at[i++]!, {
+      onTrajectory(chunk.at[i++]!, {
         prompt: t.prompt,
         seed: Number(t.seed),
         inputIds: t.inputIds,
@@ -386,7 +390,9 @@ export class RunController {
         imageSize: t.image.width,
       });
     }
-    if (i !== part.prompts.length) throw new ServiceError(Code.ABORTED, `sampler sent ${i} of ${part.prompts.length}`);
+    if (i !== chunk.prompts.length) {
+      throw new ServiceError(Code.ABORTED, `${address} sent ${i} of ${chunk.prompts.length} trajectories`);
+    }
   }
 
   /** Each reward source's scores for all samples, and the weighted sum. */
@@ -469,21 +475,6 @@ function policyDirs(c: Checkpoint): { loraDir?: string; fullModelDir?: string } 
   if (c.kind === CheckpointKind.LORA) return { loraDir: join(c.location, "lora") };
   if (c.kind === CheckpointKind.FULL) return { fullModelDir: join(c.location, "model") };
   return {};
-}
-
-/** The plan's batches round-robin over `samplers` Samplers, remembering each sample's position. */
-function assignBatches(plan: readonly SampleBatchPlan[], samplers: number): SamplerPart[] {
-  const parts = Array.from({ length: samplers }, (): SamplerPart => ({ prompts: [], seeds: [], at: [] }));
-  let position = 0;
-  plan.forEach((batch, k) => {
-    const part = parts[k % samplers]!;
-    batch.prompts.forEach((p, i) => {
-      part.prompts.push(p);
-      part.seeds.push(batch.seeds[i]!);
-      part.at.push(position++);
-    });
-  });
-  return parts;
 }
 
 /** The streamed trajectories in plan order as one epoch. */

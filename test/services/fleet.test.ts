@@ -1,0 +1,154 @@
+// Several Samplers as one fleet, across real processes over loopback with a real Postgres: a
+// Sampler SIGKILLed while it draws a chunk costs only that chunk (another Sampler redraws it) and
+// the run's rows are exactly those of an undisturbed one-Sampler run; a run that failed when its
+// only Sampler died resumes on a new fleet named in ResumeRun.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
+import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
+import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
+import { createClient, type ServiceClient } from "../../services/lib/grpc/index.ts";
+import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
+import { BASE_MODEL_DIR, type ServiceProcess, spawnService, stopService, TINY_RUN_CONFIG, waitFor } from "./cluster.ts";
+
+// Three chunks (sample batches of 2) per epoch, so each of three Samplers has one to draw.
+const CONFIG = { ...TINY_RUN_CONFIG, seed: 5, sampleBatchesPerEpoch: 3, steps: 4 };
+const EPOCHS = 2;
+
+let pg: TestPostgres;
+let database: TestDatabase;
+let dataDir: string;
+const procs: ServiceProcess[] = [];
+let trainer: ServiceClient<typeof Trainer.method>;
+
+beforeAll(async () => {
+  pg = await startTestPostgres();
+  database = await pg.freshDatabase();
+  dataDir = mkdtempSync(join(tmpdir(), "ddpo-fleet-"));
+  const env = { DATABASE_URL: database.url };
+  const started = await Promise.all([
+    spawnService("sampler", []),
+    spawnService("sampler", []),
+    spawnService("sampler", []),
+    spawnService("rewarder", []),
+    spawnService("registry", ["--data-dir", dataDir], env),
+  ]);
+  procs.push(...started);
+  const [s0, , , rewarder, registry] = started;
+  const t = await spawnService(
+    "trainer",
+    [
+      ...["--registry", registry!.address, "--rewarder", rewarder!.address, "--samplers", s0!.address],
+      ...["--data-dir", dataDir, "--retry-for-s", "3"],
+    ],
+    env,
+  );
+  procs.push(t);
+  trainer = createClient(Trainer, t.address);
+}, 120_000);
+
+afterAll(async () => {
+  trainer?.close();
+  for (const p of procs) p.proc.kill("SIGKILL");
+  await pg?.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function startRun(name: string, samplers: string[], epochs = EPOCHS): Promise<string> {
+  const { run } = await trainer.startRun(
+    { name, baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs, config: CONFIG, samplerEndpoints: samplers },
+    { timeoutMs: 60_000 },
+  );
+  return run!.id;
+}
+
+/** The run's last status event. */
+async function finish(runId: string): Promise<{ status: RunStatus; message: string }> {
+  let last = { status: RunStatus.UNSPECIFIED, message: "" };
+  for await (const e of trainer.watchRun({ runId }, { timeoutMs: 300_000 })) {
+    if (e.event.case === "status") last = { status: e.event.value.status, message: e.event.value.message };
+  }
+  return last;
+}
+
+/** Everything a run recorded that must not depend on which Samplers drew it, in order. */
+async function rows(runId: string) {
+  const trajectories = await database.pool.query(
+    `select epoch, sample_index, prompt, seed, timesteps, log_probs, reward, advantage, latents_sha256
+       from trajectories where run_id = $1 order by epoch, sample_index`,
+    [runId],
+  );
+  const rewards = await database.pool.query(
+    "select epoch, sample_index, reward_name, value from rewards where run_id = $1 order by epoch, sample_index, reward_name",
+    [runId],
+  );
+  const checkpoints = await database.pool.query(
+    "select epoch, sha256 from checkpoints where run_id = $1 order by epoch",
+    [runId],
+  );
+  return { trajectories: trajectories.rows, rewards: rewards.rows, checkpoints: checkpoints.rows };
+}
+
+describe("Samplers as a fleet", () => {
+  let reference: Awaited<ReturnType<typeof rows>>;
+
+  test("a run on one Sampler (the reference)", async () => {
+    const runId = await startRun("one sampler", [procs[0]!.address]);
+    expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
+    reference = await rows(runId);
+    expect(reference.trajectories.length).toBe(EPOCHS * 6);
+    expect(reference.rewards.length).toBe(EPOCHS * 6);
+    expect(reference.checkpoints.length).toBe(EPOCHS);
+  }, 300_000);
+
+  test("three Samplers, one SIGKILLed while drawing a chunk: the same rows as the one-Sampler run", async () => {
+    const fleet = procs.slice(0, 3);
+    const runId = await startRun(
+      "three samplers",
+      fleet.map((s) => s.address),
+    );
+    // Once epoch 1 is recorded, kill the first Sampler seen drawing epoch 2 (GetStatus answers
+    // while its engine computes).
+    await waitFor("epoch 1", async () => {
+      const { rows } = await database.pool.query("select 1 from epochs where run_id = $1", [runId]);
+      return rows.length >= 1 ? true : undefined;
+    });
+    const clients = fleet.map((s) => createClient(Sampler, s.address));
+    const victim = await waitFor(
+      "a Sampler drawing epoch 2",
+      async () => {
+        for (const [i, c] of clients.entries()) {
+          const status = await c.getStatus({}, { timeoutMs: 1000 }).catch(() => null);
+          if (status && status.activeSamples > 0) return i;
+        }
+        return undefined;
+      },
+      60_000,
+    );
+    for (const c of clients) c.close();
+    await stopService(fleet[victim]!, "SIGKILL");
+
+    expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
+    expect(await rows(runId)).toEqual(reference);
+    // Revive a Sampler in the killed one's place for the test below.
+    procs[victim] = await spawnService("sampler", []);
+  }, 300_000);
+
+  test("a run that failed with its only Sampler resumes on a new fleet", async () => {
+    const lonely = await spawnService("sampler", []);
+    procs.push(lonely);
+    const runId = await startRun("resumed on a new fleet", [lonely.address]);
+    await stopService(lonely, "SIGKILL");
+    const failed = await finish(runId);
+    expect(failed.status).toBe(RunStatus.FAILED);
+    expect(failed.message).toContain("sampling");
+
+    const live = procs.slice(0, 3).map((s) => s.address);
+    const { run } = await trainer.resumeRun({ runId, samplerEndpoints: live }, { timeoutMs: 30_000 });
+    expect(run!.samplerEndpoints).toEqual(live);
+    expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
+    expect(await rows(runId)).toEqual(reference);
+  }, 300_000);
+});
