@@ -2,7 +2,7 @@
 // runs in a worker (engine-worker.ts); this thread validates, batches and streams, so health
 // checks and cancellation answer while a batch computes.
 import { create } from "@bufbuild/protobuf";
-import { Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
+import { type LoadCheckpointRequest, Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
 import { SAMPLING_LIMITS, samplingProblems } from "../lib/diffusion/sampling-limits.ts";
 import { bindService, Code, checkedText, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import type { WorkerClient } from "../lib/workers/worker-rpc.ts";
@@ -26,32 +26,51 @@ interface LoadedPolicy {
 export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
   let policy: LoadedPolicy | null = null;
   let active = 0;
-  return bindService(Sampler, {
-    async loadCheckpoint(request) {
-      if (!request.checkpointId) invalid("checkpoint_id is required");
-      if (!request.baseModelDir) invalid("base_model_dir is required");
-      if (request.loraDir && request.fullModelDir) invalid("give lora_dir or full_model_dir, not both");
-      checkedText(request.checkpointId, "checkpoint_id");
-      checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
-      checkedText(request.loraDir ?? "", "lora_dir", MAX_PATH_CHARS);
-      checkedText(request.fullModelDir ?? "", "full_model_dir", MAX_PATH_CHARS);
-      const wanted = {
-        checkpointId: request.checkpointId,
-        baseModelDir: request.baseModelDir,
-        loraDir: request.loraDir,
-        fullModelDir: request.fullModelDir,
-      };
-      const same =
-        policy && (Object.keys(wanted) as (keyof typeof wanted)[]).every((k) => policy!.request[k] === wanted[k]);
-      if (same) return { checkpointId: request.checkpointId, loadSeconds: 0 };
-      const started = performance.now();
+  // The load in progress, so concurrent calls naming one policy load it once.
+  let loading: { key: string; done: Promise<number> } | null = null;
+
+  /** Loads the requested policy unless it is the one held; the seconds it took (0: held). */
+  const load = async (request: LoadCheckpointRequest): Promise<number> => {
+    if (!request.checkpointId) invalid("checkpoint_id is required");
+    if (!request.baseModelDir) invalid("base_model_dir is required");
+    if (request.loraDir && request.fullModelDir) invalid("give lora_dir or full_model_dir, not both");
+    checkedText(request.checkpointId, "checkpoint_id");
+    checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
+    checkedText(request.loraDir ?? "", "lora_dir", MAX_PATH_CHARS);
+    checkedText(request.fullModelDir ?? "", "full_model_dir", MAX_PATH_CHARS);
+    const wanted = {
+      checkpointId: request.checkpointId,
+      baseModelDir: request.baseModelDir,
+      loraDir: request.loraDir,
+      fullModelDir: request.fullModelDir,
+    };
+    const key = JSON.stringify(wanted);
+    if (policy && JSON.stringify(policy.request) === key) return 0;
+    if (loading?.key === key) return loading.done;
+    const started = performance.now();
+    const done = (async () => {
+      await loading?.done.catch(() => undefined); // one load at a time
       try {
         const loaded = await worker.call("load", wanted);
         policy = { request: wanted, backend: loaded.backend, channels: loaded.channels, imageSize: loaded.imageSize };
       } catch (e) {
         throw workerStatus(e, `checkpoint ${request.checkpointId}: `);
       }
-      return { checkpointId: request.checkpointId, loadSeconds: (performance.now() - started) / 1000 };
+      return (performance.now() - started) / 1000;
+    })();
+    const mine = { key, done };
+    loading = mine;
+    try {
+      return await done;
+    } finally {
+      if (loading === mine) loading = null;
+    }
+  };
+
+  return bindService(Sampler, {
+    async loadCheckpoint(request) {
+      const loadSeconds = await load(request);
+      return { checkpointId: request.checkpointId, loadSeconds };
     },
 
     getStatus() {
@@ -84,6 +103,14 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         { samples: "the number of prompts", steps: "steps", guidance: "guidance", eta: "eta", batchSize: "batch_size" },
       );
       if (problems.length) invalid(problems.join("; "));
+      if (request.policy) {
+        if (request.policy.checkpointId !== request.checkpointId) {
+          invalid(
+            `policy.checkpoint_id '${request.policy.checkpointId}' is not checkpoint_id '${request.checkpointId}'`,
+          );
+        }
+        await load(request.policy);
+      }
       if (!policy) throw new ServiceError(Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
       const loaded = policy.request.checkpointId;
       if (request.checkpointId !== loaded) {

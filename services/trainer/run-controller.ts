@@ -33,7 +33,14 @@ import {
   type ScoredEpoch,
 } from "../lib/ddpo/pipeline.ts";
 import type { SampleBatchPlan } from "../lib/ddpo/trainer.ts";
-import { type ClientOptions, Code, createClient, type ServiceClient, ServiceError } from "../lib/grpc/index.ts";
+import {
+  balancedTarget,
+  type ClientOptions,
+  Code,
+  createClient,
+  type ServiceClient,
+  ServiceError,
+} from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { RunFolder, runCheckpointId } from "../lib/runs/run-folder.ts";
 import type { RunSettings } from "../lib/runs/run-messages.ts";
@@ -136,7 +143,9 @@ export class RunController {
     this.#worker = acquireWorker();
     this.#folder = new RunFolder(settings.runDir);
     this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
-    this.#samplers = this.#samplerAddresses.map((a) => createClient(Sampler, a, env.clientOptions));
+    this.#samplers = this.#samplerAddresses.map((a) =>
+      createClient(Sampler, a, samplerClientOptions(a, env.clientOptions)),
+    );
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
     for (const r of rewards) {
       const address = this.#rewarderAddress(r);
@@ -324,10 +333,15 @@ export class RunController {
     const total = plan.reduce((a, b) => a + b.prompts.length, 0);
     const slots = new Array<StreamedTrajectory | null>(total).fill(null);
     let done = 0;
+    // A host:port is one Sampler: one chunk at a time. A balanced target is a fleet whose channel
+    // spreads calls over its live Samplers: every chunk at once, each Sampler queueing its share.
+    const lanes = this.#samplerAddresses.flatMap((a, s) =>
+      new Array<number>(balancedTarget(a) ? chunks.length : 1).fill(s),
+    );
     await drawChunks(chunks, {
-      members: this.#samplers.length,
-      draw: (s, chunk) =>
-        this.#sampleOn(s, chunk, (at, t) => {
+      members: lanes.length,
+      draw: (lane, chunk) =>
+        this.#sampleOn(lanes[lane]!, chunk, (at, t) => {
           if (slots[at]) return; // a redrawn chunk's copy of a trajectory already kept
           slots[at] = t;
           done += 1;
@@ -348,16 +362,6 @@ export class RunController {
     const policy = this.#policy!;
     const sampler = this.#samplers[s]!;
     const address = this.#samplerAddresses[s]!;
-    // Not waitForReady: an unreachable Sampler fails at once, so its chunk goes to a live one.
-    await sampler.loadCheckpoint(
-      {
-        checkpointId: policy.id,
-        baseModelDir: this.settings.baseModelDir,
-        loraDir: policy.loraDir,
-        fullModelDir: policy.fullModelDir,
-      },
-      { signal: this.#abort.signal, timeoutMs: 30_000 },
-    );
     let i = 0;
     const stream = sampler.sample(
       {
@@ -369,7 +373,15 @@ export class RunController {
         checkpointId: policy.id,
         includeLatents: true,
         batchSize: c.sampleBatchSize,
+        // The policy travels with the call, so whichever Sampler of a fleet takes it can load it.
+        policy: {
+          checkpointId: policy.id,
+          baseModelDir: this.settings.baseModelDir,
+          loraDir: policy.loraDir,
+          fullModelDir: policy.fullModelDir,
+        },
       },
+      // Not waitForReady: an unreachable Sampler fails at once, so its chunk goes to a live one.
       { signal: this.#abort.signal },
     );
     for await (const t of stream) {
@@ -468,6 +480,22 @@ class RetryError extends Error {
   ) {
     super(message);
   }
+}
+
+/**
+ * A Sampler target's channel: client-side round_robin over a balanced target's addresses (gRPC's
+ * own load balancing: a Sampler whose connection fails drops out of the picks, and a `dns:` name
+ * is re-resolved so new Samplers join), the default pick_first for one host:port.
+ */
+function samplerClientOptions(target: string, options: ClientOptions): ClientOptions {
+  if (!balancedTarget(target)) return options;
+  return {
+    ...options,
+    channelOptions: {
+      ...options.channelOptions,
+      "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+    },
+  };
 }
 
 /** Where a checkpoint's policy weights are: its lora/ or model/ folder (a base model: none). */

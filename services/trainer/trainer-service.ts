@@ -23,6 +23,7 @@ import {
   type ClientOptions,
   Code,
   checkedEndpoint,
+  checkedTarget,
   checkedText,
   createClient,
   echoed,
@@ -197,7 +198,7 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
     if (r.endpoint) checkedEndpoint(r.endpoint, `rewards[${i}].endpoint`);
   });
   request.samplerEndpoints.forEach((e, i) => {
-    checkedEndpoint(e, `sampler_endpoints[${i}]`);
+    checkedTarget(e, `sampler_endpoints[${i}]`);
   });
   const baseModelDir = resolve(request.baseModelDir);
   const weights = join(baseModelDir, "unet", "diffusion_pytorch_model.safetensors");
@@ -466,7 +467,7 @@ export function trainerService(o: TrainerServiceOptions) {
       checkedText(runId, "run_id");
       if (epochs !== undefined && !(epochs >= 1 && epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
       samplerEndpoints.forEach((e, i) => {
-        checkedEndpoint(e, `sampler_endpoints[${i}]`);
+        checkedTarget(e, `sampler_endpoints[${i}]`);
       });
       const samplers = samplerEndpoints.length ? [...samplerEndpoints] : undefined;
       await oneAtATime(`run:${runId}`, () => resume(runId, epochs, samplers));

@@ -61,6 +61,8 @@ async function startRun(name: string, samplers: string[], epochs = EPOCHS): Prom
     { name, baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs, config: CONFIG, samplerEndpoints: samplers },
     { timeoutMs: 60_000 },
   );
+  // The run records the fleet as named, not the addresses behind it.
+  expect(run!.samplerEndpoints).toEqual(samplers);
   return run!.id;
 }
 
@@ -91,6 +93,49 @@ async function rows(runId: string) {
   return { trajectories: trajectories.rows, rewards: rewards.rows, checkpoints: checkpoints.rows };
 }
 
+/**
+ * Once the run's epoch 1 is recorded, SIGKILLs the first Sampler of `fleet` seen drawing epoch 2
+ * (GetStatus answers while its engine computes); its index.
+ */
+async function killDrawingSampler(runId: string, fleet: ServiceProcess[]): Promise<number> {
+  await waitFor("epoch 1", async () => {
+    const { rows } = await database.pool.query("select 1 from epochs where run_id = $1", [runId]);
+    return rows.length >= 1 ? true : undefined;
+  });
+  const clients = fleet.map((s) => createClient(Sampler, s.address));
+  try {
+    const victim = await waitFor(
+      "a Sampler drawing epoch 2",
+      async () => {
+        for (const [i, c] of clients.entries()) {
+          const status = await c.getStatus({}, { timeoutMs: 1000 }).catch(() => null);
+          if (status && status.activeSamples > 0) return i;
+        }
+        return undefined;
+      },
+      60_000,
+    );
+    await stopService(fleet[victim]!, "SIGKILL");
+    return victim;
+  } finally {
+    for (const c of clients) c.close();
+  }
+}
+
+/** The checkpoint each live Sampler of `fleet` holds. */
+async function heldCheckpoints(fleet: ServiceProcess[]): Promise<string[]> {
+  return Promise.all(
+    fleet.map(async (s) => {
+      const c = createClient(Sampler, s.address);
+      try {
+        return (await c.getStatus({}, { timeoutMs: 5000 })).checkpointId;
+      } finally {
+        c.close();
+      }
+    }),
+  );
+}
+
 describe("Samplers as a fleet", () => {
   let reference: Awaited<ReturnType<typeof rows>>;
 
@@ -109,30 +154,23 @@ describe("Samplers as a fleet", () => {
       "three samplers",
       fleet.map((s) => s.address),
     );
-    // Once epoch 1 is recorded, kill the first Sampler seen drawing epoch 2 (GetStatus answers
-    // while its engine computes).
-    await waitFor("epoch 1", async () => {
-      const { rows } = await database.pool.query("select 1 from epochs where run_id = $1", [runId]);
-      return rows.length >= 1 ? true : undefined;
-    });
-    const clients = fleet.map((s) => createClient(Sampler, s.address));
-    const victim = await waitFor(
-      "a Sampler drawing epoch 2",
-      async () => {
-        for (const [i, c] of clients.entries()) {
-          const status = await c.getStatus({}, { timeoutMs: 1000 }).catch(() => null);
-          if (status && status.activeSamples > 0) return i;
-        }
-        return undefined;
-      },
-      60_000,
-    );
-    for (const c of clients) c.close();
-    await stopService(fleet[victim]!, "SIGKILL");
-
+    const victim = await killDrawingSampler(runId, fleet);
     expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
     expect(await rows(runId)).toEqual(reference);
     // Revive a Sampler in the killed one's place for the test below.
+    procs[victim] = await spawnService("sampler", []);
+  }, 300_000);
+
+  test("one balanced target (round_robin over ipv4:a,b,c): work spreads, a killed Sampler drops out, the same rows", async () => {
+    const fleet = procs.slice(0, 3);
+    const target = `ipv4:${fleet.map((s) => s.address).join(",")}`;
+    const runId = await startRun("balanced target", [target]);
+    const victim = await killDrawingSampler(runId, fleet);
+    expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
+    expect(await rows(runId)).toEqual(reference);
+    // Both survivors drew epoch 2 (they hold epoch 1's policy).
+    const survivors = fleet.filter((_, i) => i !== victim);
+    expect(await heldCheckpoints(survivors)).toEqual(survivors.map(() => `${runId}/epoch-1`));
     procs[victim] = await spawnService("sampler", []);
   }, 300_000);
 
@@ -145,7 +183,9 @@ describe("Samplers as a fleet", () => {
     expect(failed.status).toBe(RunStatus.FAILED);
     expect(failed.message).toContain("sampling");
 
-    const live = procs.slice(0, 3).map((s) => s.address);
+    // One Sampler by a DNS name (grpc-js resolves it and balances over what it resolves to).
+    const [first, ...others] = procs.slice(0, 3).map((s) => s.address);
+    const live = [`dns:///localhost:${first!.split(":").at(-1)}`, ...others];
     const { run } = await trainer.resumeRun({ runId, samplerEndpoints: live }, { timeoutMs: 30_000 });
     expect(run!.samplerEndpoints).toEqual(live);
     expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
