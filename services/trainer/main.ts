@@ -4,6 +4,7 @@
 // At start it resumes the runs a previous Trainer left running (from their last checkpoints).
 import { migrate, openDatabase, watchDatabase } from "../lib/db/database.ts";
 import { TrajectoryRecorder } from "../lib/db/recorder.ts";
+import { balancedTarget } from "../lib/grpc/index.ts";
 import { parseServiceFlags, runServiceProcess } from "../lib/grpc/service-process.ts";
 import { trainerService } from "./trainer-service.ts";
 
@@ -31,7 +32,8 @@ const trainer = trainerService({
   recorder,
   registryAddress: registry,
   defaultRewarderAddress: rewarder,
-  defaultSamplers: samplers ? samplers.split(",").filter(Boolean) : [],
+  // A list of host:port, or one fleet target (ipv4:a,b / dns:///name:port) kept whole.
+  defaultSamplers: !samplers ? [] : balancedTarget(samplers) ? [samplers] : samplers.split(",").filter(Boolean),
   dataDir: flags.extra["data-dir"] ?? ".ddpo",
   clientOptions: { token: flags.token },
   retryForMs: retryForS * 1000,

@@ -8,6 +8,7 @@
 // in a batch by ~5e-6 in the latents on the CPU backend: BLAS takes other paths), so batch-sized
 // chunks keep every trajectory identical to a one-Sampler run's, whichever Sampler drew it.
 import type { SampleBatchPlan } from "../lib/ddpo/trainer.ts";
+import { balancedTarget } from "../lib/grpc/index.ts";
 
 /** A share of an epoch's samples: prompts, seeds and their positions in the epoch. */
 export interface SampleChunk {
@@ -26,14 +27,23 @@ export function planChunks(plan: readonly SampleBatchPlan[]): SampleChunk[] {
   }));
 }
 
-/** How an epoch's chunks spread over a fleet of `samplers`, for StartRun to say (or warn). */
-export function describeSplit(chunks: number, chunkSamples: number, samplers: number): string {
-  const busy = Math.min(chunks, samplers);
-  const split = `${chunks} chunk${chunks === 1 ? "" : "s"} of ${chunkSamples} samples per epoch over ${samplers} Sampler${samplers === 1 ? "" : "s"}`;
-  if (busy < samplers) {
-    return `${split}: ${samplers - busy} Sampler${samplers - busy === 1 ? "" : "s"} will get no work (raise sample_batches_per_epoch to use them; they still stand in when one fails)`;
+/**
+ * How an epoch's chunks spread over the run's Sampler targets, for StartRun to say: a host:port
+ * is one Sampler drawing a chunk at a time; a balanced target (`ipv4:`/`dns:`) spreads them over
+ * however many Samplers it has.
+ */
+export function describeSplit(chunks: number, chunkSamples: number, targets: readonly string[]): string {
+  const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? "" : "s"}`;
+  const split = `${plural(chunks, "chunk")} of ${chunkSamples} samples per epoch`;
+  const balanced = targets.filter(balancedTarget);
+  const single = targets.length - balanced.length;
+  if (balanced.length) {
+    return `${split}, spread by round_robin over ${[...balanced, ...(single ? [plural(single, "Sampler")] : [])].join(" and ")}`;
   }
-  return split;
+  if (chunks < single) {
+    return `${split} over ${plural(single, "Sampler")}: ${plural(single - chunks, "Sampler")} will get no work (raise sample_batches_per_epoch to use them; they still stand in when one fails)`;
+  }
+  return `${split} over ${plural(single, "Sampler")}`;
 }
 
 export interface FleetDraw {

@@ -43,6 +43,7 @@ import {
   runStatusMessage,
 } from "../lib/runs/run-messages.ts";
 import { closeIdleWorkers, RunController, type RunEventPayload } from "./run-controller.ts";
+import { describeSplit } from "./sampler-fleet.ts";
 
 export interface TrainerServiceOptions {
   db: Kysely<Database>;
@@ -403,7 +404,12 @@ export function trainerService(o: TrainerServiceOptions) {
         const created = await recordNewRun(id, run, settings, baseId);
         // A retry of a started run answers with it as it is now; it is not started twice.
         if (created) launch(id, settings, run.rewards, run.promptSet, baseId);
-        return runResponse(id);
+        const samplers = settings.samplerEndpoints.length ? settings.samplerEndpoints : o.defaultSamplers;
+        const { sampleBatchesPerEpoch, sampleBatchSize } = settings.ddpo;
+        return {
+          ...(await runResponse(id)),
+          workSplit: describeSplit(sampleBatchesPerEpoch, sampleBatchSize, samplers),
+        };
       });
     },
 

@@ -56,13 +56,14 @@ afterAll(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
-async function startRun(name: string, samplers: string[], epochs = EPOCHS): Promise<string> {
-  const { run } = await trainer.startRun(
+async function startRun(name: string, samplers: string[], split: string, epochs = EPOCHS): Promise<string> {
+  const { run, workSplit } = await trainer.startRun(
     { name, baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs, config: CONFIG, samplerEndpoints: samplers },
     { timeoutMs: 60_000 },
   );
   // The run records the fleet as named, not the addresses behind it.
   expect(run!.samplerEndpoints).toEqual(samplers);
+  expect(workSplit).toBe(split);
   return run!.id;
 }
 
@@ -108,8 +109,15 @@ async function killDrawingSampler(runId: string, fleet: ServiceProcess[]): Promi
       "a Sampler drawing epoch 2",
       async () => {
         for (const [i, c] of clients.entries()) {
+          const asked = performance.now();
           const status = await c.getStatus({}, { timeoutMs: 1000 }).catch(() => null);
-          if (status && status.activeSamples > 0) return i;
+          if (status && status.activeSamples > 0) {
+            // The Sampler's service thread answers while its engine thread computes.
+            const ms = performance.now() - asked;
+            expect(ms).toBeLessThan(500);
+            console.log(`GetStatus of a drawing Sampler answered in ${ms.toFixed(1)} ms`);
+            return i;
+          }
         }
         return undefined;
       },
@@ -140,7 +148,7 @@ describe("Samplers as a fleet", () => {
   let reference: Awaited<ReturnType<typeof rows>>;
 
   test("a run on one Sampler (the reference)", async () => {
-    const runId = await startRun("one sampler", [procs[0]!.address]);
+    const runId = await startRun("one sampler", [procs[0]!.address], "3 chunks of 2 samples per epoch over 1 Sampler");
     expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
     reference = await rows(runId);
     expect(reference.trajectories.length).toBe(EPOCHS * 6);
@@ -153,6 +161,7 @@ describe("Samplers as a fleet", () => {
     const runId = await startRun(
       "three samplers",
       fleet.map((s) => s.address),
+      "3 chunks of 2 samples per epoch over 3 Samplers",
     );
     const victim = await killDrawingSampler(runId, fleet);
     expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
@@ -164,7 +173,11 @@ describe("Samplers as a fleet", () => {
   test("one balanced target (round_robin over ipv4:a,b,c): work spreads, a killed Sampler drops out, the same rows", async () => {
     const fleet = procs.slice(0, 3);
     const target = `ipv4:${fleet.map((s) => s.address).join(",")}`;
-    const runId = await startRun("balanced target", [target]);
+    const runId = await startRun(
+      "balanced target",
+      [target],
+      `3 chunks of 2 samples per epoch, spread by round_robin over ${target}`,
+    );
     const victim = await killDrawingSampler(runId, fleet);
     expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
     expect(await rows(runId)).toEqual(reference);
@@ -177,7 +190,11 @@ describe("Samplers as a fleet", () => {
   test("a run that failed with its only Sampler resumes on a new fleet", async () => {
     const lonely = await spawnService("sampler", []);
     procs.push(lonely);
-    const runId = await startRun("resumed on a new fleet", [lonely.address]);
+    const runId = await startRun(
+      "resumed on a new fleet",
+      [lonely.address],
+      "3 chunks of 2 samples per epoch over 1 Sampler",
+    );
     await stopService(lonely, "SIGKILL");
     const failed = await finish(runId);
     expect(failed.status).toBe(RunStatus.FAILED);
