@@ -26,6 +26,9 @@ interface LoadedPolicy {
 export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
   let policy: LoadedPolicy | null = null;
   let active = 0;
+  // The Sample calls in progress, oldest first, with their current batch's step counter: the one
+  // with a step started is the batch the worker is computing.
+  const batches: { progress: Int32Array; steps: number }[] = [];
   // The load in progress, so concurrent calls naming one policy load it once.
   let loading: { key: string; done: Promise<number> } | null = null;
 
@@ -74,7 +77,10 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
     },
 
     getStatus() {
+      const computing = batches.find((b) => Atomics.load(b.progress, 1) > 0);
       return {
+        batchStepsDone: computing ? Math.min(computing.steps, Atomics.load(computing.progress, 1) - 1) : 0,
+        batchSteps: computing?.steps ?? 0,
         checkpointId: policy?.request.checkpointId ?? "",
         backend: policy?.backend ?? "",
         activeSamples: active,
@@ -119,9 +125,12 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
           `checkpoint '${request.checkpointId}' requested but ${loaded} is loaded; name the loaded one or call LoadCheckpoint`,
         );
       }
-      // Set when the call is cancelled or its deadline passes; the worker checks it every DDIM step.
-      const cancel = new SharedArrayBuffer(4);
+      // [0]: set when the call is cancelled or its deadline passes; the worker checks it every step.
+      // [1]: DDIM steps the worker started on this call's current batch (GetStatus reads it).
+      const cancel = new SharedArrayBuffer(8);
       const onAbort = () => Atomics.store(new Int32Array(cancel), 0, 1);
+      const progress = { progress: new Int32Array(cancel), steps };
+      batches.push(progress);
       context.signal.addEventListener("abort", onAbort, { once: true });
       active += n;
       let remaining = n;
@@ -129,6 +138,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         for (let start = 0; start < n; start += batchSize) {
           if (context.signal.aborted) return;
           const end = Math.min(n, start + batchSize);
+          Atomics.store(progress.progress, 1, 0);
           const batch = await worker
             .call("sample", {
               cancel,
@@ -174,6 +184,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         throw e;
       } finally {
         context.signal.removeEventListener("abort", onAbort);
+        batches.splice(batches.indexOf(progress), 1);
         active -= remaining;
       }
     },

@@ -187,6 +187,54 @@ describe("Samplers as a fleet", () => {
     procs[victim] = await spawnService("sampler", []);
   }, 300_000);
 
+  test("GetStatus answers while a batch computes, with its DDIM steps done", async () => {
+    const sampler = createClient(Sampler, procs[0]!.address);
+    try {
+      const policy = { checkpointId: "status-probe", baseModelDir: BASE_MODEL_DIR };
+      const stream = (async () => {
+        let n = 0;
+        for await (const _ of sampler.sample({
+          prompts: ["a cat", "a dog"],
+          seeds: [1n, 2n],
+          steps: 40,
+          guidance: 1,
+          checkpointId: policy.checkpointId,
+          batchSize: 2,
+          policy,
+        }))
+          n += 1;
+        return n;
+      })();
+      let finished = false;
+      stream.finally(() => (finished = true)).catch(() => undefined);
+      const seen: { done: number; steps: number; active: number; ms: number }[] = [];
+      while (!finished) {
+        const asked = performance.now();
+        const s = await sampler.getStatus({}, { timeoutMs: 1000 });
+        seen.push({
+          done: s.batchStepsDone,
+          steps: s.batchSteps,
+          active: s.activeSamples,
+          ms: performance.now() - asked,
+        });
+        await Bun.sleep(10);
+      }
+      expect(await stream).toBe(2);
+      const midway = seen.filter((s) => s.steps === 40 && s.done > 0 && s.done < 40);
+      expect(midway.length).toBeGreaterThan(0);
+      expect(midway.every((s) => s.active === 2)).toBe(true);
+      // Steps only go forward within the batch.
+      expect(midway.map((s) => s.done)).toEqual(midway.map((s) => s.done).sort((a, b) => a - b));
+      const slowest = Math.max(...seen.map((s) => s.ms));
+      console.log(`GetStatus during a 40-step batch: ${seen.length} answers, slowest ${slowest.toFixed(1)} ms`);
+      expect(slowest).toBeLessThan(500);
+      const idle = await sampler.getStatus({});
+      expect([idle.activeSamples, idle.batchSteps, idle.batchStepsDone]).toEqual([0, 0, 0]);
+    } finally {
+      sampler.close();
+    }
+  }, 120_000);
+
   test("a run that failed with its only Sampler resumes on a new fleet", async () => {
     const lonely = await spawnService("sampler", []);
     procs.push(lonely);
