@@ -271,7 +271,7 @@ export type GetStatusResponse = Message<"ddpo.v1.GetStatusResponse"> & {
   backend: string;
 
   /**
-   * Sample calls in progress.
+   * Samples of the Sample calls in progress, queued or computing, not yet streamed back.
    *
    * @generated from field: uint32 active_samples = 3;
    */
