@@ -19,7 +19,7 @@ import { configFromFlags, DDPO_FLAGS } from "./train.ts";
 const UP_USAGE = `up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services + the dashboard;
            Ctrl-C stops them (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)`;
 const TRAIN_REMOTE_USAGE = `train    [--trainer ADDR] [--model models/emoji-base] [--reward [W*]NAME[@HOST:PORT] ...] [--prompts animals]
-           [--epochs 10] [--name TEXT] [--full] [--key value ...] [--detach]`;
+           [--epochs 10] [--name TEXT] [--samplers TARGET ...] [--full] [--key value ...] [--detach]`;
 const WATCH_USAGE = "watch    RUN_ID [--trainer ADDR]";
 const RUNS_USAGE = "runs     [--registry ADDR]";
 const LINEAGE_USAGE = "lineage  CHECKPOINT_ID | --run RUN_ID [--registry ADDR]";
@@ -138,18 +138,26 @@ export async function trainCommand(argv: string[]): Promise<void> {
     prompts: { type: "string", value: "SET", help: "prompt set", default: "animals" },
     epochs: { type: "string", value: "N", help: "epochs to run", default: 10 },
     name: { type: "string", value: "TEXT", help: "run name, for humans", default: "the run id" },
+    samplers: {
+      type: "string",
+      multiple: true,
+      value: "TARGET",
+      help: "Samplers to sample on: HOST:PORT, or a fleet (ipv4:HOST:PORT,HOST:PORT or dns:///NAME:PORT)",
+      default: "the Trainer's",
+    },
     detach: { type: "boolean", help: "print the run id and return instead of following the run" },
     ...DDPO_FLAGS,
   });
   if (!parsed) return;
   const { values } = parsed;
   const address = addressOf("trainer", values.trainer, values["data-dir"]);
-  const { reward: _rewards, ...flags } = values;
+  const { reward: _rewards, samplers: _samplers, ...flags } = values;
   const config = configFromFlags(flags);
   const client = createClient(Trainer, address, { token: token() });
-  const { run } = await client.startRun(
+  const { run, workSplit } = await client.startRun(
     {
       name: values.name ?? "",
+      samplerEndpoints: values.samplers ?? [],
       baseModelDir: resolve(values.model ?? "models/emoji-base"),
       promptSet: values.prompts ?? "animals",
       epochs: Number(values.epochs ?? 10),
@@ -159,7 +167,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
     { timeoutMs: 60_000 },
   );
   client.close();
-  console.log(`run ${run!.id} started (${run!.epochs} epochs)`);
+  console.log(`run ${run!.id} started (${run!.epochs} epochs; ${workSplit})`);
   if (values.detach) return;
   const result = await followRun(address, run!.id);
   console.log(`run ${run!.id}: ${runStatusName(result.status)}${result.message ? ` (${result.message})` : ""}`);

@@ -20,7 +20,10 @@ export interface PolicyLocation {
 }
 
 export interface SampleBatchArgs {
-  /** Int32Array view over it: [0] becomes 1 when the call was cancelled (checked every step). */
+  /**
+   * Int32Array view over it: [0] becomes 1 when the call was cancelled (checked every step); the
+   * worker adds 1 to [1] before each DDIM step, so the service thread sees the batch's progress.
+   */
   cancel?: SharedArrayBuffer;
   prompts: string[];
   seeds: number[];
@@ -129,7 +132,12 @@ const handlers = {
       keepTrajectory: true,
       source,
       lora,
-      cancelled: flag ? () => Atomics.load(flag, 0) === 1 : undefined,
+      cancelled: flag
+        ? () => {
+            Atomics.add(flag, 1, 1);
+            return Atomics.load(flag, 0) === 1;
+          }
+        : undefined,
     });
     const cfg = model.unetConfig;
     const n = r.prompts.length;

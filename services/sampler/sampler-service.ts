@@ -2,7 +2,7 @@
 // runs in a worker (engine-worker.ts); this thread validates, batches and streams, so health
 // checks and cancellation answer while a batch computes.
 import { create } from "@bufbuild/protobuf";
-import { Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
+import { type LoadCheckpointRequest, Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
 import { SAMPLING_LIMITS, samplingProblems } from "../lib/diffusion/sampling-limits.ts";
 import { bindService, Code, checkedText, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import type { WorkerClient } from "../lib/workers/worker-rpc.ts";
@@ -26,36 +26,61 @@ interface LoadedPolicy {
 export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
   let policy: LoadedPolicy | null = null;
   let active = 0;
-  return bindService(Sampler, {
-    async loadCheckpoint(request) {
-      if (!request.checkpointId) invalid("checkpoint_id is required");
-      if (!request.baseModelDir) invalid("base_model_dir is required");
-      if (request.loraDir && request.fullModelDir) invalid("give lora_dir or full_model_dir, not both");
-      checkedText(request.checkpointId, "checkpoint_id");
-      checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
-      checkedText(request.loraDir ?? "", "lora_dir", MAX_PATH_CHARS);
-      checkedText(request.fullModelDir ?? "", "full_model_dir", MAX_PATH_CHARS);
-      const wanted = {
-        checkpointId: request.checkpointId,
-        baseModelDir: request.baseModelDir,
-        loraDir: request.loraDir,
-        fullModelDir: request.fullModelDir,
-      };
-      const same =
-        policy && (Object.keys(wanted) as (keyof typeof wanted)[]).every((k) => policy!.request[k] === wanted[k]);
-      if (same) return { checkpointId: request.checkpointId, loadSeconds: 0 };
-      const started = performance.now();
+  // The Sample calls in progress, oldest first, with their current batch's step counter: the one
+  // with a step started is the batch the worker is computing.
+  const batches: { progress: Int32Array; steps: number }[] = [];
+  // The load in progress, so concurrent calls naming one policy load it once.
+  let loading: { key: string; done: Promise<number> } | null = null;
+
+  /** Loads the requested policy unless it is the one held; the seconds it took (0: held). */
+  const load = async (request: LoadCheckpointRequest): Promise<number> => {
+    if (!request.checkpointId) invalid("checkpoint_id is required");
+    if (!request.baseModelDir) invalid("base_model_dir is required");
+    if (request.loraDir && request.fullModelDir) invalid("give lora_dir or full_model_dir, not both");
+    checkedText(request.checkpointId, "checkpoint_id");
+    checkedText(request.baseModelDir, "base_model_dir", MAX_PATH_CHARS);
+    checkedText(request.loraDir ?? "", "lora_dir", MAX_PATH_CHARS);
+    checkedText(request.fullModelDir ?? "", "full_model_dir", MAX_PATH_CHARS);
+    const wanted = {
+      checkpointId: request.checkpointId,
+      baseModelDir: request.baseModelDir,
+      loraDir: request.loraDir,
+      fullModelDir: request.fullModelDir,
+    };
+    const key = JSON.stringify(wanted);
+    if (policy && JSON.stringify(policy.request) === key) return 0;
+    if (loading?.key === key) return loading.done;
+    const started = performance.now();
+    const done = (async () => {
+      await loading?.done.catch(() => undefined); // one load at a time
       try {
         const loaded = await worker.call("load", wanted);
         policy = { request: wanted, backend: loaded.backend, channels: loaded.channels, imageSize: loaded.imageSize };
       } catch (e) {
         throw workerStatus(e, `checkpoint ${request.checkpointId}: `);
       }
-      return { checkpointId: request.checkpointId, loadSeconds: (performance.now() - started) / 1000 };
+      return (performance.now() - started) / 1000;
+    })();
+    const mine = { key, done };
+    loading = mine;
+    try {
+      return await done;
+    } finally {
+      if (loading === mine) loading = null;
+    }
+  };
+
+  return bindService(Sampler, {
+    async loadCheckpoint(request) {
+      const loadSeconds = await load(request);
+      return { checkpointId: request.checkpointId, loadSeconds };
     },
 
     getStatus() {
+      const computing = batches.find((b) => Atomics.load(b.progress, 1) > 0);
       return {
+        batchStepsDone: computing ? Math.min(computing.steps, Atomics.load(computing.progress, 1) - 1) : 0,
+        batchSteps: computing?.steps ?? 0,
         checkpointId: policy?.request.checkpointId ?? "",
         backend: policy?.backend ?? "",
         activeSamples: active,
@@ -84,6 +109,14 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         { samples: "the number of prompts", steps: "steps", guidance: "guidance", eta: "eta", batchSize: "batch_size" },
       );
       if (problems.length) invalid(problems.join("; "));
+      if (request.policy) {
+        if (request.policy.checkpointId !== request.checkpointId) {
+          invalid(
+            `policy.checkpoint_id '${request.policy.checkpointId}' is not checkpoint_id '${request.checkpointId}'`,
+          );
+        }
+        await load(request.policy);
+      }
       if (!policy) throw new ServiceError(Code.FAILED_PRECONDITION, "no checkpoint loaded; call LoadCheckpoint first");
       const loaded = policy.request.checkpointId;
       if (request.checkpointId !== loaded) {
@@ -92,9 +125,12 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
           `checkpoint '${request.checkpointId}' requested but ${loaded} is loaded; name the loaded one or call LoadCheckpoint`,
         );
       }
-      // Set when the call is cancelled or its deadline passes; the worker checks it every DDIM step.
-      const cancel = new SharedArrayBuffer(4);
+      // [0]: set when the call is cancelled or its deadline passes; the worker checks it every step.
+      // [1]: DDIM steps the worker started on this call's current batch (GetStatus reads it).
+      const cancel = new SharedArrayBuffer(8);
       const onAbort = () => Atomics.store(new Int32Array(cancel), 0, 1);
+      const progress = { progress: new Int32Array(cancel), steps };
+      batches.push(progress);
       context.signal.addEventListener("abort", onAbort, { once: true });
       active += n;
       let remaining = n;
@@ -102,6 +138,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         for (let start = 0; start < n; start += batchSize) {
           if (context.signal.aborted) return;
           const end = Math.min(n, start + batchSize);
+          Atomics.store(progress.progress, 1, 0);
           const batch = await worker
             .call("sample", {
               cancel,
@@ -147,6 +184,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         throw e;
       } finally {
         context.signal.removeEventListener("abort", onAbort);
+        batches.splice(batches.indexOf(progress), 1);
         active -= remaining;
       }
     },

@@ -1,12 +1,14 @@
 // The Trainer process: `bun run services/trainer/main.ts --registry ADDR --rewarder ADDR
-// --samplers ADDR[,ADDR] [--data-dir DIR] [--address 127.0.0.1:0]`, against DATABASE_URL.
+// --samplers ADDR[,ADDR] [--data-dir DIR] [--retry-for-s 120] [--address 127.0.0.1:0]`, against
+// DATABASE_URL. --retry-for-s: how long a run keeps retrying unreachable services before it fails.
 // At start it resumes the runs a previous Trainer left running (from their last checkpoints).
 import { migrate, openDatabase, watchDatabase } from "../lib/db/database.ts";
 import { TrajectoryRecorder } from "../lib/db/recorder.ts";
+import { balancedTarget } from "../lib/grpc/index.ts";
 import { parseServiceFlags, runServiceProcess } from "../lib/grpc/service-process.ts";
 import { trainerService } from "./trainer-service.ts";
 
-const flags = parseServiceFlags(process.argv.slice(2), ["registry", "rewarder", "samplers", "data-dir"]);
+const flags = parseServiceFlags(process.argv.slice(2), ["registry", "rewarder", "samplers", "data-dir", "retry-for-s"]);
 const url = process.env.DATABASE_URL;
 if (!url) {
   console.error("trainer: DATABASE_URL is not set (ddpo up sets it for the embedded server)");
@@ -17,6 +19,11 @@ if (!registry || !rewarder) {
   console.error("trainer: --registry and --rewarder addresses are required");
   process.exit(2);
 }
+const retryForS = Number(flags.extra["retry-for-s"] ?? 120);
+if (!(retryForS > 0 && retryForS <= 86_400)) {
+  console.error(`trainer: --retry-for-s must be seconds in (0, 86400], not '${flags.extra["retry-for-s"]}'`);
+  process.exit(2);
+}
 const database = openDatabase({ url });
 await migrate(database.db);
 const recorder = new TrajectoryRecorder(database.db);
@@ -25,9 +32,11 @@ const trainer = trainerService({
   recorder,
   registryAddress: registry,
   defaultRewarderAddress: rewarder,
-  defaultSamplers: samplers ? samplers.split(",").filter(Boolean) : [],
+  // A list of host:port, or one fleet target (ipv4:a,b / dns:///name:port) kept whole.
+  defaultSamplers: !samplers ? [] : balancedTarget(samplers) ? [samplers] : samplers.split(",").filter(Boolean),
   dataDir: flags.extra["data-dir"] ?? ".ddpo",
   clientOptions: { token: flags.token },
+  retryForMs: retryForS * 1000,
 });
 let unwatch = () => {};
 const server = await runServiceProcess("trainer", flags, [trainer.service], async () => {

@@ -33,13 +33,21 @@ import {
   type ScoredEpoch,
 } from "../lib/ddpo/pipeline.ts";
 import type { SampleBatchPlan } from "../lib/ddpo/trainer.ts";
-import { type ClientOptions, Code, createClient, type ServiceClient, ServiceError } from "../lib/grpc/index.ts";
+import {
+  balancedTarget,
+  type ClientOptions,
+  Code,
+  createClient,
+  type ServiceClient,
+  ServiceError,
+} from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { RunFolder, runCheckpointId } from "../lib/runs/run-folder.ts";
 import type { RunSettings } from "../lib/runs/run-messages.ts";
 import { epochRow } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
+import { drawChunks, planChunks, type SampleChunk } from "./sampler-fleet.ts";
 
 export interface RunEventPayload {
   kind: "epoch" | "status" | "progress";
@@ -66,13 +74,6 @@ interface Policy {
   epoch: number;
   loraDir?: string;
   fullModelDir?: string;
-}
-
-/** The share of an epoch's samples one Sampler draws: its prompts, seeds and their positions. */
-interface SamplerPart {
-  prompts: string[];
-  seeds: number[];
-  at: number[];
 }
 
 /** One trajectory as a Sampler streamed it. */
@@ -142,7 +143,9 @@ export class RunController {
     this.#worker = acquireWorker();
     this.#folder = new RunFolder(settings.runDir);
     this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
-    this.#samplers = this.#samplerAddresses.map((a) => createClient(Sampler, a, env.clientOptions));
+    this.#samplers = this.#samplerAddresses.map((a) =>
+      createClient(Sampler, a, samplerClientOptions(a, env.clientOptions)),
+    );
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
     for (const r of rewards) {
       const address = this.#rewarderAddress(r);
@@ -321,61 +324,74 @@ export class RunController {
     return r.endpoint || this.env.defaultRewarderAddress;
   }
 
-  /** The planned batches go round-robin to the Samplers; each streams its share back. */
+  /**
+   * The epoch's chunks (sampler-fleet.ts) drawn over the run's Samplers: each free Sampler takes
+   * the next chunk, a failed chunk goes to another, and each trajectory is kept once.
+   */
   async #sample(plan: SampleBatchPlan[], progress: ProgressListener): Promise<SampledEpoch> {
-    const parts = assignBatches(plan, this.#samplers.length);
+    const chunks = planChunks(plan);
     const total = plan.reduce((a, b) => a + b.prompts.length, 0);
     const slots = new Array<StreamedTrajectory | null>(total).fill(null);
     let done = 0;
-    await Promise.all(
-      parts.map((part, s) =>
-        part.prompts.length === 0
-          ? Promise.resolve()
-          : this.#retrying(`sampling on ${this.#samplerAddresses[s]}`, () =>
-              this.#sampleOn(s, part, (at, t) => {
-                if (!slots[at]) done += 1;
-                slots[at] = t;
-                progress("sampling", done, total);
-              }),
-            ),
-      ),
+    // A host:port is one Sampler: one chunk at a time. A balanced target is a fleet whose channel
+    // spreads calls over its live Samplers: every chunk at once, each Sampler queueing its share.
+    const lanes = this.#samplerAddresses.flatMap((a, s) =>
+      new Array<number>(balancedTarget(a) ? chunks.length : 1).fill(s),
     );
+    await drawChunks(chunks, {
+      members: lanes.length,
+      draw: (lane, chunk) =>
+        this.#sampleOn(lanes[lane]!, chunk, (at, t) => {
+          if (slots[at]) return; // a redrawn chunk's copy of a trajectory already kept
+          slots[at] = t;
+          done += 1;
+          progress("sampling", done, total);
+        }),
+      retryable: (e) => e instanceof ServiceError && RETRYABLE.has(e.code),
+      retryForMs: this.env.retryForMs,
+      signal: this.#abort.signal,
+    }).catch((e) => {
+      throw new RetryError(e instanceof ServiceError ? e.code : null, `sampling: ${(e as Error).message}`);
+    });
     return gatherSamples(slots);
   }
 
-  /** One Sampler's share: loads the current policy there, then streams its trajectories. */
-  async #sampleOn(s: number, part: SamplerPart, onTrajectory: (at: number, t: StreamedTrajectory) => void) {
+  /** One chunk on Sampler `s`: loads the current policy there, then streams its trajectories. */
+  async #sampleOn(s: number, chunk: SampleChunk, onTrajectory: (at: number, t: StreamedTrajectory) => void) {
     const c = this.settings.ddpo;
     const policy = this.#policy!;
     const sampler = this.#samplers[s]!;
-    const options = { signal: this.#abort.signal, waitForReady: true, timeoutMs: 30_000 };
-    await sampler.loadCheckpoint(
-      {
-        checkpointId: policy.id,
-        baseModelDir: this.settings.baseModelDir,
-        loraDir: policy.loraDir,
-        fullModelDir: policy.fullModelDir,
-      },
-      options,
-    );
+    const address = this.#samplerAddresses[s]!;
     let i = 0;
     const stream = sampler.sample(
       {
-        prompts: part.prompts,
-        seeds: part.seeds.map(BigInt),
+        prompts: chunk.prompts,
+        seeds: chunk.seeds.map(BigInt),
         steps: c.steps,
         guidance: c.guidance,
         eta: c.eta,
         checkpointId: policy.id,
         includeLatents: true,
         batchSize: c.sampleBatchSize,
+        // The policy travels with the call, so whichever Sampler of a fleet takes it can load it.
+        policy: {
+          checkpointId: policy.id,
+          baseModelDir: this.settings.baseModelDir,
+          loraDir: policy.loraDir,
+          fullModelDir: policy.fullModelDir,
+        },
       },
+      // Not waitForReady: an unreachable Sampler fails at once, so its chunk goes to a live one.
       { signal: this.#abort.signal },
     );
     for await (const t of stream) {
-      if (!t.latents || !t.image) throw new ServiceError(Code.INTERNAL, "trajectory without latents or image");
+      if (!t.latents || !t.image)
+        throw new ServiceError(Code.INTERNAL, `${address}: trajectory without latents or image`);
+      if (i >= chunk.prompts.length || Number(t.seed) !== chunk.seeds[i]) {
+        throw new ServiceError(Code.INTERNAL, `${address}: trajectory ${i} is not the one asked for (seed ${t.seed})`);
+      }
       const bytes = t.latents.data;
-      onTrajectory(part.at[i++]!, {
+      onTrajectory(chunk.at[i++]!, {
         prompt: t.prompt,
         seed: Number(t.seed),
         inputIds: t.inputIds,
@@ -386,7 +402,9 @@ export class RunController {
         imageSize: t.image.width,
       });
     }
-    if (i !== part.prompts.length) throw new ServiceError(Code.ABORTED, `sampler sent ${i} of ${part.prompts.length}`);
+    if (i !== chunk.prompts.length) {
+      throw new ServiceError(Code.ABORTED, `${address} sent ${i} of ${chunk.prompts.length} trajectories`);
+    }
   }
 
   /** Each reward source's scores for all samples, and the weighted sum. */
@@ -464,26 +482,27 @@ class RetryError extends Error {
   }
 }
 
+/**
+ * A Sampler target's channel: client-side round_robin over a balanced target's addresses (gRPC's
+ * own load balancing: a Sampler whose connection fails drops out of the picks, and a `dns:` name
+ * is re-resolved so new Samplers join), the default pick_first for one host:port.
+ */
+function samplerClientOptions(target: string, options: ClientOptions): ClientOptions {
+  if (!balancedTarget(target)) return options;
+  return {
+    ...options,
+    channelOptions: {
+      ...options.channelOptions,
+      "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+    },
+  };
+}
+
 /** Where a checkpoint's policy weights are: its lora/ or model/ folder (a base model: none). */
 function policyDirs(c: Checkpoint): { loraDir?: string; fullModelDir?: string } {
   if (c.kind === CheckpointKind.LORA) return { loraDir: join(c.location, "lora") };
   if (c.kind === CheckpointKind.FULL) return { fullModelDir: join(c.location, "model") };
   return {};
-}
-
-/** The plan's batches round-robin over `samplers` Samplers, remembering each sample's position. */
-function assignBatches(plan: readonly SampleBatchPlan[], samplers: number): SamplerPart[] {
-  const parts = Array.from({ length: samplers }, (): SamplerPart => ({ prompts: [], seeds: [], at: [] }));
-  let position = 0;
-  plan.forEach((batch, k) => {
-    const part = parts[k % samplers]!;
-    batch.prompts.forEach((p, i) => {
-      part.prompts.push(p);
-      part.seeds.push(batch.seeds[i]!);
-      part.at.push(position++);
-    });
-  });
-  return parts;
 }
 
 /** The streamed trajectories in plan order as one epoch. */

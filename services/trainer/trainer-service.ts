@@ -23,6 +23,7 @@ import {
   type ClientOptions,
   Code,
   checkedEndpoint,
+  checkedTarget,
   checkedText,
   createClient,
   echoed,
@@ -42,6 +43,7 @@ import {
   runStatusMessage,
 } from "../lib/runs/run-messages.ts";
 import { closeIdleWorkers, RunController, type RunEventPayload } from "./run-controller.ts";
+import { describeSplit } from "./sampler-fleet.ts";
 
 export interface TrainerServiceOptions {
   db: Kysely<Database>;
@@ -197,7 +199,7 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
     if (r.endpoint) checkedEndpoint(r.endpoint, `rewards[${i}].endpoint`);
   });
   request.samplerEndpoints.forEach((e, i) => {
-    checkedEndpoint(e, `sampler_endpoints[${i}]`);
+    checkedTarget(e, `sampler_endpoints[${i}]`);
   });
   const baseModelDir = resolve(request.baseModelDir);
   const weights = join(baseModelDir, "unet", "diffusion_pytorch_model.safetensors");
@@ -295,7 +297,7 @@ export function trainerService(o: TrainerServiceOptions) {
   };
 
   /** Starts the controller of a recorded run from its last checkpoint. */
-  const resume = async (runId: string, epochs?: number): Promise<void> => {
+  const resume = async (runId: string, epochs?: number, samplers?: readonly string[]): Promise<void> => {
     const active = controllers.get(runId);
     if (active) {
       if (epochs !== undefined && epochs !== active.settings.epochs) {
@@ -304,15 +306,22 @@ export function trainerService(o: TrainerServiceOptions) {
           `run ${runId} is ${active.status} with a budget of ${active.settings.epochs} epochs; StopRun it before changing the budget`,
         );
       }
+      if (samplers !== undefined && samplers.join(",") !== active.settings.samplerEndpoints.join(",")) {
+        throw new ServiceError(
+          Code.FAILED_PRECONDITION,
+          `run ${runId} is ${active.status}; StopRun it before giving it other Samplers`,
+        );
+      }
       return;
     }
     if (epochs !== undefined) {
       const done = (await databaseCall("ResumeRun", () => listEpochs(o.db, runId))).length;
       if (epochs < done) invalid(`epochs ${epochs} is below the ${done} epochs run ${runId} has done`);
     }
+    if (samplers !== undefined) await assertSamplersReachable(samplers, o);
     // Pending (and the new budget) before the controller starts, so the response and a Trainer
     // restarted after a crash both see the resumed run.
-    const run = await databaseCall("ResumeRun", () => reopenRun(o.db, runId, epochs));
+    const run = await databaseCall("ResumeRun", () => reopenRun(o.db, runId, epochs, samplers));
     if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
     let settings: RunSettings;
     try {
@@ -395,7 +404,12 @@ export function trainerService(o: TrainerServiceOptions) {
         const created = await recordNewRun(id, run, settings, baseId);
         // A retry of a started run answers with it as it is now; it is not started twice.
         if (created) launch(id, settings, run.rewards, run.promptSet, baseId);
-        return runResponse(id);
+        const samplers = settings.samplerEndpoints.length ? settings.samplerEndpoints : o.defaultSamplers;
+        const { sampleBatchesPerEpoch, sampleBatchSize } = settings.ddpo;
+        return {
+          ...(await runResponse(id)),
+          workSplit: describeSplit(sampleBatchesPerEpoch, sampleBatchSize, samplers),
+        };
       });
     },
 
@@ -454,11 +468,15 @@ export function trainerService(o: TrainerServiceOptions) {
       return runResponse(runId);
     },
 
-    async resumeRun({ runId, epochs }) {
+    async resumeRun({ runId, epochs, samplerEndpoints }) {
       if (!runId) invalid("run_id is required");
       checkedText(runId, "run_id");
       if (epochs !== undefined && !(epochs >= 1 && epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
-      await oneAtATime(`run:${runId}`, () => resume(runId, epochs));
+      samplerEndpoints.forEach((e, i) => {
+        checkedTarget(e, `sampler_endpoints[${i}]`);
+      });
+      const samplers = samplerEndpoints.length ? [...samplerEndpoints] : undefined;
+      await oneAtATime(`run:${runId}`, () => resume(runId, epochs, samplers));
       return runResponse(runId);
     },
   });

@@ -646,6 +646,18 @@ describe("Trainer", () => {
       Code.INVALID_ARGUMENT,
       "checkpoint_id is 100000 characters; at most 200",
     );
+    // A self-contained Sample names one policy twice; they must agree, and its folders exist.
+    const policy = { checkpointId: "b", baseModelDir: "/nonexistent/model" };
+    await expectStatus(
+      sampler.sample({ prompts: ["a"], seeds: [1n], checkpointId: "a", policy }),
+      Code.INVALID_ARGUMENT,
+      "policy.checkpoint_id 'b' is not checkpoint_id 'a'",
+    );
+    await expectStatus(
+      sampler.sample({ prompts: ["a"], seeds: [1n], checkpointId: "b", policy }),
+      Code.NOT_FOUND,
+      /nonexistent\/model does not exist/,
+    );
   });
 
   test("StartRun: malformed endpoints are INVALID_ARGUMENT, unreachable ones UNAVAILABLE, both at once", async () => {
@@ -653,6 +665,9 @@ describe("Trainer", () => {
     const malformed: [string, string, Record<string, unknown>][] = [
       ["sampler_endpoints[0]", "garbage", { samplerEndpoints: ["garbage"] }],
       ["sampler_endpoints[0]", "127.0.0.1:99999", { samplerEndpoints: ["127.0.0.1:99999"] }],
+      // Fleet targets: every address of an ipv4: list, the name of a dns: target.
+      ["sampler_endpoints[0] address 2", "nope", { samplerEndpoints: ["ipv4:127.0.0.1:5,nope"] }],
+      ["sampler_endpoints[0]", "sampler", { samplerEndpoints: ["dns:///sampler"] }],
       [
         "rewards[0].endpoint",
         "http://x:1/",

@@ -103,18 +103,23 @@ export async function setRunStatus(db: Db, id: string, status: RunStatus, error:
 
 /**
  * Marks a stopped, failed or completed run as pending again for a resume, with a new epoch
- * budget in its config when given (so a crash after the resume keeps the new budget); undefined
- * when there is no such run.
+ * budget and a new fleet (its Samplers' addresses) in its config when given (so a crash after the
+ * resume keeps them); undefined when there is no such run.
  */
-export async function reopenRun(db: Db, id: string, epochs?: number): Promise<Run | undefined> {
+export async function reopenRun(
+  db: Db,
+  id: string,
+  epochs?: number,
+  samplerEndpoints?: readonly string[],
+): Promise<Run | undefined> {
+  let config = sql<string>`config`;
+  if (epochs !== undefined) config = sql<string>`jsonb_set(${config}, '{epochs}', to_jsonb(${epochs}::integer))`;
+  if (samplerEndpoints !== undefined) {
+    config = sql<string>`jsonb_set(${config}, '{samplerEndpoints}', ${JSON.stringify(samplerEndpoints)}::jsonb)`;
+  }
   return db
     .updateTable("runs")
-    .set({
-      status: "pending",
-      error: null,
-      updated_at: sql<Date>`now()`,
-      ...(epochs === undefined ? {} : { config: sql`jsonb_set(config, '{epochs}', to_jsonb(${epochs}::integer))` }),
-    })
+    .set({ status: "pending", error: null, updated_at: sql<Date>`now()`, config })
     .where("id", "=", id)
     .returningAll()
     .executeTakeFirst();

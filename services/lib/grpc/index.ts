@@ -5,7 +5,15 @@ export { AUTHORIZATION_HEADER, bearerHeader } from "./bearer-token.ts";
 export { type CallOptions, type ClientOptions, type ClientTls, createClient, type ServiceClient } from "./client.ts";
 export { DEFAULT_MAX_MESSAGE_BYTES } from "./message-size.ts";
 export { HEALTH_SERVICE } from "./reflection.ts";
-export { checkedEndpoint, checkedText, echoed, MAX_NAME_CHARS, MAX_PATH_CHARS } from "./request-fields.ts";
+export {
+  balancedTarget,
+  checkedEndpoint,
+  checkedTarget,
+  checkedText,
+  echoed,
+  MAX_NAME_CHARS,
+  MAX_PATH_CHARS,
+} from "./request-fields.ts";
 export {
   DEFAULT_CLOSE_TIMEOUT_MS,
   type RunningServer,

@@ -37,3 +37,31 @@ export function checkedEndpoint(value: string, field: string): string {
   }
   return value;
 }
+
+/**
+ * A Sampler fleet's gRPC target, or INVALID_ARGUMENT: a host:port, or several servers behind one
+ * target for client-side round_robin (balancedTarget): `ipv4:host:port,host:port` (a fixed list,
+ * e.g. from `ddpo up`) or `dns:///name:port` (every address the name resolves to, e.g. a
+ * Kubernetes headless service, re-resolved as they change).
+ */
+export function checkedTarget(value: string, field: string): string {
+  checkedText(value, field, MAX_PATH_CHARS);
+  const list = /^ipv[46]:(.*)$/.exec(value);
+  if (list) {
+    list[1]!.split(",").forEach((a, i) => {
+      checkedEndpoint(a, `${field} address ${i + 1}`);
+    });
+    return value;
+  }
+  const dns = /^dns:(?:\/\/[^/]*\/)?(.*)$/.exec(value);
+  if (dns) {
+    checkedEndpoint(dns[1]!, field);
+    return value;
+  }
+  return checkedEndpoint(value, field);
+}
+
+/** Whether `target` names several servers to balance over (an `ipv4:`, `ipv6:` or `dns:` target). */
+export function balancedTarget(target: string): boolean {
+  return /^(ipv4|ipv6|dns):/.test(target);
+}

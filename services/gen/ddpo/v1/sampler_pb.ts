@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ddpo/v1/sampler.proto.
  */
 export const file_ddpo_v1_sampler: GenFile = /*@__PURE__*/
-  fileDesc("ChVkZHBvL3YxL3NhbXBsZXIucHJvdG8SB2RkcG8udjEimgEKFUxvYWRDaGVja3BvaW50UmVxdWVzdBIVCg1jaGVja3BvaW50X2lkGAEgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAIgASgJEhUKCGxvcmFfZGlyGAMgASgJSACIAQESGwoOZnVsbF9tb2RlbF9kaXIYBCABKAlIAYgBAUILCglfbG9yYV9kaXJCEQoPX2Z1bGxfbW9kZWxfZGlyIkUKFkxvYWRDaGVja3BvaW50UmVzcG9uc2USFQoNY2hlY2twb2ludF9pZBgBIAEoCRIUCgxsb2FkX3NlY29uZHMYAiABKAEizwEKDVNhbXBsZVJlcXVlc3QSDwoHcHJvbXB0cxgBIAMoCRINCgVzZWVkcxgCIAMoBBISCgVzdGVwcxgDIAEoDUgAiAEBEhUKCGd1aWRhbmNlGAQgASgBSAGIAQESEAoDZXRhGAUgASgBSAKIAQESFQoNY2hlY2twb2ludF9pZBgGIAEoCRIXCg9pbmNsdWRlX2xhdGVudHMYByABKAgSEgoKYmF0Y2hfc2l6ZRgIIAEoDUIICgZfc3RlcHNCCwoJX2d1aWRhbmNlQgYKBF9ldGEizQEKClRyYWplY3RvcnkSDQoFaW5kZXgYASABKA0SDgoGcHJvbXB0GAIgASgJEhEKCWlucHV0X2lkcxgDIAMoBRIMCgRzZWVkGAQgASgEEhEKCXRpbWVzdGVwcxgFIAMoDRIjCgdsYXRlbnRzGAYgASgLMhIuZGRwby52MS5UZW5zb3JGMzISEQoJbG9nX3Byb2JzGAcgAygCEh0KBWltYWdlGAggASgLMg4uZGRwby52MS5JbWFnZRIVCg1jaGVja3BvaW50X2lkGAkgASgJIhIKEEdldFN0YXR1c1JlcXVlc3QieQoRR2V0U3RhdHVzUmVzcG9uc2USFQoNY2hlY2twb2ludF9pZBgBIAEoCRIPCgdiYWNrZW5kGAIgASgJEhYKDmFjdGl2ZV9zYW1wbGVzGAMgASgNEhAKCGNoYW5uZWxzGAQgASgNEhIKCmltYWdlX3NpemUYBSABKA0y2QEKB1NhbXBsZXISUQoOTG9hZENoZWNrcG9pbnQSHi5kZHBvLnYxLkxvYWRDaGVja3BvaW50UmVxdWVzdBofLmRkcG8udjEuTG9hZENoZWNrcG9pbnRSZXNwb25zZRI3CgZTYW1wbGUSFi5kZHBvLnYxLlNhbXBsZVJlcXVlc3QaEy5kZHBvLnYxLlRyYWplY3RvcnkwARJCCglHZXRTdGF0dXMSGS5kZHBvLnYxLkdldFN0YXR1c1JlcXVlc3QaGi5kZHBvLnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_ddpo_v1_common]);
+  fileDesc("ChVkZHBvL3YxL3NhbXBsZXIucHJvdG8SB2RkcG8udjEimgEKFUxvYWRDaGVja3BvaW50UmVxdWVzdBIVCg1jaGVja3BvaW50X2lkGAEgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAIgASgJEhUKCGxvcmFfZGlyGAMgASgJSACIAQESGwoOZnVsbF9tb2RlbF9kaXIYBCABKAlIAYgBAUILCglfbG9yYV9kaXJCEQoPX2Z1bGxfbW9kZWxfZGlyIkUKFkxvYWRDaGVja3BvaW50UmVzcG9uc2USFQoNY2hlY2twb2ludF9pZBgBIAEoCRIUCgxsb2FkX3NlY29uZHMYAiABKAEi/wEKDVNhbXBsZVJlcXVlc3QSDwoHcHJvbXB0cxgBIAMoCRINCgVzZWVkcxgCIAMoBBISCgVzdGVwcxgDIAEoDUgAiAEBEhUKCGd1aWRhbmNlGAQgASgBSAGIAQESEAoDZXRhGAUgASgBSAKIAQESFQoNY2hlY2twb2ludF9pZBgGIAEoCRIXCg9pbmNsdWRlX2xhdGVudHMYByABKAgSEgoKYmF0Y2hfc2l6ZRgIIAEoDRIuCgZwb2xpY3kYCSABKAsyHi5kZHBvLnYxLkxvYWRDaGVja3BvaW50UmVxdWVzdEIICgZfc3RlcHNCCwoJX2d1aWRhbmNlQgYKBF9ldGEizQEKClRyYWplY3RvcnkSDQoFaW5kZXgYASABKA0SDgoGcHJvbXB0GAIgASgJEhEKCWlucHV0X2lkcxgDIAMoBRIMCgRzZWVkGAQgASgEEhEKCXRpbWVzdGVwcxgFIAMoDRIjCgdsYXRlbnRzGAYgASgLMhIuZGRwby52MS5UZW5zb3JGMzISEQoJbG9nX3Byb2JzGAcgAygCEh0KBWltYWdlGAggASgLMg4uZGRwby52MS5JbWFnZRIVCg1jaGVja3BvaW50X2lkGAkgASgJIhIKEEdldFN0YXR1c1JlcXVlc3QiqAEKEUdldFN0YXR1c1Jlc3BvbnNlEhUKDWNoZWNrcG9pbnRfaWQYASABKAkSDwoHYmFja2VuZBgCIAEoCRIWCg5hY3RpdmVfc2FtcGxlcxgDIAEoDRIQCghjaGFubmVscxgEIAEoDRISCgppbWFnZV9zaXplGAUgASgNEhgKEGJhdGNoX3N0ZXBzX2RvbmUYBiABKA0SEwoLYmF0Y2hfc3RlcHMYByABKA0y2QEKB1NhbXBsZXISUQoOTG9hZENoZWNrcG9pbnQSHi5kZHBvLnYxLkxvYWRDaGVja3BvaW50UmVxdWVzdBofLmRkcG8udjEuTG9hZENoZWNrcG9pbnRSZXNwb25zZRI3CgZTYW1wbGUSFi5kZHBvLnYxLlNhbXBsZVJlcXVlc3QaEy5kZHBvLnYxLlRyYWplY3RvcnkwARJCCglHZXRTdGF0dXMSGS5kZHBvLnYxLkdldFN0YXR1c1JlcXVlc3QaGi5kZHBvLnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_ddpo_v1_common]);
 
 /**
  * @generated from message ddpo.v1.LoadCheckpointRequest
@@ -147,6 +147,15 @@ export type SampleRequest = Message<"ddpo.v1.SampleRequest"> & {
    * @generated from field: uint32 batch_size = 8;
    */
   batchSize: number;
+
+  /**
+   * The policy to sample with, loaded first unless the Sampler holds it (as LoadCheckpoint does;
+   * its checkpoint_id must equal checkpoint_id above). It makes the call self-contained, so a
+   * client balancing calls over a fleet of Samplers (gRPC round_robin) may send it to any of them.
+   *
+   * @generated from field: ddpo.v1.LoadCheckpointRequest policy = 9;
+   */
+  policy?: LoadCheckpointRequest | undefined;
 };
 
 /**
@@ -262,7 +271,7 @@ export type GetStatusResponse = Message<"ddpo.v1.GetStatusResponse"> & {
   backend: string;
 
   /**
-   * Sample calls in progress.
+   * Samples of the Sample calls in progress, queued or computing, not yet streamed back.
    *
    * @generated from field: uint32 active_samples = 3;
    */
@@ -279,6 +288,18 @@ export type GetStatusResponse = Message<"ddpo.v1.GetStatusResponse"> & {
    * @generated from field: uint32 image_size = 5;
    */
   imageSize: number;
+
+  /**
+   * The batch the engine is denoising now: DDIM steps done out of its steps (0 and 0 when idle).
+   *
+   * @generated from field: uint32 batch_steps_done = 6;
+   */
+  batchStepsDone: number;
+
+  /**
+   * @generated from field: uint32 batch_steps = 7;
+   */
+  batchSteps: number;
 };
 
 /**
