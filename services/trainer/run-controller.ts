@@ -12,13 +12,16 @@
 // Crash safety: an epoch's rows are flushed before its checkpoint is registered, and a resumed run
 // restarts from the last registered checkpoint with the same prompt RNG, stat-tracker buffers and
 // seeds, so a redone epoch reproduces its rows and the idempotent writes keep one copy of each.
-import { join } from "node:path";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fromJson, toJson } from "@bufbuild/protobuf";
 import type { Kysely } from "kysely";
 import { CheckpointKind } from "../gen/ddpo/v1/common_pb.ts";
 import { type Checkpoint, Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
-import type { EpochReport } from "../gen/ddpo/v1/run_pb.ts";
+import { type EpochReport, EpochReportSchema } from "../gen/ddpo/v1/run_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
+import { writeFileAtomic } from "../lib/checkpoints/atomic-file.ts";
 import { epochRows } from "../lib/db/epoch-rows.ts";
 import { listEpochs, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
@@ -240,7 +243,7 @@ export class RunController {
         if (update.epoch !== epoch) throw new Error(`trainer worker is at epoch ${update.epoch}, expected ${epoch}`);
         return update.stats;
       },
-      checkpoint: (epoch) => this.#checkpoint(epoch),
+      checkpoint: (epoch, report) => this.#checkpoint(epoch, report),
       report: async (report) => {
         await this.#recording("recording the epoch", () => recordEpoch(this.env.db, epochRow(this.runId, report)));
         this.#emit({ kind: "epoch", epoch: report });
@@ -285,6 +288,12 @@ export class RunController {
     }
     if (!latest) return { id: this.baseCheckpointId, epoch: 0, ...start };
     const { epoch } = await this.#engine("restore", { dir: latest.location });
+    const reportPath = this.#folder.report(epoch);
+    if (epoch === done + 1 && existsSync(reportPath)) {
+      // Stopped between registering the checkpoint and recording its epoch: record it now.
+      const report = fromJson(EpochReportSchema, JSON.parse(readFileSync(reportPath, "utf8")));
+      await this.#recording("recording the epoch", () => recordEpoch(this.env.db, epochRow(this.runId, report)));
+    }
     return { id: latest.id, epoch, ...policyDirs(latest) };
   }
 
@@ -444,13 +453,23 @@ export class RunController {
     this.#folder.writeSamples(epoch, s.images, s.imageSize, s.prompts, scored.rewards).catch(() => undefined);
   }
 
-  /** Saves the policy, flushes the epoch's rows, registers the checkpoint; the next epoch's policy. */
-  async #checkpoint(epoch: number): Promise<string> {
+  /**
+   * Saves the policy, flushes the epoch's rows, keeps the epoch's report beside the checkpoints,
+   * registers the checkpoint; the next epoch's policy.
+   */
+  async #checkpoint(epoch: number, report: EpochReport): Promise<string> {
     const dir = this.#folder.checkpoint(epoch);
     const saved = await this.#engine("save", { dir });
     // Rows first: a registered checkpoint means its epoch's trajectories are in the database.
     await this.env.recorder.flush();
     const id = runCheckpointId(this.runId, epoch);
+    // The epoch's row needs the registered checkpoint (a foreign key), so it is written after;
+    // the report on disk lets a Trainer that stops in between write it when the run resumes.
+    const reportPath = this.#folder.report(epoch);
+    mkdirSync(dirname(reportPath), { recursive: true });
+    writeFileAtomic(reportPath, [
+      Buffer.from(JSON.stringify(toJson(EpochReportSchema, { ...report, checkpointId: id }))),
+    ]);
     await this.#retrying("registering the checkpoint", () =>
       this.#registry.registerCheckpoint(
         {

@@ -65,3 +65,30 @@ test("a run stopped before `ddpo up` restarts resumes on the new Sampler and com
     trainer.close();
   }
 }, 300_000);
+
+test("a Trainer that stopped between registering a checkpoint and recording its epoch records it on resume", async () => {
+  // The gap, made by hand on the finished run above: epoch 3's checkpoint is registered, its row gone.
+  const c = cluster!;
+  const db = openDatabase({ url: c.addresses.databaseUrl });
+  const trainer = createClient(Trainer, c.addresses.trainer);
+  try {
+    const runs = await db.db.selectFrom("runs").select("id").where("name", "=", "across restarts").execute();
+    const runId = runs[0]!.id;
+    const before = await listEpochs(db.db, runId);
+    await db.db.deleteFrom("epochs").where("run_id", "=", runId).where("epoch", "=", 3).execute();
+    expect((await listEpochs(db.db, runId)).map((e) => e.epoch)).toEqual([1, 2]);
+    await trainer.resumeRun({ runId, epochs: 4 }, { timeoutMs: 30_000 });
+    const events = [];
+    for await (const e of trainer.watchRun({ runId }, { timeoutMs: 120_000 })) events.push(e);
+    const last = events.at(-1)!;
+    expect(last.event.case === "status" && last.event.value).toMatchObject({ status: RunStatus.COMPLETED });
+    const after = await listEpochs(db.db, runId);
+    expect(after.map((e) => e.epoch)).toEqual([1, 2, 3, 4]);
+    // Epoch 3 is the recorded one, not a redo: the same rewards and checkpoint.
+    for (const k of ["reward_mean", "reward_std", "loss", "checkpoint_id"] as const)
+      expect(after[2]![k]).toEqual(before[2]![k]);
+  } finally {
+    await db.close();
+    trainer.close();
+  }
+}, 300_000);

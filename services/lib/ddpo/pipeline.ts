@@ -52,8 +52,11 @@ export interface EpochSteps {
   record(epoch: number, sampled: SampledEpoch, scored: ScoredEpoch, advantages: Float64Array): Promise<void>;
   /** The policy update on the sampled trajectories with the advantages kept by `advantages`. */
   update(epoch: number, sampled: SampledEpoch, progress: ProgressListener): Promise<UpdateStats>;
-  /** Saves (and registers) the policy after the update; its checkpoint id ("" when not kept). */
-  checkpoint(epoch: number): Promise<string>;
+  /**
+   * Saves (and registers) the policy after the update; its checkpoint id ("" when not kept).
+   * `report` is the epoch's report as it will be recorded, but for its checkpoint id and total time.
+   */
+  checkpoint(epoch: number, report: EpochReport): Promise<string>;
   /** The finished epoch's report (history, the epochs table, watchers). */
   report(report: EpochReport): Promise<void>;
 }
@@ -89,8 +92,6 @@ export async function runEpoch(
   const stats = await steps.update(epoch, sampled, progress);
   const trainingS = seconds(trainingStart);
 
-  progress("checkpointing", 0, 1);
-  const checkpointId = await steps.checkpoint(epoch);
   const { mean: rewardMean, std: rewardStd } = meanStd(scored.rewards);
   const report = create(EpochReportSchema, {
     epoch,
@@ -104,10 +105,12 @@ export async function runEpoch(
     samplingS,
     rewardS,
     trainingS,
-    checkpointId,
     samples: n,
     optimizerSteps: stats.optimizerSteps,
   });
+  progress("checkpointing", 0, 1);
+  report.checkpointId = await steps.checkpoint(epoch, report);
+  report.seconds = seconds(started);
   await steps.report(report);
   return { report, stats };
 }

@@ -2,6 +2,8 @@
 // and the benches (docs/DESIGN.md §2):
 //   checkpoints/epoch-NNNN/   policy (lora/ or model/), optimizer.safetensors, trainer_state.json
 //   samples/epoch-NNNN.png    the epoch's images captioned with their rewards
+//   reports/epoch-NNNN.json   the epoch's report as it is recorded (protobuf JSON), written before
+//                             its checkpoint is registered (the Trainer)
 //   history.json              the epochs' reports (protobuf JSON of ddpo.v1.EpochReport), train-local
 //   reward.png                the reward curve, train-local
 // and the one naming of run checkpoints in the Registry: <run id>/epoch-<N>.
@@ -37,6 +39,10 @@ export class RunFolder {
 
   samples(epoch: number): string {
     return join(this.root, "samples", `${epochName(epoch)}.png`);
+  }
+
+  report(epoch: number): string {
+    return join(this.root, "reports", `${epochName(epoch)}.json`);
   }
 
   get history(): string {
