@@ -3,6 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { commands } from "../../services/cli/ddpo.ts";
+import { PRETRAIN_DEFAULTS } from "../../services/lib/training/pretrain.ts";
 
 const DDPO = join(import.meta.dir, "..", "..", "services", "cli", "ddpo.ts");
 
@@ -38,6 +39,8 @@ describe("ddpo --help", () => {
     expect(ddpo("sample", "--help").out).toMatch(/--steps N +DDIM steps \(default: 50\)/);
     expect(ddpo("train-local", "--help").out).toMatch(/--lr X +AdamW learning rate \(default: 0\.0003\)/);
     expect(ddpo("train", "--help").out).toMatch(/--epochs N +epochs to run \(default: 10\)/);
-    expect(ddpo("pretrain", "--help").out).toMatch(/--steps N +optimizer steps \(default: 4000\)/);
+    expect(ddpo("pretrain", "--help").out).toMatch(
+      new RegExp(`--steps N +optimizer steps \\(default: ${PRETRAIN_DEFAULTS.steps}\\)`),
+    );
   });
 });
