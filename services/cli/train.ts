@@ -48,6 +48,7 @@ const NUMBER_KEY_HELP: Record<NumberKey, string> = {
   lr: "AdamW learning rate",
   weightDecay: "AdamW decoupled weight decay",
   maxGradNorm: "gradient L2 norm clip",
+  klCoefficient: "beta of the KL penalty to the starting model (0: none)",
   rwrTemperature: "RWR weight temperature",
   sparseRwrPercentile: "sparse RWR keeps samples above this quantile",
 };

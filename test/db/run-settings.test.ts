@@ -24,7 +24,7 @@ const settings = (ddpo: Partial<DdpoConfig>): RunSettings => ({
 });
 
 const VARIANTS: [string, Partial<DdpoConfig>][] = [
-  ["LoRA, per-prompt statistics", { loss: "ddpo_is", lr: 3e-3, skipFinalSteps: 2 }],
+  ["LoRA, per-prompt statistics", { loss: "ddpo_is", lr: 3e-3, skipFinalSteps: 2, klCoefficient: 0.05 }],
   ["full fine-tuning, batch statistics, sparse RWR", { loss: "sparse_rwr", lora: null, statTracking: null }],
 ];
 

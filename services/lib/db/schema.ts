@@ -44,6 +44,8 @@ export interface EpochsTable {
   loss: number | null;
   approx_kl: number | null;
   clip_fraction: number | null;
+  /** Mean KL to the run's starting model per pixel (DESIGN.md §3.6); null when not measured. */
+  kl_to_reference: number | null;
   /** Wall time of each phase and of the whole epoch, seconds. */
   sampling_s: number | null;
   reward_s: number | null;
@@ -129,6 +131,7 @@ export interface RunRewardByEpochView {
   seconds: number | null;
   checkpoint_id: string | null;
   samples: number | null;
+  kl_to_reference: number | null;
 }
 
 export interface CheckpointAncestryView {

@@ -100,6 +100,7 @@ export async function runEpoch(
     loss: stats.loss,
     approxKl: stats.approxKl,
     clipFraction: stats.clipFraction,
+    klToReference: stats.klToReference ?? undefined,
     seconds: seconds(started),
     samplingS,
     rewardS,

@@ -16,7 +16,7 @@ import { sampleImages, toUint8Images } from "../diffusion/sampler.ts";
 import { SAMPLING_LIMITS, samplingProblems } from "../diffusion/sampling-limits.ts";
 import type { ParameterSource } from "../models/graph.ts";
 import { LoraAdapterSet } from "../models/lora.ts";
-import { combineSources } from "../models/parameters.ts";
+import { allocateParameters, combineSources, parameterSource } from "../models/parameters.ts";
 import type { TextToImageModel } from "../models/text-to-image.ts";
 import type { RewardFunction } from "../rewards/index.ts";
 import { denoisingLossAndGrad } from "../training/denoising.ts";
@@ -56,6 +56,12 @@ export interface DdpoConfig {
   lr: number;
   weightDecay: number;
   maxGradNorm: number;
+  /**
+   * beta of the KL penalty to the run's starting model per trained step (DESIGN.md §3.6); 0 is the
+   * paper's objective and skips the reference forward. With full fine-tuning, > 0 keeps a frozen
+   * copy of the UNet's weights.
+   */
+  klCoefficient: number;
   /** null: full fine-tuning of the UNet. */
   lora: { rank: number; alpha: number } | null;
   /** null: advantages from the whole batch's mean and std. */
@@ -82,6 +88,7 @@ export const DDPO_DEFAULTS: DdpoConfig = {
   lr: 3e-4,
   weightDecay: 1e-4,
   maxGradNorm: 1.0,
+  klCoefficient: 0,
   lora: { rank: 4, alpha: 4 },
   statTracking: { bufferSize: 16, minCount: 16 },
   rwrTemperature: 1.0,
@@ -95,6 +102,8 @@ export interface UpdateStats {
   loss: number;
   approxKl: number;
   clipFraction: number;
+  /** Mean KL(pi_theta || pi_ref) per pixel over the trained pairs; null when not measured. */
+  klToReference: number | null;
   /** max |logp_new - logp_old| over the pairs trained before the first optimizer step. */
   onPolicyMaxLogProbDiff: number;
   optimizerSteps: number;
@@ -132,6 +141,8 @@ class UpdateTotals {
   loss = 0;
   approxKl = 0;
   clipFraction = 0;
+  klToReference = 0;
+  klCalls = 0;
   calls = 0;
   pairs = 0;
   onPolicy = 0;
@@ -144,6 +155,7 @@ class UpdateTotals {
       loss: this.loss / this.calls,
       approxKl: this.approxKl / this.calls,
       clipFraction: this.clipFraction / this.calls,
+      klToReference: this.klCalls ? this.klToReference / this.klCalls : null,
       onPolicyMaxLogProbDiff: this.onPolicy,
       optimizerSteps: this.optimizerSteps,
     };
@@ -155,6 +167,7 @@ interface PairUpdate {
   tr: TrainingBatch;
   source: ParameterSource;
   settings: PolicyGradientSettings;
+  reference: ParameterSource | null;
   totals: UpdateTotals;
 }
 
@@ -166,6 +179,8 @@ export class DdpoTrainer {
   readonly trainable: FlatParameters;
   readonly optimizer: JointAdamW;
   readonly statTracker: PerPromptStatTracker | null;
+  /** The starting UNet's weights for the KL penalty with full fine-tuning (null otherwise). */
+  readonly #referenceUnet: FlatParameters | null;
   #rng: Mulberry32;
   #epoch = 0;
   readonly #arena;
@@ -182,6 +197,11 @@ export class DdpoTrainer {
     this.lora = config.lora ? LoraAdapterSet.create(engine, model.unetShapes, config.lora, config.seed) : null;
     this.trainable = this.lora ? this.lora.params : model.unet;
     this.optimizer = new JointAdamW([this.trainable]);
+    this.#referenceUnet = null;
+    if (!this.lora && config.klCoefficient > 0) {
+      this.#referenceUnet = allocateParameters(engine, model.unetShapes);
+      this.#referenceUnet.values.write(model.unet.values.read());
+    }
     this.statTracker = config.statTracking
       ? new PerPromptStatTracker(config.statTracking.bufferSize, config.statTracking.minCount)
       : null;
@@ -200,6 +220,13 @@ export class DdpoTrainer {
       return combineSources(this.lora.source({ frozen: !trainable }), this.model.unetSource({ frozen: true }), text);
     }
     return combineSources(this.model.unetSource({ frozen: !trainable }), text);
+  }
+
+  /** The reference policy's parameters (the run's starting model), or null when klCoefficient is 0. */
+  referenceSource(): ParameterSource | null {
+    if (!(this.config.klCoefficient > 0)) return null;
+    const unet = this.#referenceUnet ?? this.model.unet; // LoRA: the base UNet, adapters off
+    return combineSources(parameterSource(unet, { frozen: true }), this.model.textSource({ frozen: true }));
   }
 
   /**
@@ -297,7 +324,9 @@ export class DdpoTrainer {
         steps: c.steps,
         clipRange: c.clipRange,
         advClipMax: c.advClipMax,
+        klCoefficient: c.klCoefficient,
       },
+      reference: this.referenceSource(),
       totals: new UpdateTotals(),
     };
     const totals = update.totals;
@@ -345,7 +374,7 @@ export class DdpoTrainer {
    * at timestep index ks[i] of sample mb[i]: x_t = latents[k], x_{t-1} = latents[k + 1].
    */
   #pairStep(update: PairUpdate, mb: readonly number[], ks: readonly number[], scale: number, onPolicy: boolean): void {
-    const { tr, source, settings, totals } = update;
+    const { tr, source, settings, reference, totals } = update;
     const per = tr.latents[0]!.length / (tr.timesteps.length + 1);
     const xT = new Float32Array(mb.length * per);
     const xPrev = new Float32Array(mb.length * per);
@@ -369,6 +398,7 @@ export class DdpoTrainer {
       },
       settings,
       scale,
+      reference,
     );
     this.#arena.reset();
     if (onPolicy) {
@@ -379,6 +409,10 @@ export class DdpoTrainer {
     totals.loss += stats.loss;
     totals.approxKl += stats.approxKl;
     totals.clipFraction += stats.clipFraction;
+    if (stats.klToReference !== null) {
+      totals.klToReference += stats.klToReference;
+      totals.klCalls += 1;
+    }
     totals.calls += 1;
     totals.pairs += mb.length;
   }
@@ -444,6 +478,7 @@ export class DdpoTrainer {
       loss: calls ? lossSum / calls : 0,
       approxKl: 0,
       clipFraction: 0,
+      klToReference: null,
       onPolicyMaxLogProbDiff: 0,
       optimizerSteps,
     };
@@ -498,6 +533,7 @@ export class DdpoTrainer {
   close(): void {
     this.#arena.close();
     this.lora?.close();
+    this.#referenceUnet?.close();
   }
 }
 
@@ -547,6 +583,10 @@ export function validateConfig(c: DdpoConfig): void {
   if (!(c.clipRange >= 0)) problems.push("clipRange must be >= 0");
   if (!(c.advClipMax > 0)) problems.push("advClipMax must be > 0");
   if (!(c.lr > 0)) problems.push("lr must be > 0");
+  if (!(Number.isFinite(c.klCoefficient) && c.klCoefficient >= 0))
+    problems.push(`klCoefficient must be a finite number >= 0, got ${c.klCoefficient}`);
+  if (c.klCoefficient > 0 && (c.loss === "rwr" || c.loss === "sparse_rwr"))
+    problems.push("klCoefficient applies to the policy-gradient losses (ddpo_is, ddpo_sf), not to RWR");
   if (!(c.rwrTemperature > 0)) problems.push("rwrTemperature must be > 0");
   if (!(c.sparseRwrPercentile >= 0 && c.sparseRwrPercentile < 1))
     problems.push("sparseRwrPercentile must be in [0, 1)");

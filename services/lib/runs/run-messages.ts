@@ -97,6 +97,7 @@ export function epochMessage(e: Epoch): EpochReport {
     loss: e.loss ?? Number.NaN,
     approxKl: e.approx_kl ?? Number.NaN,
     clipFraction: e.clip_fraction ?? Number.NaN,
+    klToReference: e.kl_to_reference ?? undefined,
     seconds: e.seconds ?? 0,
     samplingS: e.sampling_s ?? 0,
     rewardS: e.reward_s ?? 0,
@@ -116,6 +117,7 @@ export function epochRow(runId: string, r: EpochReport): NewEpoch {
     loss: r.loss,
     approx_kl: r.approxKl,
     clip_fraction: r.clipFraction,
+    kl_to_reference: r.klToReference ?? null,
     sampling_s: r.samplingS,
     reward_s: r.rewardS,
     training_s: r.trainingS,
@@ -206,6 +208,7 @@ export function ddpoConfigMessage(c: DdpoConfig): DdpoConfigMessage {
     lr: c.lr,
     weightDecay: c.weightDecay,
     maxGradNorm: c.maxGradNorm,
+    klCoefficient: c.klCoefficient,
     finetune: c.lora
       ? { case: "lora", value: { rank: c.lora.rank, alpha: c.lora.alpha } }
       : { case: "full", value: {} },
@@ -245,6 +248,7 @@ export function ddpoConfigFromMessage(m: DdpoConfigMessage | undefined): DdpoCon
     lr: m.lr ?? d.lr,
     weightDecay: m.weightDecay ?? d.weightDecay,
     maxGradNorm: m.maxGradNorm ?? d.maxGradNorm,
+    klCoefficient: m.klCoefficient ?? d.klCoefficient,
     lora:
       m.finetune.case === "full"
         ? null
