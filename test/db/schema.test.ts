@@ -27,8 +27,8 @@ const ALL = readdirSync(MIGRATIONS_DIR)
   .filter((f) => f.endsWith(".ts"))
   .map((f) => f.slice(0, -3))
   .sort();
-const TABLES = ["checkpoints", "epochs", "latent_blobs", "rewards", "runs", "trajectories"];
-const VIEWS = ["checkpoint_ancestry", "run_reward_by_epoch", "trajectory_provenance"];
+const TABLES = ["checkpoints", "epochs", "evaluation_scores", "latent_blobs", "rewards", "runs", "trajectories"];
+const VIEWS = ["checkpoint_ancestry", "run_evaluation_by_epoch", "run_reward_by_epoch", "trajectory_provenance"];
 
 let server: TestPostgres;
 beforeAll(async () => {

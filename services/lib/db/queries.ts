@@ -9,9 +9,11 @@ import type {
   LatentBlob,
   NewCheckpoint,
   NewEpoch,
+  NewEvaluationScore,
   RewardRow,
   RewardSpec,
   Run,
+  RunEvaluationByEpoch,
   RunRewardByEpoch,
   RunStatus,
   Trajectory,
@@ -136,6 +138,38 @@ export async function recordEpoch(db: Db, epoch: NewEpoch): Promise<Epoch> {
 /** In epoch order. */
 export async function listEpochs(db: Db, runId: string): Promise<Epoch[]> {
   return db.selectFrom("epochs").selectAll().where("run_id", "=", runId).orderBy("epoch").execute();
+}
+
+/**
+ * The held-out scores of one evaluation (run, epoch): replaces any recorded before for that epoch
+ * (a retried evaluation), in one transaction.
+ */
+export async function recordEvaluation(
+  db: Db,
+  runId: string,
+  epoch: number,
+  scores: ReadonlyArray<Omit<NewEvaluationScore, "run_id" | "epoch">>,
+): Promise<void> {
+  await db.transaction().execute(async (tx) => {
+    await tx.deleteFrom("evaluation_scores").where("run_id", "=", runId).where("epoch", "=", epoch).execute();
+    if (scores.length) {
+      await tx
+        .insertInto("evaluation_scores")
+        .values(scores.map((r) => ({ ...r, run_id: runId, epoch })))
+        .execute();
+    }
+  });
+}
+
+/** Per epoch and metric, in that order: the held-out scores' count, mean, std, min and max. */
+export async function evaluationByEpoch(db: Db, runId: string): Promise<RunEvaluationByEpoch[]> {
+  return db
+    .selectFrom("run_evaluation_by_epoch")
+    .selectAll()
+    .where("run_id", "=", runId)
+    .orderBy("epoch")
+    .orderBy("metric")
+    .execute();
 }
 
 // ---- checkpoints

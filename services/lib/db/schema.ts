@@ -134,6 +134,29 @@ export interface RunRewardByEpochView {
   kl_to_reference: number | null;
 }
 
+/** One held-out image's score under one metric (a reward's name, or the content check's). */
+export interface EvaluationScoresTable {
+  run_id: string;
+  /** Completed training epochs when evaluated (0: the starting model). */
+  epoch: number;
+  prompt: string;
+  seed: number;
+  metric: string;
+  value: number;
+  recorded_at: UpdatedAt;
+}
+
+export interface RunEvaluationByEpochView {
+  run_id: string;
+  epoch: number;
+  metric: string;
+  images: number;
+  mean: number;
+  std: number;
+  min: number;
+  max: number;
+}
+
 export interface CheckpointAncestryView {
   checkpoint_id: string;
   ancestor_id: string;
@@ -170,6 +193,8 @@ export interface Database {
   trajectories: TrajectoriesTable;
   rewards: RewardsTable;
   run_reward_by_epoch: RunRewardByEpochView;
+  evaluation_scores: EvaluationScoresTable;
+  run_evaluation_by_epoch: RunEvaluationByEpochView;
   checkpoint_ancestry: CheckpointAncestryView;
   trajectory_provenance: TrajectoryProvenanceView;
 }
@@ -186,5 +211,7 @@ export type NewTrajectory = Insertable<TrajectoriesTable>;
 export type RewardRow = Selectable<RewardsTable>;
 export type NewReward = Insertable<RewardsTable>;
 export type RunRewardByEpoch = Selectable<RunRewardByEpochView>;
+export type NewEvaluationScore = Insertable<EvaluationScoresTable>;
+export type RunEvaluationByEpoch = Selectable<RunEvaluationByEpochView>;
 export type CheckpointAncestry = Selectable<CheckpointAncestryView>;
 export type TrajectoryProvenance = Selectable<TrajectoryProvenanceView>;

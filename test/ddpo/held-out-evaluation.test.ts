@@ -1,0 +1,101 @@
+// Held-out evaluation (issue 15): settings are checked (held out of training, distinct seeds, a
+// period); the shipped model's images of fixed prompts x seeds are scored by each reward and the
+// content check, the same twice; the rows go to Postgres and run_evaluation_by_epoch aggregates
+// them as computed by hand; a re-recorded epoch replaces its rows.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { Engine } from "../../gpu-core/index.ts";
+import { createRun, evaluationByEpoch, recordEvaluation } from "../../services/lib/db/index.ts";
+import {
+  CONTENT_ALIGNMENT,
+  CONTENT_TOP1,
+  evaluatePolicy,
+  evaluationDue,
+  evaluationProblems,
+  type HeldOutEvaluation,
+} from "../../services/lib/ddpo/evaluation.ts";
+import { evaluatePrompts } from "../../services/lib/eval/prompt-eval.ts";
+import { ClipModel } from "../../services/lib/models/clip-model.ts";
+import { TextToImageModel } from "../../services/lib/models/text-to-image.ts";
+import { rewardByName } from "../../services/lib/rewards/index.ts";
+import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
+
+const ROOT = join(import.meta.dir, "..", "..");
+const engine = Engine.open();
+const clip = ClipModel.load(engine, join(ROOT, "models", "emoji-clip"));
+const model = TextToImageModel.load(engine, join(ROOT, "models", "emoji-base"));
+let server: TestPostgres;
+beforeAll(async () => {
+  server = await startTestPostgres();
+});
+afterAll(async () => {
+  await server?.stop();
+  clip.close();
+  model.close();
+  engine.close();
+});
+
+const TRAINING = ["cat face", "tiger", "dog face"];
+const HELD_OUT: HeldOutEvaluation = { prompts: ["frog", "monkey face"], seeds: [900001, 900002], every: 5 };
+const SAMPLING = { steps: 2, guidance: 3, eta: 1, batch: 4 };
+
+describe("held-out evaluation", () => {
+  test("settings: held out of training, distinct seeds, a positive period", () => {
+    expect(evaluationProblems(HELD_OUT, TRAINING)).toEqual([]);
+    const bad = evaluationProblems({ prompts: ["tiger", "tiger"], seeds: [1, 1, -2], every: 0 }, TRAINING);
+    expect(bad).toEqual([
+      "evaluation prompts must be distinct",
+      "evaluation prompts must be held out of training; shared: tiger",
+      "evaluation seeds must be integers in [0, 2^52)",
+      "evaluation seeds must be distinct",
+      "evaluation every must be a positive integer, got 0",
+    ]);
+    expect([0, 1, 4, 5, 10].map((e) => evaluationDue(HELD_OUT, e))).toEqual([true, false, false, true, true]);
+  });
+
+  test("every image scored by each reward and the content check, the same twice; recorded and aggregated", async () => {
+    const jpeg = rewardByName("jpeg_compressibility");
+    const a = await evaluatePolicy(model, null, clip, [jpeg], HELD_OUT, TRAINING, SAMPLING);
+    const b = await evaluatePolicy(model, null, clip, [jpeg], HELD_OUT, TRAINING, SAMPLING);
+    expect(b).toEqual(a);
+    // 2 prompts x 2 seeds x (1 reward + 2 content metrics).
+    expect(a.length).toBe(12);
+    const of = (metric: string) => a.filter((s) => s.metric === metric);
+    expect(of(jpeg.name).map((s) => [s.prompt, s.seed])).toEqual([
+      ["frog", 900001],
+      ["frog", 900002],
+      ["monkey face", 900001],
+      ["monkey face", 900002],
+    ]);
+    expect(of(CONTENT_TOP1).every((s) => s.value === 0 || s.value === 1)).toBe(true);
+    // The content check is the CLIP's reading among evaluation and training prompts, per image.
+    const direct = evaluatePrompts(model, clip, HELD_OUT.prompts, {
+      ...SAMPLING,
+      seeds: HELD_OUT.seeds,
+      labels: [...HELD_OUT.prompts, ...TRAINING],
+    });
+    expect(of(CONTENT_TOP1).map((s) => s.value)).toEqual(direct.prompts.flatMap((p) => p.ranks.map((r) => +(r === 0))));
+    expect(of(CONTENT_ALIGNMENT).map((s) => s.value)).toEqual(direct.prompts.flatMap((p) => p.alignments));
+
+    const d = await server.freshDatabase();
+    await createRun(d.db, { id: "guarded", name: "guarded", config: {} });
+    await recordEvaluation(d.db, "guarded", 0, a);
+    await recordEvaluation(d.db, "guarded", 5, a.slice(0, 4));
+    await recordEvaluation(d.db, "guarded", 5, a.slice(0, 2)); // a retried evaluation replaces
+    const rows = await evaluationByEpoch(d.db, "guarded");
+    expect(rows.map((r) => [r.epoch, r.metric, r.images])).toEqual([
+      [0, CONTENT_ALIGNMENT, 4],
+      [0, CONTENT_TOP1, 4],
+      [0, jpeg.name, 4],
+      [5, jpeg.name, 2],
+    ]);
+    const values = of(jpeg.name).map((s) => s.value);
+    const mean = values.reduce((x, y) => x + y, 0) / 4;
+    const std = Math.sqrt(values.reduce((x, y) => x + (y - mean) ** 2, 0) / 4);
+    const jpeg0 = rows.find((r) => r.epoch === 0 && r.metric === jpeg.name)!;
+    expect(jpeg0.mean).toBeCloseTo(mean, 9);
+    expect(jpeg0.std).toBeCloseTo(std, 9);
+    expect([jpeg0.min, jpeg0.max]).toEqual([Math.min(...values), Math.max(...values)]);
+    await expect(recordEvaluation(d.db, "no-such-run", 0, a)).rejects.toThrow();
+  }, 120_000);
+});
