@@ -16,7 +16,8 @@ import { digestFolder } from "../lib/checkpoints/checkpoint-folder.ts";
 import { createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
-import { listPromptSets } from "../lib/ddpo/prompts.ts";
+import { evaluationProblems } from "../lib/ddpo/evaluation.ts";
+import { listPromptSets, promptSetByName } from "../lib/ddpo/prompts.ts";
 import type { DdpoConfig } from "../lib/ddpo/trainer.ts";
 import {
   bindService,
@@ -208,6 +209,11 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
     invalid(`unknown prompt_set '${promptSet}'; known: ${listPromptSets().join(", ")}`);
   }
   if (!(request.epochs >= 1 && request.epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
+  const config = checkedConfig(request.config);
+  if (config.evaluation) {
+    const problems = evaluationProblems(config.evaluation, promptSetByName(promptSet).prompts);
+    if (problems.length) invalid(`config.evaluation: ${problems.join("; ")}`);
+  }
   return {
     name: request.name,
     requestId: request.requestId,
@@ -215,7 +221,7 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
     baseCheckpointId: request.baseCheckpointId ?? "",
     promptSet,
     epochs: request.epochs,
-    config: checkedConfig(request.config),
+    config,
     rewards: checkedRewards(request.rewards),
     samplers: [...request.samplerEndpoints],
   };

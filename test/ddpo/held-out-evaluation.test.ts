@@ -18,6 +18,7 @@ import { evaluatePrompts } from "../../services/lib/eval/prompt-eval.ts";
 import { ClipModel } from "../../services/lib/models/clip-model.ts";
 import { TextToImageModel } from "../../services/lib/models/text-to-image.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
+import { evaluationMessages } from "../../services/lib/runs/run-messages.ts";
 import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
@@ -97,5 +98,12 @@ describe("held-out evaluation", () => {
     expect(jpeg0.std).toBeCloseTo(std, 9);
     expect([jpeg0.min, jpeg0.max]).toEqual([Math.min(...values), Math.max(...values)]);
     await expect(recordEvaluation(d.db, "no-such-run", 0, a)).rejects.toThrow();
+    // Over the contract (Registry GetRun, WatchRun): one EvaluationReport per epoch.
+    const messages = evaluationMessages(rows);
+    expect(messages.map((m) => [m.epoch, m.metrics.map((x) => x.metric)])).toEqual([
+      [0, [CONTENT_ALIGNMENT, CONTENT_TOP1, jpeg.name]],
+      [5, [jpeg.name]],
+    ]);
+    expect(messages[0]!.metrics[2]!.mean).toBe(jpeg0.mean);
   }, 120_000);
 });

@@ -22,6 +22,7 @@ import type { RewardFunction } from "../rewards/index.ts";
 import { denoisingLossAndGrad } from "../training/denoising.ts";
 import { JointAdamW } from "../training/optimizer.ts";
 import { Mulberry32 } from "../training/random.ts";
+import { evaluationProblems, type HeldOutEvaluation } from "./evaluation.ts";
 import type { ProgressListener, SampledEpoch } from "./pipeline.ts";
 import { type PolicyGradientSettings, policyGradientStep } from "./policy-gradient.ts";
 import type { PromptSet } from "./prompts.ts";
@@ -68,6 +69,8 @@ export interface DdpoConfig {
   statTracking: { bufferSize: number; minCount: number } | null;
   rwrTemperature: number;
   sparseRwrPercentile: number;
+  /** Held-out evaluation (evaluation.ts); null: none. */
+  evaluation: HeldOutEvaluation | null;
 }
 
 export const DDPO_DEFAULTS: DdpoConfig = {
@@ -93,6 +96,7 @@ export const DDPO_DEFAULTS: DdpoConfig = {
   statTracking: { bufferSize: 16, minCount: 16 },
   rwrTemperature: 1.0,
   sparseRwrPercentile: 0.9,
+  evaluation: null,
 };
 
 /** Statistics of one epoch's update. */
@@ -194,6 +198,10 @@ export class DdpoTrainer {
     readonly prompts: PromptSet,
   ) {
     validateConfig(config);
+    if (config.evaluation) {
+      const problems = evaluationProblems(config.evaluation, prompts.prompts);
+      if (problems.length) throw new Error(`DDPO config: ${problems.join("; ")}`);
+    }
     this.lora = config.lora ? LoraAdapterSet.create(engine, model.unetShapes, config.lora, config.seed) : null;
     this.trainable = this.lora ? this.lora.params : model.unet;
     this.optimizer = new JointAdamW([this.trainable]);
@@ -603,5 +611,7 @@ export function validateConfig(c: DdpoConfig): void {
         problems.push(`statTracking.${k} must be an integer in 1..1000000, got ${v}`);
     }
   }
+  // Held out of the training prompts: checked where the prompt set is known (the constructor).
+  if (c.evaluation) problems.push(...evaluationProblems(c.evaluation, []));
   if (problems.length) throw new Error(`DDPO config: ${problems.join("; ")}`);
 }

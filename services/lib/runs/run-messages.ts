@@ -13,6 +13,8 @@ import {
   DdpoLoss,
   type EpochReport,
   EpochReportSchema,
+  type EvaluationReport,
+  EvaluationReportSchema,
   type Run as RunMessage,
   RunSchema,
   RunSettingsSchema,
@@ -25,6 +27,7 @@ import type {
   NewEpoch,
   RewardSpec,
   Run,
+  RunEvaluationByEpoch,
 } from "../db/schema.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, type DdpoLoss as Loss, validateConfig } from "../ddpo/trainer.ts";
 
@@ -105,6 +108,23 @@ export function epochMessage(e: Epoch): EpochReport {
     checkpointId: e.checkpoint_id ?? "",
     samples: e.samples,
   });
+}
+
+/** run_evaluation_by_epoch's rows (any order) as one EvaluationReport per epoch, in epoch order. */
+export function evaluationMessages(rows: readonly RunEvaluationByEpoch[]): EvaluationReport[] {
+  const byEpoch = new Map<number, RunEvaluationByEpoch[]>();
+  for (const r of rows) byEpoch.set(r.epoch, [...(byEpoch.get(r.epoch) ?? []), r]);
+  return [...byEpoch.keys()]
+    .sort((a, b) => a - b)
+    .map((epoch) =>
+      create(EvaluationReportSchema, {
+        epoch,
+        metrics: byEpoch
+          .get(epoch)!
+          .sort((a, b) => (a.metric < b.metric ? -1 : a.metric > b.metric ? 1 : 0))
+          .map((r) => ({ metric: r.metric, images: r.images, mean: r.mean, std: r.std, min: r.min, max: r.max })),
+      }),
+    );
 }
 
 /** The epochs-table row of a finished epoch's report. */
@@ -217,6 +237,9 @@ export function ddpoConfigMessage(c: DdpoConfig): DdpoConfigMessage {
       : { case: "batchStatistics", value: {} },
     rwrTemperature: c.rwrTemperature,
     sparseRwrPercentile: c.sparseRwrPercentile,
+    evaluation: c.evaluation
+      ? { prompts: c.evaluation.prompts, seeds: c.evaluation.seeds.map(BigInt), every: c.evaluation.every }
+      : undefined,
   });
 }
 
@@ -269,6 +292,14 @@ export function ddpoConfigFromMessage(m: DdpoConfigMessage | undefined): DdpoCon
           : d.statTracking,
     rwrTemperature: m.rwrTemperature ?? d.rwrTemperature,
     sparseRwrPercentile: m.sparseRwrPercentile ?? d.sparseRwrPercentile,
+    evaluation: m.evaluation
+      ? {
+          prompts: [...m.evaluation.prompts],
+          // Above 2^52 stays out of range as a number, so validation refuses it.
+          seeds: m.evaluation.seeds.map(Number),
+          every: m.evaluation.every ?? 1,
+        }
+      : d.evaluation,
   };
   validateConfig(c);
   return c;

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ddpo/v1/run.proto.
  */
 export const file_ddpo_v1_run: GenFile = /*@__PURE__*/
-  fileDesc("ChFkZHBvL3YxL3J1bi5wcm90bxIHZGRwby52MSLnCAoKRGRwb0NvbmZpZxIRCgRzZWVkGAEgASgNSAKIAQESJAoEbG9zcxgCIAEoDjIRLmRkcG8udjEuRGRwb0xvc3NIA4gBARIeChFzYW1wbGVfYmF0Y2hfc2l6ZRgDIAEoDUgEiAEBEiUKGHNhbXBsZV9iYXRjaGVzX3Blcl9lcG9jaBgEIAEoDUgFiAEBEhIKBXN0ZXBzGAUgASgNSAaIAQESEAoDZXRhGAYgASgBSAeIAQESFQoIZ3VpZGFuY2UYByABKAFICIgBARIdChB0cmFpbl9iYXRjaF9zaXplGAggASgNSAmIAQESIgoVZ3JhZGllbnRfYWNjdW11bGF0aW9uGAkgASgNSAqIAQESGQoMaW5uZXJfZXBvY2hzGAogASgNSAuIAQESHgoRdGltZXN0ZXBfZnJhY3Rpb24YCyABKAFIDIgBARIXCgpjbGlwX3JhbmdlGAwgASgBSA2IAQESGQoMYWR2X2NsaXBfbWF4GA0gASgBSA6IAQESDwoCbHIYDiABKAFID4gBARIZCgx3ZWlnaHRfZGVjYXkYDyABKAFIEIgBARIaCg1tYXhfZ3JhZF9ub3JtGBAgASgBSBGIAQESIwoEbG9yYRgRIAEoCzITLmRkcG8udjEuTG9yYUNvbmZpZ0gAEiUKBGZ1bGwYEiABKAsyFS5kZHBvLnYxLkZ1bGxGaW5lVHVuZUgAEi4KDXN0YXRfdHJhY2tpbmcYEyABKAsyFS5kZHBvLnYxLlN0YXRUcmFja2luZ0gBEjQKEGJhdGNoX3N0YXRpc3RpY3MYFCABKAsyGC5kZHBvLnYxLkJhdGNoU3RhdGlzdGljc0gBEhwKD3J3cl90ZW1wZXJhdHVyZRgVIAEoAUgSiAEBEiIKFXNwYXJzZV9yd3JfcGVyY2VudGlsZRgWIAEoAUgTiAEBEh0KEHNraXBfZmluYWxfc3RlcHMYFyABKA1IFIgBARIbCg5rbF9jb2VmZmljaWVudBgYIAEoAUgViAEBQgoKCGZpbmV0dW5lQgwKCmFkdmFudGFnZXNCBwoFX3NlZWRCBwoFX2xvc3NCFAoSX3NhbXBsZV9iYXRjaF9zaXplQhsKGV9zYW1wbGVfYmF0Y2hlc19wZXJfZXBvY2hCCAoGX3N0ZXBzQgYKBF9ldGFCCwoJX2d1aWRhbmNlQhMKEV90cmFpbl9iYXRjaF9zaXplQhgKFl9ncmFkaWVudF9hY2N1bXVsYXRpb25CDwoNX2lubmVyX2Vwb2Noc0IUChJfdGltZXN0ZXBfZnJhY3Rpb25CDQoLX2NsaXBfcmFuZ2VCDwoNX2Fkdl9jbGlwX21heEIFCgNfbHJCDwoNX3dlaWdodF9kZWNheUIQCg5fbWF4X2dyYWRfbm9ybUISChBfcndyX3RlbXBlcmF0dXJlQhgKFl9zcGFyc2VfcndyX3BlcmNlbnRpbGVCEwoRX3NraXBfZmluYWxfc3RlcHNCEQoPX2tsX2NvZWZmaWNpZW50IkYKCkxvcmFDb25maWcSEQoEcmFuaxgBIAEoDUgAiAEBEhIKBWFscGhhGAIgASgBSAGIAQFCBwoFX3JhbmtCCAoGX2FscGhhIg4KDEZ1bGxGaW5lVHVuZSJeCgxTdGF0VHJhY2tpbmcSGAoLYnVmZmVyX3NpemUYASABKA1IAIgBARIWCgltaW5fY291bnQYAiABKA1IAYgBAUIOCgxfYnVmZmVyX3NpemVCDAoKX21pbl9jb3VudCIRCg9CYXRjaFN0YXRpc3RpY3MiVQoMUmV3YXJkU291cmNlEhAKCGVuZHBvaW50GAEgASgJEhMKC3Jld2FyZF9uYW1lGAIgASgJEhMKBndlaWdodBgDIAEoAUgAiAEBQgkKB193ZWlnaHQiuwMKA1J1bhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKBnN0YXR1cxgDIAEoDjISLmRkcG8udjEuUnVuU3RhdHVzEg0KBWVycm9yGAQgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAUgASgJEhoKEmJhc2VfY2hlY2twb2ludF9pZBgGIAEoCRISCgpwcm9tcHRfc2V0GAcgASgJEg4KBmVwb2NocxgIIAEoDRITCgtlcG9jaHNfZG9uZRgJIAEoDRImCgdyZXdhcmRzGAogAygLMhUuZGRwby52MS5SZXdhcmRTb3VyY2USIwoGY29uZmlnGAsgASgLMhMuZGRwby52MS5EZHBvQ29uZmlnEhkKEXNhbXBsZXJfZW5kcG9pbnRzGAwgAygJEhwKFGxhdGVzdF9jaGVja3BvaW50X2lkGA0gASgJEhQKDGNvZGVfdmVyc2lvbhgOIAEoCRIuCgpjcmVhdGVkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKEAQoLUnVuU2V0dGluZ3MSIQoEZGRwbxgBIAEoCzITLmRkcG8udjEuRGRwb0NvbmZpZxIWCg5iYXNlX21vZGVsX2RpchgCIAEoCRIOCgZlcG9jaHMYAyABKA0SGQoRc2FtcGxlcl9lbmRwb2ludHMYBCADKAkSDwoHcnVuX2RpchgFIAEoCSKsAwoLRXBvY2hSZXBvcnQSDQoFZXBvY2gYASABKA0SEwoLcmV3YXJkX21lYW4YAiABKAESEgoKcmV3YXJkX3N0ZBgDIAEoARI7CgxyZXdhcmRfbWVhbnMYBCADKAsyJS5kZHBvLnYxLkVwb2NoUmVwb3J0LlJld2FyZE1lYW5zRW50cnkSDAoEbG9zcxgFIAEoARIRCglhcHByb3hfa2wYBiABKAESFQoNY2xpcF9mcmFjdGlvbhgHIAEoARIPCgdzZWNvbmRzGAggASgBEhIKCnNhbXBsaW5nX3MYCSABKAESEAoIcmV3YXJkX3MYCiABKAESEgoKdHJhaW5pbmdfcxgLIAEoARIVCg1jaGVja3BvaW50X2lkGAwgASgJEg8KB3NhbXBsZXMYDSABKA0SFwoPb3B0aW1pemVyX3N0ZXBzGA4gASgNEhwKD2tsX3RvX3JlZmVyZW5jZRgPIAEoAUgAiAEBGjIKEFJld2FyZE1lYW5zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4AUISChBfa2xfdG9fcmVmZXJlbmNlIh8KDUdldFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJIlEKDkdldFJ1blJlc3BvbnNlEhkKA3J1bhgBIAEoCzIMLmRkcG8udjEuUnVuEiQKBmVwb2NocxgCIAMoCzIULmRkcG8udjEuRXBvY2hSZXBvcnQqdgoIRGRwb0xvc3MSGQoVRERQT19MT1NTX1VOU1BFQ0lGSUVEEAASEAoMRERQT19MT1NTX0lTEAESEAoMRERQT19MT1NTX1NGEAISEQoNRERQT19MT1NTX1JXUhADEhgKFEREUE9fTE9TU19TUEFSU0VfUldSEARiBnByb3RvMw", [file_ddpo_v1_common, file_google_protobuf_timestamp]);
+  fileDesc("ChFkZHBvL3YxL3J1bi5wcm90bxIHZGRwby52MSKrCQoKRGRwb0NvbmZpZxIRCgRzZWVkGAEgASgNSAKIAQESJAoEbG9zcxgCIAEoDjIRLmRkcG8udjEuRGRwb0xvc3NIA4gBARIeChFzYW1wbGVfYmF0Y2hfc2l6ZRgDIAEoDUgEiAEBEiUKGHNhbXBsZV9iYXRjaGVzX3Blcl9lcG9jaBgEIAEoDUgFiAEBEhIKBXN0ZXBzGAUgASgNSAaIAQESEAoDZXRhGAYgASgBSAeIAQESFQoIZ3VpZGFuY2UYByABKAFICIgBARIdChB0cmFpbl9iYXRjaF9zaXplGAggASgNSAmIAQESIgoVZ3JhZGllbnRfYWNjdW11bGF0aW9uGAkgASgNSAqIAQESGQoMaW5uZXJfZXBvY2hzGAogASgNSAuIAQESHgoRdGltZXN0ZXBfZnJhY3Rpb24YCyABKAFIDIgBARIXCgpjbGlwX3JhbmdlGAwgASgBSA2IAQESGQoMYWR2X2NsaXBfbWF4GA0gASgBSA6IAQESDwoCbHIYDiABKAFID4gBARIZCgx3ZWlnaHRfZGVjYXkYDyABKAFIEIgBARIaCg1tYXhfZ3JhZF9ub3JtGBAgASgBSBGIAQESIwoEbG9yYRgRIAEoCzITLmRkcG8udjEuTG9yYUNvbmZpZ0gAEiUKBGZ1bGwYEiABKAsyFS5kZHBvLnYxLkZ1bGxGaW5lVHVuZUgAEi4KDXN0YXRfdHJhY2tpbmcYEyABKAsyFS5kZHBvLnYxLlN0YXRUcmFja2luZ0gBEjQKEGJhdGNoX3N0YXRpc3RpY3MYFCABKAsyGC5kZHBvLnYxLkJhdGNoU3RhdGlzdGljc0gBEhwKD3J3cl90ZW1wZXJhdHVyZRgVIAEoAUgSiAEBEiIKFXNwYXJzZV9yd3JfcGVyY2VudGlsZRgWIAEoAUgTiAEBEh0KEHNraXBfZmluYWxfc3RlcHMYFyABKA1IFIgBARIbCg5rbF9jb2VmZmljaWVudBgYIAEoAUgViAEBEjMKCmV2YWx1YXRpb24YGSABKAsyGi5kZHBvLnYxLkhlbGRPdXRFdmFsdWF0aW9uSBaIAQFCCgoIZmluZXR1bmVCDAoKYWR2YW50YWdlc0IHCgVfc2VlZEIHCgVfbG9zc0IUChJfc2FtcGxlX2JhdGNoX3NpemVCGwoZX3NhbXBsZV9iYXRjaGVzX3Blcl9lcG9jaEIICgZfc3RlcHNCBgoEX2V0YUILCglfZ3VpZGFuY2VCEwoRX3RyYWluX2JhdGNoX3NpemVCGAoWX2dyYWRpZW50X2FjY3VtdWxhdGlvbkIPCg1faW5uZXJfZXBvY2hzQhQKEl90aW1lc3RlcF9mcmFjdGlvbkINCgtfY2xpcF9yYW5nZUIPCg1fYWR2X2NsaXBfbWF4QgUKA19sckIPCg1fd2VpZ2h0X2RlY2F5QhAKDl9tYXhfZ3JhZF9ub3JtQhIKEF9yd3JfdGVtcGVyYXR1cmVCGAoWX3NwYXJzZV9yd3JfcGVyY2VudGlsZUITChFfc2tpcF9maW5hbF9zdGVwc0IRCg9fa2xfY29lZmZpY2llbnRCDQoLX2V2YWx1YXRpb24iUQoRSGVsZE91dEV2YWx1YXRpb24SDwoHcHJvbXB0cxgBIAMoCRINCgVzZWVkcxgCIAMoBBISCgVldmVyeRgDIAEoDUgAiAEBQggKBl9ldmVyeSJGCgpMb3JhQ29uZmlnEhEKBHJhbmsYASABKA1IAIgBARISCgVhbHBoYRgCIAEoAUgBiAEBQgcKBV9yYW5rQggKBl9hbHBoYSIOCgxGdWxsRmluZVR1bmUiXgoMU3RhdFRyYWNraW5nEhgKC2J1ZmZlcl9zaXplGAEgASgNSACIAQESFgoJbWluX2NvdW50GAIgASgNSAGIAQFCDgoMX2J1ZmZlcl9zaXplQgwKCl9taW5fY291bnQiEQoPQmF0Y2hTdGF0aXN0aWNzIlUKDFJld2FyZFNvdXJjZRIQCghlbmRwb2ludBgBIAEoCRITCgtyZXdhcmRfbmFtZRgCIAEoCRITCgZ3ZWlnaHQYAyABKAFIAIgBAUIJCgdfd2VpZ2h0IrsDCgNSdW4SCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgZzdGF0dXMYAyABKA4yEi5kZHBvLnYxLlJ1blN0YXR1cxINCgVlcnJvchgEIAEoCRIWCg5iYXNlX21vZGVsX2RpchgFIAEoCRIaChJiYXNlX2NoZWNrcG9pbnRfaWQYBiABKAkSEgoKcHJvbXB0X3NldBgHIAEoCRIOCgZlcG9jaHMYCCABKA0SEwoLZXBvY2hzX2RvbmUYCSABKA0SJgoHcmV3YXJkcxgKIAMoCzIVLmRkcG8udjEuUmV3YXJkU291cmNlEiMKBmNvbmZpZxgLIAEoCzITLmRkcG8udjEuRGRwb0NvbmZpZxIZChFzYW1wbGVyX2VuZHBvaW50cxgMIAMoCRIcChRsYXRlc3RfY2hlY2twb2ludF9pZBgNIAEoCRIUCgxjb2RlX3ZlcnNpb24YDiABKAkSLgoKY3JlYXRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKC1J1blNldHRpbmdzEiEKBGRkcG8YASABKAsyEy5kZHBvLnYxLkRkcG9Db25maWcSFgoOYmFzZV9tb2RlbF9kaXIYAiABKAkSDgoGZXBvY2hzGAMgASgNEhkKEXNhbXBsZXJfZW5kcG9pbnRzGAQgAygJEg8KB3J1bl9kaXIYBSABKAkirAMKC0Vwb2NoUmVwb3J0Eg0KBWVwb2NoGAEgASgNEhMKC3Jld2FyZF9tZWFuGAIgASgBEhIKCnJld2FyZF9zdGQYAyABKAESOwoMcmV3YXJkX21lYW5zGAQgAygLMiUuZGRwby52MS5FcG9jaFJlcG9ydC5SZXdhcmRNZWFuc0VudHJ5EgwKBGxvc3MYBSABKAESEQoJYXBwcm94X2tsGAYgASgBEhUKDWNsaXBfZnJhY3Rpb24YByABKAESDwoHc2Vjb25kcxgIIAEoARISCgpzYW1wbGluZ19zGAkgASgBEhAKCHJld2FyZF9zGAogASgBEhIKCnRyYWluaW5nX3MYCyABKAESFQoNY2hlY2twb2ludF9pZBgMIAEoCRIPCgdzYW1wbGVzGA0gASgNEhcKD29wdGltaXplcl9zdGVwcxgOIAEoDRIcCg9rbF90b19yZWZlcmVuY2UYDyABKAFIAIgBARoyChBSZXdhcmRNZWFuc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAFCEgoQX2tsX3RvX3JlZmVyZW5jZSIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSKBAQoOR2V0UnVuUmVzcG9uc2USGQoDcnVuGAEgASgLMgwuZGRwby52MS5SdW4SJAoGZXBvY2hzGAIgAygLMhQuZGRwby52MS5FcG9jaFJlcG9ydBIuCgtldmFsdWF0aW9ucxgDIAMoCzIZLmRkcG8udjEuRXZhbHVhdGlvblJlcG9ydCJNChBFdmFsdWF0aW9uUmVwb3J0Eg0KBWVwb2NoGAEgASgNEioKB21ldHJpY3MYAiADKAsyGS5kZHBvLnYxLkV2YWx1YXRpb25NZXRyaWMiZwoQRXZhbHVhdGlvbk1ldHJpYxIOCgZtZXRyaWMYASABKAkSDgoGaW1hZ2VzGAIgASgNEgwKBG1lYW4YAyABKAESCwoDc3RkGAQgASgBEgsKA21pbhgFIAEoARILCgNtYXgYBiABKAEqdgoIRGRwb0xvc3MSGQoVRERQT19MT1NTX1VOU1BFQ0lGSUVEEAASEAoMRERQT19MT1NTX0lTEAESEAoMRERQT19MT1NTX1NGEAISEQoNRERQT19MT1NTX1JXUhADEhgKFEREUE9fTE9TU19TUEFSU0VfUldSEARiBnByb3RvMw", [file_ddpo_v1_common, file_google_protobuf_timestamp]);
 
 /**
  * Hyper-parameters of a run. Every field is optional: unset means the default of DDPO_DEFAULTS
@@ -189,6 +189,13 @@ export type DdpoConfig = Message<"ddpo.v1.DdpoConfig"> & {
    * @generated from field: optional double kl_coefficient = 24;
    */
   klCoefficient?: number | undefined;
+
+  /**
+   * Held-out evaluation, the over-optimisation guard's measurement; unset: none.
+   *
+   * @generated from field: optional ddpo.v1.HeldOutEvaluation evaluation = 25;
+   */
+  evaluation?: HeldOutEvaluation | undefined;
 };
 
 /**
@@ -197,6 +204,43 @@ export type DdpoConfig = Message<"ddpo.v1.DdpoConfig"> & {
  */
 export const DdpoConfigSchema: GenMessage<DdpoConfig> = /*@__PURE__*/
   messageDesc(file_ddpo_v1_run, 0);
+
+/**
+ * Fixed prompts x seeds the policy samples every `every` epochs (and before the first), scored by
+ * every reward of the run and by the content check (the emoji CLIP's zero-shot reading of each
+ * image among the evaluation and training prompts): services/lib/ddpo/evaluation.ts.
+ *
+ * @generated from message ddpo.v1.HeldOutEvaluation
+ */
+export type HeldOutEvaluation = Message<"ddpo.v1.HeldOutEvaluation"> & {
+  /**
+   * Distinct prompts, none in the run's prompt set (INVALID_ARGUMENT otherwise).
+   *
+   * @generated from field: repeated string prompts = 1;
+   */
+  prompts: string[];
+
+  /**
+   * Distinct noise seeds below 2^52, each used with every prompt.
+   *
+   * @generated from field: repeated uint64 seeds = 2;
+   */
+  seeds: bigint[];
+
+  /**
+   * Evaluation period in epochs [1].
+   *
+   * @generated from field: optional uint32 every = 3;
+   */
+  every?: number | undefined;
+};
+
+/**
+ * Describes the message ddpo.v1.HeldOutEvaluation.
+ * Use `create(HeldOutEvaluationSchema)` to create a new message.
+ */
+export const HeldOutEvaluationSchema: GenMessage<HeldOutEvaluation> = /*@__PURE__*/
+  messageDesc(file_ddpo_v1_run, 1);
 
 /**
  * @generated from message ddpo.v1.LoraConfig
@@ -220,7 +264,7 @@ export type LoraConfig = Message<"ddpo.v1.LoraConfig"> & {
  * Use `create(LoraConfigSchema)` to create a new message.
  */
 export const LoraConfigSchema: GenMessage<LoraConfig> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 1);
+  messageDesc(file_ddpo_v1_run, 2);
 
 /**
  * Full fine-tuning of the UNet (lr ~1e-5 is advisable).
@@ -235,7 +279,7 @@ export type FullFineTune = Message<"ddpo.v1.FullFineTune"> & {
  * Use `create(FullFineTuneSchema)` to create a new message.
  */
 export const FullFineTuneSchema: GenMessage<FullFineTune> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 2);
+  messageDesc(file_ddpo_v1_run, 3);
 
 /**
  * @generated from message ddpo.v1.StatTracking
@@ -259,7 +303,7 @@ export type StatTracking = Message<"ddpo.v1.StatTracking"> & {
  * Use `create(StatTrackingSchema)` to create a new message.
  */
 export const StatTrackingSchema: GenMessage<StatTracking> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 3);
+  messageDesc(file_ddpo_v1_run, 4);
 
 /**
  * Advantages from the mean and std of the whole epoch's rewards.
@@ -274,7 +318,7 @@ export type BatchStatistics = Message<"ddpo.v1.BatchStatistics"> & {
  * Use `create(BatchStatisticsSchema)` to create a new message.
  */
 export const BatchStatisticsSchema: GenMessage<BatchStatistics> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 4);
+  messageDesc(file_ddpo_v1_run, 5);
 
 /**
  * One reward term; a run's reward is the weighted sum of its terms.
@@ -310,7 +354,7 @@ export type RewardSource = Message<"ddpo.v1.RewardSource"> & {
  * Use `create(RewardSourceSchema)` to create a new message.
  */
 export const RewardSourceSchema: GenMessage<RewardSource> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 5);
+  messageDesc(file_ddpo_v1_run, 6);
 
 /**
  * @generated from message ddpo.v1.Run
@@ -419,7 +463,7 @@ export type Run = Message<"ddpo.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 6);
+  messageDesc(file_ddpo_v1_run, 7);
 
 /**
  * What runs.config holds, as protobuf JSON: everything the Trainer needs to resume a run in a
@@ -467,7 +511,7 @@ export type RunSettings = Message<"ddpo.v1.RunSettings"> & {
  * Use `create(RunSettingsSchema)` to create a new message.
  */
 export const RunSettingsSchema: GenMessage<RunSettings> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 7);
+  messageDesc(file_ddpo_v1_run, 8);
 
 /**
  * Statistics of one finished epoch.
@@ -575,7 +619,7 @@ export type EpochReport = Message<"ddpo.v1.EpochReport"> & {
  * Use `create(EpochReportSchema)` to create a new message.
  */
 export const EpochReportSchema: GenMessage<EpochReport> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 8);
+  messageDesc(file_ddpo_v1_run, 9);
 
 /**
  * @generated from message ddpo.v1.GetRunRequest
@@ -592,7 +636,7 @@ export type GetRunRequest = Message<"ddpo.v1.GetRunRequest"> & {
  * Use `create(GetRunRequestSchema)` to create a new message.
  */
 export const GetRunRequestSchema: GenMessage<GetRunRequest> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 9);
+  messageDesc(file_ddpo_v1_run, 10);
 
 /**
  * @generated from message ddpo.v1.GetRunResponse
@@ -609,6 +653,13 @@ export type GetRunResponse = Message<"ddpo.v1.GetRunResponse"> & {
    * @generated from field: repeated ddpo.v1.EpochReport epochs = 2;
    */
   epochs: EpochReport[];
+
+  /**
+   * Held-out evaluations in epoch order (empty without HeldOutEvaluation).
+   *
+   * @generated from field: repeated ddpo.v1.EvaluationReport evaluations = 3;
+   */
+  evaluations: EvaluationReport[];
 };
 
 /**
@@ -616,7 +667,78 @@ export type GetRunResponse = Message<"ddpo.v1.GetRunResponse"> & {
  * Use `create(GetRunResponseSchema)` to create a new message.
  */
 export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 10);
+  messageDesc(file_ddpo_v1_run, 11);
+
+/**
+ * One held-out evaluation: per metric (a reward's name, "content:zero_shot_top1",
+ * "content:clip_alignment") the statistics over its images.
+ *
+ * @generated from message ddpo.v1.EvaluationReport
+ */
+export type EvaluationReport = Message<"ddpo.v1.EvaluationReport"> & {
+  /**
+   * Completed training epochs when evaluated (0: the starting model).
+   *
+   * @generated from field: uint32 epoch = 1;
+   */
+  epoch: number;
+
+  /**
+   * @generated from field: repeated ddpo.v1.EvaluationMetric metrics = 2;
+   */
+  metrics: EvaluationMetric[];
+};
+
+/**
+ * Describes the message ddpo.v1.EvaluationReport.
+ * Use `create(EvaluationReportSchema)` to create a new message.
+ */
+export const EvaluationReportSchema: GenMessage<EvaluationReport> = /*@__PURE__*/
+  messageDesc(file_ddpo_v1_run, 12);
+
+/**
+ * @generated from message ddpo.v1.EvaluationMetric
+ */
+export type EvaluationMetric = Message<"ddpo.v1.EvaluationMetric"> & {
+  /**
+   * @generated from field: string metric = 1;
+   */
+  metric: string;
+
+  /**
+   * @generated from field: uint32 images = 2;
+   */
+  images: number;
+
+  /**
+   * Mean, population standard deviation, min and max over the images.
+   *
+   * @generated from field: double mean = 3;
+   */
+  mean: number;
+
+  /**
+   * @generated from field: double std = 4;
+   */
+  std: number;
+
+  /**
+   * @generated from field: double min = 5;
+   */
+  min: number;
+
+  /**
+   * @generated from field: double max = 6;
+   */
+  max: number;
+};
+
+/**
+ * Describes the message ddpo.v1.EvaluationMetric.
+ * Use `create(EvaluationMetricSchema)` to create a new message.
+ */
+export const EvaluationMetricSchema: GenMessage<EvaluationMetric> = /*@__PURE__*/
+  messageDesc(file_ddpo_v1_run, 13);
 
 /**
  * The policy-gradient objective (DESIGN.md §3).
