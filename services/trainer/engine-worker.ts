@@ -79,6 +79,7 @@ const handlers = {
         );
       }
       loadIntoParameters(model.unet, join(args.start.fullModelDir, "unet", "diffusion_pytorch_model.safetensors"));
+      trainer.takeReference(); // the KL penalty's reference is the run's starting model
     }
     return { epoch: 0, backend: engine.backend, lora: trainer.lora !== null };
   },

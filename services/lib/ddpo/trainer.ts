@@ -205,11 +205,8 @@ export class DdpoTrainer {
     this.lora = config.lora ? LoraAdapterSet.create(engine, model.unetShapes, config.lora, config.seed) : null;
     this.trainable = this.lora ? this.lora.params : model.unet;
     this.optimizer = new JointAdamW([this.trainable]);
-    this.#referenceUnet = null;
-    if (!this.lora && config.klCoefficient > 0) {
-      this.#referenceUnet = allocateParameters(engine, model.unetShapes);
-      this.#referenceUnet.values.write(model.unet.values.read());
-    }
+    this.#referenceUnet = !this.lora && config.klCoefficient > 0 ? allocateParameters(engine, model.unetShapes) : null;
+    this.takeReference();
     this.statTracker = config.statTracking
       ? new PerPromptStatTracker(config.statTracking.bufferSize, config.statTracking.minCount)
       : null;
@@ -228,6 +225,15 @@ export class DdpoTrainer {
       return combineSources(this.lora.source({ frozen: !trainable }), this.model.unetSource({ frozen: true }), text);
     }
     return combineSources(this.model.unetSource({ frozen: !trainable }), text);
+  }
+
+  /**
+   * With full fine-tuning and a KL penalty, copies the UNet's current weights as the reference:
+   * done when the trainer is made, and again by whoever then loads the run's starting checkpoint
+   * into the model (never after restoring a checkpoint of the run itself).
+   */
+  takeReference(): void {
+    this.#referenceUnet?.values.write(this.model.unet.values.read());
   }
 
   /** The reference policy's parameters (the run's starting model), or null when klCoefficient is 0. */
