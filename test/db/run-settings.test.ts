@@ -49,7 +49,13 @@ describe("run settings as protobuf JSON", () => {
 
   test("round trip: held-out evaluation and the KL penalty (fields newer than the migration)", () => {
     const s = settings({
-      evaluation: { prompts: ["frog", "owl"], seeds: [7, 2 ** 52 - 1], every: 5 },
+      evaluation: {
+        prompts: ["frog", "owl"],
+        seeds: [7, 2 ** 52 - 1],
+        every: 5,
+        stopBelow: { metric: "content:zero_shot_top1", fraction: 0.4 },
+        bestBy: "jpeg_compressibility",
+      },
       klCoefficient: 0.01,
     });
     const json = runSettingsJson(s);
@@ -57,6 +63,9 @@ describe("run settings as protobuf JSON", () => {
       prompts: ["frog", "owl"],
       seeds: ["7", "4503599627370495"],
       every: 5,
+      stopMetric: "content:zero_shot_top1",
+      stopFraction: 0.4,
+      bestMetric: "jpeg_compressibility",
     });
     expect(runSettingsFromJson(JSON.parse(JSON.stringify(json)))).toEqual(s);
   });

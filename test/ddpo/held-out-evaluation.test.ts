@@ -12,7 +12,9 @@ import {
   evaluatePolicy,
   evaluationDue,
   evaluationProblems,
+  guardVerdict,
   type HeldOutEvaluation,
+  summariseEvaluation,
 } from "../../services/lib/ddpo/evaluation.ts";
 import { evaluatePrompts } from "../../services/lib/eval/prompt-eval.ts";
 import { ClipModel } from "../../services/lib/models/clip-model.ts";
@@ -37,19 +39,36 @@ afterAll(async () => {
 });
 
 const TRAINING = ["cat face", "tiger", "dog face"];
-const HELD_OUT: HeldOutEvaluation = { prompts: ["frog", "monkey face"], seeds: [900001, 900002], every: 5 };
+const HELD_OUT: HeldOutEvaluation = {
+  prompts: ["frog", "monkey face"],
+  seeds: [900001, 900002],
+  every: 5,
+  stopBelow: null,
+  bestBy: null,
+};
 const SAMPLING = { steps: 2, guidance: 3, eta: 1, batch: 4 };
 
 describe("held-out evaluation", () => {
   test("settings: held out of training, distinct seeds, a positive period", () => {
     expect(evaluationProblems(HELD_OUT, TRAINING)).toEqual([]);
-    const bad = evaluationProblems({ prompts: ["tiger", "tiger"], seeds: [1, 1, -2], every: 0 }, TRAINING);
+    const bad = evaluationProblems(
+      {
+        prompts: ["tiger", "tiger"],
+        seeds: [1, 1, -2],
+        every: 0,
+        stopBelow: { metric: CONTENT_TOP1, fraction: 1.5 },
+        bestBy: "",
+      },
+      TRAINING,
+    );
     expect(bad).toEqual([
       "evaluation prompts must be distinct",
       "evaluation prompts must be held out of training; shared: tiger",
       "evaluation seeds must be integers in [0, 2^52)",
       "evaluation seeds must be distinct",
       "evaluation every must be a positive integer, got 0",
+      "evaluation stopBelow fraction must be in (0, 1), got 1.5",
+      "evaluation bestBy must name a metric",
     ]);
     expect([0, 1, 4, 5, 10].map((e) => evaluationDue(HELD_OUT, e))).toEqual([true, false, false, true, true]);
   });
@@ -106,4 +125,37 @@ describe("held-out evaluation", () => {
     ]);
     expect(messages[0]!.metrics[2]!.mean).toBe(jpeg0.mean);
   }, 120_000);
+
+  test("the guard: best epoch by a metric, stop when the content check falls below a fraction of its start", () => {
+    const e: HeldOutEvaluation = {
+      ...HELD_OUT,
+      stopBelow: { metric: CONTENT_TOP1, fraction: 0.5 },
+      bestBy: "jpeg_compressibility",
+    };
+    const at = (epoch: number, top1: number, jpeg: number) => ({
+      epoch,
+      means: { [CONTENT_TOP1]: top1, jpeg_compressibility: jpeg },
+    });
+    expect(guardVerdict(e, [])).toEqual({ best: null, stop: null });
+    // The summary is the per-metric mean of the rows.
+    const summary = summariseEvaluation(5, [
+      { prompt: "frog", seed: 1, metric: CONTENT_TOP1, value: 1 },
+      { prompt: "frog", seed: 2, metric: CONTENT_TOP1, value: 0 },
+      { prompt: "owl", seed: 1, metric: CONTENT_TOP1, value: 1 },
+      { prompt: "frog", seed: 1, metric: "jpeg_compressibility", value: -2 },
+    ]);
+    expect(summary).toEqual({ epoch: 5, means: { [CONTENT_TOP1]: 2 / 3, jpeg_compressibility: -2 } });
+    const history = [at(0, 0.8, -5), at(5, 0.6, -3), at(10, 0.41, -2), at(15, 0.39, -1)];
+    // 0.41 >= 0.5 x 0.8: go on; the best so far is epoch 10.
+    expect(guardVerdict(e, history.slice(0, 3))).toEqual({
+      best: { epoch: 10, metric: "jpeg_compressibility", mean: -2 },
+      stop: null,
+    });
+    const v = guardVerdict(e, history);
+    expect(v.best).toEqual({ epoch: 15, metric: "jpeg_compressibility", mean: -1 });
+    expect(v.stop).toBe(`${CONTENT_TOP1} fell to 0.390 at epoch 15, below 0.5 x its start 0.800`);
+    // Best by the content check: the start, the earliest among ties.
+    expect(guardVerdict({ ...e, bestBy: CONTENT_TOP1 }, [at(0, 0.8, 0), at(5, 0.8, 0)]).best!.epoch).toBe(0);
+    expect(() => guardVerdict({ ...e, bestBy: "aesthetic" }, history)).toThrow("no metric 'aesthetic'");
+  });
 });

@@ -17,6 +17,25 @@ export interface HeldOutEvaluation {
   seeds: number[];
   /** Evaluated before training (epoch 0) and after every `every` completed epochs. */
   every: number;
+  /**
+   * Early stopping: the run stops when `metric`'s mean falls below `fraction` x its mean at
+   * epoch 0 (e.g. the content check below half its start). null: never.
+   */
+  stopBelow: { metric: string; fraction: number } | null;
+  /** The metric whose highest mean marks the best evaluated policy; null: none. */
+  bestBy: string | null;
+}
+
+/** One evaluation's mean per metric. */
+export interface EvaluationSummary {
+  epoch: number;
+  means: Record<string, number>;
+}
+
+/** What the evaluations so far say: the best evaluated epoch, and why to stop (null: go on). */
+export interface GuardVerdict {
+  best: { epoch: number; metric: string; mean: number } | null;
+  stop: string | null;
 }
 
 /** The content check: 1 when the CLIP reads the image as its own prompt first, else 0. */
@@ -45,7 +64,58 @@ export function evaluationProblems(e: HeldOutEvaluation, trainingPrompts: readon
   if (new Set(e.seeds).size !== e.seeds.length) problems.push("evaluation seeds must be distinct");
   if (!(Number.isInteger(e.every) && e.every >= 1))
     problems.push(`evaluation every must be a positive integer, got ${e.every}`);
+  if (e.stopBelow) {
+    if (!e.stopBelow.metric) problems.push("evaluation stopBelow needs a metric");
+    if (!(e.stopBelow.fraction > 0 && e.stopBelow.fraction < 1))
+      problems.push(`evaluation stopBelow fraction must be in (0, 1), got ${e.stopBelow.fraction}`);
+  }
+  if (e.bestBy === "") problems.push("evaluation bestBy must name a metric");
   return problems;
+}
+
+/** Mean per metric of one evaluation's scores. */
+export function summariseEvaluation(epoch: number, scores: readonly EvaluationScore[]): EvaluationSummary {
+  const sums = new Map<string, [number, number]>();
+  for (const s of scores) {
+    const [sum, n] = sums.get(s.metric) ?? [0, 0];
+    sums.set(s.metric, [sum + s.value, n + 1]);
+  }
+  return { epoch, means: Object.fromEntries([...sums].map(([m, [sum, n]]) => [m, sum / n])) };
+}
+
+/**
+ * The guard's verdict over the evaluations so far (epoch order, the first at epoch 0): the best
+ * epoch by `bestBy` (the earliest among ties), and a stop when the latest `stopBelow.metric` mean
+ * is below the fraction of its epoch-0 mean. A metric the evaluations lack is an error (a typo
+ * would otherwise disable the guard silently).
+ */
+export function guardVerdict(e: HeldOutEvaluation, history: readonly EvaluationSummary[]): GuardVerdict {
+  const verdict: GuardVerdict = { best: null, stop: null };
+  if (history.length === 0) return verdict;
+  const meanOf = (h: EvaluationSummary, metric: string): number => {
+    const m = h.means[metric];
+    if (m === undefined)
+      throw new Error(`held-out evaluation: no metric '${metric}' (have ${Object.keys(h.means).join(", ")})`);
+    return m;
+  };
+  if (e.bestBy) {
+    for (const h of history) {
+      const mean = meanOf(h, e.bestBy);
+      if (!verdict.best || mean > verdict.best.mean) verdict.best = { epoch: h.epoch, metric: e.bestBy, mean };
+    }
+  }
+  if (e.stopBelow) {
+    const { metric, fraction } = e.stopBelow;
+    const start = meanOf(history[0]!, metric);
+    const latest = history[history.length - 1]!;
+    const now = meanOf(latest, metric);
+    if (latest.epoch > 0 && now < fraction * start) {
+      verdict.stop =
+        `${metric} fell to ${now.toPrecision(3)} at epoch ${latest.epoch}, below ${fraction} x its ` +
+        `start ${start.toPrecision(3)}`;
+    }
+  }
+  return verdict;
 }
 
 /** Whether the policy after `epoch` completed epochs is evaluated (epoch 0 always is). */

@@ -29,6 +29,7 @@ import type {
   Run,
   RunEvaluationByEpoch,
 } from "../db/schema.ts";
+import { CONTENT_TOP1 } from "../ddpo/evaluation.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, type DdpoLoss as Loss, validateConfig } from "../ddpo/trainer.ts";
 
 /** A run's settings as the Trainer uses them; runs.config holds them as a RunSettings message. */
@@ -238,7 +239,14 @@ export function ddpoConfigMessage(c: DdpoConfig): DdpoConfigMessage {
     rwrTemperature: c.rwrTemperature,
     sparseRwrPercentile: c.sparseRwrPercentile,
     evaluation: c.evaluation
-      ? { prompts: c.evaluation.prompts, seeds: c.evaluation.seeds.map(BigInt), every: c.evaluation.every }
+      ? {
+          prompts: c.evaluation.prompts,
+          seeds: c.evaluation.seeds.map(BigInt),
+          every: c.evaluation.every,
+          stopMetric: c.evaluation.stopBelow?.metric,
+          stopFraction: c.evaluation.stopBelow?.fraction,
+          bestMetric: c.evaluation.bestBy ?? undefined,
+        }
       : undefined,
   });
 }
@@ -298,6 +306,11 @@ export function ddpoConfigFromMessage(m: DdpoConfigMessage | undefined): DdpoCon
           // Above 2^52 stays out of range as a number, so validation refuses it.
           seeds: m.evaluation.seeds.map(Number),
           every: m.evaluation.every ?? 1,
+          stopBelow:
+            m.evaluation.stopMetric !== undefined || m.evaluation.stopFraction !== undefined
+              ? { metric: m.evaluation.stopMetric ?? CONTENT_TOP1, fraction: m.evaluation.stopFraction ?? 0.5 }
+              : null,
+          bestBy: m.evaluation.bestMetric ?? null,
         }
       : d.evaluation,
   };
