@@ -9,6 +9,7 @@ import { createRun, evaluationByEpoch, recordEvaluation } from "../../services/l
 import {
   CONTENT_ALIGNMENT,
   CONTENT_TOP1,
+  type EvaluationScore,
   evaluatePolicy,
   evaluationDue,
   evaluationProblems,
@@ -16,6 +17,9 @@ import {
   type HeldOutEvaluation,
   summariseEvaluation,
 } from "../../services/lib/ddpo/evaluation.ts";
+import { localSteps, runLocalEpoch } from "../../services/lib/ddpo/local-steps.ts";
+import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
+import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { evaluatePrompts } from "../../services/lib/eval/prompt-eval.ts";
 import { ClipModel } from "../../services/lib/models/clip-model.ts";
 import { TextToImageModel } from "../../services/lib/models/text-to-image.ts";
@@ -158,4 +162,44 @@ describe("held-out evaluation", () => {
     expect(guardVerdict({ ...e, bestBy: CONTENT_TOP1 }, [at(0, 0.8, 0), at(5, 0.8, 0)]).best!.epoch).toBe(0);
     expect(() => guardVerdict({ ...e, bestBy: "aesthetic" }, history)).toThrow("no metric 'aesthetic'");
   });
+
+  test("in the epoch pipeline: the starting model is evaluated before epoch 1, then every period; the verdict follows", async () => {
+    const jpeg = rewardByName("jpeg_compressibility");
+    const e: HeldOutEvaluation = { ...HELD_OUT, every: 2, stopBelow: null, bestBy: jpeg.name };
+    const baseline = await evaluatePolicy(model, null, clip, [jpeg], e, TRAINING, SAMPLING);
+    const config: DdpoConfig = {
+      ...DDPO_DEFAULTS,
+      sampleBatchSize: 2,
+      sampleBatchesPerEpoch: 1,
+      steps: 2,
+      trainBatchSize: 2,
+      gradientAccumulation: 1,
+      statTracking: null,
+      lr: 3e-2,
+      evaluation: e,
+    };
+    const trainingPrompts = promptSetFromList("held-out-test", "training prompts", TRAINING);
+    expect(() => localSteps(new DdpoTrainer(engine, model, config, jpeg, trainingPrompts))).toThrow("no CLIP");
+    const trainer = new DdpoTrainer(engine, model, config, jpeg, trainingPrompts);
+    const recorded = new Map<number, EvaluationScore[]>();
+    const hooks = {
+      evaluation: {
+        clip,
+        sampling: SAMPLING,
+        record: (epoch: number, s: EvaluationScore[]) => void recorded.set(epoch, s),
+      },
+    };
+    const verdicts = [];
+    for (let i = 0; i < 2; i++) verdicts.push((await runLocalEpoch(trainer, hooks)).verdict);
+    trainer.close();
+    expect([...recorded.keys()]).toEqual([0, 2]);
+    expect(recorded.get(0)).toEqual(baseline);
+    // The adapters moved the policy: its held-out images changed.
+    expect(recorded.get(2)!.filter((s) => s.metric === jpeg.name)).not.toEqual(
+      baseline.filter((s) => s.metric === jpeg.name),
+    );
+    const history = [summariseEvaluation(0, recorded.get(0)!), summariseEvaluation(2, recorded.get(2)!)];
+    expect(verdicts).toEqual([guardVerdict(e, history.slice(0, 1)), guardVerdict(e, history)]);
+    expect(verdicts[1]!.best!.metric).toBe(jpeg.name);
+  }, 120_000);
 });

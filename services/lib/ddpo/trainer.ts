@@ -22,7 +22,7 @@ import type { RewardFunction } from "../rewards/index.ts";
 import { denoisingLossAndGrad } from "../training/denoising.ts";
 import { JointAdamW } from "../training/optimizer.ts";
 import { Mulberry32 } from "../training/random.ts";
-import { evaluationProblems, type HeldOutEvaluation } from "./evaluation.ts";
+import { type EvaluationSummary, evaluationProblems, type HeldOutEvaluation } from "./evaluation.ts";
 import type { ProgressListener, SampledEpoch } from "./pipeline.ts";
 import { type PolicyGradientSettings, policyGradientStep } from "./policy-gradient.ts";
 import type { PromptSet } from "./prompts.ts";
@@ -183,6 +183,11 @@ export class DdpoTrainer {
   readonly trainable: FlatParameters;
   readonly optimizer: JointAdamW;
   readonly statTracker: PerPromptStatTracker | null;
+  /**
+   * The held-out evaluations of this process's epochs, for the guard's verdict (local steps; the
+   * Trainer reads them from Postgres). Not in checkpoints: a resumed local run starts anew.
+   */
+  readonly evaluations: EvaluationSummary[] = [];
   /** The starting UNet's weights for the KL penalty with full fine-tuning (null otherwise). */
   readonly #referenceUnet: FlatParameters | null;
   #rng: Mulberry32;
