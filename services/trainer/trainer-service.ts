@@ -213,6 +213,11 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
   if (config.evaluation) {
     const problems = evaluationProblems(config.evaluation, promptSetByName(promptSet).prompts);
     if (problems.length) invalid(`config.evaluation: ${problems.join("; ")}`);
+    // Refused rather than ignored: a run would otherwise go unguarded without saying so.
+    throw new ServiceError(
+      Code.UNIMPLEMENTED,
+      "config.evaluation: held-out evaluation is not run by the Trainer yet (ddpo train-local runs it)",
+    );
   }
   return {
     name: request.name,
