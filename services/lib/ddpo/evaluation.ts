@@ -131,10 +131,61 @@ export interface EvaluationSampling {
   batch: number;
 }
 
+/** The held-out images of one evaluation and their content-check scores. */
+export interface HeldOutSamples {
+  /** Per image (prompt-major, then seed). */
+  prompts: string[];
+  seeds: number[];
+  /** [N, size, size, 3] uint8 RGB, what rewards score. */
+  pixels: Uint8Array;
+  imageSize: number;
+  content: EvaluationScore[];
+}
+
 /**
  * Samples every evaluation prompt x seed under the policy (the model, with `lora` over it when
- * given) and scores each image: every reward, then the content check. Prompt-major, then seed.
+ * given) and applies the content check; the rewards are the caller's (in-process or Rewarders).
  */
+export function sampleHeldOut(
+  model: TextToImageModel,
+  lora: LoraAdapterSet | null,
+  clip: ClipModel,
+  e: HeldOutEvaluation,
+  trainingPrompts: readonly string[],
+  sampling: EvaluationSampling,
+): HeldOutSamples {
+  const problems = evaluationProblems(e, trainingPrompts);
+  if (problems.length) throw new Error(`held-out evaluation: ${problems.join("; ")}`);
+  const r = evaluatePrompts(model, clip, e.prompts, {
+    ...sampling,
+    seeds: e.seeds,
+    lora,
+    labels: [...e.prompts, ...trainingPrompts],
+  });
+  const n = e.prompts.length * e.seeds.length;
+  const size = model.unetConfig.sample_size;
+  const content: EvaluationScore[] = [];
+  for (const p of r.prompts) {
+    e.seeds.forEach((seed, si) => {
+      content.push({ prompt: p.prompt, seed, metric: CONTENT_TOP1, value: p.ranks[si] === 0 ? 1 : 0 });
+      content.push({ prompt: p.prompt, seed, metric: CONTENT_ALIGNMENT, value: p.alignments[si]! });
+    });
+  }
+  return {
+    prompts: e.prompts.flatMap((p) => e.seeds.map(() => p)),
+    seeds: e.prompts.flatMap(() => e.seeds),
+    pixels: toUint8Images(r.images, n, model.unetConfig.out_channels, size),
+    imageSize: size,
+    content,
+  };
+}
+
+/** One reward's scores of the held-out images as rows. */
+export function rewardRows(samples: HeldOutSamples, metric: string, scores: ArrayLike<number>): EvaluationScore[] {
+  return samples.prompts.map((prompt, i) => ({ prompt, seed: samples.seeds[i]!, metric, value: scores[i]! }));
+}
+
+/** sampleHeldOut scored by in-process rewards: each reward's rows, then the content check's. */
 export async function evaluatePolicy(
   model: TextToImageModel,
   lora: LoraAdapterSet | null,
@@ -144,33 +195,11 @@ export async function evaluatePolicy(
   trainingPrompts: readonly string[],
   sampling: EvaluationSampling,
 ): Promise<EvaluationScore[]> {
-  const problems = evaluationProblems(e, trainingPrompts);
-  if (problems.length) throw new Error(`held-out evaluation: ${problems.join("; ")}`);
-  const r = evaluatePrompts(model, clip, e.prompts, {
-    ...sampling,
-    seeds: e.seeds,
-    lora,
-    labels: [...e.prompts, ...trainingPrompts],
-  });
-  const jobs = e.prompts.flatMap((prompt) => e.seeds.map((seed) => ({ prompt, seed })));
-  const size = model.unetConfig.sample_size;
-  const pixels = toUint8Images(r.images, jobs.length, model.unetConfig.out_channels, size);
+  const h = sampleHeldOut(model, lora, clip, e, trainingPrompts, sampling);
   const scores: EvaluationScore[] = [];
   for (const reward of rewards) {
-    const values = await reward.score(
-      pixels,
-      { height: size, width: size },
-      jobs.map((j) => j.prompt),
-    );
-    jobs.forEach((j, i) => {
-      scores.push({ ...j, metric: reward.name, value: values[i]! });
-    });
+    const values = await reward.score(h.pixels, { height: h.imageSize, width: h.imageSize }, h.prompts);
+    scores.push(...rewardRows(h, reward.name, values));
   }
-  for (const p of r.prompts) {
-    e.seeds.forEach((seed, si) => {
-      scores.push({ prompt: p.prompt, seed, metric: CONTENT_TOP1, value: p.ranks[si] === 0 ? 1 : 0 });
-      scores.push({ prompt: p.prompt, seed, metric: CONTENT_ALIGNMENT, value: p.alignments[si]! });
-    });
-  }
-  return scores;
+  return [...scores, ...h.content];
 }
