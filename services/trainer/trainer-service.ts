@@ -81,6 +81,7 @@ function eventMessage(runId: string, e: RunEventPayload): RunEventInit {
   const base = { runId, time: timestampNow() };
   if (e.kind === "epoch") return { ...base, event: { case: "epoch", value: e.epoch! } };
   if (e.kind === "progress") return { ...base, event: { case: "progress", value: e.progress! } };
+  if (e.kind === "evaluation") return { ...base, event: { case: "evaluation", value: e.evaluation! } };
   return {
     ...base,
     event: { case: "status", value: { status: runStatusMessage(e.status!.status), message: e.status!.message } },
@@ -213,11 +214,6 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
   if (config.evaluation) {
     const problems = evaluationProblems(config.evaluation, promptSetByName(promptSet).prompts);
     if (problems.length) invalid(`config.evaluation: ${problems.join("; ")}`);
-    // Refused rather than ignored: a run would otherwise go unguarded without saying so.
-    throw new ServiceError(
-      Code.UNIMPLEMENTED,
-      "config.evaluation: held-out evaluation is not run by the Trainer yet (ddpo train-local runs it)",
-    );
   }
   return {
     name: request.name,

@@ -161,6 +161,12 @@ describe("held-out evaluation", () => {
     // Best by the content check: the start, the earliest among ties.
     expect(guardVerdict({ ...e, bestBy: CONTENT_TOP1 }, [at(0, 0.8, 0), at(5, 0.8, 0)]).best!.epoch).toBe(0);
     expect(() => guardVerdict({ ...e, bestBy: "aesthetic" }, history)).toThrow("no metric 'aesthetic'");
+    // A negative start (-2): a fall of more than half its magnitude, below -3, stops.
+    const negative = { ...e, stopBelow: { metric: "jpeg_compressibility", fraction: 0.5 }, bestBy: null };
+    expect(guardVerdict(negative, [at(0, 1, -2), at(1, 1, -2.9)]).stop).toBeNull();
+    expect(guardVerdict(negative, [at(0, 1, -2), at(1, 1, -3.1)]).stop).toBe(
+      "jpeg_compressibility fell to -3.10 at epoch 1, below 0.5 x its start -2.00",
+    );
   });
 
   test("in the epoch pipeline: the starting model is evaluated before epoch 1, then every period; the verdict follows", async () => {

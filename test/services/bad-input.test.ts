@@ -592,12 +592,6 @@ describe("Trainer", () => {
         message,
       );
     }
-    // A valid held-out evaluation is refused until the Trainer runs it (train-local does).
-    await expectStatus(
-      trainer.startRun({ ...start, config: { ...TINY_CONFIG, evaluation: { prompts: ["tea cup"], seeds: [1n] } } }),
-      Code.UNIMPLEMENTED,
-      "config.evaluation: held-out evaluation is not run by the Trainer yet (ddpo train-local runs it)",
-    );
   });
 
   test("StartRun: reward sources without a name, with a NaN weight, or naming an unknown reward", async () => {

@@ -19,7 +19,8 @@ export interface HeldOutEvaluation {
   every: number;
   /**
    * Early stopping: the run stops when `metric`'s mean falls below `fraction` x its mean at
-   * epoch 0 (e.g. the content check below half its start). null: never.
+   * epoch 0 (e.g. the content check below half its start); for a negative start, when it falls
+   * by more than (1 - fraction) x its magnitude. null: never.
    */
   stopBelow: { metric: string; fraction: number } | null;
   /** The metric whose highest mean marks the best evaluated policy; null: none. */
@@ -109,7 +110,9 @@ export function guardVerdict(e: HeldOutEvaluation, history: readonly EvaluationS
     const start = meanOf(history[0]!, metric);
     const latest = history[history.length - 1]!;
     const now = meanOf(latest, metric);
-    if (latest.epoch > 0 && now < fraction * start) {
+    // start - (1 - fraction)|start|: fraction x start for a positive start; for a negative one
+    // (an alignment, a JPEG size in -kB) the same fall measured on its magnitude.
+    if (latest.epoch > 0 && now < start - (1 - fraction) * Math.abs(start)) {
       verdict.stop =
         `${metric} fell to ${now.toPrecision(3)} at epoch ${latest.epoch}, below ${fraction} x its ` +
         `start ${start.toPrecision(3)}`;

@@ -236,7 +236,8 @@ export type HeldOutEvaluation = Message<"ddpo.v1.HeldOutEvaluation"> & {
 
   /**
    * Early stopping: the run stops (status STOPPED, the reason in its error) when this metric's
-   * mean falls below stop_fraction x its epoch-0 mean. Either set: the other defaults to
+   * mean falls below stop_fraction x its epoch-0 mean (for a negative start: by more than
+   * (1 - stop_fraction) x its magnitude). Either set: the other defaults to
    * "content:zero_shot_top1" / 0.5; neither: no early stopping.
    *
    * @generated from field: optional string stop_metric = 4;
