@@ -1,7 +1,8 @@
 // Held-out evaluation (the over-optimisation guard): every evaluation period the policy samples the
 // run's fixed evaluation prompts x seeds, and each image's score under every metric (each configured
 // reward by name, and the emoji CLIP's zero-shot top-1 as the content check) is one row.
-// run_evaluation_by_epoch: per run, epoch and metric, the count, mean, population std, min and max.
+// run_evaluation_by_epoch: per run, epoch and metric, the count, mean, population std, min and max,
+// summed in a fixed order so that every read gives the same bits (the guard compares means).
 
 import { type Kysely, sql } from "kysely";
 
@@ -23,8 +24,8 @@ export async function up(db: Kysely<any>): Promise<void> {
     create view run_evaluation_by_epoch as
     select run_id, epoch, metric,
       count(*)::integer as images,
-      avg(value) as mean,
-      stddev_pop(value) as std,
+      avg(value order by prompt, seed) as mean,
+      stddev_pop(value order by prompt, seed) as std,
       min(value) as min,
       max(value) as max
     from evaluation_scores

@@ -20,7 +20,14 @@ import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
 import type { EpochReport, EvaluationReport } from "../gen/ddpo/v1/run_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import { epochRows } from "../lib/db/epoch-rows.ts";
-import { evaluationByEpoch, listEpochs, recordEpoch, recordEvaluation, setRunStatus } from "../lib/db/queries.ts";
+import {
+  evaluationByEpoch,
+  listEpochs,
+  recordEpoch,
+  recordEvaluation,
+  setRunBest,
+  setRunStatus,
+} from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import {
@@ -285,7 +292,21 @@ export class RunController {
       h.means[r.metric] = r.mean;
       history.set(r.epoch, h);
     }
-    return guardVerdict(e, [...history.values()]);
+    const verdict = guardVerdict(e, [...history.values()]);
+    if (verdict.best) {
+      const best = verdict.best;
+      const id =
+        best.epoch === 0
+          ? this.baseCheckpointId
+          : (await this.#recording("reading the run's epochs", () => listEpochs(this.env.db, this.runId))).find(
+              (r) => r.epoch === best.epoch,
+            )?.checkpoint_id;
+      if (id)
+        await this.#recording("marking the best checkpoint", () =>
+          setRunBest(this.env.db, this.runId, id, best.metric),
+        );
+    }
+    return verdict;
   }
 
   /** A registered checkpoint as the Registry has it; null when it is not registered. */

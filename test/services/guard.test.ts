@@ -107,6 +107,19 @@ describe("the over-optimisation guard across the services", () => {
       epochs.map((e) => e.klToReference!),
     );
 
+    // The best evaluated policy by jpeg_compressibility (the earliest among ties), marked in the
+    // run and, when the run made it, in the lineage.
+    const jpegMeans = evaluated.map((r) => r.metrics.find((m) => m.metric === "jpeg_compressibility")!.mean);
+    const bestEpoch = jpegMeans.indexOf(Math.max(...jpegMeans));
+    const { run } = await registryClient.getRun({ runId });
+    const bestId = bestEpoch === 0 ? run!.baseCheckpointId : epochs[bestEpoch - 1]!.checkpointId;
+    console.log(`jpeg by evaluation: ${jpegMeans.join(", ")}; best epoch ${bestEpoch}`);
+    expect([run!.bestCheckpointId, run!.bestMetric]).toEqual([bestId, "jpeg_compressibility"]);
+    const { ancestry } = await registryClient.getLineage({ checkpointId: epochs.at(-1)!.checkpointId });
+    expect(ancestry.filter((c) => c.bestOfRunBy === "jpeg_compressibility").map((c) => c.id)).toEqual(
+      bestEpoch === 0 ? [] : [bestId],
+    );
+
     // A stop rule the first trained epoch breaks (the run is deterministic: the same seeds give
     // the same figures): the content check's alignment may not fall by 1% of its start.
     const alignment = evaluated.map((r) => r.metrics.find((m) => m.metric === CONTENT_ALIGNMENT)!.mean);

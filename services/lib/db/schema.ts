@@ -34,6 +34,9 @@ export interface RunsTable {
   created_at: CreatedAt;
   updated_at: UpdatedAt;
   error: string | null;
+  /** The best evaluated policy by best_metric (HeldOutEvaluation); null: none marked. */
+  best_checkpoint_id: string | null;
+  best_metric: string | null;
 }
 
 export interface EpochsTable {

@@ -79,8 +79,9 @@ export function checkpointKindFromMessage(kind: CheckpointKind): DbKind | null {
   return found ? (found[0] as DbKind) : null;
 }
 
-export function checkpointMessage(c: Checkpoint): CheckpointMessage {
+export function checkpointMessage(c: Checkpoint & { best_of_run_by?: string | null }): CheckpointMessage {
   return create(CheckpointSchema, {
+    bestOfRunBy: c.best_of_run_by ?? undefined,
     id: c.id,
     parentId: c.parent_id ?? undefined,
     runId: c.run_id ?? undefined,
@@ -205,6 +206,8 @@ export function runMessage(run: Run, epochs: readonly Epoch[]): RunMessage {
     samplerEndpoints: settings.samplerEndpoints ?? [],
     latestCheckpointId: last?.checkpoint_id ?? run.base_checkpoint_id ?? "",
     codeVersion: run.code_version ?? "",
+    bestCheckpointId: run.best_checkpoint_id ?? undefined,
+    bestMetric: run.best_metric ?? undefined,
     createdAt: timestampFromDate(run.created_at),
     updatedAt: timestampFromDate(run.updated_at),
   });
