@@ -46,3 +46,9 @@ export function epochLine(e: EpochReport): string {
     `train ${e.trainingS.toFixed(1)} s)`
   );
 }
+
+/** One line per held-out evaluation: the mean of each metric. */
+export function evaluationLine(epoch: number, means: Readonly<Record<string, number>>): string {
+  const parts = Object.entries(means).map(([metric, mean]) => `${metric} ${mean.toFixed(4)}`);
+  return `held-out epoch ${String(epoch).padStart(3)}  ${parts.join("  ")}`;
+}

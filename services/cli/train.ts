@@ -32,7 +32,7 @@ import { rewardByName } from "../lib/rewards/index.ts";
 import { epochName, RunFolder } from "../lib/runs/run-folder.ts";
 import { DEFAULT_CLIP } from "./clip.ts";
 import { commandFlags, type FlagSpec, numberFlag } from "./flags.ts";
-import { epochLine, formatSeconds, ProgressBar } from "./progress.ts";
+import { epochLine, evaluationLine, formatSeconds, ProgressBar } from "./progress.ts";
 
 export const TRAIN_USAGE = `ddpo train --model DIR --out RUN_DIR [--reward jpeg_compressibility] [--prompts animals]
            [--epochs 10] [--loss ddpo_is|ddpo_sf|rwr|sparse_rwr] [--full] [--resume] [--key value ...]`;
@@ -77,6 +77,15 @@ export const DDPO_FLAGS = {
   full: { type: "boolean", help: "fine-tune the whole UNet instead of LoRA adapters" },
   "lora-rank": { type: "string", value: "N", help: "LoRA rank", default: DDPO_DEFAULTS.lora!.rank },
   "lora-alpha": { type: "string", value: "X", help: "LoRA alpha (scale alpha / rank)", default: "the rank" },
+  "eval-prompts": { type: "string", value: "P1,P2", help: "held-out evaluation prompts (none in --prompts)" },
+  "eval-seeds": { type: "string", value: "S1,S2", help: "held-out evaluation noise seeds", default: "1,2,3,4" },
+  "eval-every": { type: "string", value: "N", help: "evaluate every N epochs (and before the first)", default: 1 },
+  "stop-below": {
+    type: "string",
+    value: "METRIC:FRACTION",
+    help: `stop when METRIC's mean falls below FRACTION x its start (e.g. ${CONTENT_TOP1}:0.5)`,
+  },
+  "best-by": { type: "string", value: "METRIC", help: "mark the best evaluated epoch by this metric's mean" },
 } as const satisfies Record<string, FlagSpec>;
 
 /** Applies `--key value` overrides onto the defaults (numbers checked here, ranges by the trainer). */
@@ -112,15 +121,6 @@ export async function trainCommand(argv: string[]): Promise<void> {
     epochs: { type: "string", value: "N", help: "epochs in all (a resumed run counts the done ones)", default: 10 },
     resume: { type: "boolean", help: "continue from the run folder's last checkpoint" },
     ...DDPO_FLAGS,
-    "eval-prompts": { type: "string", value: "P1,P2", help: "held-out evaluation prompts (none in --prompts)" },
-    "eval-seeds": { type: "string", value: "S1,S2", help: "held-out evaluation noise seeds", default: "1,2,3,4" },
-    "eval-every": { type: "string", value: "N", help: "evaluate every N epochs (and before the first)", default: 1 },
-    "stop-below": {
-      type: "string",
-      value: "METRIC:FRACTION",
-      help: `stop when METRIC's mean falls below FRACTION x its start (e.g. ${CONTENT_TOP1}:0.5)`,
-    },
-    "best-by": { type: "string", value: "METRIC", help: "mark the best evaluated epoch by this metric's mean" },
     clip: {
       type: "string",
       value: "DIR",
@@ -177,12 +177,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
         evaluations[epochName(epoch)] = scores;
         mkdirSync(folder.root, { recursive: true });
         writeFileSync(join(folder.root, "evaluations.json"), `${JSON.stringify(evaluations, null, 1)}\n`);
-        const { means } = summariseEvaluation(epoch, scores);
-        console.log(
-          `held-out epoch ${epoch}: ${Object.entries(means)
-            .map(([m, v]) => `${m} ${v.toFixed(4)}`)
-            .join("  ")}`,
-        );
+        console.log(evaluationLine(epoch, summariseEvaluation(epoch, scores).means));
       },
     };
   }
@@ -199,7 +194,8 @@ export async function trainCommand(argv: string[]): Promise<void> {
   }
   if (verdict?.best) {
     const { epoch, metric, mean } = verdict.best;
-    console.log(`train: best evaluated policy by ${metric}: epoch ${epoch} (${mean.toFixed(4)}), ${epochName(epoch)}`);
+    const which = epoch === 0 ? "the starting model" : `checkpoints/${epochName(epoch)}`;
+    console.log(`train: best evaluated policy by ${metric}: epoch ${epoch} (${mean.toFixed(4)}), ${which}`);
   }
   console.log(`train: ${folder.root} holds history.json, reward.png, samples/ and checkpoints/`);
   clip?.close();
@@ -233,7 +229,8 @@ export function evaluationFromFlags(
   }
   return {
     prompts,
-    seeds: list("eval-seeds").map((s) => numberFlag(s, 0, "eval-seeds")),
+    seeds:
+      text("eval-seeds") === undefined ? [1, 2, 3, 4] : list("eval-seeds").map((s) => numberFlag(s, 0, "eval-seeds")),
     every: numberFlag(text("eval-every"), 1, "eval-every", true),
     stopBelow,
     bestBy: text("best-by") ?? null,

@@ -39,6 +39,13 @@ describe("evaluationFromFlags", () => {
       stopBelow: { metric: "content:zero_shot_top1", fraction: 0.5 },
       bestBy: "jpeg_compressibility",
     });
+    expect(evaluationFromFlags({ "eval-prompts": "tea cup" })).toEqual({
+      prompts: ["tea cup"],
+      seeds: [1, 2, 3, 4],
+      every: 1,
+      stopBelow: null,
+      bestBy: null,
+    });
     expect(() => evaluationFromFlags({ "best-by": "x" })).toThrow("--best-by needs --eval-prompts");
     expect(() => evaluationFromFlags({ "eval-prompts": "a", "stop-below": "0.5" })).toThrow(
       "--stop-below must be METRIC:FRACTION, got '0.5'",
