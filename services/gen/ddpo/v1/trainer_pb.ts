@@ -187,7 +187,8 @@ export type RunEvent = Message<"ddpo.v1.RunEvent"> & {
     case: "progress";
   } | {
     /**
-     * A held-out evaluation finished and is recorded (also replayed with from_epoch).
+     * A held-out evaluation finished and is recorded (live only: from_epoch replays epochs, not
+     * evaluations; GetRun has them all).
      *
      * @generated from field: ddpo.v1.EvaluationReport evaluation = 6;
      */
