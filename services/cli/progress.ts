@@ -33,12 +33,22 @@ export function formatSeconds(s: number): string {
   return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(sec).padStart(2, "0")}s`;
 }
 
-/** One line per finished epoch: reward mean ± std, loss, approx_kl, clip fraction, seconds by phase. */
+/**
+ * One line per finished epoch: reward mean ± std, loss, approx_kl, clip fraction, the KL to the
+ * starting model when measured, seconds by phase.
+ */
 export function epochLine(e: EpochReport): string {
   return (
     `epoch ${String(e.epoch).padStart(3)}  reward ${e.rewardMean.toFixed(3)} ± ${e.rewardStd.toFixed(3)}  ` +
     `loss ${e.loss.toExponential(2)}  approx_kl ${e.approxKl.toExponential(2)}  clipfrac ${e.clipFraction.toFixed(3)}  ` +
+    (e.klToReference === undefined ? "" : `kl_to_ref ${e.klToReference.toExponential(2)}  `) +
     `${formatSeconds(e.seconds)} (sample ${e.samplingS.toFixed(1)} s, reward ${e.rewardS.toFixed(1)} s, ` +
     `train ${e.trainingS.toFixed(1)} s)`
   );
+}
+
+/** One line per held-out evaluation: the mean of each metric. */
+export function evaluationLine(epoch: number, means: Readonly<Record<string, number>>): string {
+  const parts = Object.entries(means).map(([metric, mean]) => `${metric} ${mean.toFixed(4)}`);
+  return `held-out epoch ${String(epoch).padStart(3)}  ${parts.join("  ")}`;
 }

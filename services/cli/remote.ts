@@ -13,8 +13,8 @@ import { createClient } from "../lib/grpc/index.ts";
 import { ddpoConfigMessage, runStatusName } from "../lib/runs/run-messages.ts";
 import { type ClusterAddresses, startCluster } from "./cluster.ts";
 import { commandFlags, type FlagSpec } from "./flags.ts";
-import { epochLine } from "./progress.ts";
-import { configFromFlags, DDPO_FLAGS } from "./train.ts";
+import { epochLine, evaluationLine } from "./progress.ts";
+import { configFromFlags, DDPO_FLAGS, evaluationFromFlags } from "./train.ts";
 
 const UP_USAGE = `up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services + the dashboard;
            Ctrl-C stops them (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)`;
@@ -110,6 +110,10 @@ export async function followRun(
         if (tty) process.stderr.write("\r\x1b[K");
         epochs.push(e.event.value);
         onEpoch(e.event.value);
+      } else if (e.event.case === "evaluation") {
+        if (tty) process.stderr.write("\r\x1b[K");
+        const r = e.event.value;
+        console.log(evaluationLine(r.epoch, Object.fromEntries(r.metrics.map((m) => [m.metric, m.mean]))));
       } else if (e.event.case === "progress" && tty) {
         const p = e.event.value;
         process.stderr.write(`\repoch ${p.epoch} ${p.phase} ${p.done}/${p.total}\x1b[K`);
@@ -152,7 +156,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
   const { values } = parsed;
   const address = addressOf("trainer", values.trainer, values["data-dir"]);
   const { reward: _rewards, samplers: _samplers, ...flags } = values;
-  const config = configFromFlags(flags);
+  const config = { ...configFromFlags(flags), evaluation: evaluationFromFlags(flags) };
   const client = createClient(Trainer, address, { token: token() });
   const { run, workSplit } = await client.startRun(
     {

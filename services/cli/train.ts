@@ -3,10 +3,18 @@
 // mean/std, loss, approx_kl, clip fraction and seconds; in the run folder (lib/runs/run-folder.ts)
 // a checkpoint (policy, optimizer, advantage buffers, prompt position), a sample grid, the
 // history and the reward curve PNG. `--resume` continues from the folder's last checkpoint.
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { fromJson, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { Engine } from "../../gpu-core/index.ts";
 import { type EpochReport, EpochReportSchema } from "../gen/ddpo/v1/run_pb.ts";
+import {
+  CONTENT_TOP1,
+  type EvaluationScore,
+  type GuardVerdict,
+  type HeldOutEvaluation,
+  summariseEvaluation,
+} from "../lib/ddpo/evaluation.ts";
 import { type LocalHooks, runLocalEpoch } from "../lib/ddpo/local-steps.ts";
 import type { ProgressListener } from "../lib/ddpo/pipeline.ts";
 import { promptSetByName } from "../lib/ddpo/prompts.ts";
@@ -17,12 +25,14 @@ import {
   DdpoTrainer,
   optimizerStepsPerEpoch,
 } from "../lib/ddpo/trainer.ts";
+import { ClipModel } from "../lib/models/clip-model.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
 import { lineChartPng } from "../lib/plots/line-chart.ts";
 import { rewardByName } from "../lib/rewards/index.ts";
 import { epochName, RunFolder } from "../lib/runs/run-folder.ts";
+import { DEFAULT_CLIP } from "./clip.ts";
 import { commandFlags, type FlagSpec, numberFlag } from "./flags.ts";
-import { epochLine, formatSeconds, ProgressBar } from "./progress.ts";
+import { epochLine, evaluationLine, formatSeconds, ProgressBar } from "./progress.ts";
 
 export const TRAIN_USAGE = `ddpo train --model DIR --out RUN_DIR [--reward jpeg_compressibility] [--prompts animals]
            [--epochs 10] [--loss ddpo_is|ddpo_sf|rwr|sparse_rwr] [--full] [--resume] [--key value ...]`;
@@ -48,6 +58,7 @@ const NUMBER_KEY_HELP: Record<NumberKey, string> = {
   lr: "AdamW learning rate",
   weightDecay: "AdamW decoupled weight decay",
   maxGradNorm: "gradient L2 norm clip",
+  klCoefficient: "beta of the KL penalty to the starting model (0: none)",
   rwrTemperature: "RWR weight temperature",
   sparseRwrPercentile: "sparse RWR keeps samples above this quantile",
 };
@@ -66,6 +77,15 @@ export const DDPO_FLAGS = {
   full: { type: "boolean", help: "fine-tune the whole UNet instead of LoRA adapters" },
   "lora-rank": { type: "string", value: "N", help: "LoRA rank", default: DDPO_DEFAULTS.lora!.rank },
   "lora-alpha": { type: "string", value: "X", help: "LoRA alpha (scale alpha / rank)", default: "the rank" },
+  "eval-prompts": { type: "string", value: "P1,P2", help: "held-out evaluation prompts (none in --prompts)" },
+  "eval-seeds": { type: "string", value: "S1,S2", help: "held-out evaluation noise seeds", default: "1,2,3,4" },
+  "eval-every": { type: "string", value: "N", help: "evaluate every N epochs (and before the first)", default: 1 },
+  "stop-below": {
+    type: "string",
+    value: "METRIC:FRACTION",
+    help: `stop when METRIC's mean falls below FRACTION x its start (e.g. ${CONTENT_TOP1}:0.5)`,
+  },
+  "best-by": { type: "string", value: "METRIC", help: "mark the best evaluated epoch by this metric's mean" },
 } as const satisfies Record<string, FlagSpec>;
 
 /** Applies `--key value` overrides onto the defaults (numbers checked here, ranges by the trainer). */
@@ -101,11 +121,17 @@ export async function trainCommand(argv: string[]): Promise<void> {
     epochs: { type: "string", value: "N", help: "epochs in all (a resumed run counts the done ones)", default: 10 },
     resume: { type: "boolean", help: "continue from the run folder's last checkpoint" },
     ...DDPO_FLAGS,
+    clip: {
+      type: "string",
+      value: "DIR",
+      help: "emoji CLIP folder of the content check",
+      default: "models/emoji-clip",
+    },
   });
   if (!parsed) return;
   const { values } = parsed;
   if (!values.model || !values.out) throw new Error(`train: --model and --out are required\n${TRAIN_USAGE}`);
-  const config = configFromFlags(values);
+  const config = { ...configFromFlags(values), evaluation: evaluationFromFlags(values) };
   const epochs = numberFlag(values.epochs, 10, "epochs", true);
   const reward = rewardByName(values.reward ?? "jpeg_compressibility");
   const engine = Engine.open();
@@ -141,15 +167,74 @@ export async function trainCommand(argv: string[]): Promise<void> {
       await rewardChart(folder.rewardChart, history, reward.name);
     },
   };
+  const clip = config.evaluation ? ClipModel.load(engine, values.clip ?? DEFAULT_CLIP) : null;
+  if (clip) {
+    const evaluations: Record<string, EvaluationScore[]> = {};
+    hooks.evaluation = {
+      clip,
+      sampling: { steps: config.steps, guidance: config.guidance, eta: config.eta, batch: 64 },
+      record(epoch, scores) {
+        evaluations[epochName(epoch)] = scores;
+        mkdirSync(folder.root, { recursive: true });
+        writeFileSync(join(folder.root, "evaluations.json"), `${JSON.stringify(evaluations, null, 1)}\n`);
+        console.log(evaluationLine(epoch, summariseEvaluation(epoch, scores).means));
+      },
+    };
+  }
   const progress = progressBar(config, epochs, trainer);
+  let verdict: GuardVerdict | null = null;
   while (trainer.epoch < epochs) {
-    const { report } = await runLocalEpoch(trainer, hooks, progress.listener);
-    progress.last = report;
+    const outcome = await runLocalEpoch(trainer, hooks, progress.listener);
+    progress.last = outcome.report;
+    verdict = outcome.verdict;
+    if (verdict?.stop) {
+      console.log(`train: stopped early: ${verdict.stop}`);
+      break;
+    }
+  }
+  if (verdict?.best) {
+    const { epoch, metric, mean } = verdict.best;
+    const which = epoch === 0 ? "the starting model" : `checkpoints/${epochName(epoch)}`;
+    console.log(`train: best evaluated policy by ${metric}: epoch ${epoch} (${mean.toFixed(4)}), ${which}`);
   }
   console.log(`train: ${folder.root} holds history.json, reward.png, samples/ and checkpoints/`);
+  clip?.close();
   trainer.close();
   model.close();
   engine.close();
+}
+
+/** The held-out evaluation of the --eval-* flags; null without --eval-prompts. */
+export function evaluationFromFlags(
+  flags: Record<string, string | string[] | boolean | undefined>,
+): HeldOutEvaluation | null {
+  const text = (k: string) => (typeof flags[k] === "string" ? (flags[k] as string) : undefined);
+  const list = (k: string) =>
+    (text(k) ?? "")
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean);
+  const prompts = list("eval-prompts");
+  const others = ["stop-below", "best-by"].filter((k) => text(k) !== undefined);
+  if (prompts.length === 0) {
+    if (others.length) throw new Error(`--${others[0]} needs --eval-prompts`);
+    return null;
+  }
+  let stopBelow: HeldOutEvaluation["stopBelow"] = null;
+  const stop = text("stop-below");
+  if (stop !== undefined) {
+    const at = stop.lastIndexOf(":");
+    if (at <= 0) throw new Error(`--stop-below must be METRIC:FRACTION, got '${stop}'`);
+    stopBelow = { metric: stop.slice(0, at), fraction: numberFlag(stop.slice(at + 1), 0, "stop-below fraction") };
+  }
+  return {
+    prompts,
+    seeds:
+      text("eval-seeds") === undefined ? [1, 2, 3, 4] : list("eval-seeds").map((s) => numberFlag(s, 0, "eval-seeds")),
+    every: numberFlag(text("eval-every"), 1, "eval-every", true),
+    stopBelow,
+    bestBy: text("best-by") ?? null,
+  };
 }
 
 /** A run folder's history.json: the epochs' reports as protobuf JSON. */

@@ -13,6 +13,7 @@ import {
 import {
   CheckpointConflictError,
   checkpointLineage,
+  evaluationByEpoch,
   getCheckpoint,
   getRun,
   listEpochs,
@@ -22,7 +23,13 @@ import {
 import type { Database } from "../lib/db/schema.ts";
 import { bindService, Code, checkedText, echoed, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import { databaseCall } from "../lib/runs/database-calls.ts";
-import { checkpointKindFromMessage, checkpointMessage, epochMessage, runMessage } from "../lib/runs/run-messages.ts";
+import {
+  checkpointKindFromMessage,
+  checkpointMessage,
+  epochMessage,
+  evaluationMessages,
+  runMessage,
+} from "../lib/runs/run-messages.ts";
 
 const DEFAULT_CHUNK = 1 << 20;
 const MAX_CHUNK = 4 << 20;
@@ -152,7 +159,8 @@ export function registryService(db: Kysely<Database>, roots: CheckpointRoots) {
         const run = await getRun(db, runId);
         if (!run) throw new ServiceError(Code.NOT_FOUND, `run ${runId} does not exist`);
         const epochs = await listEpochs(db, runId);
-        return { run: runMessage(run, epochs), epochs: epochs.map(epochMessage) };
+        const evaluations = evaluationMessages(await evaluationByEpoch(db, runId));
+        return { run: runMessage(run, epochs), epochs: epochs.map(epochMessage), evaluations };
       });
     },
   });

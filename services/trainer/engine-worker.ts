@@ -8,10 +8,13 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
 import { loadIntoParameters } from "../lib/checkpoints/model-folder.ts";
+import { type HeldOutSamples, sampleHeldOut } from "../lib/ddpo/evaluation.ts";
 import { promptSetByName } from "../lib/ddpo/prompts.ts";
 import { type DdpoConfig, DdpoTrainer, type SampleBatchPlan, type UpdateStats } from "../lib/ddpo/trainer.ts";
+import { ClipModel } from "../lib/models/clip-model.ts";
 import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { TextToImageModel } from "../lib/models/text-to-image.ts";
+import { EMOJI_CLIP_DIR } from "../lib/rewards/clip.ts";
 import { serveWorkerHandlers, WorkerError } from "../lib/workers/worker-rpc.ts";
 
 export interface TrainerInit {
@@ -36,6 +39,8 @@ export interface EpochUpdateResult {
 
 let trainer: DdpoTrainer | null = null;
 let engine: Engine | null = null;
+/** The content check's emoji CLIP, loaded at the run's first held-out evaluation. */
+let clip: ClipModel | null = null;
 /** This epoch's rewards and advantages, from `advantages` to `update`. */
 let kept: { prompts: string[]; rewards: Float64Array; advantages: Float64Array } | null = null;
 
@@ -79,6 +84,7 @@ const handlers = {
         );
       }
       loadIntoParameters(model.unet, join(args.start.fullModelDir, "unet", "diffusion_pytorch_model.safetensors"));
+      trainer.takeReference(); // the KL penalty's reference is the run's starting model
     }
     return { epoch: 0, backend: engine.backend, lora: trainer.lora !== null };
   },
@@ -114,6 +120,16 @@ const handlers = {
     return { epoch: t.endEpoch(), stats };
   },
 
+  /** The current policy's held-out images and their content check (evaluation.ts). */
+  evaluate(): HeldOutSamples {
+    const t = active();
+    const c = t.config;
+    if (!c.evaluation) throw new WorkerError("failed_precondition", "evaluate: the run has no held-out evaluation");
+    clip ??= ClipModel.load(t.engine, EMOJI_CLIP_DIR);
+    const sampling = { steps: c.steps, guidance: c.guidance, eta: c.eta, batch: 64 };
+    return sampleHeldOut(t.model, t.lora, clip, c.evaluation, t.prompts.prompts, sampling);
+  },
+
   /** Writes the checkpoint folder; returns where the policy's weights are inside it. */
   save(args: { dir: string }): { dir: string; loraDir?: string; fullModelDir?: string } {
     const t = active();
@@ -130,6 +146,8 @@ const handlers = {
   close(): void {
     trainer?.close();
     trainer?.model.close();
+    clip?.close();
+    clip = null;
     engine?.close();
     trainer = null;
     engine = null;

@@ -19,13 +19,28 @@ import type { Kysely } from "kysely";
 import { CheckpointKind } from "../gen/ddpo/v1/common_pb.ts";
 import { type Checkpoint, Registry } from "../gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../gen/ddpo/v1/rewarder_pb.ts";
-import { type EpochReport, EpochReportSchema } from "../gen/ddpo/v1/run_pb.ts";
+import { type EpochReport, EpochReportSchema, type EvaluationReport } from "../gen/ddpo/v1/run_pb.ts";
 import { Sampler } from "../gen/ddpo/v1/sampler_pb.ts";
 import { writeFileAtomic } from "../lib/checkpoints/atomic-file.ts";
 import { epochRows } from "../lib/db/epoch-rows.ts";
-import { listEpochs, recordEpoch, setRunStatus } from "../lib/db/queries.ts";
+import {
+  evaluationByEpoch,
+  listEpochs,
+  recordEpoch,
+  recordEvaluation,
+  setRunBest,
+  setRunStatus,
+} from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
+import {
+  type EvaluationSummary,
+  evaluationDue,
+  type GuardVerdict,
+  guardVerdict,
+  type HeldOutEvaluation,
+  rewardRows,
+} from "../lib/ddpo/evaluation.ts";
 import {
   checkScores,
   combineTerms,
@@ -47,14 +62,15 @@ import {
 import { databaseCall } from "../lib/runs/database-calls.ts";
 import { RunFolder, runCheckpointId } from "../lib/runs/run-folder.ts";
 import type { RunSettings } from "../lib/runs/run-messages.ts";
-import { epochRow } from "../lib/runs/run-messages.ts";
+import { epochRow, evaluationMessages } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
 import { drawChunks, planChunks, type SampleChunk } from "./sampler-fleet.ts";
 
 export interface RunEventPayload {
-  kind: "epoch" | "status" | "progress";
+  kind: "epoch" | "status" | "progress" | "evaluation";
   epoch?: EpochReport;
+  evaluation?: EvaluationReport;
   status?: { status: RunStatus; message: string };
   progress?: { epoch: number; phase: string; done: number; total: number };
 }
@@ -134,6 +150,8 @@ export class RunController {
   readonly #abort = new AbortController();
   /** The policy the next epoch samples with. */
   #policy: Policy | null = null;
+  /** Stopped by the guard (its reason is kept as the run's error). */
+  #stoppedEarly = false;
 
   constructor(
     readonly runId: string,
@@ -173,7 +191,7 @@ export class RunController {
   async #setStatus(status: RunStatus, message = ""): Promise<void> {
     this.#status = status;
     await this.#recording("recording the run's status", () =>
-      setRunStatus(this.env.db, this.runId, status, status === "failed" ? message : null),
+      setRunStatus(this.env.db, this.runId, status, status === "failed" || this.#stoppedEarly ? message : null),
     ).catch(() => undefined);
     this.#emit({ kind: "status", status: { status, message } });
   }
@@ -215,7 +233,12 @@ export class RunController {
       const progress: ProgressListener = (phase, done, total) =>
         this.#emit({ kind: "progress", progress: { epoch: this.#policy!.epoch + 1, phase, done, total } });
       while (this.#policy.epoch < this.settings.epochs && !this.#stopRequested) {
-        await runEpoch(steps, this.#policy.epoch + 1, progress);
+        const { verdict } = await runEpoch(steps, this.#policy.epoch + 1, progress);
+        if (verdict?.stop) {
+          this.#stoppedEarly = true;
+          await this.#setStatus("stopped", `stopped early: ${verdict.stop}`);
+          return;
+        }
       }
       const unfinished = this.#policy.epoch < this.settings.epochs;
       await this.#setStatus(this.#stopRequested && unfinished ? "stopped" : "finished");
@@ -231,7 +254,9 @@ export class RunController {
 
   /** The pipeline's steps across the services. */
   #steps(): EpochSteps {
+    const heldOut = this.settings.ddpo.evaluation;
     return {
+      ...(heldOut ? { evaluate: (epoch: number) => this.#evaluate(epoch, heldOut) } : {}),
       plan: async () => (await this.#engine("plan", undefined as never)).batches,
       sample: (_epoch, plan, progress) => this.#sample(plan, progress),
       score: (_epoch, sampled) => this.#score(sampled),
@@ -249,6 +274,45 @@ export class RunController {
         this.#emit({ kind: "epoch", epoch: report });
       },
     };
+  }
+
+  /**
+   * The held-out evaluation after `epoch` epochs when due: images and content check from the
+   * worker, rewards from the run's Rewarders, rows to Postgres, an evaluation event; then the
+   * guard's verdict over every evaluation recorded for the run up to `epoch`.
+   */
+  async #evaluate(epoch: number, e: HeldOutEvaluation): Promise<GuardVerdict> {
+    const read = () => this.#recording("reading the evaluations", () => evaluationByEpoch(this.env.db, this.runId));
+    if (evaluationDue(e, epoch)) {
+      const h = await this.#engine("evaluate", undefined as never);
+      const scored = await this.#score({ prompts: h.prompts, images: h.pixels, imageSize: h.imageSize });
+      const rows = [...scored.terms.flatMap((t) => rewardRows(h, t.name, t.scores)), ...h.content];
+      await this.#recording("recording the evaluation", () => recordEvaluation(this.env.db, this.runId, epoch, rows));
+      const report = evaluationMessages((await read()).filter((r) => r.epoch === epoch))[0];
+      if (report) this.#emit({ kind: "evaluation", evaluation: report });
+    }
+    const history = new Map<number, EvaluationSummary>();
+    for (const r of await read()) {
+      if (r.epoch > epoch) continue; // rows of epochs a resumed run has yet to redo
+      const h = history.get(r.epoch) ?? { epoch: r.epoch, means: {} };
+      h.means[r.metric] = r.mean;
+      history.set(r.epoch, h);
+    }
+    const verdict = guardVerdict(e, [...history.values()]);
+    if (verdict.best) {
+      const best = verdict.best;
+      const id =
+        best.epoch === 0
+          ? this.baseCheckpointId
+          : (await this.#recording("reading the run's epochs", () => listEpochs(this.env.db, this.runId))).find(
+              (r) => r.epoch === best.epoch,
+            )?.checkpoint_id;
+      if (id)
+        await this.#recording("marking the best checkpoint", () =>
+          setRunBest(this.env.db, this.runId, id, best.metric),
+        );
+    }
+    return verdict;
   }
 
   /** A registered checkpoint as the Registry has it; null when it is not registered. */
@@ -417,7 +481,7 @@ export class RunController {
   }
 
   /** Each reward source's scores for all samples, and the weighted sum. */
-  async #score(sampled: SampledEpoch): Promise<ScoredEpoch> {
+  async #score(sampled: Pick<SampledEpoch, "prompts" | "images" | "imageSize">): Promise<ScoredEpoch> {
     const n = sampled.prompts.length;
     const size = sampled.imageSize;
     const perImage = size * size * 3;

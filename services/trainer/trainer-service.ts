@@ -16,7 +16,8 @@ import { digestFolder } from "../lib/checkpoints/checkpoint-folder.ts";
 import { createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/queries.ts";
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
-import { listPromptSets } from "../lib/ddpo/prompts.ts";
+import { evaluationProblems } from "../lib/ddpo/evaluation.ts";
+import { listPromptSets, promptSetByName } from "../lib/ddpo/prompts.ts";
 import type { DdpoConfig } from "../lib/ddpo/trainer.ts";
 import {
   bindService,
@@ -82,6 +83,7 @@ function eventMessage(runId: string, e: RunEventPayload): RunEventInit {
   const base = { runId, time: timestampNow() };
   if (e.kind === "epoch") return { ...base, event: { case: "epoch", value: e.epoch! } };
   if (e.kind === "progress") return { ...base, event: { case: "progress", value: e.progress! } };
+  if (e.kind === "evaluation") return { ...base, event: { case: "evaluation", value: e.evaluation! } };
   return {
     ...base,
     event: { case: "status", value: { status: runStatusMessage(e.status!.status), message: e.status!.message } },
@@ -210,6 +212,11 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
     invalid(`unknown prompt_set '${promptSet}'; known: ${listPromptSets().join(", ")}`);
   }
   if (!(request.epochs >= 1 && request.epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
+  const config = checkedConfig(request.config);
+  if (config.evaluation) {
+    const problems = evaluationProblems(config.evaluation, promptSetByName(promptSet).prompts);
+    if (problems.length) invalid(`config.evaluation: ${problems.join("; ")}`);
+  }
   return {
     name: request.name,
     requestId: request.requestId,
@@ -217,7 +224,7 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
     baseCheckpointId: request.baseCheckpointId ?? "",
     promptSet,
     epochs: request.epochs,
-    config: checkedConfig(request.config),
+    config,
     rewards: checkedRewards(request.rewards),
     samplers: [...request.samplerEndpoints],
   };

@@ -1,6 +1,6 @@
 // The DDPO hyper-parameters from `ddpo train` / `train-local` flags: typed, checked, over the defaults.
 import { describe, expect, test } from "bun:test";
-import { configFromFlags } from "../../services/cli/train.ts";
+import { configFromFlags, evaluationFromFlags } from "../../services/cli/train.ts";
 import { DDPO_DEFAULTS } from "../../services/lib/ddpo/trainer.ts";
 
 describe("configFromFlags", () => {
@@ -18,5 +18,40 @@ describe("configFromFlags", () => {
       "--loss must be one of ddpo_is, ddpo_sf, rwr, sparse_rwr, got 'ppo'",
     );
     expect(() => configFromFlags({ "lora-rank": "2.5" })).toThrow("--lora-rank must be an integer, got '2.5'");
+  });
+});
+
+describe("evaluationFromFlags", () => {
+  test("the held-out evaluation and the guard's rule from --eval-* flags", () => {
+    expect(evaluationFromFlags({})).toBeNull();
+    expect(
+      evaluationFromFlags({
+        "eval-prompts": "tea cup, red apple",
+        "eval-seeds": "11,12",
+        "eval-every": "5",
+        "stop-below": "content:zero_shot_top1:0.5",
+        "best-by": "jpeg_compressibility",
+      }),
+    ).toEqual({
+      prompts: ["tea cup", "red apple"],
+      seeds: [11, 12],
+      every: 5,
+      stopBelow: { metric: "content:zero_shot_top1", fraction: 0.5 },
+      bestBy: "jpeg_compressibility",
+    });
+    expect(evaluationFromFlags({ "eval-prompts": "tea cup" })).toEqual({
+      prompts: ["tea cup"],
+      seeds: [1, 2, 3, 4],
+      every: 1,
+      stopBelow: null,
+      bestBy: null,
+    });
+    expect(() => evaluationFromFlags({ "best-by": "x" })).toThrow("--best-by needs --eval-prompts");
+    expect(() => evaluationFromFlags({ "eval-prompts": "a", "stop-below": "0.5" })).toThrow(
+      "--stop-below must be METRIC:FRACTION, got '0.5'",
+    );
+    expect(() => evaluationFromFlags({ "eval-prompts": "a", "eval-every": "1.5" })).toThrow(
+      "--eval-every must be an integer, got '1.5'",
+    );
   });
 });

@@ -27,8 +27,8 @@ const ALL = readdirSync(MIGRATIONS_DIR)
   .filter((f) => f.endsWith(".ts"))
   .map((f) => f.slice(0, -3))
   .sort();
-const TABLES = ["checkpoints", "epochs", "latent_blobs", "rewards", "runs", "trajectories"];
-const VIEWS = ["checkpoint_ancestry", "run_reward_by_epoch", "trajectory_provenance"];
+const TABLES = ["checkpoints", "epochs", "evaluation_scores", "latent_blobs", "rewards", "runs", "trajectories"];
+const VIEWS = ["checkpoint_ancestry", "run_evaluation_by_epoch", "run_reward_by_epoch", "trajectory_provenance"];
 
 let server: TestPostgres;
 beforeAll(async () => {
@@ -138,7 +138,15 @@ describe("runs, checkpoints, epochs and the views", () => {
       ...[10, null, 20].map((r, i) => makeTrajectory("r1", 1, i, "r1-e0", r)),
     ];
     await d.db.insertInto("trajectories").values(rows).execute();
-    await recordEpoch(d.db, { run_id: "r1", epoch: 0, loss: 0.5, approx_kl: 1e-3, checkpoint_id: "r1-e0", samples: 4 });
+    await recordEpoch(d.db, {
+      run_id: "r1",
+      epoch: 0,
+      loss: 0.5,
+      approx_kl: 1e-3,
+      kl_to_reference: 2e-4,
+      checkpoint_id: "r1-e0",
+      samples: 4,
+    });
     // Epoch 2 recorded with no trajectories yet.
     await recordEpoch(d.db, { run_id: "r1", epoch: 2, loss: 0.25, samples: 0 });
   });
@@ -249,13 +257,19 @@ describe("runs, checkpoints, epochs and the views", () => {
     expect(e0!.reward_mean).toBeCloseTo(3, 12);
     expect(e0!.reward_std).toBeCloseTo(Math.sqrt(3.5), 12);
     expect([e0!.reward_min, e0!.reward_max]).toEqual([1, 6]);
-    expect([e0!.loss, e0!.approx_kl, e0!.checkpoint_id, e0!.samples]).toEqual([0.5, 1e-3, "r1-e0", 4]);
+    expect([e0!.loss, e0!.approx_kl, e0!.kl_to_reference, e0!.checkpoint_id, e0!.samples]).toEqual([
+      0.5,
+      1e-3,
+      2e-4,
+      "r1-e0",
+      4,
+    ]);
     // Epoch 1: 10 and 20 scored, one unscored -> mean 15, std 5; no epoch stats yet.
     expect(e1!.reward_mean).toBeCloseTo(15, 12);
     expect(e1!.reward_std).toBeCloseTo(5, 12);
     expect([e1!.reward_min, e1!.reward_max, e1!.loss]).toEqual([10, 20, null]);
     // Epoch 2: stats recorded, no trajectories.
-    expect([e2!.reward_mean, e2!.loss]).toEqual([null, 0.25]);
+    expect([e2!.reward_mean, e2!.loss, e2!.kl_to_reference]).toEqual([null, 0.25, null]);
   });
 
   test("recordEpoch replaces a re-recorded epoch; listEpochs in order", async () => {

@@ -85,7 +85,15 @@ describe("ddpo", () => {
     const tr = await collectEpoch(trainer);
     const source = trainer.source(true);
     const per = 3 * 16 * 16;
-    const settings = { loss: "ddpo_is" as const, guidance: 3, eta: 1, steps: 4, clipRange: 0.2, advClipMax: 5 };
+    const settings = {
+      loss: "ddpo_is" as const,
+      guidance: 3,
+      eta: 1,
+      steps: 4,
+      clipRange: 0.2,
+      advClipMax: 5,
+      klCoefficient: 0,
+    };
     const arena = engine.arena();
     const gradientFor = (split: number[][]): Float32Array => {
       trainer.lora!.params.zeroGrad();
@@ -237,7 +245,7 @@ describe("ddpo update direction", () => {
             oldLogProbs: Float32Array.from([0, 1, 2, 3].map((s) => tr.logProbs[s]![k]!)),
             advantages: Float32Array.from(tr.advantages),
           },
-          { loss: "ddpo_sf", guidance: 3, eta: 1, steps: 4, clipRange: 1e-4, advClipMax: 5 },
+          { loss: "ddpo_sf", guidance: 3, eta: 1, steps: 4, clipRange: 1e-4, advClipMax: 5, klCoefficient: 0 },
           1 / 4,
         );
         arena.reset();

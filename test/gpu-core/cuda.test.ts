@@ -299,7 +299,7 @@ describe("gpu-core CUDA vs CPU: models and DDPO", () => {
           oldLogProbs: Float32Array.from(a.traj.logProbs.map((l, i) => (l[k] as number) - 0.01 * i)),
           advantages: Float32Array.of(1.2, -0.7),
         },
-        { loss: "ddpo_is", guidance: 3, eta: 1, steps: 4, clipRange: 0.2, advClipMax: 5 },
+        { loss: "ddpo_is", guidance: 3, eta: 1, steps: 4, clipRange: 0.2, advClipMax: 5, klCoefficient: 0 },
         1,
       );
       arena.close();

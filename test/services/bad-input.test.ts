@@ -573,6 +573,13 @@ describe("Trainer", () => {
       [{ trainBatchSize: 1e6 }, /trainBatchSize must be a positive integer at most 256/],
       [{ innerEpochs: 1e6 }, /innerEpochs must be a positive integer at most 100/],
       [{ loss: 99 }, /config\.loss: unknown value 99/],
+      [{ klCoefficient: -1 }, /klCoefficient must be a finite number >= 0, got -1/],
+      [{ evaluation: { prompts: ["frog"], seeds: [1n, 1n] } }, /evaluation seeds must be distinct/],
+      // "monkey face" is in the animals prompt set: not held out.
+      [
+        { evaluation: { prompts: ["monkey face", "tea cup"], seeds: [1n] } },
+        /config\.evaluation: evaluation prompts must be held out of training; shared: monkey face/,
+      ],
       [
         { finetune: { case: "lora", value: { rank: 2, alpha: Number.NaN } } },
         /lora\.alpha must be a finite number > 0, got NaN/,

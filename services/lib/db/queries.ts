@@ -9,9 +9,11 @@ import type {
   LatentBlob,
   NewCheckpoint,
   NewEpoch,
+  NewEvaluationScore,
   RewardRow,
   RewardSpec,
   Run,
+  RunEvaluationByEpoch,
   RunRewardByEpoch,
   RunStatus,
   Trajectory,
@@ -138,9 +140,50 @@ export async function recordEpoch(db: Db, epoch: NewEpoch): Promise<Epoch> {
     .executeTakeFirstOrThrow();
 }
 
+/** Marks the run's best evaluated checkpoint and the metric it is best by. */
+export async function setRunBest(db: Db, runId: string, checkpointId: string, metric: string): Promise<void> {
+  await db
+    .updateTable("runs")
+    .set({ best_checkpoint_id: checkpointId, best_metric: metric })
+    .where("id", "=", runId)
+    .execute();
+}
+
 /** In epoch order. */
 export async function listEpochs(db: Db, runId: string): Promise<Epoch[]> {
   return db.selectFrom("epochs").selectAll().where("run_id", "=", runId).orderBy("epoch").execute();
+}
+
+/**
+ * The held-out scores of one evaluation (run, epoch): replaces any recorded before for that epoch
+ * (a retried evaluation), in one transaction.
+ */
+export async function recordEvaluation(
+  db: Db,
+  runId: string,
+  epoch: number,
+  scores: ReadonlyArray<Omit<NewEvaluationScore, "run_id" | "epoch">>,
+): Promise<void> {
+  await db.transaction().execute(async (tx) => {
+    await tx.deleteFrom("evaluation_scores").where("run_id", "=", runId).where("epoch", "=", epoch).execute();
+    if (scores.length) {
+      await tx
+        .insertInto("evaluation_scores")
+        .values(scores.map((r) => ({ ...r, run_id: runId, epoch })))
+        .execute();
+    }
+  });
+}
+
+/** Per epoch and metric, in that order: the held-out scores' count, mean, std, min and max. */
+export async function evaluationByEpoch(db: Db, runId: string): Promise<RunEvaluationByEpoch[]> {
+  return db
+    .selectFrom("run_evaluation_by_epoch")
+    .selectAll()
+    .where("run_id", "=", runId)
+    .orderBy("epoch")
+    .orderBy("metric")
+    .execute();
 }
 
 // ---- checkpoints
@@ -192,14 +235,21 @@ export async function listCheckpoints(
 }
 
 /** The checkpoint itself (depth 0), its parent (depth 1), ... up to its root; empty when unknown. */
-export async function checkpointLineage(db: Db, id: string): Promise<Array<Checkpoint & { depth: number }>> {
-  const { rows } = await sql<Checkpoint & { depth: number }>`
+/** A checkpoint and its ancestors, nearest first; best_of_run_by: the metric by which it is its run's best. */
+export async function checkpointLineage(
+  db: Db,
+  id: string,
+): Promise<Array<Checkpoint & { depth: number; best_of_run_by: string | null }>> {
+  const { rows } = await sql<Checkpoint & { depth: number; best_of_run_by: string | null }>`
     with recursive chain as (
       select c.*, 0 as depth from checkpoints c where c.id = ${id}
       union all
       select p.*, chain.depth + 1 from checkpoints p join chain on p.id = chain.parent_id
     )
-    select * from chain order by depth
+    select chain.*,
+      (select r.best_metric from runs r where r.id = chain.run_id and r.best_checkpoint_id = chain.id)
+        as best_of_run_by
+    from chain order by depth
   `.execute(db);
   return rows;
 }

@@ -34,6 +34,9 @@ export interface RunsTable {
   created_at: CreatedAt;
   updated_at: UpdatedAt;
   error: string | null;
+  /** The best evaluated policy by best_metric (HeldOutEvaluation); null: none marked. */
+  best_checkpoint_id: string | null;
+  best_metric: string | null;
 }
 
 export interface EpochsTable {
@@ -44,6 +47,8 @@ export interface EpochsTable {
   loss: number | null;
   approx_kl: number | null;
   clip_fraction: number | null;
+  /** Mean KL to the run's starting model per pixel (DESIGN.md §3.6); null when not measured. */
+  kl_to_reference: number | null;
   /** Wall time of each phase and of the whole epoch, seconds. */
   sampling_s: number | null;
   reward_s: number | null;
@@ -129,6 +134,30 @@ export interface RunRewardByEpochView {
   seconds: number | null;
   checkpoint_id: string | null;
   samples: number | null;
+  kl_to_reference: number | null;
+}
+
+/** One held-out image's score under one metric (a reward's name, or the content check's). */
+export interface EvaluationScoresTable {
+  run_id: string;
+  /** Completed training epochs when evaluated (0: the starting model). */
+  epoch: number;
+  prompt: string;
+  seed: number;
+  metric: string;
+  value: number;
+  recorded_at: UpdatedAt;
+}
+
+export interface RunEvaluationByEpochView {
+  run_id: string;
+  epoch: number;
+  metric: string;
+  images: number;
+  mean: number;
+  std: number;
+  min: number;
+  max: number;
 }
 
 export interface CheckpointAncestryView {
@@ -167,6 +196,8 @@ export interface Database {
   trajectories: TrajectoriesTable;
   rewards: RewardsTable;
   run_reward_by_epoch: RunRewardByEpochView;
+  evaluation_scores: EvaluationScoresTable;
+  run_evaluation_by_epoch: RunEvaluationByEpochView;
   checkpoint_ancestry: CheckpointAncestryView;
   trajectory_provenance: TrajectoryProvenanceView;
 }
@@ -183,5 +214,7 @@ export type NewTrajectory = Insertable<TrajectoriesTable>;
 export type RewardRow = Selectable<RewardsTable>;
 export type NewReward = Insertable<RewardsTable>;
 export type RunRewardByEpoch = Selectable<RunRewardByEpochView>;
+export type NewEvaluationScore = Insertable<EvaluationScoresTable>;
+export type RunEvaluationByEpoch = Selectable<RunEvaluationByEpochView>;
 export type CheckpointAncestry = Selectable<CheckpointAncestryView>;
 export type TrajectoryProvenance = Selectable<TrajectoryProvenanceView>;

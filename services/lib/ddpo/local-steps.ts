@@ -2,6 +2,15 @@
 // and the update on the DdpoTrainer's engine, the reward function called directly. What is kept
 // of an epoch (rows, sample grids, checkpoints, reports) is up to the caller's hooks.
 import type { EpochReport } from "../../gen/ddpo/v1/run_pb.ts";
+import type { ClipModel } from "../models/clip-model.ts";
+import {
+  type EvaluationSampling,
+  type EvaluationScore,
+  evaluatePolicy,
+  evaluationDue,
+  guardVerdict,
+  summariseEvaluation,
+} from "./evaluation.ts";
 import {
   checkScores,
   combineTerms,
@@ -15,6 +24,12 @@ import {
 import type { DdpoTrainer, TrainingBatch } from "./trainer.ts";
 
 export interface LocalHooks {
+  /** Held-out evaluation (needed when the trainer's config names one): the content check's CLIP. */
+  evaluation?: {
+    clip: ClipModel;
+    sampling: EvaluationSampling;
+    record?(epoch: number, scores: EvaluationScore[]): Promise<void> | void;
+  };
   record?(epoch: number, sampled: SampledEpoch, scored: ScoredEpoch, advantages: Float64Array): Promise<void> | void;
   /** Saves the policy after the epoch; returns its checkpoint id. Default: not kept (""). */
   checkpoint?(epoch: number): Promise<string> | string;
@@ -25,6 +40,8 @@ export interface LocalHooks {
 export function localSteps(trainer: DdpoTrainer, hooks: LocalHooks = {}): EpochSteps {
   const reward = trainer.reward;
   if (!reward) throw new Error("local steps: the trainer has no reward function (rewards come from Rewarders)");
+  const heldOut = trainer.config.evaluation;
+  if (heldOut && !hooks.evaluation) throw new Error("local steps: the config names a held-out evaluation but no CLIP");
   // The epoch's rewards and advantages, from `advantages` to `update`.
   let kept: { rewards: Float64Array; advantages: Float64Array } | null = null;
   return {
@@ -52,6 +69,24 @@ export function localSteps(trainer: DdpoTrainer, hooks: LocalHooks = {}): EpochS
     },
     checkpoint: async (epoch) => (await hooks.checkpoint?.(epoch)) ?? "",
     report: async (report) => hooks.report?.(report),
+    async evaluate(epoch) {
+      if (!heldOut || !hooks.evaluation) return null;
+      if (evaluationDue(heldOut, epoch)) {
+        const { clip, sampling, record } = hooks.evaluation;
+        const scores = await evaluatePolicy(
+          trainer.model,
+          trainer.lora,
+          clip,
+          [reward],
+          heldOut,
+          trainer.prompts.prompts,
+          sampling,
+        );
+        trainer.evaluations.push(summariseEvaluation(epoch, scores));
+        await record?.(epoch, scores);
+      }
+      return guardVerdict(heldOut, trainer.evaluations);
+    },
   };
 }
 

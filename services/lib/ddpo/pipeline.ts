@@ -7,6 +7,7 @@
 import { create } from "@bufbuild/protobuf";
 import { type EpochReport, EpochReportSchema } from "../../gen/ddpo/v1/run_pb.ts";
 import type { RewardTerm } from "../db/epoch-rows.ts";
+import type { GuardVerdict } from "./evaluation.ts";
 import { mean, meanStd } from "./statistics.ts";
 import type { SampleBatchPlan, UpdateStats } from "./trainer.ts";
 
@@ -59,12 +60,20 @@ export interface EpochSteps {
   checkpoint(epoch: number, report: EpochReport): Promise<string>;
   /** The finished epoch's report (history, the epochs table, watchers). */
   report(report: EpochReport): Promise<void>;
+  /**
+   * The held-out evaluation of the policy after `epoch` completed epochs (0: the starting model)
+   * when one is due, kept by the steps; the guard's verdict over the evaluations so far, or null
+   * when the run has none (evaluation.ts).
+   */
+  evaluate?(epoch: number): Promise<GuardVerdict | null>;
 }
 
 export interface EpochOutcome {
   report: EpochReport;
   /** The update's statistics, some of which the report leaves out (pairs, on-policy check). */
   stats: UpdateStats;
+  /** The guard's verdict after this epoch (null: no held-out evaluation); stop when it says so. */
+  verdict: GuardVerdict | null;
 }
 
 /** Runs epoch `epoch` (1-based) through the steps. */
@@ -75,6 +84,8 @@ export async function runEpoch(
 ): Promise<EpochOutcome> {
   const started = performance.now();
   const seconds = (from: number) => (performance.now() - from) / 1000;
+  // The starting model's evaluation is the guard's baseline (redone, identically, on a retry).
+  if (epoch === 1) await steps.evaluate?.(0);
   const plan = await steps.plan(epoch);
   const sampled = await steps.sample(epoch, plan, progress);
   const samplingS = seconds(started);
@@ -101,6 +112,7 @@ export async function runEpoch(
     loss: stats.loss,
     approxKl: stats.approxKl,
     clipFraction: stats.clipFraction,
+    klToReference: stats.klToReference ?? undefined,
     seconds: seconds(started),
     samplingS,
     rewardS,
@@ -112,7 +124,8 @@ export async function runEpoch(
   report.checkpointId = await steps.checkpoint(epoch, report);
   report.seconds = seconds(started);
   await steps.report(report);
-  return { report, stats };
+  const verdict = (await steps.evaluate?.(epoch)) ?? null;
+  return { report, stats, verdict };
 }
 
 /** Checks a scorer's answer: one finite score per sample. */

@@ -16,12 +16,13 @@ import { sampleImages, toUint8Images } from "../diffusion/sampler.ts";
 import { SAMPLING_LIMITS, samplingProblems } from "../diffusion/sampling-limits.ts";
 import type { ParameterSource } from "../models/graph.ts";
 import { LoraAdapterSet } from "../models/lora.ts";
-import { combineSources } from "../models/parameters.ts";
+import { allocateParameters, combineSources, parameterSource } from "../models/parameters.ts";
 import type { TextToImageModel } from "../models/text-to-image.ts";
 import type { RewardFunction } from "../rewards/index.ts";
 import { denoisingLossAndGrad } from "../training/denoising.ts";
 import { JointAdamW } from "../training/optimizer.ts";
 import { Mulberry32 } from "../training/random.ts";
+import { type EvaluationSummary, evaluationProblems, type HeldOutEvaluation } from "./evaluation.ts";
 import type { ProgressListener, SampledEpoch } from "./pipeline.ts";
 import { type PolicyGradientSettings, policyGradientStep } from "./policy-gradient.ts";
 import type { PromptSet } from "./prompts.ts";
@@ -56,12 +57,20 @@ export interface DdpoConfig {
   lr: number;
   weightDecay: number;
   maxGradNorm: number;
+  /**
+   * beta of the KL penalty to the run's starting model per trained step (DESIGN.md §3.6); 0 is the
+   * paper's objective and skips the reference forward. With full fine-tuning, > 0 keeps a frozen
+   * copy of the UNet's weights.
+   */
+  klCoefficient: number;
   /** null: full fine-tuning of the UNet. */
   lora: { rank: number; alpha: number } | null;
   /** null: advantages from the whole batch's mean and std. */
   statTracking: { bufferSize: number; minCount: number } | null;
   rwrTemperature: number;
   sparseRwrPercentile: number;
+  /** Held-out evaluation (evaluation.ts); null: none. */
+  evaluation: HeldOutEvaluation | null;
 }
 
 export const DDPO_DEFAULTS: DdpoConfig = {
@@ -82,10 +91,12 @@ export const DDPO_DEFAULTS: DdpoConfig = {
   lr: 3e-4,
   weightDecay: 1e-4,
   maxGradNorm: 1.0,
+  klCoefficient: 0,
   lora: { rank: 4, alpha: 4 },
   statTracking: { bufferSize: 16, minCount: 16 },
   rwrTemperature: 1.0,
   sparseRwrPercentile: 0.9,
+  evaluation: null,
 };
 
 /** Statistics of one epoch's update. */
@@ -95,6 +106,8 @@ export interface UpdateStats {
   loss: number;
   approxKl: number;
   clipFraction: number;
+  /** Mean KL(pi_theta || pi_ref) per pixel over the trained pairs; null when not measured. */
+  klToReference: number | null;
   /** max |logp_new - logp_old| over the pairs trained before the first optimizer step. */
   onPolicyMaxLogProbDiff: number;
   optimizerSteps: number;
@@ -132,6 +145,8 @@ class UpdateTotals {
   loss = 0;
   approxKl = 0;
   clipFraction = 0;
+  klToReference = 0;
+  klCalls = 0;
   calls = 0;
   pairs = 0;
   onPolicy = 0;
@@ -144,6 +159,7 @@ class UpdateTotals {
       loss: this.loss / this.calls,
       approxKl: this.approxKl / this.calls,
       clipFraction: this.clipFraction / this.calls,
+      klToReference: this.klCalls ? this.klToReference / this.klCalls : null,
       onPolicyMaxLogProbDiff: this.onPolicy,
       optimizerSteps: this.optimizerSteps,
     };
@@ -155,6 +171,7 @@ interface PairUpdate {
   tr: TrainingBatch;
   source: ParameterSource;
   settings: PolicyGradientSettings;
+  reference: ParameterSource | null;
   totals: UpdateTotals;
 }
 
@@ -166,6 +183,13 @@ export class DdpoTrainer {
   readonly trainable: FlatParameters;
   readonly optimizer: JointAdamW;
   readonly statTracker: PerPromptStatTracker | null;
+  /**
+   * The held-out evaluations of this process's epochs, for the guard's verdict (local steps; the
+   * Trainer reads them from Postgres). Not in checkpoints: a resumed local run starts anew.
+   */
+  readonly evaluations: EvaluationSummary[] = [];
+  /** The starting UNet's weights for the KL penalty with full fine-tuning (null otherwise). */
+  readonly #referenceUnet: FlatParameters | null;
   #rng: Mulberry32;
   #epoch = 0;
   readonly #arena;
@@ -179,9 +203,15 @@ export class DdpoTrainer {
     readonly prompts: PromptSet,
   ) {
     validateConfig(config);
+    if (config.evaluation) {
+      const problems = evaluationProblems(config.evaluation, prompts.prompts);
+      if (problems.length) throw new Error(`DDPO config: ${problems.join("; ")}`);
+    }
     this.lora = config.lora ? LoraAdapterSet.create(engine, model.unetShapes, config.lora, config.seed) : null;
     this.trainable = this.lora ? this.lora.params : model.unet;
     this.optimizer = new JointAdamW([this.trainable]);
+    this.#referenceUnet = !this.lora && config.klCoefficient > 0 ? allocateParameters(engine, model.unetShapes) : null;
+    this.takeReference();
     this.statTracker = config.statTracking
       ? new PerPromptStatTracker(config.statTracking.bufferSize, config.statTracking.minCount)
       : null;
@@ -200,6 +230,22 @@ export class DdpoTrainer {
       return combineSources(this.lora.source({ frozen: !trainable }), this.model.unetSource({ frozen: true }), text);
     }
     return combineSources(this.model.unetSource({ frozen: !trainable }), text);
+  }
+
+  /**
+   * With full fine-tuning and a KL penalty, copies the UNet's current weights as the reference:
+   * done when the trainer is made, and again by whoever then loads the run's starting checkpoint
+   * into the model (never after restoring a checkpoint of the run itself).
+   */
+  takeReference(): void {
+    this.#referenceUnet?.values.write(this.model.unet.values.read());
+  }
+
+  /** The reference policy's parameters (the run's starting model), or null when klCoefficient is 0. */
+  referenceSource(): ParameterSource | null {
+    if (!(this.config.klCoefficient > 0)) return null;
+    const unet = this.#referenceUnet ?? this.model.unet; // LoRA: the base UNet, adapters off
+    return combineSources(parameterSource(unet, { frozen: true }), this.model.textSource({ frozen: true }));
   }
 
   /**
@@ -297,7 +343,9 @@ export class DdpoTrainer {
         steps: c.steps,
         clipRange: c.clipRange,
         advClipMax: c.advClipMax,
+        klCoefficient: c.klCoefficient,
       },
+      reference: this.referenceSource(),
       totals: new UpdateTotals(),
     };
     const totals = update.totals;
@@ -345,7 +393,7 @@ export class DdpoTrainer {
    * at timestep index ks[i] of sample mb[i]: x_t = latents[k], x_{t-1} = latents[k + 1].
    */
   #pairStep(update: PairUpdate, mb: readonly number[], ks: readonly number[], scale: number, onPolicy: boolean): void {
-    const { tr, source, settings, totals } = update;
+    const { tr, source, settings, reference, totals } = update;
     const per = tr.latents[0]!.length / (tr.timesteps.length + 1);
     const xT = new Float32Array(mb.length * per);
     const xPrev = new Float32Array(mb.length * per);
@@ -369,6 +417,7 @@ export class DdpoTrainer {
       },
       settings,
       scale,
+      reference,
     );
     this.#arena.reset();
     if (onPolicy) {
@@ -379,6 +428,10 @@ export class DdpoTrainer {
     totals.loss += stats.loss;
     totals.approxKl += stats.approxKl;
     totals.clipFraction += stats.clipFraction;
+    if (stats.klToReference !== null) {
+      totals.klToReference += stats.klToReference;
+      totals.klCalls += 1;
+    }
     totals.calls += 1;
     totals.pairs += mb.length;
   }
@@ -444,6 +497,7 @@ export class DdpoTrainer {
       loss: calls ? lossSum / calls : 0,
       approxKl: 0,
       clipFraction: 0,
+      klToReference: null,
       onPolicyMaxLogProbDiff: 0,
       optimizerSteps,
     };
@@ -498,6 +552,7 @@ export class DdpoTrainer {
   close(): void {
     this.#arena.close();
     this.lora?.close();
+    this.#referenceUnet?.close();
   }
 }
 
@@ -547,6 +602,10 @@ export function validateConfig(c: DdpoConfig): void {
   if (!(c.clipRange >= 0)) problems.push("clipRange must be >= 0");
   if (!(c.advClipMax > 0)) problems.push("advClipMax must be > 0");
   if (!(c.lr > 0)) problems.push("lr must be > 0");
+  if (!(Number.isFinite(c.klCoefficient) && c.klCoefficient >= 0))
+    problems.push(`klCoefficient must be a finite number >= 0, got ${c.klCoefficient}`);
+  if (c.klCoefficient > 0 && (c.loss === "rwr" || c.loss === "sparse_rwr"))
+    problems.push("klCoefficient applies to the policy-gradient losses (ddpo_is, ddpo_sf), not to RWR");
   if (!(c.rwrTemperature > 0)) problems.push("rwrTemperature must be > 0");
   if (!(c.sparseRwrPercentile >= 0 && c.sparseRwrPercentile < 1))
     problems.push("sparseRwrPercentile must be in [0, 1)");
@@ -563,5 +622,7 @@ export function validateConfig(c: DdpoConfig): void {
         problems.push(`statTracking.${k} must be an integer in 1..1000000, got ${v}`);
     }
   }
+  // Held out of the training prompts: checked where the prompt set is known (the constructor).
+  if (c.evaluation) problems.push(...evaluationProblems(c.evaluation, []));
   if (problems.length) throw new Error(`DDPO config: ${problems.join("; ")}`);
 }

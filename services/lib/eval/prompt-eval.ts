@@ -11,19 +11,23 @@ import type { TextToImageModel } from "../models/text-to-image.ts";
 import { topK, ZeroShotClassifier } from "./zero-shot.ts";
 
 export interface PromptEvalOptions {
-  /** Seeds 1..seeds, the same for every prompt. */
-  seeds: number;
+  /** Seeds 1..seeds, or the seeds themselves; the same for every prompt. */
+  seeds: number | readonly number[];
   steps: number;
   guidance: number;
   eta: number;
   /** Samples per sampler call (memory bound). */
   batch: number;
+  /** The zero-shot classifier's labels (default: the prompts); must include every prompt. */
+  labels?: readonly string[];
   /** Adapters applied over the frozen model (a DDPO run's policy). */
   lora?: LoraAdapterSet | null;
   onProgress?: (done: number, total: number) => void;
 }
 
-export const PROMPT_EVAL_DEFAULTS: Omit<PromptEvalOptions, "lora" | "onProgress"> = {
+export const PROMPT_EVAL_DEFAULTS: Omit<PromptEvalOptions, "lora" | "onProgress" | "seeds" | "labels"> & {
+  seeds: number;
+} = {
   seeds: 4,
   steps: 50,
   guidance: 3,
@@ -40,6 +44,8 @@ export interface PromptScore {
   top5: number;
   /** Mean cosine of the prompt's images with the prompt under the CLIP (clip_alignment:raw). */
   alignment: number;
+  /** Per seed: that image's cosine with the prompt. */
+  alignments: number[];
 }
 
 export interface PromptEvalResult {
@@ -65,8 +71,9 @@ export function evaluatePrompts(
   prompts: readonly string[],
   o: PromptEvalOptions,
 ): PromptEvalResult {
-  if (!Number.isInteger(o.seeds) || o.seeds < 1)
-    throw new Error(`eval: seeds must be a positive integer, got ${o.seeds}`);
+  const seeds = typeof o.seeds === "number" ? Array.from({ length: o.seeds }, (_, k) => k + 1) : [...o.seeds];
+  if (typeof o.seeds === "number" ? !Number.isInteger(o.seeds) || o.seeds < 1 : seeds.length === 0)
+    throw new Error(`eval: seeds must be a positive integer or a non-empty list, got ${o.seeds}`);
   if (!Number.isInteger(o.batch) || o.batch < 1)
     throw new Error(`eval: batch must be a positive integer, got ${o.batch}`);
   const size = model.unetConfig.sample_size;
@@ -76,7 +83,6 @@ export function evaluatePrompts(
     );
   }
   const started = performance.now();
-  const seeds = Array.from({ length: o.seeds }, (_, k) => k + 1);
   const jobs = prompts.flatMap((prompt) => seeds.map((seed) => ({ prompt, seed })));
   const per = 3 * size * size;
   const images = new Float32Array(jobs.length * per);
@@ -104,7 +110,7 @@ export function evaluatePrompts(
     images.set(r.images, start * per);
     o.onProgress?.(start + chunk.length, jobs.length);
   }
-  const classifier = new ZeroShotClassifier(clip, prompts);
+  const classifier = new ZeroShotClassifier(clip, o.labels ?? prompts);
   const result = classifier.classify(
     images,
     jobs.map((j) => j.prompt),
@@ -118,6 +124,7 @@ export function evaluatePrompts(
       top1: topK(ranks, 1),
       top5: topK(ranks, 5),
       alignment: mean(result.alignment.subarray(p * seeds.length, (p + 1) * seeds.length)),
+      alignments: Array.from(result.alignment.subarray(p * seeds.length, (p + 1) * seeds.length)),
     };
   });
   return {

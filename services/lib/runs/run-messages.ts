@@ -13,6 +13,8 @@ import {
   DdpoLoss,
   type EpochReport,
   EpochReportSchema,
+  type EvaluationReport,
+  EvaluationReportSchema,
   type Run as RunMessage,
   RunSchema,
   RunSettingsSchema,
@@ -25,7 +27,9 @@ import type {
   NewEpoch,
   RewardSpec,
   Run,
+  RunEvaluationByEpoch,
 } from "../db/schema.ts";
+import { CONTENT_TOP1 } from "../ddpo/evaluation.ts";
 import { DDPO_DEFAULTS, type DdpoConfig, type DdpoLoss as Loss, validateConfig } from "../ddpo/trainer.ts";
 
 /** A run's settings as the Trainer uses them; runs.config holds them as a RunSettings message. */
@@ -75,8 +79,9 @@ export function checkpointKindFromMessage(kind: CheckpointKind): DbKind | null {
   return found ? (found[0] as DbKind) : null;
 }
 
-export function checkpointMessage(c: Checkpoint): CheckpointMessage {
+export function checkpointMessage(c: Checkpoint & { best_of_run_by?: string | null }): CheckpointMessage {
   return create(CheckpointSchema, {
+    bestOfRunBy: c.best_of_run_by ?? undefined,
     id: c.id,
     parentId: c.parent_id ?? undefined,
     runId: c.run_id ?? undefined,
@@ -97,6 +102,7 @@ export function epochMessage(e: Epoch): EpochReport {
     loss: e.loss ?? Number.NaN,
     approxKl: e.approx_kl ?? Number.NaN,
     clipFraction: e.clip_fraction ?? Number.NaN,
+    klToReference: e.kl_to_reference ?? undefined,
     seconds: e.seconds ?? 0,
     samplingS: e.sampling_s ?? 0,
     rewardS: e.reward_s ?? 0,
@@ -104,6 +110,23 @@ export function epochMessage(e: Epoch): EpochReport {
     checkpointId: e.checkpoint_id ?? "",
     samples: e.samples,
   });
+}
+
+/** run_evaluation_by_epoch's rows (any order) as one EvaluationReport per epoch, in epoch order. */
+export function evaluationMessages(rows: readonly RunEvaluationByEpoch[]): EvaluationReport[] {
+  const byEpoch = new Map<number, RunEvaluationByEpoch[]>();
+  for (const r of rows) byEpoch.set(r.epoch, [...(byEpoch.get(r.epoch) ?? []), r]);
+  return [...byEpoch.keys()]
+    .sort((a, b) => a - b)
+    .map((epoch) =>
+      create(EvaluationReportSchema, {
+        epoch,
+        metrics: byEpoch
+          .get(epoch)!
+          .sort((a, b) => (a.metric < b.metric ? -1 : a.metric > b.metric ? 1 : 0))
+          .map((r) => ({ metric: r.metric, images: r.images, mean: r.mean, std: r.std, min: r.min, max: r.max })),
+      }),
+    );
 }
 
 /** The epochs-table row of a finished epoch's report. */
@@ -116,6 +139,7 @@ export function epochRow(runId: string, r: EpochReport): NewEpoch {
     loss: r.loss,
     approx_kl: r.approxKl,
     clip_fraction: r.clipFraction,
+    kl_to_reference: r.klToReference ?? null,
     sampling_s: r.samplingS,
     reward_s: r.rewardS,
     training_s: r.trainingS,
@@ -182,6 +206,8 @@ export function runMessage(run: Run, epochs: readonly Epoch[]): RunMessage {
     samplerEndpoints: settings.samplerEndpoints ?? [],
     latestCheckpointId: last?.checkpoint_id ?? run.base_checkpoint_id ?? "",
     codeVersion: run.code_version ?? "",
+    bestCheckpointId: run.best_checkpoint_id ?? undefined,
+    bestMetric: run.best_metric ?? undefined,
     createdAt: timestampFromDate(run.created_at),
     updatedAt: timestampFromDate(run.updated_at),
   });
@@ -206,6 +232,7 @@ export function ddpoConfigMessage(c: DdpoConfig): DdpoConfigMessage {
     lr: c.lr,
     weightDecay: c.weightDecay,
     maxGradNorm: c.maxGradNorm,
+    klCoefficient: c.klCoefficient,
     finetune: c.lora
       ? { case: "lora", value: { rank: c.lora.rank, alpha: c.lora.alpha } }
       : { case: "full", value: {} },
@@ -214,6 +241,16 @@ export function ddpoConfigMessage(c: DdpoConfig): DdpoConfigMessage {
       : { case: "batchStatistics", value: {} },
     rwrTemperature: c.rwrTemperature,
     sparseRwrPercentile: c.sparseRwrPercentile,
+    evaluation: c.evaluation
+      ? {
+          prompts: c.evaluation.prompts,
+          seeds: c.evaluation.seeds.map(BigInt),
+          every: c.evaluation.every,
+          stopMetric: c.evaluation.stopBelow?.metric,
+          stopFraction: c.evaluation.stopBelow?.fraction,
+          bestMetric: c.evaluation.bestBy ?? undefined,
+        }
+      : undefined,
   });
 }
 
@@ -245,6 +282,7 @@ export function ddpoConfigFromMessage(m: DdpoConfigMessage | undefined): DdpoCon
     lr: m.lr ?? d.lr,
     weightDecay: m.weightDecay ?? d.weightDecay,
     maxGradNorm: m.maxGradNorm ?? d.maxGradNorm,
+    klCoefficient: m.klCoefficient ?? d.klCoefficient,
     lora:
       m.finetune.case === "full"
         ? null
@@ -265,6 +303,19 @@ export function ddpoConfigFromMessage(m: DdpoConfigMessage | undefined): DdpoCon
           : d.statTracking,
     rwrTemperature: m.rwrTemperature ?? d.rwrTemperature,
     sparseRwrPercentile: m.sparseRwrPercentile ?? d.sparseRwrPercentile,
+    evaluation: m.evaluation
+      ? {
+          prompts: [...m.evaluation.prompts],
+          // Above 2^52 stays out of range as a number, so validation refuses it.
+          seeds: m.evaluation.seeds.map(Number),
+          every: m.evaluation.every ?? 1,
+          stopBelow:
+            m.evaluation.stopMetric !== undefined || m.evaluation.stopFraction !== undefined
+              ? { metric: m.evaluation.stopMetric ?? CONTENT_TOP1, fraction: m.evaluation.stopFraction ?? 0.5 }
+              : null,
+          bestBy: m.evaluation.bestMetric ?? null,
+        }
+      : d.evaluation,
   };
   validateConfig(c);
   return c;

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ddpo/v1/run.proto.
  */
 export const file_ddpo_v1_run: GenFile = /*@__PURE__*/
-  fileDesc("ChFkZHBvL3YxL3J1bi5wcm90bxIHZGRwby52MSK3CAoKRGRwb0NvbmZpZxIRCgRzZWVkGAEgASgNSAKIAQESJAoEbG9zcxgCIAEoDjIRLmRkcG8udjEuRGRwb0xvc3NIA4gBARIeChFzYW1wbGVfYmF0Y2hfc2l6ZRgDIAEoDUgEiAEBEiUKGHNhbXBsZV9iYXRjaGVzX3Blcl9lcG9jaBgEIAEoDUgFiAEBEhIKBXN0ZXBzGAUgASgNSAaIAQESEAoDZXRhGAYgASgBSAeIAQESFQoIZ3VpZGFuY2UYByABKAFICIgBARIdChB0cmFpbl9iYXRjaF9zaXplGAggASgNSAmIAQESIgoVZ3JhZGllbnRfYWNjdW11bGF0aW9uGAkgASgNSAqIAQESGQoMaW5uZXJfZXBvY2hzGAogASgNSAuIAQESHgoRdGltZXN0ZXBfZnJhY3Rpb24YCyABKAFIDIgBARIXCgpjbGlwX3JhbmdlGAwgASgBSA2IAQESGQoMYWR2X2NsaXBfbWF4GA0gASgBSA6IAQESDwoCbHIYDiABKAFID4gBARIZCgx3ZWlnaHRfZGVjYXkYDyABKAFIEIgBARIaCg1tYXhfZ3JhZF9ub3JtGBAgASgBSBGIAQESIwoEbG9yYRgRIAEoCzITLmRkcG8udjEuTG9yYUNvbmZpZ0gAEiUKBGZ1bGwYEiABKAsyFS5kZHBvLnYxLkZ1bGxGaW5lVHVuZUgAEi4KDXN0YXRfdHJhY2tpbmcYEyABKAsyFS5kZHBvLnYxLlN0YXRUcmFja2luZ0gBEjQKEGJhdGNoX3N0YXRpc3RpY3MYFCABKAsyGC5kZHBvLnYxLkJhdGNoU3RhdGlzdGljc0gBEhwKD3J3cl90ZW1wZXJhdHVyZRgVIAEoAUgSiAEBEiIKFXNwYXJzZV9yd3JfcGVyY2VudGlsZRgWIAEoAUgTiAEBEh0KEHNraXBfZmluYWxfc3RlcHMYFyABKA1IFIgBAUIKCghmaW5ldHVuZUIMCgphZHZhbnRhZ2VzQgcKBV9zZWVkQgcKBV9sb3NzQhQKEl9zYW1wbGVfYmF0Y2hfc2l6ZUIbChlfc2FtcGxlX2JhdGNoZXNfcGVyX2Vwb2NoQggKBl9zdGVwc0IGCgRfZXRhQgsKCV9ndWlkYW5jZUITChFfdHJhaW5fYmF0Y2hfc2l6ZUIYChZfZ3JhZGllbnRfYWNjdW11bGF0aW9uQg8KDV9pbm5lcl9lcG9jaHNCFAoSX3RpbWVzdGVwX2ZyYWN0aW9uQg0KC19jbGlwX3JhbmdlQg8KDV9hZHZfY2xpcF9tYXhCBQoDX2xyQg8KDV93ZWlnaHRfZGVjYXlCEAoOX21heF9ncmFkX25vcm1CEgoQX3J3cl90ZW1wZXJhdHVyZUIYChZfc3BhcnNlX3J3cl9wZXJjZW50aWxlQhMKEV9za2lwX2ZpbmFsX3N0ZXBzIkYKCkxvcmFDb25maWcSEQoEcmFuaxgBIAEoDUgAiAEBEhIKBWFscGhhGAIgASgBSAGIAQFCBwoFX3JhbmtCCAoGX2FscGhhIg4KDEZ1bGxGaW5lVHVuZSJeCgxTdGF0VHJhY2tpbmcSGAoLYnVmZmVyX3NpemUYASABKA1IAIgBARIWCgltaW5fY291bnQYAiABKA1IAYgBAUIOCgxfYnVmZmVyX3NpemVCDAoKX21pbl9jb3VudCIRCg9CYXRjaFN0YXRpc3RpY3MiVQoMUmV3YXJkU291cmNlEhAKCGVuZHBvaW50GAEgASgJEhMKC3Jld2FyZF9uYW1lGAIgASgJEhMKBndlaWdodBgDIAEoAUgAiAEBQgkKB193ZWlnaHQiuwMKA1J1bhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKBnN0YXR1cxgDIAEoDjISLmRkcG8udjEuUnVuU3RhdHVzEg0KBWVycm9yGAQgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAUgASgJEhoKEmJhc2VfY2hlY2twb2ludF9pZBgGIAEoCRISCgpwcm9tcHRfc2V0GAcgASgJEg4KBmVwb2NocxgIIAEoDRITCgtlcG9jaHNfZG9uZRgJIAEoDRImCgdyZXdhcmRzGAogAygLMhUuZGRwby52MS5SZXdhcmRTb3VyY2USIwoGY29uZmlnGAsgASgLMhMuZGRwby52MS5EZHBvQ29uZmlnEhkKEXNhbXBsZXJfZW5kcG9pbnRzGAwgAygJEhwKFGxhdGVzdF9jaGVja3BvaW50X2lkGA0gASgJEhQKDGNvZGVfdmVyc2lvbhgOIAEoCRIuCgpjcmVhdGVkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKEAQoLUnVuU2V0dGluZ3MSIQoEZGRwbxgBIAEoCzITLmRkcG8udjEuRGRwb0NvbmZpZxIWCg5iYXNlX21vZGVsX2RpchgCIAEoCRIOCgZlcG9jaHMYAyABKA0SGQoRc2FtcGxlcl9lbmRwb2ludHMYBCADKAkSDwoHcnVuX2RpchgFIAEoCSL6AgoLRXBvY2hSZXBvcnQSDQoFZXBvY2gYASABKA0SEwoLcmV3YXJkX21lYW4YAiABKAESEgoKcmV3YXJkX3N0ZBgDIAEoARI7CgxyZXdhcmRfbWVhbnMYBCADKAsyJS5kZHBvLnYxLkVwb2NoUmVwb3J0LlJld2FyZE1lYW5zRW50cnkSDAoEbG9zcxgFIAEoARIRCglhcHByb3hfa2wYBiABKAESFQoNY2xpcF9mcmFjdGlvbhgHIAEoARIPCgdzZWNvbmRzGAggASgBEhIKCnNhbXBsaW5nX3MYCSABKAESEAoIcmV3YXJkX3MYCiABKAESEgoKdHJhaW5pbmdfcxgLIAEoARIVCg1jaGVja3BvaW50X2lkGAwgASgJEg8KB3NhbXBsZXMYDSABKA0SFwoPb3B0aW1pemVyX3N0ZXBzGA4gASgNGjIKEFJld2FyZE1lYW5zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgBOgI4ASIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSJRCg5HZXRSdW5SZXNwb25zZRIZCgNydW4YASABKAsyDC5kZHBvLnYxLlJ1bhIkCgZlcG9jaHMYAiADKAsyFC5kZHBvLnYxLkVwb2NoUmVwb3J0KnYKCERkcG9Mb3NzEhkKFUREUE9fTE9TU19VTlNQRUNJRklFRBAAEhAKDEREUE9fTE9TU19JUxABEhAKDEREUE9fTE9TU19TRhACEhEKDUREUE9fTE9TU19SV1IQAxIYChRERFBPX0xPU1NfU1BBUlNFX1JXUhAEYgZwcm90bzM", [file_ddpo_v1_common, file_google_protobuf_timestamp]);
+  fileDesc("ChFkZHBvL3YxL3J1bi5wcm90bxIHZGRwby52MSKrCQoKRGRwb0NvbmZpZxIRCgRzZWVkGAEgASgNSAKIAQESJAoEbG9zcxgCIAEoDjIRLmRkcG8udjEuRGRwb0xvc3NIA4gBARIeChFzYW1wbGVfYmF0Y2hfc2l6ZRgDIAEoDUgEiAEBEiUKGHNhbXBsZV9iYXRjaGVzX3Blcl9lcG9jaBgEIAEoDUgFiAEBEhIKBXN0ZXBzGAUgASgNSAaIAQESEAoDZXRhGAYgASgBSAeIAQESFQoIZ3VpZGFuY2UYByABKAFICIgBARIdChB0cmFpbl9iYXRjaF9zaXplGAggASgNSAmIAQESIgoVZ3JhZGllbnRfYWNjdW11bGF0aW9uGAkgASgNSAqIAQESGQoMaW5uZXJfZXBvY2hzGAogASgNSAuIAQESHgoRdGltZXN0ZXBfZnJhY3Rpb24YCyABKAFIDIgBARIXCgpjbGlwX3JhbmdlGAwgASgBSA2IAQESGQoMYWR2X2NsaXBfbWF4GA0gASgBSA6IAQESDwoCbHIYDiABKAFID4gBARIZCgx3ZWlnaHRfZGVjYXkYDyABKAFIEIgBARIaCg1tYXhfZ3JhZF9ub3JtGBAgASgBSBGIAQESIwoEbG9yYRgRIAEoCzITLmRkcG8udjEuTG9yYUNvbmZpZ0gAEiUKBGZ1bGwYEiABKAsyFS5kZHBvLnYxLkZ1bGxGaW5lVHVuZUgAEi4KDXN0YXRfdHJhY2tpbmcYEyABKAsyFS5kZHBvLnYxLlN0YXRUcmFja2luZ0gBEjQKEGJhdGNoX3N0YXRpc3RpY3MYFCABKAsyGC5kZHBvLnYxLkJhdGNoU3RhdGlzdGljc0gBEhwKD3J3cl90ZW1wZXJhdHVyZRgVIAEoAUgSiAEBEiIKFXNwYXJzZV9yd3JfcGVyY2VudGlsZRgWIAEoAUgTiAEBEh0KEHNraXBfZmluYWxfc3RlcHMYFyABKA1IFIgBARIbCg5rbF9jb2VmZmljaWVudBgYIAEoAUgViAEBEjMKCmV2YWx1YXRpb24YGSABKAsyGi5kZHBvLnYxLkhlbGRPdXRFdmFsdWF0aW9uSBaIAQFCCgoIZmluZXR1bmVCDAoKYWR2YW50YWdlc0IHCgVfc2VlZEIHCgVfbG9zc0IUChJfc2FtcGxlX2JhdGNoX3NpemVCGwoZX3NhbXBsZV9iYXRjaGVzX3Blcl9lcG9jaEIICgZfc3RlcHNCBgoEX2V0YUILCglfZ3VpZGFuY2VCEwoRX3RyYWluX2JhdGNoX3NpemVCGAoWX2dyYWRpZW50X2FjY3VtdWxhdGlvbkIPCg1faW5uZXJfZXBvY2hzQhQKEl90aW1lc3RlcF9mcmFjdGlvbkINCgtfY2xpcF9yYW5nZUIPCg1fYWR2X2NsaXBfbWF4QgUKA19sckIPCg1fd2VpZ2h0X2RlY2F5QhAKDl9tYXhfZ3JhZF9ub3JtQhIKEF9yd3JfdGVtcGVyYXR1cmVCGAoWX3NwYXJzZV9yd3JfcGVyY2VudGlsZUITChFfc2tpcF9maW5hbF9zdGVwc0IRCg9fa2xfY29lZmZpY2llbnRCDQoLX2V2YWx1YXRpb24i0wEKEUhlbGRPdXRFdmFsdWF0aW9uEg8KB3Byb21wdHMYASADKAkSDQoFc2VlZHMYAiADKAQSEgoFZXZlcnkYAyABKA1IAIgBARIYCgtzdG9wX21ldHJpYxgEIAEoCUgBiAEBEhoKDXN0b3BfZnJhY3Rpb24YBSABKAFIAogBARIYCgtiZXN0X21ldHJpYxgGIAEoCUgDiAEBQggKBl9ldmVyeUIOCgxfc3RvcF9tZXRyaWNCEAoOX3N0b3BfZnJhY3Rpb25CDgoMX2Jlc3RfbWV0cmljIkYKCkxvcmFDb25maWcSEQoEcmFuaxgBIAEoDUgAiAEBEhIKBWFscGhhGAIgASgBSAGIAQFCBwoFX3JhbmtCCAoGX2FscGhhIg4KDEZ1bGxGaW5lVHVuZSJeCgxTdGF0VHJhY2tpbmcSGAoLYnVmZmVyX3NpemUYASABKA1IAIgBARIWCgltaW5fY291bnQYAiABKA1IAYgBAUIOCgxfYnVmZmVyX3NpemVCDAoKX21pbl9jb3VudCIRCg9CYXRjaFN0YXRpc3RpY3MiVQoMUmV3YXJkU291cmNlEhAKCGVuZHBvaW50GAEgASgJEhMKC3Jld2FyZF9uYW1lGAIgASgJEhMKBndlaWdodBgDIAEoAUgAiAEBQgkKB193ZWlnaHQinQQKA1J1bhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKBnN0YXR1cxgDIAEoDjISLmRkcG8udjEuUnVuU3RhdHVzEg0KBWVycm9yGAQgASgJEhYKDmJhc2VfbW9kZWxfZGlyGAUgASgJEhoKEmJhc2VfY2hlY2twb2ludF9pZBgGIAEoCRISCgpwcm9tcHRfc2V0GAcgASgJEg4KBmVwb2NocxgIIAEoDRITCgtlcG9jaHNfZG9uZRgJIAEoDRImCgdyZXdhcmRzGAogAygLMhUuZGRwby52MS5SZXdhcmRTb3VyY2USIwoGY29uZmlnGAsgASgLMhMuZGRwby52MS5EZHBvQ29uZmlnEhkKEXNhbXBsZXJfZW5kcG9pbnRzGAwgAygJEhwKFGxhdGVzdF9jaGVja3BvaW50X2lkGA0gASgJEhQKDGNvZGVfdmVyc2lvbhgOIAEoCRIuCgpjcmVhdGVkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIfChJiZXN0X2NoZWNrcG9pbnRfaWQYESABKAlIAIgBARIYCgtiZXN0X21ldHJpYxgSIAEoCUgBiAEBQhUKE19iZXN0X2NoZWNrcG9pbnRfaWRCDgoMX2Jlc3RfbWV0cmljIoQBCgtSdW5TZXR0aW5ncxIhCgRkZHBvGAEgASgLMhMuZGRwby52MS5EZHBvQ29uZmlnEhYKDmJhc2VfbW9kZWxfZGlyGAIgASgJEg4KBmVwb2NocxgDIAEoDRIZChFzYW1wbGVyX2VuZHBvaW50cxgEIAMoCRIPCgdydW5fZGlyGAUgASgJIqwDCgtFcG9jaFJlcG9ydBINCgVlcG9jaBgBIAEoDRITCgtyZXdhcmRfbWVhbhgCIAEoARISCgpyZXdhcmRfc3RkGAMgASgBEjsKDHJld2FyZF9tZWFucxgEIAMoCzIlLmRkcG8udjEuRXBvY2hSZXBvcnQuUmV3YXJkTWVhbnNFbnRyeRIMCgRsb3NzGAUgASgBEhEKCWFwcHJveF9rbBgGIAEoARIVCg1jbGlwX2ZyYWN0aW9uGAcgASgBEg8KB3NlY29uZHMYCCABKAESEgoKc2FtcGxpbmdfcxgJIAEoARIQCghyZXdhcmRfcxgKIAEoARISCgp0cmFpbmluZ19zGAsgASgBEhUKDWNoZWNrcG9pbnRfaWQYDCABKAkSDwoHc2FtcGxlcxgNIAEoDRIXCg9vcHRpbWl6ZXJfc3RlcHMYDiABKA0SHAoPa2xfdG9fcmVmZXJlbmNlGA8gASgBSACIAQEaMgoQUmV3YXJkTWVhbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAE6AjgBQhIKEF9rbF90b19yZWZlcmVuY2UiHwoNR2V0UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkigQEKDkdldFJ1blJlc3BvbnNlEhkKA3J1bhgBIAEoCzIMLmRkcG8udjEuUnVuEiQKBmVwb2NocxgCIAMoCzIULmRkcG8udjEuRXBvY2hSZXBvcnQSLgoLZXZhbHVhdGlvbnMYAyADKAsyGS5kZHBvLnYxLkV2YWx1YXRpb25SZXBvcnQiTQoQRXZhbHVhdGlvblJlcG9ydBINCgVlcG9jaBgBIAEoDRIqCgdtZXRyaWNzGAIgAygLMhkuZGRwby52MS5FdmFsdWF0aW9uTWV0cmljImcKEEV2YWx1YXRpb25NZXRyaWMSDgoGbWV0cmljGAEgASgJEg4KBmltYWdlcxgCIAEoDRIMCgRtZWFuGAMgASgBEgsKA3N0ZBgEIAEoARILCgNtaW4YBSABKAESCwoDbWF4GAYgASgBKnYKCERkcG9Mb3NzEhkKFUREUE9fTE9TU19VTlNQRUNJRklFRBAAEhAKDEREUE9fTE9TU19JUxABEhAKDEREUE9fTE9TU19TRhACEhEKDUREUE9fTE9TU19SV1IQAxIYChRERFBPX0xPU1NfU1BBUlNFX1JXUhAEYgZwcm90bzM", [file_ddpo_v1_common, file_google_protobuf_timestamp]);
 
 /**
  * Hyper-parameters of a run. Every field is optional: unset means the default of DDPO_DEFAULTS
@@ -181,6 +181,21 @@ export type DdpoConfig = Message<"ddpo.v1.DdpoConfig"> & {
    * @generated from field: optional uint32 skip_final_steps = 23;
    */
   skipFinalSteps?: number | undefined;
+
+  /**
+   * beta of the KL penalty to the run's starting model per trained step, loss += beta * KL
+   * (docs/DESIGN.md §3.6) [0: the paper's objective, no reference forward]. DDPO_IS/SF only.
+   *
+   * @generated from field: optional double kl_coefficient = 24;
+   */
+  klCoefficient?: number | undefined;
+
+  /**
+   * Held-out evaluation, the over-optimisation guard's measurement; unset: none.
+   *
+   * @generated from field: optional ddpo.v1.HeldOutEvaluation evaluation = 25;
+   */
+  evaluation?: HeldOutEvaluation | undefined;
 };
 
 /**
@@ -189,6 +204,65 @@ export type DdpoConfig = Message<"ddpo.v1.DdpoConfig"> & {
  */
 export const DdpoConfigSchema: GenMessage<DdpoConfig> = /*@__PURE__*/
   messageDesc(file_ddpo_v1_run, 0);
+
+/**
+ * Fixed prompts x seeds the policy samples every `every` epochs (and before the first), scored by
+ * every reward of the run and by the content check (the emoji CLIP's zero-shot reading of each
+ * image among the evaluation and training prompts): services/lib/ddpo/evaluation.ts.
+ *
+ * @generated from message ddpo.v1.HeldOutEvaluation
+ */
+export type HeldOutEvaluation = Message<"ddpo.v1.HeldOutEvaluation"> & {
+  /**
+   * Distinct prompts, none in the run's prompt set (INVALID_ARGUMENT otherwise).
+   *
+   * @generated from field: repeated string prompts = 1;
+   */
+  prompts: string[];
+
+  /**
+   * Distinct noise seeds below 2^52, each used with every prompt.
+   *
+   * @generated from field: repeated uint64 seeds = 2;
+   */
+  seeds: bigint[];
+
+  /**
+   * Evaluation period in epochs [1].
+   *
+   * @generated from field: optional uint32 every = 3;
+   */
+  every?: number | undefined;
+
+  /**
+   * Early stopping: the run stops (status STOPPED, the reason in its error) when this metric's
+   * mean falls below stop_fraction x its epoch-0 mean (for a negative start: by more than
+   * (1 - stop_fraction) x its magnitude). Either set: the other defaults to
+   * "content:zero_shot_top1" / 0.5; neither: no early stopping.
+   *
+   * @generated from field: optional string stop_metric = 4;
+   */
+  stopMetric?: string | undefined;
+
+  /**
+   * @generated from field: optional double stop_fraction = 5;
+   */
+  stopFraction?: number | undefined;
+
+  /**
+   * The metric whose highest mean marks the best evaluated checkpoint; unset: none.
+   *
+   * @generated from field: optional string best_metric = 6;
+   */
+  bestMetric?: string | undefined;
+};
+
+/**
+ * Describes the message ddpo.v1.HeldOutEvaluation.
+ * Use `create(HeldOutEvaluationSchema)` to create a new message.
+ */
+export const HeldOutEvaluationSchema: GenMessage<HeldOutEvaluation> = /*@__PURE__*/
+  messageDesc(file_ddpo_v1_run, 1);
 
 /**
  * @generated from message ddpo.v1.LoraConfig
@@ -212,7 +286,7 @@ export type LoraConfig = Message<"ddpo.v1.LoraConfig"> & {
  * Use `create(LoraConfigSchema)` to create a new message.
  */
 export const LoraConfigSchema: GenMessage<LoraConfig> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 1);
+  messageDesc(file_ddpo_v1_run, 2);
 
 /**
  * Full fine-tuning of the UNet (lr ~1e-5 is advisable).
@@ -227,7 +301,7 @@ export type FullFineTune = Message<"ddpo.v1.FullFineTune"> & {
  * Use `create(FullFineTuneSchema)` to create a new message.
  */
 export const FullFineTuneSchema: GenMessage<FullFineTune> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 2);
+  messageDesc(file_ddpo_v1_run, 3);
 
 /**
  * @generated from message ddpo.v1.StatTracking
@@ -251,7 +325,7 @@ export type StatTracking = Message<"ddpo.v1.StatTracking"> & {
  * Use `create(StatTrackingSchema)` to create a new message.
  */
 export const StatTrackingSchema: GenMessage<StatTracking> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 3);
+  messageDesc(file_ddpo_v1_run, 4);
 
 /**
  * Advantages from the mean and std of the whole epoch's rewards.
@@ -266,7 +340,7 @@ export type BatchStatistics = Message<"ddpo.v1.BatchStatistics"> & {
  * Use `create(BatchStatisticsSchema)` to create a new message.
  */
 export const BatchStatisticsSchema: GenMessage<BatchStatistics> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 4);
+  messageDesc(file_ddpo_v1_run, 5);
 
 /**
  * One reward term; a run's reward is the weighted sum of its terms.
@@ -302,7 +376,7 @@ export type RewardSource = Message<"ddpo.v1.RewardSource"> & {
  * Use `create(RewardSourceSchema)` to create a new message.
  */
 export const RewardSourceSchema: GenMessage<RewardSource> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 5);
+  messageDesc(file_ddpo_v1_run, 6);
 
 /**
  * @generated from message ddpo.v1.Run
@@ -404,6 +478,19 @@ export type Run = Message<"ddpo.v1.Run"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 16;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * The best evaluated policy by HeldOutEvaluation.best_metric so far (the starting checkpoint
+   * when the start evaluated best), and that metric; unset without one.
+   *
+   * @generated from field: optional string best_checkpoint_id = 17;
+   */
+  bestCheckpointId?: string | undefined;
+
+  /**
+   * @generated from field: optional string best_metric = 18;
+   */
+  bestMetric?: string | undefined;
 };
 
 /**
@@ -411,7 +498,7 @@ export type Run = Message<"ddpo.v1.Run"> & {
  * Use `create(RunSchema)` to create a new message.
  */
 export const RunSchema: GenMessage<Run> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 6);
+  messageDesc(file_ddpo_v1_run, 7);
 
 /**
  * What runs.config holds, as protobuf JSON: everything the Trainer needs to resume a run in a
@@ -459,7 +546,7 @@ export type RunSettings = Message<"ddpo.v1.RunSettings"> & {
  * Use `create(RunSettingsSchema)` to create a new message.
  */
 export const RunSettingsSchema: GenMessage<RunSettings> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 7);
+  messageDesc(file_ddpo_v1_run, 8);
 
 /**
  * Statistics of one finished epoch.
@@ -552,6 +639,14 @@ export type EpochReport = Message<"ddpo.v1.EpochReport"> & {
    * @generated from field: uint32 optimizer_steps = 14;
    */
   optimizerSteps: number;
+
+  /**
+   * Mean KL(pi_theta || pi_ref) per pixel to the run's starting model over the epoch's trained
+   * pairs (before each pair's gradient step); unset when not measured (kl_coefficient 0).
+   *
+   * @generated from field: optional double kl_to_reference = 15;
+   */
+  klToReference?: number | undefined;
 };
 
 /**
@@ -559,7 +654,7 @@ export type EpochReport = Message<"ddpo.v1.EpochReport"> & {
  * Use `create(EpochReportSchema)` to create a new message.
  */
 export const EpochReportSchema: GenMessage<EpochReport> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 8);
+  messageDesc(file_ddpo_v1_run, 9);
 
 /**
  * @generated from message ddpo.v1.GetRunRequest
@@ -576,7 +671,7 @@ export type GetRunRequest = Message<"ddpo.v1.GetRunRequest"> & {
  * Use `create(GetRunRequestSchema)` to create a new message.
  */
 export const GetRunRequestSchema: GenMessage<GetRunRequest> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 9);
+  messageDesc(file_ddpo_v1_run, 10);
 
 /**
  * @generated from message ddpo.v1.GetRunResponse
@@ -593,6 +688,13 @@ export type GetRunResponse = Message<"ddpo.v1.GetRunResponse"> & {
    * @generated from field: repeated ddpo.v1.EpochReport epochs = 2;
    */
   epochs: EpochReport[];
+
+  /**
+   * Held-out evaluations in epoch order (empty without HeldOutEvaluation).
+   *
+   * @generated from field: repeated ddpo.v1.EvaluationReport evaluations = 3;
+   */
+  evaluations: EvaluationReport[];
 };
 
 /**
@@ -600,7 +702,78 @@ export type GetRunResponse = Message<"ddpo.v1.GetRunResponse"> & {
  * Use `create(GetRunResponseSchema)` to create a new message.
  */
 export const GetRunResponseSchema: GenMessage<GetRunResponse> = /*@__PURE__*/
-  messageDesc(file_ddpo_v1_run, 10);
+  messageDesc(file_ddpo_v1_run, 11);
+
+/**
+ * One held-out evaluation: per metric (a reward's name, "content:zero_shot_top1",
+ * "content:clip_alignment") the statistics over its images.
+ *
+ * @generated from message ddpo.v1.EvaluationReport
+ */
+export type EvaluationReport = Message<"ddpo.v1.EvaluationReport"> & {
+  /**
+   * Completed training epochs when evaluated (0: the starting model).
+   *
+   * @generated from field: uint32 epoch = 1;
+   */
+  epoch: number;
+
+  /**
+   * @generated from field: repeated ddpo.v1.EvaluationMetric metrics = 2;
+   */
+  metrics: EvaluationMetric[];
+};
+
+/**
+ * Describes the message ddpo.v1.EvaluationReport.
+ * Use `create(EvaluationReportSchema)` to create a new message.
+ */
+export const EvaluationReportSchema: GenMessage<EvaluationReport> = /*@__PURE__*/
+  messageDesc(file_ddpo_v1_run, 12);
+
+/**
+ * @generated from message ddpo.v1.EvaluationMetric
+ */
+export type EvaluationMetric = Message<"ddpo.v1.EvaluationMetric"> & {
+  /**
+   * @generated from field: string metric = 1;
+   */
+  metric: string;
+
+  /**
+   * @generated from field: uint32 images = 2;
+   */
+  images: number;
+
+  /**
+   * Mean, population standard deviation, min and max over the images.
+   *
+   * @generated from field: double mean = 3;
+   */
+  mean: number;
+
+  /**
+   * @generated from field: double std = 4;
+   */
+  std: number;
+
+  /**
+   * @generated from field: double min = 5;
+   */
+  min: number;
+
+  /**
+   * @generated from field: double max = 6;
+   */
+  max: number;
+};
+
+/**
+ * Describes the message ddpo.v1.EvaluationMetric.
+ * Use `create(EvaluationMetricSchema)` to create a new message.
+ */
+export const EvaluationMetricSchema: GenMessage<EvaluationMetric> = /*@__PURE__*/
+  messageDesc(file_ddpo_v1_run, 13);
 
 /**
  * The policy-gradient objective (DESIGN.md §3).
