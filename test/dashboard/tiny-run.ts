@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
-import { BASE_MODEL_DIR, type ServiceProcess, spawnService, TINY_RUN_CONFIG } from "../services/cluster.ts";
+import { BASE_MODEL_DIR, type ServiceProcess, spawnFourServices, TINY_RUN_CONFIG } from "../services/cluster.ts";
 
 export const TINY_RUN_REWARDS = [
   { endpoint: "", rewardName: "jpeg_compressibility", weight: 1 },
@@ -30,7 +30,6 @@ export async function startTinyCluster(): Promise<TinyCluster> {
   const pg = await startTestPostgres();
   const database = await pg.freshDatabase();
   const dataDir = mkdtempSync(join(tmpdir(), "ddpo-dashboard-"));
-  const env = { DATABASE_URL: database.url };
   const procs: ServiceProcess[] = [];
   const stop = async () => {
     for (const p of procs) p.proc.kill("SIGKILL");
@@ -39,28 +38,7 @@ export async function startTinyCluster(): Promise<TinyCluster> {
     rmSync(dataDir, { recursive: true, force: true });
   };
   try {
-    const [sampler, rewarder, registry] = await Promise.all([
-      spawnService("sampler", []),
-      spawnService("rewarder", []),
-      // The Registry serves checkpoints only from <data-dir>/runs and the model roots.
-      spawnService("registry", ["--data-dir", dataDir], env),
-    ]);
-    procs.push(sampler, rewarder, registry);
-    const trainer = await spawnService(
-      "trainer",
-      [
-        "--registry",
-        registry.address,
-        "--rewarder",
-        rewarder.address,
-        "--samplers",
-        sampler.address,
-        "--data-dir",
-        dataDir,
-      ],
-      env,
-    );
-    procs.push(trainer);
+    const { sampler, rewarder, registry, trainer } = await spawnFourServices(database.url, dataDir, procs);
     const startRun = async (name: string, epochs: number, config: Partial<typeof TINY_RUN_CONFIG> = {}) => {
       const client = createClient(Trainer, trainer.address);
       try {

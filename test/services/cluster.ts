@@ -64,6 +64,37 @@ export async function spawnService(
  * Collects a child's stderr and waits for the JSON line `{"address": ...}` it prints on stdout
  * once listening; kills it (SIGKILL) and throws with its stderr when none comes in time.
  */
+/**
+ * The four services as separate processes over one database (one Sampler, one Rewarder), the
+ * Trainer's run folders in `dataDir`, which the Registry also serves; every process is pushed
+ * onto `procs` as soon as it runs, so the caller's clean-up kills it.
+ */
+export async function spawnFourServices(databaseUrl: string, dataDir: string, procs: ServiceProcess[]) {
+  const env = { DATABASE_URL: databaseUrl };
+  const [sampler, rewarder, registry] = await Promise.all([
+    spawnService("sampler", []),
+    spawnService("rewarder", []),
+    spawnService("registry", ["--data-dir", dataDir], env),
+  ]);
+  procs.push(sampler, rewarder, registry);
+  const trainer = await spawnService(
+    "trainer",
+    [
+      "--registry",
+      registry.address,
+      "--rewarder",
+      rewarder.address,
+      "--samplers",
+      sampler.address,
+      "--data-dir",
+      dataDir,
+    ],
+    env,
+  );
+  procs.push(trainer);
+  return { sampler, rewarder, registry, trainer };
+}
+
 export async function readAnnouncement(
   proc: Subprocess<"ignore", "pipe", "pipe">,
   what: string,

@@ -16,7 +16,14 @@ import { checkpointLineage, countRewards, countTrajectories, listEpochs } from "
 import { Code, createClient, type ServiceError } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
 import { healthCheck } from "../grpc/health.ts";
-import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, type ServiceProcess, spawnService, waitFor } from "./cluster.ts";
+import {
+  BASE_MODEL_DIR,
+  TINY_RUN_CONFIG as CONFIG,
+  type ServiceProcess,
+  spawnFourServices,
+  spawnService,
+  waitFor,
+} from "./cluster.ts";
 
 let pg: TestPostgres;
 let database: TestDatabase;
@@ -129,28 +136,7 @@ describe("Sampler inside one engine batch", () => {
 
 describe("Trainer", () => {
   test("StopRun (immediate) mid-run, then ResumeRun with a larger budget: completed, every row once", async () => {
-    const env = { DATABASE_URL: database.url };
-    const [sampler, rewarder, registry] = await Promise.all([
-      spawnService("sampler", []),
-      spawnService("rewarder", []),
-      spawnService("registry", ["--data-dir", dataDir], env),
-    ]);
-    procs.push(sampler, rewarder, registry);
-    const trainerProc = await spawnService(
-      "trainer",
-      [
-        "--registry",
-        registry.address,
-        "--rewarder",
-        rewarder.address,
-        "--samplers",
-        sampler.address,
-        "--data-dir",
-        dataDir,
-      ],
-      env,
-    );
-    procs.push(trainerProc);
+    const { registry, trainer: trainerProc } = await spawnFourServices(database.url, dataDir, procs);
     const trainer = createClient(Trainer, trainerProc.address);
     const registryClient = createClient(Registry, registry.address);
     const { run } = await trainer.startRun(

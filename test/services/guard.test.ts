@@ -14,7 +14,7 @@ import { getRun, listEpochs } from "../../services/lib/db/queries.ts";
 import { CONTENT_ALIGNMENT, CONTENT_TOP1 } from "../../services/lib/ddpo/evaluation.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
-import { BASE_MODEL_DIR, type ServiceProcess, spawnService, TINY_RUN_CONFIG } from "./cluster.ts";
+import { BASE_MODEL_DIR, type ServiceProcess, spawnFourServices, TINY_RUN_CONFIG } from "./cluster.ts";
 
 let pg: TestPostgres;
 let database: TestDatabase;
@@ -35,28 +35,7 @@ afterAll(async () => {
 
 describe("the over-optimisation guard across the services", () => {
   test("KL to the reference and held-out evaluations recorded, streamed and served; an early stop", async () => {
-    const env = { DATABASE_URL: database.url };
-    const [sampler, rewarder, registry] = await Promise.all([
-      spawnService("sampler", []),
-      spawnService("rewarder", []),
-      spawnService("registry", ["--data-dir", dataDir], env),
-    ]);
-    procs.push(sampler, rewarder, registry);
-    const trainerProc = await spawnService(
-      "trainer",
-      [
-        "--registry",
-        registry.address,
-        "--rewarder",
-        rewarder.address,
-        "--samplers",
-        sampler.address,
-        "--data-dir",
-        dataDir,
-      ],
-      env,
-    );
-    procs.push(trainerProc);
+    const { registry, trainer: trainerProc } = await spawnFourServices(database.url, dataDir, procs);
     const client = createClient(Trainer, trainerProc.address);
     const registryClient = createClient(Registry, registry.address);
     const evaluation = {

@@ -11,7 +11,7 @@ import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
-import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, type ServiceProcess, spawnService } from "./cluster.ts";
+import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, type ServiceProcess, spawnFourServices } from "./cluster.ts";
 
 let pg: TestPostgres;
 let dataDir: string;
@@ -29,28 +29,7 @@ afterAll(async () => {
 });
 
 test("sequential runs do not grow the Trainer process by a run's engine each", async () => {
-  const env = { DATABASE_URL: (await pg.freshDatabase()).url };
-  const [sampler, rewarder, registry] = await Promise.all([
-    spawnService("sampler", []),
-    spawnService("rewarder", []),
-    spawnService("registry", ["--data-dir", dataDir], env),
-  ]);
-  procs.push(sampler, rewarder, registry);
-  const trainerProc = await spawnService(
-    "trainer",
-    [
-      "--registry",
-      registry.address,
-      "--rewarder",
-      rewarder.address,
-      "--samplers",
-      sampler.address,
-      "--data-dir",
-      dataDir,
-    ],
-    env,
-  );
-  procs.push(trainerProc);
+  const { registry, trainer: trainerProc } = await spawnFourServices((await pg.freshDatabase()).url, dataDir, procs);
   const trainer = createClient(Trainer, trainerProc.address);
   // Full fine-tuning: each run's worker holds the whole UNet, its AdamW moments and gradients.
   const config = { ...CONFIG, finetune: { case: "full" as const, value: {} } };
