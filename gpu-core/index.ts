@@ -4,7 +4,7 @@
 import { dlopen, FFIType } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { type GpuCoreLibrary, openLibrary } from "./ffi.ts";
+import { type ContextCalls, type GpuCoreLibrary, openLibrary } from "./ffi.ts";
 
 export type Backend = "cpu" | "cuda";
 export type DType = "f32" | "i32";
@@ -257,10 +257,6 @@ function toF64(a: Alphas): Float64Array {
   return a instanceof Float64Array ? a : Float64Array.from(a);
 }
 
-function h(t: Optional<Tensor>): number {
-  return t ? t.handle : 0;
-}
-
 /** One backend context. Create with Engine.open(); close() frees everything it owns. */
 export class Engine {
   #handle: number;
@@ -332,19 +328,19 @@ export class Engine {
   }
 
   synchronize(): void {
-    this.check(this.lib.gc_ctx_synchronize(this.handle));
+    this.#call("gc_ctx_synchronize");
   }
 
   memory(): { inUse: number; peak: number } {
     const inUse = new BigInt64Array(1);
     const peak = new BigInt64Array(1);
-    this.check(this.lib.gc_ctx_memory(this.handle, inUse, peak));
+    this.#call("gc_ctx_memory", inUse, peak);
     return { inUse: Number(inUse[0]), peak: Number(peak[0]) };
   }
 
   arena(initialBytes = 0): Arena {
     const out = new BigInt64Array(1);
-    this.check(this.lib.gc_arena_create(this.handle, initialBytes, out));
+    this.#call("gc_arena_create", initialBytes, out);
     return new Arena(this, Number(out[0]));
   }
 
@@ -377,44 +373,44 @@ export class Engine {
   // ---- elementwise and data movement -------------------------------------------------------
 
   fill(y: Tensor, value: number): void {
-    this.check(this.lib.gc_fill(this.handle, y.handle, value));
+    this.#call("gc_fill", y, value);
   }
   copy(y: Tensor, x: Tensor): void {
-    this.check(this.lib.gc_copy(this.handle, y.handle, x.handle));
+    this.#call("gc_copy", y, x);
   }
   /** y = alpha * x + beta * y */
   axpby(y: Tensor, alpha: number, x: Tensor, beta: number): void {
-    this.check(this.lib.gc_axpby(this.handle, y.handle, alpha, x.handle, beta));
+    this.#call("gc_axpby", y, alpha, x, beta);
   }
   addForward(y: Tensor, a: Tensor, b: Tensor): void {
-    this.check(this.lib.gc_add_forward(this.handle, y.handle, a.handle, b.handle));
+    this.#call("gc_add_forward", y, a, b);
   }
   addBackward(da: Optional<Tensor>, db: Optional<Tensor>, dy: Tensor): void {
-    this.check(this.lib.gc_add_backward(this.handle, h(da), h(db), dy.handle));
+    this.#call("gc_add_backward", da, db, dy);
   }
   transposeForward(y: Tensor, x: Tensor): void {
-    this.check(this.lib.gc_transpose_forward(this.handle, y.handle, x.handle));
+    this.#call("gc_transpose_forward", y, x);
   }
   transposeBackward(dx: Tensor, dy: Tensor): void {
-    this.check(this.lib.gc_transpose_backward(this.handle, dx.handle, dy.handle));
+    this.#call("gc_transpose_backward", dx, dy);
   }
   concatForward(y: Tensor, a: Tensor, b: Tensor): void {
-    this.check(this.lib.gc_concat_forward(this.handle, y.handle, a.handle, b.handle));
+    this.#call("gc_concat_forward", y, a, b);
   }
   concatBackward(da: Tensor, db: Tensor, dy: Tensor): void {
-    this.check(this.lib.gc_concat_backward(this.handle, da.handle, db.handle, dy.handle));
+    this.#call("gc_concat_backward", da, db, dy);
   }
   upsample2xForward(y: Tensor, x: Tensor): void {
-    this.check(this.lib.gc_upsample2x_forward(this.handle, y.handle, x.handle));
+    this.#call("gc_upsample2x_forward", y, x);
   }
   upsample2xBackward(dx: Tensor, dy: Tensor): void {
-    this.check(this.lib.gc_upsample2x_backward(this.handle, dx.handle, dy.handle));
+    this.#call("gc_upsample2x_backward", dx, dy);
   }
 
   // ---- layers ----------------------------------------------------------------------------
 
   conv2dForward(y: Tensor, x: Tensor, w: Tensor, b: Optional<Tensor>, stride: number, pad: number): void {
-    this.check(this.lib.gc_conv2d_forward(this.handle, y.handle, x.handle, w.handle, h(b), stride, pad));
+    this.#call("gc_conv2d_forward", y, x, w, b, stride, pad);
   }
   conv2dBackward(
     dx: Optional<Tensor>,
@@ -426,12 +422,10 @@ export class Engine {
     stride: number,
     pad: number,
   ): void {
-    this.check(
-      this.lib.gc_conv2d_backward(this.handle, h(dx), h(dw), h(db), dy.handle, x.handle, w.handle, stride, pad),
-    );
+    this.#call("gc_conv2d_backward", dx, dw, db, dy, x, w, stride, pad);
   }
   linearForward(y: Tensor, x: Tensor, w: Tensor, b: Optional<Tensor>): void {
-    this.check(this.lib.gc_linear_forward(this.handle, y.handle, x.handle, w.handle, h(b)));
+    this.#call("gc_linear_forward", y, x, w, b);
   }
   linearBackward(
     dx: Optional<Tensor>,
@@ -441,7 +435,7 @@ export class Engine {
     x: Tensor,
     w: Tensor,
   ): void {
-    this.check(this.lib.gc_linear_backward(this.handle, h(dx), h(dw), h(db), dy.handle, x.handle, w.handle));
+    this.#call("gc_linear_backward", dx, dw, db, dy, x, w);
   }
   groupNormForward(
     y: Tensor,
@@ -453,19 +447,7 @@ export class Engine {
     groups: number,
     eps: number,
   ): void {
-    this.check(
-      this.lib.gc_group_norm_forward(
-        this.handle,
-        y.handle,
-        mean.handle,
-        rstd.handle,
-        x.handle,
-        h(gamma),
-        h(beta),
-        groups,
-        eps,
-      ),
-    );
+    this.#call("gc_group_norm_forward", y, mean, rstd, x, gamma, beta, groups, eps);
   }
   groupNormBackward(
     dx: Optional<Tensor>,
@@ -478,20 +460,7 @@ export class Engine {
     gamma: Optional<Tensor>,
     groups: number,
   ): void {
-    this.check(
-      this.lib.gc_group_norm_backward(
-        this.handle,
-        h(dx),
-        h(dgamma),
-        h(dbeta),
-        dy.handle,
-        x.handle,
-        mean.handle,
-        rstd.handle,
-        h(gamma),
-        groups,
-      ),
-    );
+    this.#call("gc_group_norm_backward", dx, dgamma, dbeta, dy, x, mean, rstd, gamma, groups);
   }
   layerNormForward(
     y: Tensor,
@@ -502,9 +471,7 @@ export class Engine {
     beta: Optional<Tensor>,
     eps: number,
   ): void {
-    this.check(
-      this.lib.gc_layer_norm_forward(this.handle, y.handle, mean.handle, rstd.handle, x.handle, h(gamma), h(beta), eps),
-    );
+    this.#call("gc_layer_norm_forward", y, mean, rstd, x, gamma, beta, eps);
   }
   layerNormBackward(
     dx: Optional<Tensor>,
@@ -516,31 +483,19 @@ export class Engine {
     rstd: Tensor,
     gamma: Optional<Tensor>,
   ): void {
-    this.check(
-      this.lib.gc_layer_norm_backward(
-        this.handle,
-        h(dx),
-        h(dgamma),
-        h(dbeta),
-        dy.handle,
-        x.handle,
-        mean.handle,
-        rstd.handle,
-        h(gamma),
-      ),
-    );
+    this.#call("gc_layer_norm_backward", dx, dgamma, dbeta, dy, x, mean, rstd, gamma);
   }
   activationForward(kind: Activation, y: Tensor, x: Tensor): void {
-    this.check(this.lib.gc_activation_forward(this.handle, activationCode(kind), y.handle, x.handle));
+    this.#call("gc_activation_forward", activationCode(kind), y, x);
   }
   activationBackward(kind: Activation, dx: Tensor, dy: Tensor, x: Tensor): void {
-    this.check(this.lib.gc_activation_backward(this.handle, activationCode(kind), dx.handle, dy.handle, x.handle));
+    this.#call("gc_activation_backward", activationCode(kind), dx, dy, x);
   }
   gegluForward(y: Tensor, x: Tensor): void {
-    this.check(this.lib.gc_geglu_forward(this.handle, y.handle, x.handle));
+    this.#call("gc_geglu_forward", y, x);
   }
   gegluBackward(dx: Tensor, dy: Tensor, x: Tensor): void {
-    this.check(this.lib.gc_geglu_backward(this.handle, dx.handle, dy.handle, x.handle));
+    this.#call("gc_geglu_backward", dx, dy, x);
   }
   /** scale 0 means 1/sqrt(head size). */
   attentionForward(
@@ -553,19 +508,7 @@ export class Engine {
     causal: boolean,
     scale = 0,
   ): void {
-    this.check(
-      this.lib.gc_attention_forward(
-        this.handle,
-        out.handle,
-        probs.handle,
-        q.handle,
-        k.handle,
-        v.handle,
-        heads,
-        causal ? 1 : 0,
-        scale,
-      ),
-    );
+    this.#call("gc_attention_forward", out, probs, q, k, v, heads, causal ? 1 : 0, scale);
   }
   attentionBackward(
     dq: Optional<Tensor>,
@@ -579,55 +522,22 @@ export class Engine {
     heads: number,
     scale = 0,
   ): void {
-    this.check(
-      this.lib.gc_attention_backward(
-        this.handle,
-        h(dq),
-        h(dk),
-        h(dv),
-        dout.handle,
-        q.handle,
-        k.handle,
-        v.handle,
-        probs.handle,
-        heads,
-        scale,
-      ),
-    );
+    this.#call("gc_attention_backward", dq, dk, dv, dout, q, k, v, probs, heads, scale);
   }
   embeddingForward(y: Tensor, ids: Tensor<"i32">, tok: Tensor, pos: Optional<Tensor>): void {
-    this.check(this.lib.gc_embedding_forward(this.handle, y.handle, ids.handle, tok.handle, h(pos)));
+    this.#call("gc_embedding_forward", y, ids, tok, pos);
   }
   embeddingBackward(dtok: Optional<Tensor>, dpos: Optional<Tensor>, dy: Tensor, ids: Tensor<"i32">): void {
-    this.check(this.lib.gc_embedding_backward(this.handle, h(dtok), h(dpos), dy.handle, ids.handle));
+    this.#call("gc_embedding_backward", dtok, dpos, dy, ids);
   }
   timestepEmbeddingForward(y: Tensor, t: Tensor, o: TimestepEmbeddingOptions): void {
-    this.check(
-      this.lib.gc_timestep_embedding_forward(
-        this.handle,
-        y.handle,
-        t.handle,
-        o.flipSinToCos ? 1 : 0,
-        o.freqShift,
-        o.maxPeriod ?? 10000,
-      ),
-    );
+    this.#call("gc_timestep_embedding_forward", y, t, o.flipSinToCos ? 1 : 0, o.freqShift, o.maxPeriod ?? 10000);
   }
   timestepEmbeddingBackward(dt: Tensor, dy: Tensor, t: Tensor, o: TimestepEmbeddingOptions): void {
-    this.check(
-      this.lib.gc_timestep_embedding_backward(
-        this.handle,
-        dt.handle,
-        dy.handle,
-        t.handle,
-        o.flipSinToCos ? 1 : 0,
-        o.freqShift,
-        o.maxPeriod ?? 10000,
-      ),
-    );
+    this.#call("gc_timestep_embedding_backward", dt, dy, t, o.flipSinToCos ? 1 : 0, o.freqShift, o.maxPeriod ?? 10000);
   }
   mseForward(loss: Tensor, a: Tensor, b: Tensor, weights: Optional<Tensor> = null): void {
-    this.check(this.lib.gc_mse_forward(this.handle, loss.handle, a.handle, b.handle, h(weights)));
+    this.#call("gc_mse_forward", loss, a, b, weights);
   }
   mseBackward(
     da: Optional<Tensor>,
@@ -637,7 +547,7 @@ export class Engine {
     b: Tensor,
     weights: Optional<Tensor> = null,
   ): void {
-    this.check(this.lib.gc_mse_backward(this.handle, h(da), h(db), dloss, a.handle, b.handle, h(weights)));
+    this.#call("gc_mse_backward", da, db, dloss, a, b, weights);
   }
 
   // ---- diffusion and DDPO ----------------------------------------------------------------
@@ -656,21 +566,7 @@ export class Engine {
     clipX0 = 0,
   ): void {
     const [a, ap] = this.#alphas(xT, alphaT, alphaPrev);
-    this.check(
-      this.lib.gc_ddim_step_sample(
-        this.handle,
-        xPrev.handle,
-        h(logProb),
-        h(mean),
-        xT.handle,
-        eps.handle,
-        noise.handle,
-        a,
-        ap,
-        eta,
-        clipX0,
-      ),
-    );
+    this.#call("gc_ddim_step_sample", xPrev, logProb, mean, xT, eps, noise, a, ap, eta, clipX0);
   }
   ddimStepLogProb(
     logProb: Tensor,
@@ -684,20 +580,7 @@ export class Engine {
     clipX0 = 0,
   ): void {
     const [a, ap] = this.#alphas(xT, alphaT, alphaPrev);
-    this.check(
-      this.lib.gc_ddim_step_log_prob(
-        this.handle,
-        logProb.handle,
-        h(mean),
-        xPrev.handle,
-        xT.handle,
-        eps.handle,
-        a,
-        ap,
-        eta,
-        clipX0,
-      ),
-    );
+    this.#call("gc_ddim_step_log_prob", logProb, mean, xPrev, xT, eps, a, ap, eta, clipX0);
   }
   ddimStepLogProbBackward(
     deps: Tensor,
@@ -711,20 +594,7 @@ export class Engine {
     clipX0 = 0,
   ): void {
     const [a, ap] = this.#alphas(xT, alphaT, alphaPrev);
-    this.check(
-      this.lib.gc_ddim_step_log_prob_backward(
-        this.handle,
-        deps.handle,
-        dLogProb.handle,
-        xPrev.handle,
-        xT.handle,
-        eps.handle,
-        a,
-        ap,
-        eta,
-        clipX0,
-      ),
-    );
+    this.#call("gc_ddim_step_log_prob_backward", deps, dLogProb, xPrev, xT, eps, a, ap, eta, clipX0);
   }
   #alphas(xT: Tensor, alphaT: Alphas, alphaPrev: Alphas): [Float64Array, Float64Array] {
     const batch = xT.shape[0] ?? 0;
@@ -745,18 +615,7 @@ export class Engine {
     clipRange: number,
     advClipMax: number,
   ): void {
-    this.check(
-      this.lib.gc_ddpo_is_forward(
-        this.handle,
-        loss.handle,
-        h(stats),
-        logProb.handle,
-        oldLogProb.handle,
-        advantages.handle,
-        clipRange,
-        advClipMax,
-      ),
-    );
+    this.#call("gc_ddpo_is_forward", loss, stats, logProb, oldLogProb, advantages, clipRange, advClipMax);
   }
   ddpoIsBackward(
     dLogProb: Tensor,
@@ -767,55 +626,47 @@ export class Engine {
     clipRange: number,
     advClipMax: number,
   ): void {
-    this.check(
-      this.lib.gc_ddpo_is_backward(
-        this.handle,
-        dLogProb.handle,
-        dloss,
-        logProb.handle,
-        oldLogProb.handle,
-        advantages.handle,
-        clipRange,
-        advClipMax,
-      ),
-    );
+    this.#call("gc_ddpo_is_backward", dLogProb, dloss, logProb, oldLogProb, advantages, clipRange, advClipMax);
   }
   ddpoSfForward(loss: Tensor, logProb: Tensor, advantages: Tensor, advClipMax: number): void {
-    this.check(this.lib.gc_ddpo_sf_forward(this.handle, loss.handle, logProb.handle, advantages.handle, advClipMax));
+    this.#call("gc_ddpo_sf_forward", loss, logProb, advantages, advClipMax);
   }
   ddpoSfBackward(dLogProb: Tensor, dloss: number, advantages: Tensor, advClipMax: number): void {
-    this.check(this.lib.gc_ddpo_sf_backward(this.handle, dLogProb.handle, dloss, advantages.handle, advClipMax));
+    this.#call("gc_ddpo_sf_backward", dLogProb, dloss, advantages, advClipMax);
   }
 
   // ---- optimisation and randomness ---------------------------------------------------------
 
   adamwStep(params: Tensor, grads: Tensor, m: Tensor, v: Tensor, o: AdamWOptions): void {
-    this.check(
-      this.lib.gc_adamw_step(
-        this.handle,
-        params.handle,
-        grads.handle,
-        m.handle,
-        v.handle,
-        o.lr,
-        o.beta1 ?? 0.9,
-        o.beta2 ?? 0.999,
-        o.eps ?? 1e-8,
-        o.weightDecay ?? 1e-4,
-        o.step,
-      ),
-    );
+    const [beta1, beta2, eps, weightDecay] = [o.beta1 ?? 0.9, o.beta2 ?? 0.999, o.eps ?? 1e-8, o.weightDecay ?? 1e-4];
+    this.#call("gc_adamw_step", params, grads, m, v, o.lr, beta1, beta2, eps, weightDecay, o.step);
   }
   /** Returns the gradient norm before clipping; clips when maxNorm > 0. */
   clipGradNorm(grads: Tensor, maxNorm: number): number {
     const out = new Float64Array(1);
-    this.check(this.lib.gc_clip_grad_norm(this.handle, grads.handle, maxNorm, out));
+    this.#call("gc_clip_grad_norm", grads, maxNorm, out);
     return out[0] ?? Number.NaN;
   }
   /** Philox normals: element i is normal number (offset + i) of the stream `seed`. */
   randn(y: Tensor, seed: number | bigint, offset: number | bigint = 0): void {
-    this.check(this.lib.gc_randn(this.handle, y.handle, BigInt.asUintN(64, BigInt(seed)), BigInt(offset)));
+    this.#call("gc_randn", y, BigInt.asUintN(64, BigInt(seed)), BigInt(offset));
   }
+
+  /**
+   * gc_<op>(ctx, ...args), each tensor passed as its handle and a missing optional one as 0, and
+   * the C error thrown. The parameter names and types come from include/gc_api.def (ffi.ts).
+   */
+  #call<K extends keyof Calls>(fn: K, ...args: Calls[K]): void {
+    const call = this.lib[fn] as (ctx: number, ...rest: unknown[]) => number;
+    this.check(call(this.handle, ...args.map(handleOf)));
+  }
+}
+
+/** The parameters after ctx of every context call, a tensor or none for each gc_handle. */
+type Calls = ContextCalls<Optional<Tensor>>;
+
+function handleOf(arg: Calls[keyof Calls][number]): unknown {
+  return arg instanceof Tensor ? arg.handle : (arg ?? 0);
 }
 
 function activationCode(kind: Activation): number {
