@@ -8,6 +8,7 @@ import { Engine } from "../../gpu-core/index.ts";
 import { DASHBOARD_USAGE, dashboardCommand } from "../dashboard/main.ts";
 import { loadEmojiDataset } from "../lib/data/emoji.ts";
 import { sampleImages, toUint8Images } from "../lib/diffusion/sampler.ts";
+import { DEFAULT_GUIDANCE } from "../lib/diffusion/sampling-limits.ts";
 import { writeTrajectories } from "../lib/diffusion/trajectory-file.ts";
 import { LoraAdapterSet } from "../lib/models/lora.ts";
 import { combineSources } from "../lib/models/parameters.ts";
@@ -51,7 +52,7 @@ export const SHOWCASE_PROMPTS = [
 
 const PRETRAIN_USAGE = `pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
            [--min-snr-gamma 5] [--ema 0.999] [--subset animals|all] [--warmup 200] [--checkpoint-every 250]`;
-const SAMPLE_USAGE = `sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 3] [--eta 1] [--seed N]
+const SAMPLE_USAGE = `sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 1] [--eta 1] [--seed N]
            [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-NNNN/lora] [--reward NAME]`;
 
 const USAGE = `usage: ddpo <command> [options]   (ddpo <command> --help lists a command's flags and defaults)
@@ -119,7 +120,12 @@ async function pretrainCommand(argv: string[]): Promise<void> {
       `model in ${options.out} (${model.parameterCount.unet} UNet + ${model.parameterCount.textEncoder} text-encoder parameters)`,
   );
   if (values.samples)
-    await writeSampleGrid(model, SHOWCASE_PROMPTS, values.samples, { steps: 50, guidance: 3, eta: 1, seed: 1 });
+    await writeSampleGrid(model, SHOWCASE_PROMPTS, values.samples, {
+      steps: 50,
+      guidance: DEFAULT_GUIDANCE,
+      eta: 1,
+      seed: 1,
+    });
   model.close();
   engine.close();
 }
@@ -192,7 +198,7 @@ async function sampleCommand(argv: string[]): Promise<void> {
     prompt: { type: "string", multiple: true, value: "TEXT", help: "prompt to draw", default: "16 showcase prompts" },
     out: { type: "string", value: "FILE.png", help: "the image grid", default: "samples.png" },
     steps: { type: "string", value: "N", help: "DDIM steps", default: 50 },
-    guidance: { type: "string", value: "X", help: "classifier-free guidance scale", default: 3 },
+    guidance: { type: "string", value: "X", help: "classifier-free guidance scale", default: DEFAULT_GUIDANCE },
     eta: { type: "string", value: "X", help: "DDIM eta", default: 1 },
     seed: { type: "string", value: "N", help: "seed of the first image (the i-th gets seed + i)", default: 1 },
     trajectories: { type: "string", value: "FILE", help: "also write the trajectories (safetensors)" },
@@ -206,7 +212,7 @@ async function sampleCommand(argv: string[]): Promise<void> {
   const model = TextToImageModel.load(engine, values.model);
   await writeSampleGrid(model, values.prompt?.length ? values.prompt : SHOWCASE_PROMPTS, values.out ?? "samples.png", {
     steps: numberFlag(values.steps, 50, "steps"),
-    guidance: numberFlag(values.guidance, 3, "guidance"),
+    guidance: numberFlag(values.guidance, DEFAULT_GUIDANCE, "guidance"),
     eta: numberFlag(values.eta, 1, "eta"),
     seed: numberFlag(values.seed, 1, "seed"),
     trajectories: values.trajectories,

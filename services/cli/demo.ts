@@ -30,7 +30,7 @@ try {
   console.log(`registry ${a.registry}  rewarder ${a.rewarder}  sampler ${a.sampler}  trainer ${a.trainer}`);
   console.log(`dashboard http://${a.dashboard}/ (the run's curves live while it trains)`);
   const trainer = createClient(Trainer, a.trainer);
-  // A CPU-sized epoch: 32 samples x 10 DDIM steps with guidance 3, LoRA rank 4, two optimizer
+  // A CPU-sized epoch: 32 samples x 10 DDIM steps without guidance, LoRA rank 4, two optimizer
   // steps per epoch, the final 2 steps not trained (skipFinalSteps), lr 3e-3: the recipe of the
   // learning test and of bench/learning/, which moves this model's reward within a few epochs.
   const config = {

@@ -3,13 +3,13 @@
 // checks and cancellation answer while a batch computes.
 import { create } from "@bufbuild/protobuf";
 import { type LoadCheckpointRequest, Sampler, type Trajectory, TrajectorySchema } from "../gen/ddpo/v1/sampler_pb.ts";
-import { SAMPLING_LIMITS, samplingProblems } from "../lib/diffusion/sampling-limits.ts";
+import { DEFAULT_GUIDANCE, SAMPLING_LIMITS, samplingProblems } from "../lib/diffusion/sampling-limits.ts";
 import { bindService, Code, checkedText, MAX_PATH_CHARS, ServiceError } from "../lib/grpc/index.ts";
 import type { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import { workerStatus } from "../lib/workers/worker-status.ts";
 import type { SamplerWorkerHandlers } from "./engine-worker.ts";
 
-const DEFAULTS = { steps: 20, guidance: 3, eta: 1, batchSize: 8 };
+const DEFAULTS = { steps: 20, guidance: DEFAULT_GUIDANCE, eta: 1, batchSize: 8 };
 
 function invalid(message: string): never {
   throw new ServiceError(Code.INVALID_ARGUMENT, message);

@@ -13,7 +13,7 @@ import { writeFileAtomic } from "../checkpoints/atomic-file.ts";
 import { loadIntoParameters } from "../checkpoints/model-folder.ts";
 import { readSafetensors, writeSafetensors } from "../checkpoints/safetensors.ts";
 import { sampleImages, toUint8Images } from "../diffusion/sampler.ts";
-import { SAMPLING_LIMITS, samplingProblems } from "../diffusion/sampling-limits.ts";
+import { DEFAULT_GUIDANCE, SAMPLING_LIMITS, samplingProblems } from "../diffusion/sampling-limits.ts";
 import type { ParameterSource } from "../models/graph.ts";
 import { LoraAdapterSet } from "../models/lora.ts";
 import { allocateParameters, combineSources, parameterSource } from "../models/parameters.ts";
@@ -80,7 +80,7 @@ export const DDPO_DEFAULTS: DdpoConfig = {
   sampleBatchesPerEpoch: 2,
   steps: 20,
   eta: 1.0,
-  guidance: 3.0,
+  guidance: DEFAULT_GUIDANCE,
   trainBatchSize: 4,
   gradientAccumulation: 4,
   innerEpochs: 1,

@@ -4,6 +4,7 @@
 // `ddpo eval` prints it; training code can call it between checkpoints.
 
 import { sampleImages } from "../diffusion/sampler.ts";
+import { DEFAULT_GUIDANCE } from "../diffusion/sampling-limits.ts";
 import type { ClipModel } from "../models/clip-model.ts";
 import type { LoraAdapterSet } from "../models/lora.ts";
 import { combineSources } from "../models/parameters.ts";
@@ -30,7 +31,7 @@ export const PROMPT_EVAL_DEFAULTS: Omit<PromptEvalOptions, "lora" | "onProgress"
 } = {
   seeds: 4,
   steps: 50,
-  guidance: 3,
+  guidance: DEFAULT_GUIDANCE,
   eta: 1,
   batch: 64,
 };
