@@ -565,10 +565,16 @@ class RetryError extends Error {
   }
 }
 
+/** Longest wait between a balanced fleet's attempts to reach a Sampler that is down, ms. */
+const FLEET_MAX_RECONNECT_BACKOFF_MS = 2000;
+
 /**
  * A Sampler target's channel: client-side round_robin over a balanced target's addresses (gRPC's
  * own load balancing: a Sampler whose connection fails drops out of the picks, and a `dns:` name
- * is re-resolved so new Samplers join), the default pick_first for one host:port.
+ * is re-resolved so new Samplers join), the default pick_first for one host:port. round_robin
+ * keeps trying every address of the fleet; the backoff between tries is capped at 2 s (grpc-js's
+ * default grows to 120 s), so a Sampler that starts or restarts on a listed address takes work
+ * within seconds, mid-run, without restarting the run.
  */
 function samplerClientOptions(target: string, options: ClientOptions): ClientOptions {
   if (!balancedTarget(target)) return options;
@@ -577,6 +583,8 @@ function samplerClientOptions(target: string, options: ClientOptions): ClientOpt
     channelOptions: {
       ...options.channelOptions,
       "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+      "grpc.initial_reconnect_backoff_ms": 250,
+      "grpc.max_reconnect_backoff_ms": FLEET_MAX_RECONNECT_BACKOFF_MS,
     },
   };
 }
