@@ -54,6 +54,7 @@ import type { SampleBatchPlan } from "../lib/ddpo/trainer.ts";
 import {
   balancedTarget,
   type ClientOptions,
+  type ClientTls,
   Code,
   createClient,
   type ServiceClient,
@@ -65,7 +66,7 @@ import type { RunSettings } from "../lib/runs/run-messages.ts";
 import { epochRow, evaluationMessages } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
-import { drawChunks, planChunks, type SampleChunk } from "./sampler-fleet.ts";
+import { drawChunks, planChunks, type SampleChunk, samplerClientOptions } from "./sampler-fleet.ts";
 
 export interface RunEventPayload {
   kind: "epoch" | "status" | "progress" | "evaluation";
@@ -83,6 +84,8 @@ export interface RunEnvironment {
   /** Used when the run names no Samplers: the Trainer's current ones, looked up at every (re)start. */
   defaultSamplers: readonly string[];
   clientOptions: ClientOptions;
+  /** TLS to the Samplers (their certificates' CA, the name in them); plaintext when absent. */
+  samplerTls?: ClientTls;
   /** How long a phase keeps retrying unreachable services before the run fails, ms. */
   retryForMs: number;
 }
@@ -165,7 +168,7 @@ export class RunController {
     this.#folder = new RunFolder(settings.runDir);
     this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
     this.#samplers = this.#samplerAddresses.map((a) =>
-      createClient(Sampler, a, samplerClientOptions(a, env.clientOptions)),
+      createClient(Sampler, a, samplerClientOptions(a, env.clientOptions, env.samplerTls)),
     );
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
     for (const r of rewards) {
@@ -563,30 +566,6 @@ class RetryError extends Error {
   ) {
     super(message);
   }
-}
-
-/** Longest wait between a balanced fleet's attempts to reach a Sampler that is down, ms. */
-const FLEET_MAX_RECONNECT_BACKOFF_MS = 2000;
-
-/**
- * A Sampler target's channel: client-side round_robin over a balanced target's addresses (gRPC's
- * own load balancing: a Sampler whose connection fails drops out of the picks, and a `dns:` name
- * is re-resolved so new Samplers join), the default pick_first for one host:port. round_robin
- * keeps trying every address of the fleet; the backoff between tries is capped at 2 s (grpc-js's
- * default grows to 120 s), so a Sampler that starts or restarts on a listed address takes work
- * within seconds, mid-run, without restarting the run.
- */
-function samplerClientOptions(target: string, options: ClientOptions): ClientOptions {
-  if (!balancedTarget(target)) return options;
-  return {
-    ...options,
-    channelOptions: {
-      ...options.channelOptions,
-      "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
-      "grpc.initial_reconnect_backoff_ms": 250,
-      "grpc.max_reconnect_backoff_ms": FLEET_MAX_RECONNECT_BACKOFF_MS,
-    },
-  };
 }
 
 /** Where a checkpoint's policy weights are: its lora/ or model/ folder (a base model: none). */
