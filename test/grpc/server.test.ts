@@ -20,7 +20,14 @@ import { loadSync } from "@grpc/proto-loader";
 import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
-import { Code, createClient, type RunningServer, ServiceError, startServer } from "../../services/lib/grpc/index.ts";
+import {
+  bindService,
+  Code,
+  createClient,
+  type RunningServer,
+  ServiceError,
+  startServer,
+} from "../../services/lib/grpc/index.ts";
 import { healthCheck } from "./health.ts";
 import { hasOpenssl, makeSelfSignedCert } from "./self-signed.ts";
 import { CHECKPOINT, handlerEvents, testRewarder, testSampler, unimplemented } from "./test-services.ts";
@@ -246,4 +253,34 @@ describe("TLS", () => {
       }
     },
   );
+});
+
+describe("max connection age", () => {
+  test("the server closes aged connections (the client reconnects, from a new port); a call in progress finishes", async () => {
+    // ListRewards answers with the caller's peer (its connection); Score takes 800 ms.
+    const server = await startServer({
+      maxConnectionAgeMs: 300,
+      services: [
+        bindService(Rewarder, {
+          listRewards: (_, context) => ({ rewards: [{ name: "peer", description: context.peer }] }),
+          async score(request) {
+            await Bun.sleep(800);
+            return { rewardName: request.rewardName, scores: [1] };
+          },
+        }),
+      ],
+    });
+    const client = createClient(Rewarder, server.address);
+    try {
+      const peer = async () => (await client.listRewards({}, { timeoutMs: 5000 })).rewards[0]!.description;
+      const first = await peer();
+      // Spans the connection's age: the GOAWAY lets it finish.
+      expect((await client.score({ rewardName: "slow", images: [] }, { timeoutMs: 5000 })).scores).toEqual([1]);
+      const later = await peer();
+      expect(later).not.toBe(first);
+    } finally {
+      client.close();
+      await server.close(1000);
+    }
+  });
 });

@@ -31,7 +31,9 @@ beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "ddpo-fleet-"));
   const env = { DATABASE_URL: database.url };
   const started = await Promise.all([
-    spawnService("sampler", []),
+    // The first Sampler closes its connections every ~1 s (what lets a dns: fleet's clients
+    // re-resolve): every run below on it must still give the same rows.
+    spawnService("sampler", ["--max-connection-age-s", "1"]),
     spawnService("sampler", []),
     spawnService("sampler", []),
     spawnService("rewarder", []),
