@@ -143,7 +143,9 @@ export class RunController {
   readonly #listeners = new Set<(e: RunEventPayload) => void>();
   readonly #worker: WorkerClient<TrainerWorkerHandlers>;
   readonly #samplerAddresses: readonly string[];
-  readonly #samplers: ServiceClient<typeof Sampler.method>[];
+  readonly #samplers: ServiceClient<typeof Sampler.method>[] = [];
+  /** A Sampler target the Trainer's settings cannot call (TLS to an IP address without a name). */
+  #samplerProblem: string | null = null;
   readonly #rewarders = new Map<string, ServiceClient<typeof Rewarder.method>>();
   readonly #registry: ServiceClient<typeof Registry.method>;
   readonly #folder: RunFolder;
@@ -167,9 +169,14 @@ export class RunController {
     this.#worker = acquireWorker();
     this.#folder = new RunFolder(settings.runDir);
     this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
-    this.#samplers = this.#samplerAddresses.map((a) =>
-      createClient(Sampler, a, samplerClientOptions(a, env.clientOptions, env.samplerTls)),
-    );
+    for (const a of this.#samplerAddresses) {
+      try {
+        this.#samplers.push(createClient(Sampler, a, samplerClientOptions(a, env.clientOptions, env.samplerTls)));
+      } catch (e) {
+        // The run fails with it (below) rather than the Trainer, e.g. a run resumed at start-up.
+        this.#samplerProblem ??= `the Sampler at ${a}: ${(e as Error).message}`;
+      }
+    }
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
     for (const r of rewards) {
       const address = this.#rewarderAddress(r);
@@ -223,6 +230,7 @@ export class RunController {
   async #run(): Promise<void> {
     try {
       await this.#setStatus("running");
+      if (this.#samplerProblem) throw new Error(this.#samplerProblem);
       if (this.#samplers.length === 0) throw new Error("no Sampler endpoints in the run or configured in the Trainer");
       const start = await this.#startingPolicy();
       await this.#engine("init", {

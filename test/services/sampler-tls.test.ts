@@ -2,7 +2,8 @@
 // loopback with a real Postgres: two Samplers serve TLS with a certificate made at test time and
 // need the token; the Trainer trusts that certificate (--sampler-tls-ca) under the name in it
 // (--sampler-tls-server-name) and runs on an ipv4: fleet of the two. A plaintext Sampler is
-// refused at StartRun.
+// refused at StartRun. A Trainer given the CA alone cannot check an IP address: such a target is
+// refused at StartRun, and a run recorded with one fails at the Trainer's start-up, not the Trainer.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,12 +12,15 @@ import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { Code, createClient, type ServiceClient, ServiceError } from "../../services/lib/grpc/index.ts";
-import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
+import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
 import { hasOpenssl, makeSelfSignedCert } from "../grpc/self-signed.ts";
 import { BASE_MODEL_DIR, type ServiceProcess, spawnService, TINY_RUN_CONFIG } from "./cluster.ts";
 
 const TOKEN = "fleet-s3cret";
 let pg: TestPostgres;
+let database: TestDatabase;
+let env: Record<string, string>;
+let serviceArgs: string[];
 let dir: string;
 let certs: ReturnType<typeof makeSelfSignedCert>;
 const procs: ServiceProcess[] = [];
@@ -27,13 +31,13 @@ let trainer: ServiceClient<typeof Trainer.method>;
 beforeAll(async () => {
   if (!hasOpenssl) return;
   pg = await startTestPostgres();
-  const database = await pg.freshDatabase();
+  database = await pg.freshDatabase();
   dir = mkdtempSync(join(tmpdir(), "ddpo-sampler-tls-"));
   certs = makeSelfSignedCert(dir);
   const tokenFile = join(dir, "token");
   writeFileSync(tokenFile, TOKEN);
   const tls = ["--tls-cert", certs.certFile, "--tls-key", certs.keyFile, "--token-file", tokenFile];
-  const env = { DATABASE_URL: database.url, DDPO_TOKEN: TOKEN };
+  env = { DATABASE_URL: database.url, DDPO_TOKEN: TOKEN };
   const started = await Promise.all([
     spawnService("sampler", tls),
     spawnService("sampler", tls),
@@ -45,11 +49,17 @@ beforeAll(async () => {
   const [s0, s1, plain, rewarder, registry] = started;
   samplers = [s0!, s1!];
   plaintextSampler = plain!;
+  serviceArgs = ["--registry", registry!.address, "--rewarder", rewarder!.address, "--data-dir", dir];
   const t = await spawnService(
     "trainer",
     [
-      ...["--registry", registry!.address, "--rewarder", rewarder!.address, "--data-dir", dir],
-      ...["--sampler-tls-ca", certs.certFile, "--sampler-tls-server-name", "localhost", "--retry-for-s", "5"],
+      ...serviceArgs,
+      "--sampler-tls-ca",
+      certs.certFile,
+      "--sampler-tls-server-name",
+      "localhost",
+      "--retry-for-s",
+      "5",
     ],
     env,
   );
@@ -64,8 +74,8 @@ afterAll(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-const startRun = (name: string, samplerEndpoints: string[]) =>
-  trainer.startRun(
+const startRun = (name: string, samplerEndpoints: string[], client = trainer) =>
+  client.startRun(
     { name, baseModelDir: BASE_MODEL_DIR, promptSet: "animals", epochs: 1, config: TINY_RUN_CONFIG, samplerEndpoints },
     { timeoutMs: 60_000 },
   );
@@ -104,6 +114,42 @@ test.skipIf(!hasOpenssl)(
     expect(plain).toBeInstanceOf(ServiceError);
     expect((plain as ServiceError).code).toBe(Code.UNAVAILABLE);
     expect((plain as ServiceError).message).toContain(plaintextSampler.address);
+  },
+  180_000,
+);
+
+test.skipIf(!hasOpenssl)(
+  "a Trainer with the CA alone: IP targets refused at StartRun, a recorded one fails its run at start-up",
+  async () => {
+    // The run above, marked running again, as if its Trainer had stopped mid-run.
+    const { rows } = await database.pool.query("update runs set status = 'running' returning id");
+    expect(rows).toHaveLength(1);
+    const t = await spawnService("trainer", [...serviceArgs, "--sampler-tls-ca", certs.certFile], env);
+    procs.push(t);
+    const client = createClient(Trainer, t.address, { token: TOKEN });
+    try {
+      // Resumed at start-up: the run fails with the reason; the Trainer keeps serving.
+      let last = { status: RunStatus.UNSPECIFIED, message: "" };
+      for await (const e of client.watchRun({ runId: rows[0].id }, { timeoutMs: 60_000 })) {
+        if (e.event.case === "status") last = { status: e.event.value.status, message: e.event.value.message };
+      }
+      expect(last.status).toBe(RunStatus.FAILED);
+      expect(last.message).toContain("tls.serverName");
+
+      const byIp = await startRun("by IP", [samplers[0]!.address], client).catch((e) => e);
+      expect(byIp).toBeInstanceOf(ServiceError);
+      expect((byIp as ServiceError).code).toBe(Code.INVALID_ARGUMENT);
+      expect((byIp as ServiceError).message).toContain("host name");
+      // By the name in the certificate it works.
+      const { run } = await startRun("by name", [`localhost:${samplers[0]!.address.split(":").at(-1)}`], client);
+      let status = RunStatus.UNSPECIFIED;
+      for await (const e of client.watchRun({ runId: run!.id }, { timeoutMs: 120_000 })) {
+        if (e.event.case === "status") status = e.event.value.status;
+      }
+      expect(status).toBe(RunStatus.COMPLETED);
+    } finally {
+      client.close();
+    }
   },
   180_000,
 );
