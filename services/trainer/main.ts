@@ -39,13 +39,16 @@ if (!(retryForS > 0 && retryForS <= 86_400)) {
 }
 const samplerCa = flags.extra["sampler-tls-ca"];
 const samplerServerName = flags.extra["sampler-tls-server-name"];
-const samplerTls: ClientTls | undefined =
-  samplerCa || samplerServerName
-    ? {
-        ...(samplerCa ? { ca: readFileSync(samplerCa) } : {}),
-        ...(samplerServerName ? { serverName: samplerServerName } : {}),
-      }
-    : undefined;
+let samplerTls: ClientTls | undefined;
+if (samplerCa || samplerServerName) {
+  samplerTls = samplerServerName ? { serverName: samplerServerName } : {};
+  try {
+    if (samplerCa) samplerTls.ca = readFileSync(samplerCa);
+  } catch (e) {
+    console.error(`trainer: --sampler-tls-ca: ${(e as Error).message}`);
+    process.exit(2);
+  }
+}
 const database = openDatabase({ url });
 await migrate(database.db);
 const recorder = new TrajectoryRecorder(database.db);
