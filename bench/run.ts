@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 
 const [suite, ...args] = process.argv.slice(2);
-const known = ["engine", "model", "ddpo", "gradient-snr", "services", "trainer-memory", "cuda"];
+const known = ["engine", "model", "ddpo", "gradient-snr", "services", "fleet", "trainer-memory", "cuda"];
 if (!suite || !known.includes(suite)) {
   console.error(`usage: npm run bench -- <suite> [--json]   (suites: ${known.join(", ")})`);
   process.exit(2);

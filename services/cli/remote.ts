@@ -11,13 +11,14 @@ import { Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
 import { digestFolder } from "../lib/checkpoints/checkpoint-folder.ts";
 import { createClient } from "../lib/grpc/index.ts";
 import { ddpoConfigMessage, runStatusName } from "../lib/runs/run-messages.ts";
-import { type ClusterAddresses, startCluster } from "./cluster.ts";
-import { commandFlags, type FlagSpec } from "./flags.ts";
+import { type ClusterAddresses, MAX_LOCAL_SAMPLERS, startCluster } from "./cluster.ts";
+import { commandFlags, type FlagSpec, numberFlag } from "./flags.ts";
 import { epochLine, evaluationLine } from "./progress.ts";
 import { configFromFlags, DDPO_FLAGS, evaluationFromFlags } from "./train.ts";
 
-const UP_USAGE = `up       [--data-dir .ddpo] [--model-root DIR ...] database + the four services + the dashboard;
-           Ctrl-C stops them (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/)`;
+const UP_USAGE = `up       [--data-dir .ddpo] [--model-root DIR ...] [--samplers 1] database + the four services + the dashboard;
+           Ctrl-C stops them (the Registry serves checkpoints only from <data-dir>/runs and the model roots, default models/);
+           --samplers N starts N Sampler processes, which the Trainer balances each epoch's chunks over`;
 const TRAIN_REMOTE_USAGE = `train    [--trainer ADDR] [--model models/emoji-base] [--reward [W*]NAME[@HOST:PORT] ...] [--prompts animals]
            [--epochs 10] [--name TEXT] [--samplers TARGET ...] [--full] [--key value ...] [--detach]`;
 const WATCH_USAGE = "watch    RUN_ID [--trainer ADDR]";
@@ -47,7 +48,11 @@ function token(): string | undefined {
 }
 
 /** An address from the flag, else from services.json in the data folder. */
-function addressOf(service: keyof ClusterAddresses, flag: string | undefined, dataDir = ".ddpo"): string {
+function addressOf(
+  service: Exclude<keyof ClusterAddresses, "samplers">,
+  flag: string | undefined,
+  dataDir = ".ddpo",
+): string {
   if (flag) return flag;
   const file = join(dataDir, "services.json");
   if (!existsSync(file)) throw new Error(`no --${service} address and no ${file} (start the services with 'ddpo up')`);
@@ -64,12 +69,23 @@ export async function upCommand(argv: string[]): Promise<void> {
       help: "folder the Registry serves checkpoints from",
       default: "models/",
     },
+    samplers: {
+      type: "string",
+      value: "N",
+      help: `Sampler processes to start (1..${MAX_LOCAL_SAMPLERS}); more than one: the Trainer's fleet, an ipv4: target over them all`,
+      default: 1,
+    },
   });
   if (!parsed) return;
   const { values } = parsed;
-  const cluster = await startCluster({ dataDir: values["data-dir"] ?? ".ddpo", modelRoots: values["model-root"] });
+  const cluster = await startCluster({
+    dataDir: values["data-dir"] ?? ".ddpo",
+    modelRoots: values["model-root"],
+    samplers: numberFlag(values.samplers, 1, "samplers", true),
+  });
   const a = cluster.addresses;
-  console.log(`registry  ${a.registry}\nrewarder  ${a.rewarder}\nsampler   ${a.sampler}\ntrainer   ${a.trainer}`);
+  const samplerLines = a.samplers.length === 1 ? `sampler   ${a.sampler}` : `samplers  ${a.samplerTarget}`;
+  console.log(`registry  ${a.registry}\nrewarder  ${a.rewarder}\n${samplerLines}\ntrainer   ${a.trainer}`);
   console.log(`dashboard http://${a.dashboard}/`);
   console.log(`database  ${a.databaseUrl}\n(addresses in ${join(cluster.dataDir, "services.json")}; Ctrl-C stops)`);
   await new Promise<void>((done) => {

@@ -26,6 +26,8 @@ interface LoadedPolicy {
 export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
   let policy: LoadedPolicy | null = null;
   let active = 0;
+  // Trajectories streamed back since the process started (GetStatus's samples_streamed).
+  let streamed = 0n;
   // The Sample calls in progress, oldest first, with their current batch's step counter: the one
   // with a step started is the batch the worker is computing.
   const batches: { progress: Int32Array; steps: number }[] = [];
@@ -86,6 +88,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
         activeSamples: active,
         channels: policy?.channels ?? 0,
         imageSize: policy?.imageSize ?? 0,
+        samplesStreamed: streamed,
       };
     },
 
@@ -175,6 +178,7 @@ export function samplerService(worker: WorkerClient<SamplerWorkerHandlers>) {
               };
             }
             yield out;
+            streamed += 1n;
           }
           active -= end - start;
           remaining -= end - start;

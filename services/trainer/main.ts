@@ -1,14 +1,27 @@
 // The Trainer process: `bun run services/trainer/main.ts --registry ADDR --rewarder ADDR
-// --samplers ADDR[,ADDR] [--data-dir DIR] [--retry-for-s 120] [--address 127.0.0.1:0]`, against
-// DATABASE_URL. --retry-for-s: how long a run keeps retrying unreachable services before it fails.
+// --samplers ADDR[,ADDR] [--data-dir DIR] [--retry-for-s 120] [--address 127.0.0.1:0]
+// [--sampler-tls-ca F] [--sampler-tls-server-name NAME]`, against DATABASE_URL. --retry-for-s: how
+// long a run keeps retrying unreachable services before it fails. --sampler-tls-*: call the
+// Samplers over TLS, trusting the CA certificate(s) in F (default: the system's roots), checking
+// their certificates against NAME (default: each target's host; required for IP addresses and
+// ipv4: fleets). The token (DDPO_TOKEN / --token-file) goes with every call.
 // At start it resumes the runs a previous Trainer left running (from their last checkpoints).
+import { readFileSync } from "node:fs";
 import { migrate, openDatabase, watchDatabase } from "../lib/db/database.ts";
 import { TrajectoryRecorder } from "../lib/db/recorder.ts";
-import { balancedTarget } from "../lib/grpc/index.ts";
+import { balancedTarget, type ClientTls } from "../lib/grpc/index.ts";
 import { parseServiceFlags, runServiceProcess } from "../lib/grpc/service-process.ts";
 import { trainerService } from "./trainer-service.ts";
 
-const flags = parseServiceFlags(process.argv.slice(2), ["registry", "rewarder", "samplers", "data-dir", "retry-for-s"]);
+const flags = parseServiceFlags(process.argv.slice(2), [
+  "registry",
+  "rewarder",
+  "samplers",
+  "data-dir",
+  "retry-for-s",
+  "sampler-tls-ca",
+  "sampler-tls-server-name",
+]);
 const url = process.env.DATABASE_URL;
 if (!url) {
   console.error("trainer: DATABASE_URL is not set (ddpo up sets it for the embedded server)");
@@ -24,6 +37,18 @@ if (!(retryForS > 0 && retryForS <= 86_400)) {
   console.error(`trainer: --retry-for-s must be seconds in (0, 86400], not '${flags.extra["retry-for-s"]}'`);
   process.exit(2);
 }
+const samplerCa = flags.extra["sampler-tls-ca"];
+const samplerServerName = flags.extra["sampler-tls-server-name"];
+let samplerTls: ClientTls | undefined;
+if (samplerCa || samplerServerName) {
+  samplerTls = samplerServerName ? { serverName: samplerServerName } : {};
+  try {
+    if (samplerCa) samplerTls.ca = readFileSync(samplerCa);
+  } catch (e) {
+    console.error(`trainer: --sampler-tls-ca: ${(e as Error).message}`);
+    process.exit(2);
+  }
+}
 const database = openDatabase({ url });
 await migrate(database.db);
 const recorder = new TrajectoryRecorder(database.db);
@@ -36,6 +61,7 @@ const trainer = trainerService({
   defaultSamplers: !samplers ? [] : balancedTarget(samplers) ? [samplers] : samplers.split(",").filter(Boolean),
   dataDir: flags.extra["data-dir"] ?? ".ddpo",
   clientOptions: { token: flags.token },
+  samplerTls,
   retryForMs: retryForS * 1000,
 });
 let unwatch = () => {};

@@ -54,6 +54,7 @@ import type { SampleBatchPlan } from "../lib/ddpo/trainer.ts";
 import {
   balancedTarget,
   type ClientOptions,
+  type ClientTls,
   Code,
   createClient,
   type ServiceClient,
@@ -65,7 +66,7 @@ import type { RunSettings } from "../lib/runs/run-messages.ts";
 import { epochRow, evaluationMessages } from "../lib/runs/run-messages.ts";
 import { WorkerClient } from "../lib/workers/worker-rpc.ts";
 import type { TrainerWorkerHandlers } from "./engine-worker.ts";
-import { drawChunks, planChunks, type SampleChunk } from "./sampler-fleet.ts";
+import { drawChunks, planChunks, type SampleChunk, samplerClientOptions } from "./sampler-fleet.ts";
 
 export interface RunEventPayload {
   kind: "epoch" | "status" | "progress" | "evaluation";
@@ -83,6 +84,8 @@ export interface RunEnvironment {
   /** Used when the run names no Samplers: the Trainer's current ones, looked up at every (re)start. */
   defaultSamplers: readonly string[];
   clientOptions: ClientOptions;
+  /** TLS to the Samplers (their certificates' CA, the name in them); plaintext when absent. */
+  samplerTls?: ClientTls;
   /** How long a phase keeps retrying unreachable services before the run fails, ms. */
   retryForMs: number;
 }
@@ -140,7 +143,9 @@ export class RunController {
   readonly #listeners = new Set<(e: RunEventPayload) => void>();
   readonly #worker: WorkerClient<TrainerWorkerHandlers>;
   readonly #samplerAddresses: readonly string[];
-  readonly #samplers: ServiceClient<typeof Sampler.method>[];
+  readonly #samplers: ServiceClient<typeof Sampler.method>[] = [];
+  /** A Sampler target the Trainer's settings cannot call (TLS to an IP address without a name). */
+  #samplerProblem: string | null = null;
   readonly #rewarders = new Map<string, ServiceClient<typeof Rewarder.method>>();
   readonly #registry: ServiceClient<typeof Registry.method>;
   readonly #folder: RunFolder;
@@ -164,9 +169,14 @@ export class RunController {
     this.#worker = acquireWorker();
     this.#folder = new RunFolder(settings.runDir);
     this.#samplerAddresses = settings.samplerEndpoints.length ? settings.samplerEndpoints : env.defaultSamplers;
-    this.#samplers = this.#samplerAddresses.map((a) =>
-      createClient(Sampler, a, samplerClientOptions(a, env.clientOptions)),
-    );
+    for (const a of this.#samplerAddresses) {
+      try {
+        this.#samplers.push(createClient(Sampler, a, samplerClientOptions(a, env.clientOptions, env.samplerTls)));
+      } catch (e) {
+        // The run fails with it (below) rather than the Trainer, e.g. a run resumed at start-up.
+        this.#samplerProblem ??= `the Sampler at ${a}: ${(e as Error).message}`;
+      }
+    }
     this.#registry = createClient(Registry, env.registryAddress, env.clientOptions);
     for (const r of rewards) {
       const address = this.#rewarderAddress(r);
@@ -220,6 +230,7 @@ export class RunController {
   async #run(): Promise<void> {
     try {
       await this.#setStatus("running");
+      if (this.#samplerProblem) throw new Error(this.#samplerProblem);
       if (this.#samplers.length === 0) throw new Error("no Sampler endpoints in the run or configured in the Trainer");
       const start = await this.#startingPolicy();
       await this.#engine("init", {
@@ -563,22 +574,6 @@ class RetryError extends Error {
   ) {
     super(message);
   }
-}
-
-/**
- * A Sampler target's channel: client-side round_robin over a balanced target's addresses (gRPC's
- * own load balancing: a Sampler whose connection fails drops out of the picks, and a `dns:` name
- * is re-resolved so new Samplers join), the default pick_first for one host:port.
- */
-function samplerClientOptions(target: string, options: ClientOptions): ClientOptions {
-  if (!balancedTarget(target)) return options;
-  return {
-    ...options,
-    channelOptions: {
-      ...options.channelOptions,
-      "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
-    },
-  };
 }
 
 /** Where a checkpoint's policy weights are: its lora/ or model/ folder (a base model: none). */

@@ -8,7 +8,7 @@
 // in a batch by ~5e-6 in the latents on the CPU backend: BLAS takes other paths), so batch-sized
 // chunks keep every trajectory identical to a one-Sampler run's, whichever Sampler drew it.
 import type { SampleBatchPlan } from "../lib/ddpo/trainer.ts";
-import { balancedTarget } from "../lib/grpc/index.ts";
+import { balancedTarget, type ClientOptions, type ClientTls } from "../lib/grpc/index.ts";
 
 /** A share of an epoch's samples: prompts, seeds and their positions in the epoch. */
 export interface SampleChunk {
@@ -137,4 +137,30 @@ export async function drawChunks(chunks: readonly SampleChunk[], o: FleetDraw): 
   }
   if (failure) throw (failure as { error: unknown }).error;
   if (pending > 0) throw new Error(`sampling: ${pending} chunks left undrawn`);
+}
+
+/** Longest wait between a balanced fleet's attempts to reach a Sampler that is down, ms. */
+const FLEET_MAX_RECONNECT_BACKOFF_MS = 2000;
+
+/**
+ * A Sampler target's channel: client-side round_robin over a balanced target's addresses (gRPC's
+ * own load balancing: a Sampler whose connection fails drops out of the picks, and a `dns:` name
+ * is re-resolved so new Samplers join), the default pick_first for one host:port. round_robin
+ * keeps trying every address of the fleet; the backoff between tries is capped at 2 s (grpc-js's
+ * default grows to 120 s), so a Sampler that starts or restarts on a listed address takes work
+ * within seconds, mid-run, without restarting the run. `tls`: the Trainer's TLS settings for
+ * Samplers (the same for every Sampler of every run).
+ */
+export function samplerClientOptions(target: string, options: ClientOptions, tls?: ClientTls): ClientOptions {
+  const secured = tls ? { ...options, tls } : options;
+  if (!balancedTarget(target)) return secured;
+  return {
+    ...secured,
+    channelOptions: {
+      ...options.channelOptions,
+      "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+      "grpc.initial_reconnect_backoff_ms": 250,
+      "grpc.max_reconnect_backoff_ms": FLEET_MAX_RECONNECT_BACKOFF_MS,
+    },
+  };
 }

@@ -22,6 +22,7 @@ import type { DdpoConfig } from "../lib/ddpo/trainer.ts";
 import {
   bindService,
   type ClientOptions,
+  type ClientTls,
   Code,
   checkedEndpoint,
   checkedTarget,
@@ -44,7 +45,7 @@ import {
   runStatusMessage,
 } from "../lib/runs/run-messages.ts";
 import { closeIdleWorkers, RunController, type RunEventPayload } from "./run-controller.ts";
-import { describeSplit } from "./sampler-fleet.ts";
+import { describeSplit, samplerClientOptions } from "./sampler-fleet.ts";
 
 export interface TrainerServiceOptions {
   db: Kysely<Database>;
@@ -55,6 +56,8 @@ export interface TrainerServiceOptions {
   /** Runs write their checkpoints under <dataDir>/runs/<run id>/. */
   dataDir: string;
   clientOptions: ClientOptions;
+  /** TLS to the Samplers (their certificates' CA, the name in them); plaintext when absent. */
+  samplerTls?: ClientTls;
   retryForMs?: number;
 }
 
@@ -163,7 +166,13 @@ async function assertContinuable(
 
 /** UNAVAILABLE unless a Sampler answers GetStatus at `address`. */
 async function assertSamplerReachable(address: string, o: TrainerServiceOptions): Promise<void> {
-  const sampler = createClient(Sampler, address, o.clientOptions);
+  let sampler: ServiceClient<typeof Sampler.method>;
+  try {
+    sampler = createClient(Sampler, address, samplerClientOptions(address, o.clientOptions, o.samplerTls));
+  } catch (e) {
+    // A target the Trainer's Sampler settings cannot reach (TLS to a bare IP address, say).
+    throw new ServiceError(Code.INVALID_ARGUMENT, `the Sampler at ${address}: ${(e as Error).message}`);
+  }
   try {
     await sampler.getStatus({}, { timeoutMs: REACHABLE_TIMEOUT_MS });
   } catch (e) {
@@ -279,6 +288,7 @@ export function trainerService(o: TrainerServiceOptions) {
       defaultRewarderAddress: o.defaultRewarderAddress,
       defaultSamplers: o.defaultSamplers,
       clientOptions: o.clientOptions,
+      samplerTls: o.samplerTls,
       retryForMs: o.retryForMs ?? 120_000,
     });
     controllers.set(runId, controller);

@@ -39,6 +39,7 @@ describe("ddpo --help", () => {
     expect(ddpo("sample", "--help").out).toMatch(/--steps N +DDIM steps \(default: 50\)/);
     expect(ddpo("train-local", "--help").out).toMatch(/--lr X +AdamW learning rate \(default: 0\.0003\)/);
     expect(ddpo("train", "--help").out).toMatch(/--epochs N +epochs to run \(default: 10\)/);
+    expect(ddpo("up", "--help").out).toMatch(/--samplers N +Sampler processes to start .*\(default: 1\)/);
     expect(ddpo("pretrain", "--help").out).toMatch(
       new RegExp(`--steps N +optimizer steps \\(default: ${PRETRAIN_DEFAULTS.steps}\\)`),
     );

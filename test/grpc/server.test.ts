@@ -2,8 +2,7 @@
 // TLS with a certificate made at test time, and a graceful close that falls back to force.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -21,8 +20,16 @@ import { loadSync } from "@grpc/proto-loader";
 import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Rewarder } from "../../services/gen/ddpo/v1/rewarder_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
-import { Code, createClient, type RunningServer, ServiceError, startServer } from "../../services/lib/grpc/index.ts";
+import {
+  bindService,
+  Code,
+  createClient,
+  type RunningServer,
+  ServiceError,
+  startServer,
+} from "../../services/lib/grpc/index.ts";
 import { healthCheck } from "./health.ts";
+import { hasOpenssl, makeSelfSignedCert } from "./self-signed.ts";
 import { CHECKPOINT, handlerEvents, testRewarder, testSampler, unimplemented } from "./test-services.ts";
 
 const TOKEN = "s3cret-token";
@@ -203,8 +210,6 @@ describe("close", () => {
   });
 });
 
-const hasOpenssl = spawnSync("openssl", ["version"]).status === 0;
-
 describe("TLS", () => {
   // Skipped, not missing: without openssl there is no way to make a certificate here.
   test.skipIf(!hasOpenssl)(
@@ -212,32 +217,7 @@ describe("TLS", () => {
     async () => {
       const dir = mkdtempSync(join(tmpdir(), "ddpo-grpc-tls-"));
       try {
-        const made = spawnSync(
-          "openssl",
-          [
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            join(dir, "key.pem"),
-            "-out",
-            join(dir, "cert.pem"),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-          ],
-          { encoding: "utf8" },
-        );
-        expect(made.status, made.stderr).toBe(0);
-        const cert = readFileSync(join(dir, "cert.pem"));
-        const key = readFileSync(join(dir, "key.pem"));
+        const { cert, key } = makeSelfSignedCert(dir);
         const server = await startServer({
           services: [testRewarder(handlerEvents())],
           tls: { cert, key },
@@ -253,6 +233,11 @@ describe("TLS", () => {
           byAddress.close();
           // Bun refuses an IP address as the TLS server name: say so instead of failing to connect.
           expect(() => createClient(Rewarder, server.address, { tls: { ca: cert } })).toThrow(/host name/);
+          // An address list has no one host name: the name in the certificates must be given.
+          expect(() => createClient(Rewarder, `ipv4:${server.address}`, { tls: { ca: cert } })).toThrow(/serverName/);
+          const fleet = createClient(Rewarder, `ipv4:${server.address}`, { tls, token: TOKEN });
+          expect((await fleet.listRewards({})).rewards).toHaveLength(1);
+          fleet.close();
 
           const plaintext = createClient(Rewarder, server.address, { token: TOKEN });
           expect((await failure(plaintext.listRewards({}, { timeoutMs: 3000 }))).code).toBe(Code.UNAVAILABLE);
@@ -268,4 +253,34 @@ describe("TLS", () => {
       }
     },
   );
+});
+
+describe("max connection age", () => {
+  test("the server closes aged connections (the client reconnects, from a new port); a call in progress finishes", async () => {
+    // ListRewards answers with the caller's peer (its connection); Score takes 800 ms.
+    const server = await startServer({
+      maxConnectionAgeMs: 300,
+      services: [
+        bindService(Rewarder, {
+          listRewards: (_, context) => ({ rewards: [{ name: "peer", description: context.peer }] }),
+          async score(request) {
+            await Bun.sleep(800);
+            return { rewardName: request.rewardName, scores: [1] };
+          },
+        }),
+      ],
+    });
+    const client = createClient(Rewarder, server.address);
+    try {
+      const peer = async () => (await client.listRewards({}, { timeoutMs: 5000 })).rewards[0]!.description;
+      const first = await peer();
+      // Spans the connection's age: the GOAWAY lets it finish.
+      expect((await client.score({ rewardName: "slow", images: [] }, { timeoutMs: 5000 })).scores).toEqual([1]);
+      const later = await peer();
+      expect(later).not.toBe(first);
+    } finally {
+      client.close();
+      await server.close(1000);
+    }
+  });
 });

@@ -1,7 +1,8 @@
 // Several Samplers as one fleet, across real processes over loopback with a real Postgres: a
 // Sampler SIGKILLed while it draws a chunk costs only that chunk (another Sampler redraws it) and
-// the run's rows are exactly those of an undisturbed one-Sampler run; a run that failed when its
-// only Sampler died resumes on a new fleet named in ResumeRun.
+// the run's rows are exactly those of an undisturbed one-Sampler run; a Sampler started mid-run on
+// an address of the fleet takes work (its GetStatus counts what it drew); a run that failed when
+// its only Sampler died resumes on a new fleet named in ResumeRun.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,6 +10,7 @@ import { join } from "node:path";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
+import { findFreePort } from "../../services/lib/db/embedded.ts";
 import { createClient, type ServiceClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
 import { BASE_MODEL_DIR, type ServiceProcess, spawnService, stopService, TINY_RUN_CONFIG, waitFor } from "./cluster.ts";
@@ -29,7 +31,9 @@ beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "ddpo-fleet-"));
   const env = { DATABASE_URL: database.url };
   const started = await Promise.all([
-    spawnService("sampler", []),
+    // The first Sampler closes its connections every ~1 s (what lets a dns: fleet's clients
+    // re-resolve): every run below on it must still give the same rows.
+    spawnService("sampler", ["--max-connection-age-s", "1"]),
     spawnService("sampler", []),
     spawnService("sampler", []),
     spawnService("rewarder", []),
@@ -130,18 +134,19 @@ async function killDrawingSampler(runId: string, fleet: ServiceProcess[]): Promi
   }
 }
 
+/** GetStatus of one Sampler. */
+async function statusOf(s: ServiceProcess) {
+  const c = createClient(Sampler, s.address);
+  try {
+    return await c.getStatus({}, { timeoutMs: 5000 });
+  } finally {
+    c.close();
+  }
+}
+
 /** The checkpoint each live Sampler of `fleet` holds. */
 async function heldCheckpoints(fleet: ServiceProcess[]): Promise<string[]> {
-  return Promise.all(
-    fleet.map(async (s) => {
-      const c = createClient(Sampler, s.address);
-      try {
-        return (await c.getStatus({}, { timeoutMs: 5000 })).checkpointId;
-      } finally {
-        c.close();
-      }
-    }),
-  );
+  return Promise.all(fleet.map(async (s) => (await statusOf(s)).checkpointId));
 }
 
 describe("Samplers as a fleet", () => {
@@ -185,6 +190,49 @@ describe("Samplers as a fleet", () => {
     const survivors = fleet.filter((_, i) => i !== victim);
     expect(await heldCheckpoints(survivors)).toEqual(survivors.map(() => `${runId}/epoch-1`));
     procs[victim] = await spawnService("sampler", []);
+  }, 300_000);
+
+  test("a Sampler started mid-run on an address of the fleet takes work: the same rows as one Sampler's", async () => {
+    // Enough epochs that the late Sampler has several to join (grpc-js retries its address every
+    // 2 s at most), and their own one-Sampler reference.
+    const epochs = 5;
+    const first = procs[0]!;
+    const alone = await startRun(
+      "joined: the reference",
+      [first.address],
+      "3 chunks of 2 samples per epoch over 1 Sampler",
+      epochs,
+    );
+    expect((await finish(alone)).status).toBe(RunStatus.COMPLETED);
+    const expected = await rows(alone);
+    expect(expected.trajectories.length).toBe(epochs * 6);
+
+    const late = `127.0.0.1:${await findFreePort()}`;
+    const target = `ipv4:${first.address},${late}`;
+    const before = Number((await statusOf(first)).samplesStreamed);
+    const runId = await startRun(
+      "joined mid-run",
+      [target],
+      `3 chunks of 2 samples per epoch, spread by round_robin over ${target}`,
+      epochs,
+    );
+    // The run has begun on the one Sampler there is: epoch 1 is drawn and recorded.
+    await waitFor("epoch 1", async () => {
+      const { rows } = await database.pool.query("select 1 from epochs where run_id = $1", [runId]);
+      return rows.length >= 1 ? true : undefined;
+    });
+    const joined = await spawnService("sampler", ["--address", late]);
+    procs.push(joined);
+    expect(await finish(runId)).toEqual({ status: RunStatus.COMPLETED, message: "" });
+    expect(await rows(runId)).toEqual(expected);
+    // Every trajectory came from one of the two; the late one drew at least one chunk (2 samples),
+    // under a policy of epoch 1 or later.
+    const drawnFirst = Number((await statusOf(first)).samplesStreamed) - before;
+    const lateStatus = await statusOf(joined);
+    console.log(`samples drawn: first Sampler ${drawnFirst}, late Sampler ${lateStatus.samplesStreamed}`);
+    expect(Number(lateStatus.samplesStreamed)).toBeGreaterThanOrEqual(2);
+    expect(drawnFirst + Number(lateStatus.samplesStreamed)).toBe(epochs * 6);
+    expect(lateStatus.checkpointId).toMatch(new RegExp(`^${runId}/epoch-[1-${epochs - 1}]$`));
   }, 300_000);
 
   test("GetStatus answers while a batch computes, with its DDIM steps done", async () => {

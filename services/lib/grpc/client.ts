@@ -130,12 +130,12 @@ export function createClient<S extends GenServiceMethods>(
     channelOptions["grpc.ssl_target_name_override"] = options.tls.serverName;
     channelOptions["grpc.default_authority"] = options.tls.serverName;
   }
-  if (
-    options.tls &&
-    process.versions.bun &&
-    isIp(hostOf(address)) &&
-    !(options.tls !== true && options.tls.serverName)
-  ) {
+  const serverName = options.tls && options.tls !== true ? options.tls.serverName : undefined;
+  if (options.tls && /^ipv[46]:/.test(address) && !serverName) {
+    // An address list has no one host name to check the certificates against.
+    throw new Error(`TLS to ${address}: set tls.serverName, the host name in the servers' certificates`);
+  }
+  if (options.tls && process.versions.bun && isIp(hostOf(address)) && !serverName) {
     // grpc-js sends the host as TLS SNI, which Bun refuses for IP literals (Node only warns).
     throw new Error(
       `TLS to ${address}: address the server by a host name in its certificate (e.g. localhost:port) ` +

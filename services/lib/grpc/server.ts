@@ -34,6 +34,12 @@ export interface StartServerOptions {
   maxMessageBytes?: number;
   /** Where unexpected handler failures are reported (default console.error). */
   log?: FailureLog;
+  /**
+   * Close each client connection after about this long (+-10%, GOAWAY; calls in progress finish
+   * on it): clients reconnect and re-resolve their target, so a load-balanced `dns:` client finds
+   * servers added behind the name. Default: connections live as long as the client keeps them.
+   */
+  maxConnectionAgeMs?: number;
 }
 
 export type { ServingStatus };
@@ -75,6 +81,7 @@ export async function startServer(options: StartServerOptions): Promise<RunningS
     interceptors,
     "grpc.max_receive_message_length": maxMessageBytes,
     "grpc.max_send_message_length": maxMessageBytes,
+    ...(options.maxConnectionAgeMs === undefined ? {} : { "grpc.max_connection_age_ms": options.maxConnectionAgeMs }),
   });
 
   const names = options.services.map((bound) => bound.service.typeName);

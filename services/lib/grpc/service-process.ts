@@ -11,11 +11,16 @@ export interface ServiceProcessFlags {
   token?: string;
   tlsCert?: string;
   tlsKey?: string;
+  /** --max-connection-age-s in ms (StartServerOptions.maxConnectionAgeMs). */
+  maxConnectionAgeMs?: number;
   /** Flags a particular service adds (strings as given). */
   extra: Record<string, string | undefined>;
 }
 
-/** Parses `--address host:port --token-file F --tls-cert F --tls-key F` plus `extraFlags`. */
+/**
+ * Parses `--address host:port --token-file F --tls-cert F --tls-key F --max-connection-age-s S`
+ * plus `extraFlags`.
+ */
 export function parseServiceFlags(argv: string[], extraFlags: readonly string[] = []): ServiceProcessFlags {
   const { values } = parseArgs({
     args: argv,
@@ -24,6 +29,7 @@ export function parseServiceFlags(argv: string[], extraFlags: readonly string[] 
       "token-file": { type: "string" },
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
+      "max-connection-age-s": { type: "string" },
       ...Object.fromEntries(extraFlags.map((f) => [f, { type: "string" as const }])),
     },
     strict: true,
@@ -31,8 +37,14 @@ export function parseServiceFlags(argv: string[], extraFlags: readonly string[] 
   // The token comes from a file or the environment, never argv (visible in `ps`).
   const tokenFile = values["token-file"] as string | undefined;
   const token = tokenFile ? readFileSync(tokenFile, "utf8").trim() : process.env.DDPO_TOKEN || undefined;
+  const age = values["max-connection-age-s"] as string | undefined;
+  const ageS = Number(age);
+  if (age !== undefined && !(age.trim() !== "" && ageS > 0 && ageS <= 86_400)) {
+    throw new Error(`--max-connection-age-s must be seconds in (0, 86400], not '${age}'`);
+  }
   return {
     address: (values.address as string | undefined) ?? "127.0.0.1:0",
+    ...(age === undefined ? {} : { maxConnectionAgeMs: Math.round(ageS * 1000) }),
     token,
     tlsCert: values["tls-cert"] as string | undefined,
     tlsKey: values["tls-key"] as string | undefined,
@@ -55,6 +67,7 @@ export async function runServiceProcess(
     address: flags.address,
     services,
     token: flags.token,
+    maxConnectionAgeMs: flags.maxConnectionAgeMs,
     tls:
       flags.tlsCert && flags.tlsKey
         ? { cert: readFileSync(flags.tlsCert), key: readFileSync(flags.tlsKey) }
