@@ -2,7 +2,11 @@
 // into sampling, reward and training, samples/s and trained (sample, timestep) pairs/s, and the
 // achieved GFLOP/s of the UNet's matrix products against the sgemm rate measured in the same run.
 //
-//   npm run bench -- ddpo [--json] [--samples 16] [--steps 20] [--model models/emoji-base]
+//   npm run bench -- ddpo [--json] [--samples 16] [--steps 20] [--kl BETA] [--model models/emoji-base]
+//
+// The settings are pinned (guidance 3, whatever DDPO_DEFAULTS says) so the row stays comparable
+// across sessions. --kl adds the KL penalty to the reference policy (issue 15): one more UNet
+// forward per trained pair, with the LoRA adapters off, counted in the achieved FLOPs.
 import { join } from "node:path";
 import { Engine } from "../gpu-core/index.ts";
 import { runLocalEpoch } from "../services/lib/ddpo/local-steps.ts";
@@ -19,6 +23,7 @@ export async function main(args: string[]): Promise<void> {
   const flag = (name: string, fallback: string) => flagValue(args, name, fallback);
   const samples = Number(flag("--samples", "16"));
   const steps = Number(flag("--steps", "20"));
+  const klCoefficient = Number(flag("--kl", "0"));
   const engine = Engine.open();
   const model = TextToImageModel.load(engine, flag("--model", join(import.meta.dir, "..", "models", "emoji-base")));
   const config = {
@@ -26,6 +31,8 @@ export async function main(args: string[]): Promise<void> {
     sampleBatchSize: samples,
     sampleBatchesPerEpoch: 1,
     steps,
+    guidance: 3,
+    klCoefficient,
     trainBatchSize: 4,
     gradientAccumulation: 4,
   };
@@ -53,12 +60,14 @@ export async function main(args: string[]): Promise<void> {
   const { report, stats } = await runLocalEpoch(trainer);
   const sgemm = (sgemmBefore + sgemmGflops(engine)) / 2;
   const samplingFlops = samples * steps * cfgPasses * perImage;
-  const trainingFlops = stats.pairs * cfgPasses * 3 * perImage; // forward + backward (2x)
+  // forward + backward (2x), and the reference policy's forward when the KL term is on
+  const trainingFlops = stats.pairs * cfgPasses * (klCoefficient > 0 ? 4 : 3) * perImage;
   const achieved = (samplingFlops + trainingFlops) / (report.samplingS + report.trainingS) / 1e9;
   const result = {
     machine: `${navigator.hardwareConcurrency} threads, ${engine.backend} backend`,
     samples,
     steps,
+    kl_coefficient: klCoefficient,
     pairs: stats.pairs,
     epoch_s: report.seconds,
     sampling_s: report.samplingS,
