@@ -368,14 +368,24 @@ export function trajectoriesPage(
 
 // ---- lineage
 
-export function lineagePage(run: Run, chain: Array<Checkpoint & { depth: number }>): string {
+export function lineagePage(
+  run: Run,
+  chain: Array<Checkpoint & { depth: number; best_of_run_by: string | null }>,
+): string {
+  // The guard's best: this run's (its starting checkpoint may be it), or another run's in the chain.
+  const bestBy = (c: (typeof chain)[number]) =>
+    c.id === run.best_checkpoint_id ? (run.best_metric ?? "") : c.best_of_run_by;
   const nodes = chain.map(
     (c, i) => html`${i > 0 ? html`<div class="edge">↑ parent of the one above</div>` : ""}
-    <div class="node node-${c.kind}" data-checkpoint="${c.id}" data-depth="${c.depth}">
+    <div class="node node-${c.kind}${bestBy(c) === null ? "" : " node-best"}" data-checkpoint="${c.id}" data-depth="${c.depth}">
       <div><strong>${c.kind}</strong>${c.epoch === null ? "" : ` · epoch ${c.epoch}`}${
         c.run_id && c.run_id !== run.id
           ? html` · run <a href="${path("runs", c.run_id)}">${c.run_id.slice(0, 8)}</a>`
           : ""
+      }${
+        bestBy(c) === null
+          ? ""
+          : html` <span class="best" data-metric="${bestBy(c)}">best evaluated${c.id === run.best_checkpoint_id ? " of this run" : " of its run"} by ${bestBy(c)}</span>`
       }</div>
       <div class="mono">${c.id}</div>
       <div class="muted mono">sha256 ${c.sha256.slice(0, 16)}… · ${num(c.size_bytes / 2 ** 20)} MiB · ${when(c.created_at)}</div>

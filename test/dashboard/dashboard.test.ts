@@ -458,8 +458,11 @@ describe("the over-optimisation guard on a live run's page", () => {
     });
     await page.goto(`${dashboard.url}/runs/${runId}`);
     await page.evaluate("window.notReloaded = true");
+    // Opened before the first evaluations are in: the rest arrive through the page's stream.
+    expect(await page.locator("#evaluations tbody tr").count()).toBeLessThan(3);
     await page.locator("#run-status", { hasText: /^(finished|stopped|failed)$/ }).waitFor({ timeout: 90_000 });
     expect(await page.evaluate("window.notReloaded")).toBe(true);
+    expect(Number(await page.locator("body").getAttribute("data-live-updates"))).toBeGreaterThanOrEqual(2);
     expect(await page.locator("#live-indicator").count()).toBe(0);
     const db = cluster.database.db;
     const run = (await getRun(db, runId))!;
@@ -548,6 +551,13 @@ describe("the over-optimisation guard on a live run's page", () => {
     expect(await page.locator("#evaluations tbody tr").count()).toBe(evaluated.length);
     expect(await page.locator("#evaluation-charts .chart canvas").count()).toBe(3);
     expect(await page.locator(".chart canvas").count()).toBe(10);
+
+    // The lineage marks the best checkpoint, and only it.
+    await page.goto(`${dashboard.url}/runs/${runId}/lineage`);
+    expect(
+      await page.locator("#lineage .node-best").evaluateAll((els) => els.map((e) => e.getAttribute("data-checkpoint"))),
+    ).toEqual([run.best_checkpoint_id]);
+    expect(await page.locator("#lineage .node-best .best").getAttribute("data-metric")).toBe("jpeg_compressibility");
   }, 120_000);
 });
 
