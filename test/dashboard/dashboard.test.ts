@@ -18,13 +18,18 @@ import {
   getTrajectory,
   listEpochs,
   listRewards,
+  recordEvaluation,
+  registerCheckpoint,
   rewardByEpoch,
+  setRunBest,
 } from "../../services/lib/db/queries.ts";
 import { latentsFromBlob } from "../../services/lib/db/recorder.ts";
 import type { Run, RunRewardByEpoch } from "../../services/lib/db/schema.ts";
 import { CONTENT_ALIGNMENT, CONTENT_TOP1 } from "../../services/lib/ddpo/evaluation.ts";
+import { DDPO_DEFAULTS } from "../../services/lib/ddpo/trainer.ts";
 import { toUint8Images } from "../../services/lib/diffusion/sampler.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
+import { runSettingsJson } from "../../services/lib/runs/run-messages.ts";
 import { readAnnouncement, waitFor } from "../services/cluster.ts";
 import { startTinyCluster, TINY_RUN_REWARDS, type TinyCluster } from "./tiny-run.ts";
 
@@ -559,6 +564,89 @@ describe("the over-optimisation guard on a live run's page", () => {
     ).toEqual([run.best_checkpoint_id]);
     expect(await page.locator("#lineage .node-best .best").getAttribute("data-metric")).toBe("jpeg_compressibility");
   }, 120_000);
+
+  test("the starting model as the best and a stop two evaluations later, from rows written as the Trainer writes them", async () => {
+    // No training: a run record whose settings carry the rule, its evaluations chosen so that the
+    // content check falls below half its start (0.5) only at epoch 2 (0.45, then 0.2) and the
+    // reward is highest at the start (best: epoch 0, the starting checkpoint).
+    const db = cluster.database.db;
+    const base = await registerCheckpoint(db, {
+      id: "guard-fixture/base",
+      kind: "base",
+      sha256: "0".repeat(64),
+      size_bytes: 1,
+      location: "/nowhere",
+    });
+    const evaluation = {
+      prompts: ["tea cup", "red apple"],
+      seeds: [7],
+      every: 1,
+      stopBelow: { metric: CONTENT_ALIGNMENT, fraction: 0.5 },
+      bestBy: "jpeg_compressibility",
+    };
+    const config = runSettingsJson({
+      ddpo: { ...DDPO_DEFAULTS, evaluation },
+      baseModelDir: "/nowhere",
+      epochs: 5,
+      samplerEndpoints: [],
+      runDir: "",
+    });
+    const runId = "guard-fixture";
+    await createRun(db, { id: runId, name: runId, config, base_checkpoint_id: base.id, status: "stopped" });
+    const alignment = [
+      [0.6, 0.4],
+      [0.5, 0.4],
+      [0.3, 0.1],
+    ];
+    const jpeg = [
+      [-1, -1.2],
+      [-1.3, -1.1],
+      [-1.6, -1.4],
+    ];
+    for (let epoch = 0; epoch < 3; epoch++) {
+      await recordEvaluation(
+        db,
+        runId,
+        epoch,
+        evaluation.prompts.flatMap((prompt, i) => [
+          { prompt, seed: 7, metric: CONTENT_ALIGNMENT, value: alignment[epoch]![i]! },
+          { prompt, seed: 7, metric: "jpeg_compressibility", value: jpeg[epoch]![i]! },
+        ]),
+      );
+    }
+    await setRunBest(db, runId, base.id, "jpeg_compressibility");
+    await page.goto(`${dashboard.url}/runs/${runId}`);
+    await page.waitForSelector("body[data-ready=true]");
+    expect(await page.locator("#best-epoch").getAttribute("data-epoch")).toBe("0");
+    expect(await page.locator("#best-epoch").textContent()).toContain("the starting model");
+    expect(await page.locator("#early-stop").getAttribute("data-epoch")).toBe("2");
+    expect(await page.locator("#early-stop").textContent()).toContain(
+      "content:clip_alignment fell to 0.200 at epoch 2, below 0.5 x its start 0.500",
+    );
+    expect(await page.locator('.chart[data-chart="kl_to_reference"]').isHidden()).toBe(true);
+    const charts = page.locator("#evaluation-charts .chart");
+    expect(await charts.evaluateAll((els) => els.map((e) => e.getAttribute("data-chart")))).toEqual([
+      "evaluation:content",
+      "evaluation:jpeg_compressibility",
+    ]);
+    for (const chart of await charts.all()) {
+      expect(await chart.getAttribute("data-points")).toBe("3");
+      expect(await chart.getAttribute("data-marks")).toBe("best:0 early stop:2");
+    }
+    expect(await page.locator("#evaluations tbody .note").allTextContents()).toEqual(["best", "", "stopped early"]);
+    for (const [epoch, values] of jpeg.entries())
+      expectShown(
+        await page
+          .locator(`#evaluations tr[data-epoch="${epoch}"] td[data-metric="jpeg_compressibility"]`)
+          .textContent(),
+        (values[0]! + values[1]!) / 2,
+      );
+    // The lineage (the run made no checkpoint: its start alone) marks the start as the best.
+    await page.goto(`${dashboard.url}/runs/${runId}/lineage`);
+    expect(
+      await page.locator("#lineage .node-best").evaluateAll((els) => els.map((e) => e.getAttribute("data-checkpoint"))),
+    ).toEqual([base.id]);
+  });
 });
 
 describe("bad input", () => {
