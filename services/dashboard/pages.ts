@@ -151,7 +151,9 @@ export function guardHtml(run: Pick<Run, "id">, guard: GuardMarks): Html {
     e
       ? html`<span id="guard-settings">${plural(e.prompts.length, "prompt")} x ${plural(e.seeds.length, "seed")},
       evaluated before training and every ${plural(e.every, "epoch")}${
-        e.stopBelow ? `; stops when ${e.stopBelow.metric} falls below ${e.stopBelow.fraction} x its start` : ""
+        e.stopBelow
+          ? `; stops when ${e.stopBelow.metric} falls below its start by more than ${Number((100 * (1 - e.stopBelow.fraction)).toPrecision(3))}% of the start's magnitude`
+          : ""
       }${e.bestBy ? `; best by ${e.bestBy}` : ""}.</span>`
       : ""
   }

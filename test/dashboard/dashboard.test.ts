@@ -619,6 +619,9 @@ describe("the over-optimisation guard on a live run's page", () => {
     await page.waitForSelector("body[data-ready=true]");
     expect(await page.locator("#best-epoch").getAttribute("data-epoch")).toBe("0");
     expect(await page.locator("#best-epoch").textContent()).toContain("the starting model");
+    expect(await page.locator("#guard-settings").textContent()).toContain(
+      "stops when content:clip_alignment falls below its start by more than 50% of the start's magnitude; best by jpeg_compressibility",
+    );
     expect(await page.locator("#early-stop").getAttribute("data-epoch")).toBe("2");
     expect(await page.locator("#early-stop").textContent()).toContain(
       "content:clip_alignment fell to 0.200 at epoch 2, below 0.5 x its start 0.500",
