@@ -7,10 +7,12 @@ import type {
   Checkpoint,
   RewardRow,
   Run,
+  RunEvaluationByEpoch,
   RunRewardByEpoch,
   Trajectory,
   TrajectoryProvenance,
 } from "../lib/db/schema.ts";
+import type { HeldOutEvaluation } from "../lib/ddpo/evaluation.ts";
 import { Html, html, num, page, path, query, seconds, when } from "./html.ts";
 import type { Preview } from "./previews.ts";
 
@@ -100,7 +102,7 @@ export function epochRowsHtml(run: Pick<Run, "id">, epochs: RunRewardByEpoch[]):
       <td class="reward_mean">${num(e.reward_mean)}</td><td class="reward_std">${num(e.reward_std)}</td>
       <td class="reward_min">${num(e.reward_min)}</td><td class="reward_max">${num(e.reward_max)}</td>
       <td class="loss">${num(e.loss)}</td><td class="approx_kl">${num(e.approx_kl)}</td>
-      <td class="clip_fraction">${num(e.clip_fraction)}</td>
+      <td class="clip_fraction">${num(e.clip_fraction)}</td><td class="kl_to_reference">${num(e.kl_to_reference)}</td>
       <td class="sampling_s">${seconds(e.sampling_s)}</td><td class="reward_s">${seconds(e.reward_s)}</td>
       <td class="training_s">${seconds(e.training_s)}</td><td class="seconds">${seconds(e.seconds)}</td>
     </tr>`,
@@ -115,6 +117,16 @@ export function termRowsHtml(terms: RewardTermByEpoch[]): Html {
   )}`;
 }
 
+/** The over-optimisation guard's settings and what it marked on a run (server.ts's guardMarks). */
+export interface GuardMarks {
+  /** The run's held-out evaluation; null: none. */
+  settings: HeldOutEvaluation | null;
+  /** The best evaluated policy (epoch 0: the starting model) by `metric`, its mean there. */
+  best: { epoch: number; metric: string; checkpointId: string; mean: number | null } | null;
+  /** The evaluated epoch after which the guard stopped the run, and its reason. */
+  stop: { epoch: number; reason: string } | null;
+}
+
 /** What the live stream sends and the charts draw. */
 export interface RunSnapshot {
   runId: string;
@@ -125,6 +137,58 @@ export interface RunSnapshot {
   terms: RewardTermByEpoch[];
   /** Epochs the Trainer finished (recorded its statistics); the view also lists one still sampling. */
   epochsDone: number;
+  /** run_evaluation_by_epoch's rows, by epoch then metric. */
+  evaluations: RunEvaluationByEpoch[];
+  guard: GuardMarks;
+}
+
+/** The guard's settings and marks in words (the charts draw the marks as vertical lines). */
+export function guardHtml(run: Pick<Run, "id">, guard: GuardMarks): Html {
+  const e = guard.settings;
+  const { best, stop } = guard;
+  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  return html`${
+    e
+      ? html`<span id="guard-settings">${plural(e.prompts.length, "prompt")} x ${plural(e.seeds.length, "seed")},
+      evaluated before training and every ${plural(e.every, "epoch")}${
+        e.stopBelow
+          ? `; stops when ${e.stopBelow.metric} falls below its start by more than ${Number((100 * (1 - e.stopBelow.fraction)).toPrecision(3))}% of the start's magnitude`
+          : ""
+      }${e.bestBy ? `; best by ${e.bestBy}` : ""}.</span>`
+      : ""
+  }
+    ${
+      best
+        ? html`<span id="best-epoch" data-epoch="${best.epoch}" data-metric="${best.metric}">Best evaluated policy:
+      ${best.epoch === 0 ? "the starting model (epoch 0)" : `epoch ${best.epoch}`} by ${best.metric}
+      (mean ${num(best.mean)}), checkpoint <a class="mono" href="${path("runs", run.id, "lineage")}">${best.checkpointId}</a>.</span>`
+        : ""
+    }
+    ${
+      stop
+        ? html`<span id="early-stop" data-epoch="${stop.epoch}">Stopped early after epoch ${stop.epoch}: ${stop.reason}.</span>`
+        : ""
+    }`;
+}
+
+/** The held-out evaluations as a table, one row per evaluated epoch, one column per metric's mean. */
+export function evaluationTableHtml(evaluations: RunEvaluationByEpoch[], guard: GuardMarks): Html {
+  const metrics = [...new Set(evaluations.map((r) => r.metric))].sort();
+  const byEpoch = Map.groupBy(evaluations, (r) => r.epoch);
+  const note = (epoch: number) =>
+    [guard.best?.epoch === epoch ? "best" : "", guard.stop?.epoch === epoch ? "stopped early" : ""]
+      .filter(Boolean)
+      .join(", ");
+  return html`<thead><tr><th>epoch</th>${metrics.map((m) => html`<th>${m}</th>`)}<th>images</th><th></th></tr></thead>
+    <tbody>${[...byEpoch].map(
+      ([epoch, rows]) =>
+        html`<tr data-epoch="${epoch}"${note(epoch) ? new Html(` class="marked"`) : ""}><td>${epoch}</td>${metrics.map(
+          (m) => {
+            const r = rows.find((x) => x.metric === m);
+            return html`<td class="mean" data-metric="${m}">${num(r?.mean)}</td>`;
+          },
+        )}<td class="images">${Math.max(0, ...rows.map((r) => r.images))}</td><td class="note">${note(epoch)}</td></tr>`,
+    )}</tbody>`;
 }
 
 export function runPage(run: Run, snapshot: RunSnapshot, lastCheckpoint: Checkpoint | undefined): string {
@@ -153,11 +217,19 @@ export function runPage(run: Run, snapshot: RunSnapshot, lastCheckpoint: Checkpo
       <div class="chart" data-chart="loss" data-title="loss"></div>
       <div class="chart" data-chart="approx_kl" data-title="approx_kl"></div>
       <div class="chart" data-chart="clip_fraction" data-title="clip fraction"></div>
+      <div class="chart" data-chart="kl_to_reference" data-title="KL to the reference policy (mean per pixel and trained step)"
+        ${snapshot.epochs.some((e) => e.kl_to_reference !== null) ? "" : new Html("hidden")}></div>
       <div class="chart" data-chart="time" data-title="seconds per epoch: sampling, reward, training"></div>
+    </section>
+    <section id="evaluation"${snapshot.evaluations.length ? "" : new Html(" hidden")}>
+      <h2>Held-out evaluation</h2>
+      <p id="guard">${guardHtml(run, snapshot.guard)}</p>
+      <div class="charts" id="evaluation-charts"></div>
+      <table id="evaluations">${evaluationTableHtml(snapshot.evaluations, snapshot.guard)}</table>
     </section>
     <h2>Epochs</h2>
     <table id="epochs"><thead><tr><th>epoch</th><th>samples</th><th>reward mean</th><th>reward std</th><th>min</th><th>max</th>
-      <th>loss</th><th>approx_kl</th><th>clip fraction</th><th>sampling</th><th>reward</th><th>training</th><th>total</th></tr></thead>
+      <th>loss</th><th>approx_kl</th><th>clip fraction</th><th>KL to reference</th><th>sampling</th><th>reward</th><th>training</th><th>total</th></tr></thead>
       <tbody>${epochRowsHtml(run, snapshot.epochs)}</tbody></table>
     <h2>Reward terms</h2>
     <table id="terms"><thead><tr><th>epoch</th><th>term</th><th>weight</th><th>samples</th><th>mean</th><th>std</th></tr></thead>
@@ -298,14 +370,24 @@ export function trajectoriesPage(
 
 // ---- lineage
 
-export function lineagePage(run: Run, chain: Array<Checkpoint & { depth: number }>): string {
+export function lineagePage(
+  run: Run,
+  chain: Array<Checkpoint & { depth: number; best_of_run_by: string | null }>,
+): string {
+  // The guard's best: this run's (its starting checkpoint may be it), or another run's in the chain.
+  const bestBy = (c: (typeof chain)[number]) =>
+    c.id === run.best_checkpoint_id ? (run.best_metric ?? "") : c.best_of_run_by;
   const nodes = chain.map(
     (c, i) => html`${i > 0 ? html`<div class="edge">↑ parent of the one above</div>` : ""}
-    <div class="node node-${c.kind}" data-checkpoint="${c.id}" data-depth="${c.depth}">
+    <div class="node node-${c.kind}${bestBy(c) === null ? "" : " node-best"}" data-checkpoint="${c.id}" data-depth="${c.depth}">
       <div><strong>${c.kind}</strong>${c.epoch === null ? "" : ` · epoch ${c.epoch}`}${
         c.run_id && c.run_id !== run.id
           ? html` · run <a href="${path("runs", c.run_id)}">${c.run_id.slice(0, 8)}</a>`
           : ""
+      }${
+        bestBy(c) === null
+          ? ""
+          : html` <span class="best" data-metric="${bestBy(c)}">best evaluated${c.id === run.best_checkpoint_id ? " of this run" : " of its run"} by ${bestBy(c)}</span>`
       }</div>
       <div class="mono">${c.id}</div>
       <div class="muted mono">sha256 ${c.sha256.slice(0, 16)}… · ${num(c.size_bytes / 2 ** 20)} MiB · ${when(c.created_at)}</div>

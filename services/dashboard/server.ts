@@ -8,6 +8,7 @@ import type { Kysely } from "kysely";
 import { Trainer } from "../gen/ddpo/v1/trainer_pb.ts";
 import {
   checkpointLineage,
+  evaluationByEpoch,
   getCheckpoint,
   getLatentBytes,
   getLatentShape,
@@ -25,9 +26,11 @@ import {
   trajectorySeries,
 } from "../lib/db/queries.ts";
 import { isUnreachable } from "../lib/db/recorder.ts";
-import type { Database, Run } from "../lib/db/schema.ts";
+import type { Database, Run, RunEvaluationByEpoch, RunRewardByEpoch } from "../lib/db/schema.ts";
+import { type EvaluationSummary, guardVerdict, type HeldOutEvaluation } from "../lib/ddpo/evaluation.ts";
 import { bearerHeader, matchesBearer } from "../lib/grpc/bearer-token.ts";
 import { type ClientOptions, createClient } from "../lib/grpc/index.ts";
+import { runSettingsFromJson } from "../lib/runs/run-messages.ts";
 import { path as urlPath } from "./html.ts";
 import { latentLayout, latentRowBytes, latentRowPng, runFolderSample } from "./images.ts";
 import {
@@ -36,8 +39,11 @@ import {
   epochPage,
   epochRowsHtml,
   errorPage,
+  evaluationTableHtml,
   type FixedSeedCell,
   fixedSeedPage,
+  type GuardMarks,
+  guardHtml,
   lineagePage,
   type RunSnapshot,
   runPage,
@@ -196,9 +202,73 @@ async function runOr404(db: Kysely<Database>, id: string): Promise<Run> {
 }
 
 async function snapshotOf(db: Kysely<Database>, run: Run): Promise<RunSnapshot> {
-  const [epochs, terms] = await Promise.all([rewardByEpoch(db, run.id), rewardTermsByEpoch(db, run.id)]);
+  const [epochs, terms, evaluations] = await Promise.all([
+    rewardByEpoch(db, run.id),
+    rewardTermsByEpoch(db, run.id),
+    evaluationByEpoch(db, run.id),
+  ]);
   const epochsDone = epochs.filter((e) => e.seconds !== null).length;
-  return { runId: run.id, name: run.name, status: run.status, error: run.error, epochs, terms, epochsDone };
+  const guard = guardMarks(run, epochs, evaluations);
+  return {
+    runId: run.id,
+    name: run.name,
+    status: run.status,
+    error: run.error,
+    epochs,
+    terms,
+    epochsDone,
+    evaluations,
+    guard,
+  };
+}
+
+/** The run's held-out evaluation settings; null when it has none (or its config is not a RunSettings). */
+function heldOutOf(run: Run): HeldOutEvaluation | null {
+  try {
+    return runSettingsFromJson(run.config).ddpo.evaluation;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The guard's marks on a run: its best evaluated epoch as the Trainer recorded it (runs.best_checkpoint_id:
+ * the starting checkpoint is epoch 0, else the epoch whose update made it), and the early stop: the
+ * first evaluated epoch at which the guard's verdict under the run's stop rule, over the
+ * evaluations up to it, says stop (what stopped the run there).
+ */
+function guardMarks(run: Run, epochs: RunRewardByEpoch[], evaluations: RunEvaluationByEpoch[]): GuardMarks {
+  const heldOut = heldOutOf(run);
+  const marks: GuardMarks = { settings: heldOut, best: null, stop: null };
+  const bestId = run.best_checkpoint_id;
+  const bestEpoch =
+    bestId === null
+      ? undefined
+      : bestId === run.base_checkpoint_id
+        ? 0
+        : epochs.find((e) => e.checkpoint_id === bestId)?.epoch;
+  if (bestId !== null && bestEpoch !== undefined && run.best_metric !== null) {
+    const mean = evaluations.find((r) => r.epoch === bestEpoch && r.metric === run.best_metric)?.mean ?? null;
+    marks.best = { epoch: bestEpoch, metric: run.best_metric, checkpointId: bestId, mean };
+  }
+  if (heldOut?.stopBelow) {
+    const history: EvaluationSummary[] = [];
+    // evaluationByEpoch's rows come in epoch order.
+    for (const [epoch, rows] of Map.groupBy(evaluations, (r) => r.epoch)) {
+      history.push({ epoch, means: Object.fromEntries(rows.map((r) => [r.metric, r.mean])) });
+      let stop: string | null;
+      try {
+        stop = guardVerdict({ ...heldOut, bestBy: null }, history).stop;
+      } catch {
+        break; // the rule's metric is not among the evaluations: it never fired
+      }
+      if (stop) {
+        marks.stop = { epoch, reason: stop };
+        break;
+      }
+    }
+  }
+  return marks;
 }
 
 /** The run's newest registered checkpoint (its latest epoch's), if any. */
@@ -289,6 +359,8 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
               snapshot,
               epochRows: epochRowsHtml(now, snapshot.epochs).text,
               termRows: termRowsHtml(snapshot.terms).text,
+              guard: guardHtml(now, snapshot.guard).text,
+              evaluations: evaluationTableHtml(snapshot.evaluations, snapshot.guard).text,
             });
             if (payload !== last) {
               send(`event: run\ndata: ${payload}\n\n`);

@@ -16,13 +16,20 @@ import {
   getLatentBlob,
   getRun,
   getTrajectory,
+  listEpochs,
   listRewards,
+  recordEvaluation,
+  registerCheckpoint,
   rewardByEpoch,
+  setRunBest,
 } from "../../services/lib/db/queries.ts";
 import { latentsFromBlob } from "../../services/lib/db/recorder.ts";
 import type { Run, RunRewardByEpoch } from "../../services/lib/db/schema.ts";
+import { CONTENT_ALIGNMENT, CONTENT_TOP1 } from "../../services/lib/ddpo/evaluation.ts";
+import { DDPO_DEFAULTS } from "../../services/lib/ddpo/trainer.ts";
 import { toUint8Images } from "../../services/lib/diffusion/sampler.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
+import { runSettingsJson } from "../../services/lib/runs/run-messages.ts";
 import { readAnnouncement, waitFor } from "../services/cluster.ts";
 import { startTinyCluster, TINY_RUN_REWARDS, type TinyCluster } from "./tiny-run.ts";
 
@@ -196,8 +203,11 @@ describe("pages against a finished run", () => {
     }
     await page.waitForSelector("body[data-ready=true]");
     expect(await page.locator(".chart canvas").count()).toBe(6);
-    for (const chart of await page.locator(".chart").all())
+    for (const chart of await page.locator(".chart:not([hidden])").all())
       expect(await chart.getAttribute("data-points")).toBe(String(rows.length));
+    // No KL penalty, no held-out evaluation: neither is shown.
+    expect(await page.locator('.chart[data-chart="kl_to_reference"]').isHidden()).toBe(true);
+    expect(await page.locator("#evaluation").isHidden()).toBe(true);
     await shot("run");
   });
 
@@ -430,6 +440,216 @@ describe("a live run", () => {
     expect(await page.locator("#live-indicator").count()).toBe(0);
     expect(await page.locator("#epochs-done").textContent()).toBe("3");
   }, 90_000);
+});
+
+describe("the over-optimisation guard on a live run's page", () => {
+  test("KL to the reference and the held-out evaluations: charts, marks and table equal the database's", async () => {
+    // A KL penalty, an evaluation of two held-out prompts x one seed before training and after
+    // every epoch, the best policy by jpeg_compressibility, and a stop rule that large steps break:
+    // the content check's alignment may not fall by 10% of its start's magnitude.
+    const stopFraction = 0.9;
+    const runId = await cluster.startRun("dashboard guard", 5, {
+      gradientAccumulation: 1,
+      lr: 3e-2,
+      klCoefficient: 0.1,
+      evaluation: {
+        prompts: ["tea cup", "red apple"],
+        seeds: [5n],
+        every: 1,
+        bestMetric: "jpeg_compressibility",
+        stopMetric: CONTENT_ALIGNMENT,
+        stopFraction,
+      },
+    });
+    await page.goto(`${dashboard.url}/runs/${runId}`);
+    await page.evaluate("window.notReloaded = true");
+    // Opened before the first evaluations are in: the rest arrive through the page's stream.
+    expect(await page.locator("#evaluations tbody tr").count()).toBeLessThan(3);
+    await page.locator("#run-status", { hasText: /^(finished|stopped|failed)$/ }).waitFor({ timeout: 90_000 });
+    expect(await page.evaluate("window.notReloaded")).toBe(true);
+    expect(Number(await page.locator("body").getAttribute("data-live-updates"))).toBeGreaterThanOrEqual(2);
+    expect(await page.locator("#live-indicator").count()).toBe(0);
+    const db = cluster.database.db;
+    const run = (await getRun(db, runId))!;
+    const epochs = await listEpochs(db, runId);
+
+    // The expected marks, from the raw scores: per evaluated epoch and metric the mean.
+    const { rows: scores } = await cluster.database.pool.query(
+      "select epoch, metric, value from evaluation_scores where run_id = $1",
+      [runId],
+    );
+    const evaluated = [...new Set(scores.map((r) => r.epoch as number))].sort((a, b) => a - b);
+    const metrics = [...new Set(scores.map((r) => r.metric as string))].sort();
+    expect(metrics).toEqual(["brightness", CONTENT_ALIGNMENT, CONTENT_TOP1, "jpeg_compressibility"]);
+    const mean = (epoch: number, metric: string) => {
+      const v = scores.filter((r) => r.epoch === epoch && r.metric === metric).map((r) => r.value as number);
+      expect(v.length).toBe(2);
+      return v.reduce((a, b) => a + b, 0) / v.length;
+    };
+    const start = mean(0, CONTENT_ALIGNMENT);
+    const stopEpoch = evaluated.find(
+      (e) => e > 0 && mean(e, CONTENT_ALIGNMENT) < start - (1 - stopFraction) * Math.abs(start),
+    );
+    const jpeg = evaluated.map((e) => mean(e, "jpeg_compressibility"));
+    const bestEpoch = evaluated[jpeg.indexOf(Math.max(...jpeg))]!;
+    console.log(
+      `guard run: ${run.status}; alignment ${evaluated.map((e) => mean(e, CONTENT_ALIGNMENT).toFixed(5)).join(", ")}; ` +
+        `jpeg ${jpeg.map((j) => j.toFixed(4)).join(", ")}; kl ${epochs.map((e) => e.kl_to_reference).join(", ")}`,
+    );
+    // The same seeds give the same figures every time: this rule stops the run before its budget
+    // (after epoch 2 here: alignment -0.1127, -0.1183, -0.1768 against a threshold of -0.124).
+    expect(stopEpoch).toBeDefined();
+    expect(run.status).toBe("stopped");
+    expect(evaluated).toEqual(Array.from({ length: stopEpoch! + 1 }, (_, i) => i));
+    expect(epochs.map((e) => e.epoch)).toEqual(evaluated.slice(1));
+
+    // Stated next to the charts, and drawn on them.
+    expect(await page.locator("#early-stop").getAttribute("data-epoch")).toBe(String(stopEpoch));
+    expect(await page.locator("#early-stop").textContent()).toContain(run.error!.replace(/^stopped early: /, ""));
+    expect(await page.locator("#best-epoch").getAttribute("data-epoch")).toBe(String(bestEpoch));
+    expect(await page.locator("#best-epoch").textContent()).toContain(run.best_checkpoint_id!);
+    expect(await page.locator("#guard-settings").textContent()).toContain("2 prompts x 1 seed");
+
+    // KL to the reference: one point per trained epoch, each measured; the column equals the rows.
+    expect(epochs.every((e) => e.kl_to_reference !== null && e.kl_to_reference >= 0)).toBe(true);
+    const klChart = page.locator('.chart[data-chart="kl_to_reference"]');
+    expect(await klChart.isVisible()).toBe(true);
+    expect(await klChart.getAttribute("data-points")).toBe(String(epochs.length));
+    expect(await klChart.locator("canvas").count()).toBe(1);
+    for (const e of epochs)
+      expectShown(
+        await page.locator(`#epochs tr[data-epoch="${e.epoch}"] .kl_to_reference`).textContent(),
+        e.kl_to_reference,
+      );
+
+    // The evaluation charts: the content check's two metrics together, each reward alone; one
+    // point per evaluated epoch, the best and the stop marked.
+    const charts = page.locator("#evaluation-charts .chart");
+    expect(await charts.evaluateAll((els) => els.map((e) => e.getAttribute("data-chart")))).toEqual([
+      "evaluation:content",
+      "evaluation:brightness",
+      "evaluation:jpeg_compressibility",
+    ]);
+    expect(await charts.evaluateAll((els) => els.map((e) => e.getAttribute("data-lines")))).toEqual(["2", "1", "1"]);
+    for (const chart of await charts.all()) {
+      expect(await chart.getAttribute("data-points")).toBe(String(evaluated.length));
+      expect(await chart.getAttribute("data-marks")).toBe(`best:${bestEpoch} early stop:${stopEpoch}`);
+      expect(await chart.locator("canvas").count()).toBe(1);
+    }
+
+    // The table: one row per evaluated epoch, one mean per metric, as the raw scores give them.
+    const rows = page.locator("#evaluations tbody tr");
+    expect(await rows.evaluateAll((els) => els.map((e) => Number(e.getAttribute("data-epoch"))))).toEqual(evaluated);
+    expect(await page.locator("#evaluations thead th").allTextContents()).toEqual(["epoch", ...metrics, "images", ""]);
+    for (const e of evaluated) {
+      const row = page.locator(`#evaluations tr[data-epoch="${e}"]`);
+      for (const m of metrics) expectShown(await row.locator(`td[data-metric="${m}"]`).textContent(), mean(e, m));
+      expect(await row.locator(".images").textContent()).toBe("2");
+      const note = [e === bestEpoch ? "best" : "", e === stopEpoch ? "stopped early" : ""].filter(Boolean).join(", ");
+      expect(await row.locator(".note").textContent()).toBe(note);
+    }
+    await shot("run-guard");
+
+    // The page as served afresh (not through the stream) shows the same.
+    await page.reload();
+    await page.waitForSelector("body[data-ready=true]");
+    expect(await page.locator("#evaluations tbody tr").count()).toBe(evaluated.length);
+    expect(await page.locator("#evaluation-charts .chart canvas").count()).toBe(3);
+    expect(await page.locator(".chart canvas").count()).toBe(10);
+
+    // The lineage marks the best checkpoint, and only it.
+    await page.goto(`${dashboard.url}/runs/${runId}/lineage`);
+    expect(
+      await page.locator("#lineage .node-best").evaluateAll((els) => els.map((e) => e.getAttribute("data-checkpoint"))),
+    ).toEqual([run.best_checkpoint_id]);
+    expect(await page.locator("#lineage .node-best .best").getAttribute("data-metric")).toBe("jpeg_compressibility");
+  }, 120_000);
+
+  test("the starting model as the best and a stop two evaluations later, from rows written as the Trainer writes them", async () => {
+    // No training: a run record whose settings carry the rule, its evaluations chosen so that the
+    // content check falls below half its start (0.5) only at epoch 2 (0.45, then 0.2) and the
+    // reward is highest at the start (best: epoch 0, the starting checkpoint).
+    const db = cluster.database.db;
+    const base = await registerCheckpoint(db, {
+      id: "guard-fixture/base",
+      kind: "base",
+      sha256: "0".repeat(64),
+      size_bytes: 1,
+      location: "/nowhere",
+    });
+    const evaluation = {
+      prompts: ["tea cup", "red apple"],
+      seeds: [7],
+      every: 1,
+      stopBelow: { metric: CONTENT_ALIGNMENT, fraction: 0.5 },
+      bestBy: "jpeg_compressibility",
+    };
+    const config = runSettingsJson({
+      ddpo: { ...DDPO_DEFAULTS, evaluation },
+      baseModelDir: "/nowhere",
+      epochs: 5,
+      samplerEndpoints: [],
+      runDir: "",
+    });
+    const runId = "guard-fixture";
+    await createRun(db, { id: runId, name: runId, config, base_checkpoint_id: base.id, status: "stopped" });
+    const alignment = [
+      [0.6, 0.4],
+      [0.5, 0.4],
+      [0.3, 0.1],
+    ];
+    const jpeg = [
+      [-1, -1.2],
+      [-1.3, -1.1],
+      [-1.6, -1.4],
+    ];
+    for (let epoch = 0; epoch < 3; epoch++) {
+      await recordEvaluation(
+        db,
+        runId,
+        epoch,
+        evaluation.prompts.flatMap((prompt, i) => [
+          { prompt, seed: 7, metric: CONTENT_ALIGNMENT, value: alignment[epoch]![i]! },
+          { prompt, seed: 7, metric: "jpeg_compressibility", value: jpeg[epoch]![i]! },
+        ]),
+      );
+    }
+    await setRunBest(db, runId, base.id, "jpeg_compressibility");
+    await page.goto(`${dashboard.url}/runs/${runId}`);
+    await page.waitForSelector("body[data-ready=true]");
+    expect(await page.locator("#best-epoch").getAttribute("data-epoch")).toBe("0");
+    expect(await page.locator("#best-epoch").textContent()).toContain("the starting model");
+    expect(await page.locator("#guard-settings").textContent()).toContain(
+      "stops when content:clip_alignment falls below its start by more than 50% of the start's magnitude; best by jpeg_compressibility",
+    );
+    expect(await page.locator("#early-stop").getAttribute("data-epoch")).toBe("2");
+    expect(await page.locator("#early-stop").textContent()).toContain(
+      "content:clip_alignment fell to 0.200 at epoch 2, below 0.5 x its start 0.500",
+    );
+    expect(await page.locator('.chart[data-chart="kl_to_reference"]').isHidden()).toBe(true);
+    const charts = page.locator("#evaluation-charts .chart");
+    expect(await charts.evaluateAll((els) => els.map((e) => e.getAttribute("data-chart")))).toEqual([
+      "evaluation:content",
+      "evaluation:jpeg_compressibility",
+    ]);
+    for (const chart of await charts.all()) {
+      expect(await chart.getAttribute("data-points")).toBe("3");
+      expect(await chart.getAttribute("data-marks")).toBe("best:0 early stop:2");
+    }
+    expect(await page.locator("#evaluations tbody .note").allTextContents()).toEqual(["best", "", "stopped early"]);
+    for (const [epoch, values] of jpeg.entries())
+      expectShown(
+        await page
+          .locator(`#evaluations tr[data-epoch="${epoch}"] td[data-metric="jpeg_compressibility"]`)
+          .textContent(),
+        (values[0]! + values[1]!) / 2,
+      );
+    // The lineage (the run made no checkpoint: its start alone) marks the start as the best.
+    await page.goto(`${dashboard.url}/runs/${runId}/lineage`);
+    expect(
+      await page.locator("#lineage .node-best").evaluateAll((els) => els.map((e) => e.getAttribute("data-checkpoint"))),
+    ).toEqual([base.id]);
+  });
 });
 
 describe("bad input", () => {

@@ -1,9 +1,12 @@
 // A real database holding real runs for the dashboard tests: embedded Postgres, the four services
 // as processes over loopback, and runs of TINY_RUN_CONFIG (4 samples x 3 DDIM steps per epoch)
 // with two reward terms, so each page has per-term curves, lineage and latents to show.
+
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { DdpoConfig, DdpoConfigSchema } from "../../services/gen/ddpo/v1/run_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
@@ -14,6 +17,9 @@ export const TINY_RUN_REWARDS = [
   { endpoint: "", rewardName: "brightness", weight: 0.5 },
 ];
 
+/** DdpoConfig fields over TINY_RUN_CONFIG's (klCoefficient, evaluation, ...). */
+export type TinyRunOverrides = Omit<Exclude<MessageInitShape<typeof DdpoConfigSchema>, DdpoConfig>, "$typeName">;
+
 export interface TinyCluster {
   pg: TestPostgres;
   database: TestDatabase;
@@ -22,7 +28,7 @@ export interface TinyCluster {
   rewarder: ServiceProcess;
   trainer: ServiceProcess;
   /** Starts a run of `epochs` tiny epochs on the Trainer (config keys overridden); returns its id at once. */
-  startRun(name: string, epochs: number, config?: Partial<typeof TINY_RUN_CONFIG>): Promise<string>;
+  startRun(name: string, epochs: number, config?: TinyRunOverrides): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -39,7 +45,7 @@ export async function startTinyCluster(): Promise<TinyCluster> {
   };
   try {
     const { sampler, rewarder, registry, trainer } = await spawnFourServices(database.url, dataDir, procs);
-    const startRun = async (name: string, epochs: number, config: Partial<typeof TINY_RUN_CONFIG> = {}) => {
+    const startRun = async (name: string, epochs: number, config: TinyRunOverrides = {}) => {
       const client = createClient(Trainer, trainer.address);
       try {
         const { run } = await client.startRun(
