@@ -77,6 +77,18 @@ export const DDPO_FLAGS = {
   full: { type: "boolean", help: "fine-tune the whole UNet instead of LoRA adapters" },
   "lora-rank": { type: "string", value: "N", help: "LoRA rank", default: DDPO_DEFAULTS.lora!.rank },
   "lora-alpha": { type: "string", value: "X", help: "LoRA alpha (scale alpha / rank)", default: "the rank" },
+  "stat-buffer": {
+    type: "string",
+    value: "N",
+    help: "per-prompt reward statistics: the last N rewards kept per prompt",
+    default: DDPO_DEFAULTS.statTracking!.bufferSize,
+  },
+  "stat-min-count": {
+    type: "string",
+    value: "N",
+    help: "rewards a prompt needs before its own mean/std normalise it (else the epoch's)",
+    default: DDPO_DEFAULTS.statTracking!.minCount,
+  },
   "eval-prompts": { type: "string", value: "P1,P2", help: "held-out evaluation prompts (none in --prompts)" },
   "eval-seeds": { type: "string", value: "S1,S2", help: "held-out evaluation noise seeds", default: "1,2,3,4" },
   "eval-every": { type: "string", value: "N", help: "evaluate every N epochs (and before the first)", default: 1 },
@@ -101,6 +113,15 @@ export function configFromFlags(flags: Record<string, string | string[] | boolea
     c.loss = loss;
   }
   if (flags.full) c.lora = null;
+  const buffer = flags["stat-buffer"];
+  const minCount = flags["stat-min-count"];
+  if (typeof buffer === "string" || typeof minCount === "string") {
+    const base = c.statTracking ?? { bufferSize: 16, minCount: 16 };
+    c.statTracking = {
+      bufferSize: numberFlag(typeof buffer === "string" ? buffer : undefined, base.bufferSize, "stat-buffer", true),
+      minCount: numberFlag(typeof minCount === "string" ? minCount : undefined, base.minCount, "stat-min-count", true),
+    };
+  }
   const rank = flags["lora-rank"];
   if (typeof rank === "string") {
     const alpha = flags["lora-alpha"];

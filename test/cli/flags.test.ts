@@ -9,6 +9,11 @@ describe("configFromFlags", () => {
     expect(c).toEqual({ ...DDPO_DEFAULTS, lr: 3e-3, skipFinalSteps: 2, loss: "ddpo_sf", lora: { rank: 8, alpha: 8 } });
     expect(configFromFlags({ full: true }).lora).toBeNull();
     expect(configFromFlags({})).toEqual(DDPO_DEFAULTS);
+    expect(configFromFlags({ "stat-min-count": "4" }).statTracking).toEqual({ bufferSize: 16, minCount: 4 });
+    expect(configFromFlags({ "stat-buffer": "32", "stat-min-count": "8" }).statTracking).toEqual({
+      bufferSize: 32,
+      minCount: 8,
+    });
   });
 
   test("a value that is not a number, an unknown loss and a fractional rank name the flag", () => {
@@ -18,6 +23,7 @@ describe("configFromFlags", () => {
       "--loss must be one of ddpo_is, ddpo_sf, rwr, sparse_rwr, got 'ppo'",
     );
     expect(() => configFromFlags({ "lora-rank": "2.5" })).toThrow("--lora-rank must be an integer, got '2.5'");
+    expect(() => configFromFlags({ "stat-buffer": "x" })).toThrow("--stat-buffer must be an integer, got 'x'");
   });
 });
 
