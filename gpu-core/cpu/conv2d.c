@@ -6,10 +6,10 @@
  * one thread, the convs of one UNet pass summed): forward 1.43x, dx 1.26x, dw + db 1.72x faster
  * than the code below, reorders included; oneDNN on our plain NCHW layout (its GEMM fallback) was
  * slower than ours (0.77x, 0.56x, 0.70x). In the engine on 2 threads, per-call CPU time: 64->64ch
- * 32x32 forward 1.41x, backward 1.31x; the UNet step 11-12% less CPU (bench/RESULTS.md).
+ * 32x32 forward 1.42x, backward 1.30x; the UNet step 11-12% less CPU (bench/RESULTS.md).
  *
- * What stays here, because oneDNN did not beat it: 1x1 convs (plain-layout oneDNN measured within
- * noise of the GEMM in the UNet step; blocked, the reorders cost as much as the product), fewer
+ * What stays here, because oneDNN did not beat it by 1.2x: 1x1 convs (plain-layout oneDNN: the UNet
+ * forward 4-7% less CPU, training step no different; blocked, the reorders cost more), fewer
  * than 16 channels on either side (a 16-block pads 3 channels to 16: conv_out ran 2x slower), and
  * kernel sizes other than 3 (not measured). The rest of this comment describes those paths.
  *
