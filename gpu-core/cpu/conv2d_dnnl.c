@@ -11,9 +11,10 @@
  * objects, the stream) belongs to the call, so threads may run the same shape at once. The
  * cache holds one entry per distinct shape and lives as long as the process.
  *
- * Threads: Debian builds oneDNN on the OpenMP runtime (checked in the build by
- * DNNL_CPU_RUNTIME), so it runs on the same libgomp pool, with the same thread count
- * (omp_set_num_threads from the context's threads=N), as the rest of the backend.
+ * Threads: Debian builds oneDNN on the OpenMP runtime (checked against the header at build time
+ * and against the loaded library at first use), so it runs on the same libgomp pool, with the
+ * same thread count (omp_set_num_threads from the context's threads=N), as the rest of the
+ * backend.
  */
 #include "conv2d_dnnl.h"
 
@@ -27,9 +28,10 @@
 #error "gpu-core needs oneDNN built on the OpenMP runtime (one thread pool with the rest of the backend)"
 #endif
 
+/* All int64_t, so no padding bytes: keys are compared with memcmp. */
 typedef struct conv_key {
   int64_t B, C, H, W, O, K, stride, pad, Ho, Wo;
-  int bias; /* the forward adds a bias (backward entries always have one, for db) */
+  int64_t bias; /* the forward adds a bias (backward entries always have one, for db) */
 } conv_key;
 
 /* One operand between our plain layout and the one the primitive chose. */
@@ -203,10 +205,27 @@ static gc_status entry_get(const conv_key *k, int backward, conv_entry **out) {
   const char *what = "";
   pthread_mutex_lock(&g_lock);
   if (!g_engine) {
+    const dnnl_version_t *v = dnnl_version();
+    if (v->cpu_runtime != DNNL_RUNTIME_OMP) {
+      pthread_mutex_unlock(&g_lock);
+      return gc_set_error(GC_ERR_BACKEND,
+                          "the oneDNN library loaded (%d.%d.%d) runs on CPU runtime %u, not OpenMP: "
+                          "it would not share the backend's threads",
+                          v->major, v->minor, v->patch, v->cpu_runtime);
+    }
     what = "engine creation";
-    s = dnnl_engine_create(&g_engine, dnnl_cpu, 0);
-    if (s == dnnl_success) s = dnnl_primitive_attr_create(&g_attr);
-    if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(g_attr, dnnl_scratchpad_mode_user);
+    dnnl_engine_t engine = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    s = dnnl_engine_create(&engine, dnnl_cpu, 0);
+    if (s == dnnl_success) s = dnnl_primitive_attr_create(&attr);
+    if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (s == dnnl_success) {
+      g_engine = engine;
+      g_attr = attr;
+    } else {
+      if (attr) dnnl_primitive_attr_destroy(attr);
+      if (engine) dnnl_engine_destroy(engine);
+    }
   }
   conv_entry *e = g_entries;
   while (s == dnnl_success && e && memcmp(&e->k, k, sizeof *k) != 0) e = e->next;
