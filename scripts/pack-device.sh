@@ -84,6 +84,9 @@ if [ "$have_cblas" = 0 ] && [ -f blas.tar.xz ]; then
   export LD_LIBRARY_PATH="$lib:$HERE/blas/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   MAKEVARS=(CPPFLAGS="-I$inc" LDLIBS="-L$lib -L$HERE/blas/usr/lib/x86_64-linux-gnu -lopenblas -lm -lpthread")
 fi
+# oneDNN (the CPU backend's 3x3 convolutions) is not packed (39 MB of library): on a machine
+# without it the CPU reference builds with DNNL=0, every convolution on its GEMM paths.
+[ -f /usr/include/oneapi/dnnl/dnnl.h ] || MAKEVARS+=(DNNL=0)
 # cuBLAS/cuDNN: the toolkit's, else the pip wheels python3 imports (PyTorch's). cuDNN opens its
 # sub-libraries at run time, so its folder goes on the loader path too.
 NV=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)

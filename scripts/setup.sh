@@ -37,6 +37,8 @@ have_openblas() {
     || [ -f /usr/include/openblas/cblas.h ] || [ -f /usr/include/aarch64-linux-gnu/cblas.h ]
 }
 have_openblas || apt_install libopenblas-dev "the CPU backend"
+# oneDNN (built on OpenMP, as Debian ships it) for the CPU backend's 3x3 convolutions.
+[ -f /usr/include/oneapi/dnnl/dnnl.h ] || apt_install libdnnl-dev "the CPU backend's convolutions"
 
 # Chromium, driven headless by playwright-core in the dashboard's browser tests (test/dashboard/).
 [ -x /usr/bin/chromium ] || apt_install chromium "the dashboard's browser tests"

@@ -1,6 +1,20 @@
 /*
- * 2-D convolution on the CPU: im2col + OpenBLAS sgemm, one GEMM per image (or per small group
- * of images when the images are tiny). One image's unfolded matrix (2.4 MB at 64 channels,
+ * 2-D convolution on the CPU. 3x3 convolutions with at least 16 input and 16 output channels
+ * (all of the UNet's but conv_in, 3->32, and conv_out, 32->3) go to oneDNN (conv2d_dnnl.c), on
+ * its channel-blocked layouts with a reorder of each operand per call. Measured 2026-12-01 on the
+ * 2-core AVX-512 machine at the UNet's batch-32 shapes (prototype outside the repo, CPU time of
+ * one thread, the convs of one UNet pass summed): forward 1.43x, dx 1.26x, dw + db 1.72x faster
+ * than the code below, reorders included; oneDNN on our plain NCHW layout (its GEMM fallback) was
+ * slower than ours (0.77x, 0.56x, 0.70x). In the engine on 2 threads, per-call CPU time: 64->64ch
+ * 32x32 forward 1.42x, backward 1.30x; the UNet step 11-12% less CPU (bench/RESULTS.md).
+ *
+ * What stays here, because oneDNN did not beat it by 1.2x: 1x1 convs (plain-layout oneDNN: the UNet
+ * forward 4-7% less CPU, training step no different; blocked, the reorders cost more), fewer
+ * than 16 channels on either side (a 16-block pads 3 channels to 16: conv_out ran 2x slower), and
+ * kernel sizes other than 3 (not measured). The rest of this comment describes those paths.
+ *
+ * im2col + OpenBLAS sgemm, one GEMM per image (or per small group of images when the images
+ * are tiny). One image's unfolded matrix (2.4 MB at 64 channels,
  * 32x32, 3x3) stays in cache between im2col and the GEMM; unfolding many images into one wide
  * matrix was measured slower at the UNet's shapes (64x32768x576 ran at ~0.8 of 64x1024x576).
  *
@@ -10,7 +24,8 @@
  * and the loop over images stays on the calling thread: BLAS is never called from a team of more
  * than one thread, so the two pools never oversubscribe the cores (see blas_team()).
  *
- * 3x3, stride 1, pad 1 with at least SHIFTED_MIN_C input channels (the UNet's convs) skip the
+ * 3x3, stride 1, pad 1 with at least SHIFTED_MIN_C input channels (of the UNet's, now only
+ * conv_out, 32->3; the figures below were measured before oneDNN took the others) skip the
  * unfolding: the image is copied once into a zero-bordered plane per channel, [C, (H+2)(W+2)],
  * and tap (ky,kx) of the kernel is then the plain matrix [C, H(W+2)] starting ky(W+2)+kx floats
  * into it (row stride (H+2)(W+2)). The output is nine GEMMs of depth C accumulated into
@@ -21,6 +36,7 @@
  * on im2col + one GEMM, which per tap measured 3-10% slower.
  */
 #include "../core/backend.h"
+#include "conv2d_dnnl.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -254,6 +270,8 @@ gc_status be_conv2d_forward(be_ctx *bc, float *y, const float *x, const float *w
                             int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
                             int64_t stride, int64_t pad, int64_t Ho, int64_t Wo) {
   (void)bc;
+  if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo))
+    return dnnl_conv2d_forward(y, x, w, b, B, C, H, W, O, K, stride, pad, Ho, Wo);
   if (shifted_eligible(C, K, stride, pad, H, W, O)) return shifted_taps(0, y, x, w, b, B, C, H, W, O);
   const conv_plan p = plan_conv(B, C, O, K, stride, pad, Ho, Wo);
   gc_status st = check_blas_sizes(&p, O);
@@ -316,6 +334,8 @@ gc_status be_conv2d_backward(be_ctx *bc, float *dx, float *dw, float *db, const 
                              int64_t Ho, int64_t Wo) {
   (void)bc;
   if (!dx && !dw && !db) return GC_OK;
+  if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo))
+    return dnnl_conv2d_backward(dx, dw, db, dy, x, w, B, C, H, W, O, K, stride, pad, Ho, Wo);
   if (dx && shifted_eligible(C, K, stride, pad, H, W, O)) {
     /* dw and db through im2col (faster for dw), dx through the shifted taps */
     if (dw || db) {

@@ -492,6 +492,9 @@ export const TABLE: Row[] = [
   conv2dRow(2, 3, 6, 5, 4, 3, 1, 1, true), // K=3 pad 1 (the UNet's conv)
   conv2dRow(2, 16, 5, 7, 6, 3, 1, 1, true), // K=3 pad 1, >= 16 channels: the shifted-GEMM path
   conv2dRow(3, 17, 4, 3, 5, 3, 1, 1, false), // the same path, odd sizes, no bias
+  conv2dRow(2, 16, 5, 7, 17, 3, 1, 1, true), // >= 16 channels in and out: oneDNN (padded 16-blocks)
+  conv2dRow(3, 16, 7, 9, 16, 3, 2, 1, false), // oneDNN, stride 2 (downsample), odd sizes, no bias
+  conv2dRow(2, 20, 6, 5, 32, 3, 1, 1, true), // oneDNN, input channels padded to two 16-blocks
   conv2dRow(1, 2, 7, 9, 3, 3, 2, 1, true), // stride 2, odd sizes (downsample)
   conv2dRow(2, 5, 3, 4, 6, 1, 1, 0, true), // 1x1 (skip projection)
   conv2dRow(1, 4, 5, 3, 2, 1, 1, 0, false), // 1x1, no bias
