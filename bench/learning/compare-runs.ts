@@ -71,10 +71,13 @@ async function main(args: string[]): Promise<void> {
     runs.map((r) => ({ name: r.label, points: r.history.map((e) => [e.epoch, e.rewardMean] as const) })),
     { title: "training reward (epoch mean)", xLabel: "epoch", yLabel: "reward" },
   );
-  const kl: LineSeries[] = runs
-    .filter((r) => r.history.some((e) => typeof e.klToReference === "number"))
-    .map((r) => ({ name: r.label, points: r.history.map((e) => [e.epoch, e.klToReference ?? Number.NaN] as const) }));
-  if (kl.length > 0) {
+  // Every chart lists every run, in the same order, so a run keeps its colour; a run without the
+  // quantity has only non-finite points (a legend entry, no line).
+  const kl: LineSeries[] = runs.map((r) => ({
+    name: r.label,
+    points: r.history.map((e) => [e.epoch, e.klToReference ?? Number.NaN] as const),
+  }));
+  if (runs.some((r) => r.history.some((e) => typeof e.klToReference === "number"))) {
     await lineChartPng(join(out, "kl-to-reference.png"), kl, {
       title: "KL to the reference policy (per trained step, mean over pixels)",
       xLabel: "epoch",
@@ -85,7 +88,7 @@ async function main(args: string[]): Promise<void> {
   for (const metric of metrics) {
     await lineChartPng(
       join(out, `heldout-${metric.replace(/[^a-z0-9_]+/gi, "_")}.png`),
-      runs.filter((r) => r.heldOut.has(metric)).map((r) => ({ name: r.label, points: r.heldOut.get(metric)! })),
+      runs.map((r) => ({ name: r.label, points: r.heldOut.get(metric) ?? [] })),
       { title: `held-out ${metric} (mean over prompts x seeds)`, xLabel: "epoch", yLabel: metric },
     );
   }
