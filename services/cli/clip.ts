@@ -119,7 +119,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const parsed = commandFlags(`ddpo ${EVAL_USAGE}`, argv, {
     model: { type: "string", value: "DIR", help: "base model folder (diffusers layout); required" },
     lora: { type: "string", value: "DIR", help: "peft LoRA folder applied over the model" },
-    prompts: { type: "string", value: "SET", help: "prompt set", default: "animals" },
+    prompts: { type: "string", value: "SET", help: "prompt set, or list:PROMPT,PROMPT,...", default: "animals" },
     seeds: { type: "string", value: "N", help: "images per prompt (seeds 1..N)", default: d.seeds },
     steps: { type: "string", value: "N", help: "DDIM steps", default: d.steps },
     guidance: { type: "string", value: "X", help: "classifier-free guidance scale", default: d.guidance },

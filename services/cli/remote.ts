@@ -155,7 +155,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
       help: "reward term (weight, name, Rewarder address)",
       default: "jpeg_compressibility",
     },
-    prompts: { type: "string", value: "SET", help: "prompt set", default: "animals" },
+    prompts: { type: "string", value: "SET", help: "prompt set, or list:PROMPT,PROMPT,...", default: "animals" },
     epochs: { type: "string", value: "N", help: "epochs to run", default: 10 },
     name: { type: "string", value: "TEXT", help: "run name, for humans", default: "the run id" },
     samplers: {

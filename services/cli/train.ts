@@ -138,7 +138,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
     model: { type: "string", value: "DIR", help: "base model folder (diffusers layout); required" },
     out: { type: "string", value: "RUN_DIR", help: "run folder (history, charts, samples, checkpoints); required" },
     reward: { type: "string", value: "NAME", help: "reward, or a weighted sum", default: "jpeg_compressibility" },
-    prompts: { type: "string", value: "SET", help: "prompt set", default: "animals" },
+    prompts: { type: "string", value: "SET", help: "prompt set, or list:PROMPT,PROMPT,...", default: "animals" },
     epochs: { type: "string", value: "N", help: "epochs in all (a resumed run counts the done ones)", default: 10 },
     resume: { type: "boolean", help: "continue from the run folder's last checkpoint" },
     ...DDPO_FLAGS,

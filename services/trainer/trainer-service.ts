@@ -17,7 +17,7 @@ import { createRun, getRun, listEpochs, listRuns, reopenRun } from "../lib/db/qu
 import type { TrajectoryRecorder } from "../lib/db/recorder.ts";
 import type { Database, RewardSpec, RunStatus } from "../lib/db/schema.ts";
 import { evaluationProblems } from "../lib/ddpo/evaluation.ts";
-import { listPromptSets, promptSetByName } from "../lib/ddpo/prompts.ts";
+import { promptSetByName } from "../lib/ddpo/prompts.ts";
 import type { DdpoConfig } from "../lib/ddpo/trainer.ts";
 import {
   bindService,
@@ -217,13 +217,16 @@ function checkedStartRun(request: StartRunRequest): RunRequest {
   if (!existsSync(weights))
     throw new ServiceError(Code.NOT_FOUND, `${baseModelDir}: no unet weights (not a model folder)`);
   const promptSet = request.promptSet || "animals";
-  if (!listPromptSets().includes(promptSet)) {
-    invalid(`unknown prompt_set '${promptSet}'; known: ${listPromptSets().join(", ")}`);
+  let prompts: readonly string[] = [];
+  try {
+    prompts = promptSetByName(promptSet).prompts;
+  } catch (e) {
+    invalid(`prompt_set: ${(e as Error).message}`);
   }
   if (!(request.epochs >= 1 && request.epochs <= MAX_EPOCHS)) invalid(`epochs must be in 1..${MAX_EPOCHS}`);
   const config = checkedConfig(request.config);
   if (config.evaluation) {
-    const problems = evaluationProblems(config.evaluation, promptSetByName(promptSet).prompts);
+    const problems = evaluationProblems(config.evaluation, prompts);
     if (problems.length) invalid(`config.evaluation: ${problems.join("; ")}`);
   }
   return {

@@ -20,6 +20,19 @@ describe("prompt sets", () => {
     expect(() => promptSetByName("imagenet")).toThrow(/unknown prompt set "imagenet"; known: animals/);
   });
 
+  test("an inline set: list: then prompts separated by commas", () => {
+    const set = promptSetByName("list: goat, cow,bug ,goat");
+    expect(set.name).toBe("list: goat, cow,bug ,goat");
+    expect(set.prompts).toEqual(["goat", "cow", "bug"]);
+    const drawn = set.sample(new Mulberry32(1), 300);
+    for (const p of ["goat", "cow", "bug"]) expect(drawn).toContain(p);
+    expect(() => promptSetByName("list:")).toThrow(/empty prompt in the list/);
+    expect(() => promptSetByName("list:tiger,,frog")).toThrow(/empty prompt in the list/);
+    expect(() => promptSetByName(`list:${Array.from({ length: 1001 }, (_, i) => `p${i}`).join(",")}`)).toThrow(
+      /1001 prompts, at most 1000/,
+    );
+  });
+
   test("animals are animal names; all_emoji holds them and more", () => {
     const animals = promptSetByName("animals").prompts;
     expect(animals).toContain("tiger");

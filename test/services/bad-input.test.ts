@@ -545,7 +545,12 @@ describe("Trainer", () => {
     await expectStatus(
       trainer.startRun({ ...start, promptSet: "nope" }),
       Code.INVALID_ARGUMENT,
-      /^unknown prompt_set 'nope'; known: .*animals/,
+      /^prompt_set: unknown prompt set "nope"; known: .*animals.*, or list:/,
+    );
+    await expectStatus(
+      trainer.startRun({ ...start, promptSet: "list:tiger,,frog" }),
+      Code.INVALID_ARGUMENT,
+      /^prompt_set: prompt set "list:tiger,,frog": empty prompt in the list/,
     );
     await expectStatus(trainer.startRun({ ...start, epochs: 0 }), Code.INVALID_ARGUMENT, "epochs must be in 1..100000");
   });

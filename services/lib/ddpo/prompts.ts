@@ -111,11 +111,32 @@ export function listPromptSets(): string[] {
   return Object.keys(BUILDERS);
 }
 
+/** A set given inline, "list:cat face,tiger,frog": a run on the user's own prompts. */
+export const INLINE_PROMPTS_PREFIX = "list:";
+const MAX_INLINE_PROMPTS = 1000;
+
+function inlinePromptSet(name: string): PromptSet {
+  const prompts = name
+    .slice(INLINE_PROMPTS_PREFIX.length)
+    .split(",")
+    .map((p) => p.trim());
+  if (prompts.some((p) => p === ""))
+    throw new Error(`prompt set "${name}": empty prompt in the list (prompts are separated by commas)`);
+  if (prompts.length > MAX_INLINE_PROMPTS)
+    throw new Error(`prompt set "${name.slice(0, 40)}...": ${prompts.length} prompts, at most ${MAX_INLINE_PROMPTS}`);
+  return promptSetFromList(name, `the ${prompts.length} prompts given inline`, prompts);
+}
+
+/** A named set (listPromptSets), or an inline one: "list:" then prompts separated by commas. */
 export function promptSetByName(name: string): PromptSet {
   const cached = cache.get(name);
   if (cached) return cached;
+  if (name.startsWith(INLINE_PROMPTS_PREFIX)) return inlinePromptSet(name);
   const build = Object.hasOwn(BUILDERS, name) ? BUILDERS[name] : undefined;
-  if (!build) throw new Error(`unknown prompt set "${name}"; known: ${listPromptSets().join(", ")}`);
+  if (!build)
+    throw new Error(
+      `unknown prompt set "${name}"; known: ${listPromptSets().join(", ")}, or ${INLINE_PROMPTS_PREFIX}prompt 1,prompt 2,...`,
+    );
   const set = build();
   cache.set(name, set);
   return set;
