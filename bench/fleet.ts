@@ -18,10 +18,8 @@
 //                       a one-Sampler run).
 //
 //   npm run bench -- fleet [--json] [--samples 16] [--chunk 4] [--steps 10] [--epochs 3] [--model models/emoji-base]
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { type Cluster, startCluster } from "../services/cli/cluster.ts";
+import type { Cluster } from "../services/cli/cluster.ts";
 import { followRun } from "../services/cli/remote.ts";
 import { RunStatus } from "../services/gen/ddpo/v1/common_pb.ts";
 import type { EpochReport } from "../services/gen/ddpo/v1/run_pb.ts";
@@ -31,6 +29,7 @@ import { DDPO_DEFAULTS, type DdpoConfig } from "../services/lib/ddpo/trainer.ts"
 import { createClient } from "../services/lib/grpc/index.ts";
 import { ddpoConfigMessage } from "../services/lib/runs/run-messages.ts";
 import { flagValue } from "./flags.ts";
+import { printReport, withTemporaryCluster } from "./harness.ts";
 
 const REWARD = "jpeg_compressibility";
 const PROMPTS = "animals";
@@ -136,27 +135,7 @@ export async function main(args: string[]): Promise<void> {
     timestepFraction: 0.5,
   };
 
-  const tmp = mkdtempSync(join(tmpdir(), "ddpo-bench-fleet-"));
-  // mkdtemp gives 0700; postgres, unprivileged when we are root, must be able to enter.
-  chmodSync(tmp, 0o755);
-  let cluster: Cluster | null = null;
-  let cleaned: Promise<void> | null = null;
-  const cleanup = () => {
-    cleaned ??= (async () => {
-      await cluster?.stop().catch((e) => console.error(`bench fleet: stopping the cluster: ${e}`));
-      rmSync(tmp, { recursive: true, force: true });
-    })();
-    return cleaned;
-  };
-  const onSignal = (signal: NodeJS.Signals) => {
-    cleanup().finally(() => process.exit(signal === "SIGINT" ? 130 : 143));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-
-  try {
-    console.error(`[fleet] starting Postgres, the services and two Samplers in ${tmp} ...`);
-    cluster = await startCluster({ dataDir: join(tmp, "data"), samplers: 2, log: (l) => console.error(l) });
+  await withTemporaryCluster("fleet", { samplers: 2, log: (l) => console.error(l) }, async (cluster) => {
     const { samplers, samplerTarget } = cluster.addresses;
     await Promise.all(samplers.map((a) => warm(a, modelDir, config)));
 
@@ -183,18 +162,8 @@ export async function main(args: string[]): Promise<void> {
       samples_drawn_per_sampler: after.map((n, i) => n - before[i]!),
       same_rewards: one.every((e, i) => e.rewardMean === two[i]!.rewardMean),
     };
-    const show = (v: unknown): string => {
-      if (Array.isArray(v)) return v.map(show).join(", ");
-      if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(3);
-      return String(v);
-    };
-    for (const [k, v] of Object.entries(result)) console.log(`${k.padEnd(26)} ${show(v)}`);
-    if (json) console.log(JSON.stringify(result));
-  } finally {
-    await cleanup();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-  }
+    printReport(result, json);
+  });
 }
 
 if (import.meta.main) await main(process.argv.slice(2));

@@ -31,19 +31,17 @@
 //                       recording, checkpoint, RPC hops: the epoch seconds minus sampling and training).
 //
 //   npm run bench -- services [--json] [--samples 16] [--steps 10] [--epochs 2] [--model models/emoji-base]
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { realpath } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Kysely } from "kysely";
 import { Engine } from "../gpu-core/index.ts";
-import { type Cluster, startCluster } from "../services/cli/cluster.ts";
+import type { Cluster } from "../services/cli/cluster.ts";
 import { followRun } from "../services/cli/remote.ts";
 import { RunStatus } from "../services/gen/ddpo/v1/common_pb.ts";
 import type { EpochReport as EpochEvent } from "../services/gen/ddpo/v1/run_pb.ts";
 import { Trainer } from "../services/gen/ddpo/v1/trainer_pb.ts";
 import { digestFolder } from "../services/lib/checkpoints/checkpoint-folder.ts";
-import { type DatabaseHandle, openDatabase } from "../services/lib/db/database.ts";
+import { openDatabase } from "../services/lib/db/database.ts";
 import { epochRows } from "../services/lib/db/epoch-rows.ts";
 import { createRun, recordEpoch, registerCheckpoint } from "../services/lib/db/queries.ts";
 import { TrajectoryRecorder } from "../services/lib/db/recorder.ts";
@@ -57,6 +55,7 @@ import { rewardByName } from "../services/lib/rewards/index.ts";
 import { RunFolder, runCheckpointId } from "../services/lib/runs/run-folder.ts";
 import { ddpoConfigMessage, epochRow, runSettingsJson } from "../services/lib/runs/run-messages.ts";
 import { flagValue } from "./flags.ts";
+import { printReport, withTemporaryCluster } from "./harness.ts";
 
 const REWARD = "jpeg_compressibility";
 const PROMPTS = "animals";
@@ -232,96 +231,68 @@ export async function main(args: string[]): Promise<void> {
     timestepFraction: 0.5,
   };
 
-  const tmp = mkdtempSync(join(tmpdir(), "ddpo-bench-services-"));
-  // mkdtemp gives 0700; postgres, unprivileged when we are root, must be able to enter.
-  chmodSync(tmp, 0o755);
-  let cluster: Cluster | null = null;
-  let handle: DatabaseHandle | null = null;
-  let cleaned: Promise<void> | null = null;
-  const cleanup = () => {
-    cleaned ??= (async () => {
-      await handle?.close().catch(() => undefined);
-      await cluster?.stop().catch((e) => console.error(`bench services: stopping the cluster: ${e}`));
-      rmSync(tmp, { recursive: true, force: true });
-    })();
-    return cleaned;
-  };
-  const onSignal = (signal: NodeJS.Signals) => {
-    cleanup().finally(() => process.exit(signal === "SIGINT" ? 130 : 143));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  await withTemporaryCluster("services", {}, async (cluster, tmp) => {
+    const handle = openDatabase({ url: cluster.addresses.databaseUrl });
+    try {
+      const db = handle.db;
 
-  try {
-    console.error(`[services] starting Postgres and the four services in ${tmp} ...`);
-    cluster = await startCluster({ dataDir: join(tmp, "data") });
-    handle = openDatabase({ url: cluster.addresses.databaseUrl });
-    const db = handle.db;
+      // The base model is the root checkpoint of both runs, registered as the Trainer would.
+      const base = await digestFolder(modelDir);
+      const baseId = `base-${base.sha256.slice(0, 16)}`;
+      await registerCheckpoint(db, {
+        id: baseId,
+        kind: "base",
+        sha256: base.sha256,
+        size_bytes: base.sizeBytes,
+        location: await realpath(modelDir),
+      });
 
-    // The base model is the root checkpoint of both runs, registered as the Trainer would.
-    const base = await digestFolder(modelDir);
-    const baseId = `base-${base.sha256.slice(0, 16)}`;
-    await registerCheckpoint(db, {
-      id: baseId,
-      kind: "base",
-      sha256: base.sha256,
-      size_bytes: base.sizeBytes,
-      location: await realpath(modelDir),
-    });
+      const recorder = new TrajectoryRecorder(db);
+      const local = await runInProcess(config, modelDir, epochs, baseId, join(tmp, "in-process"), db, recorder);
+      await recorder.close();
+      const remote = await runServices(cluster, config, modelDir, epochs);
 
-    const recorder = new TrajectoryRecorder(db);
-    const local = await runInProcess(config, modelDir, epochs, baseId, join(tmp, "in-process"), db, recorder);
-    await recorder.close();
-    const remote = await runServices(cluster, config, modelDir, epochs);
-
-    const servicesS = remote.events.map((e) => e.seconds);
-    const from = epochs >= 2 ? 1 : 0; // overhead epochs: 2..E, or epoch 1 alone
-    const pick = (xs: readonly number[]) => xs.slice(from);
-    const inProcessSum = sum(pick(local.epochS));
-    const servicesSum = sum(pick(servicesS));
-    const counters = recorder.counters;
-    const result = {
-      machine: local.machine,
-      samples,
-      steps,
-      epochs,
-      in_process_epoch_s: local.epochS,
-      services_epoch_s: servicesS,
-      epoch_ratio: servicesS.map((s, i) => s / local.epochS[i]!),
-      overhead_epochs: from === 1 ? `2-${epochs}` : "1",
-      overhead_ratio: servicesSum / inProcessSum,
-      in_process_sampling_s: sum(pick(local.samplingS)),
-      services_sampling_s: sum(pick(remote.events.map((e) => e.samplingS))),
-      in_process_training_s: sum(pick(local.trainingS)),
-      services_training_s: sum(pick(remote.events.map((e) => e.trainingS))),
-      in_process_other_s: inProcessSum - sum(pick(local.samplingS)) - sum(pick(local.trainingS)),
-      services_other_s:
-        servicesSum -
-        sum(pick(remote.events.map((e) => e.samplingS))) -
-        sum(pick(remote.events.map((e) => e.trainingS))),
-      in_process_wall_s: local.wallS,
-      services_wall_s: remote.wallS,
-      in_process_reward_mean: local.rewardMeans,
-      services_reward_mean: remote.events.map((e) => e.rewardMean),
-      rows_in_process: await rowsInDatabase(db, local.runId),
-      rows_services: await rowsInDatabase(db, remote.runId),
-      rows_written: counters.written,
-      record_batches: counters.batches,
-      record_write_s: counters.writeSeconds,
-      rows_per_s: counters.rowsPerSecond,
-    };
-    const show = (v: unknown): string => {
-      if (Array.isArray(v)) return v.map(show).join(", ");
-      if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(3);
-      return String(v);
-    };
-    for (const [k, v] of Object.entries(result)) console.log(`${k.padEnd(22)} ${show(v)}`);
-    if (json) console.log(JSON.stringify(result));
-  } finally {
-    await cleanup();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-  }
+      const servicesS = remote.events.map((e) => e.seconds);
+      const from = epochs >= 2 ? 1 : 0; // overhead epochs: 2..E, or epoch 1 alone
+      const pick = (xs: readonly number[]) => xs.slice(from);
+      const inProcessSum = sum(pick(local.epochS));
+      const servicesSum = sum(pick(servicesS));
+      const counters = recorder.counters;
+      const result = {
+        machine: local.machine,
+        samples,
+        steps,
+        epochs,
+        in_process_epoch_s: local.epochS,
+        services_epoch_s: servicesS,
+        epoch_ratio: servicesS.map((s, i) => s / local.epochS[i]!),
+        overhead_epochs: from === 1 ? `2-${epochs}` : "1",
+        overhead_ratio: servicesSum / inProcessSum,
+        in_process_sampling_s: sum(pick(local.samplingS)),
+        services_sampling_s: sum(pick(remote.events.map((e) => e.samplingS))),
+        in_process_training_s: sum(pick(local.trainingS)),
+        services_training_s: sum(pick(remote.events.map((e) => e.trainingS))),
+        in_process_other_s: inProcessSum - sum(pick(local.samplingS)) - sum(pick(local.trainingS)),
+        services_other_s:
+          servicesSum -
+          sum(pick(remote.events.map((e) => e.samplingS))) -
+          sum(pick(remote.events.map((e) => e.trainingS))),
+        in_process_wall_s: local.wallS,
+        services_wall_s: remote.wallS,
+        in_process_reward_mean: local.rewardMeans,
+        services_reward_mean: remote.events.map((e) => e.rewardMean),
+        rows_in_process: await rowsInDatabase(db, local.runId),
+        rows_services: await rowsInDatabase(db, remote.runId),
+        rows_written: counters.written,
+        record_batches: counters.batches,
+        record_write_s: counters.writeSeconds,
+        rows_per_s: counters.rowsPerSecond,
+      };
+      printReport(result, json);
+    } finally {
+      await handle.close().catch(() => undefined);
+    }
+  });
 }
 
 if (import.meta.main) await main(process.argv.slice(2));
