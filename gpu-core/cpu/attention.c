@@ -8,8 +8,8 @@
  * register-blocked kernel (gemm_panel), its scores staying in that thread's cache.
  */
 #include "../core/backend.h"
+#include "vmath.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__AVX__) && defined(__FMA__)
@@ -148,30 +148,6 @@ static void transpose_pad(float *dst, int64_t ldd, const float *src, int64_t lds
   }
 }
 
-/* e^x for x <= 0 (softmax after max subtraction), ~1e-7 relative error: Cephes' expf polynomial
- * in branch-free form with explicit fmaf, so the softmax loops vectorize (libm's expf is a call
- * per element, and -std=c11 does not contract a*b+c on its own). */
-static inline float exp_nonpositive(float x) {
-  uint32_t ix;
-  memcpy(&ix, &x, sizeof ix);
-  ix = ix > 0xC2AE0000u ? 0xC2AE0000u : ix; /* x < -87 -> -87 (e^-87 ~ 1.6e-38, still normal) */
-  memcpy(&x, &ix, sizeof ix);
-  const float n = fmaf(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f; /* round(x/ln 2) */
-  float r = fmaf(n, -0.693359375f, x); /* x - n ln2, ln2 split in two for precision */
-  r = fmaf(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = fmaf(p, r, 1.3981999507e-3f);
-  p = fmaf(p, r, 8.3334519073e-3f);
-  p = fmaf(p, r, 4.1665795894e-2f);
-  p = fmaf(p, r, 1.6666665459e-1f);
-  p = fmaf(p, r, 5.0000001201e-1f);
-  p = fmaf(p, r * r, r + 1.0f);
-  const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* 2^n */
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
 /* ---- forward ----------------------------------------------------------------------------- */
 
 /* out[B,Tq,H*Dh] (=), probs[B,H,Tq,Tk] (=); q[B,Tq,H*Dh], k,v[B,Tk,H*Dh].
@@ -218,7 +194,7 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
       double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < n; j++) {
-        const float e = exp_nonpositive(row[j] - mx);
+        const float e = vm_expf(row[j] - mx); /* <= 0 after the max: e in (0, 1] */
         row[j] = e;
         sum += e;
       }

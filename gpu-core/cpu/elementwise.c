@@ -2,7 +2,8 @@
  * CPU backend: elementwise ops, data movement and activations.
  * Plain loops, one per op and direction; large loops are split across OpenMP threads, small
  * ones stay serial (thread start-up costs more than the work). Transcendentals are evaluated in
- * double with the vectorisable exp/erfc of vmath.h (about one fp32 ulp; see there).
+ * float with the vectorisable exp/erfc of vmath.h (about two fp32 ulp; see there): the double
+ * versions cost 2x more per element for accuracy the fp32 results cannot hold.
  */
 #include <math.h>
 #include <string.h>
@@ -182,44 +183,42 @@ gc_status be_upsample2x_backward(be_ctx *bc, float *dx, const float *dy, int64_t
 
 /* ---- activations ---- */
 
-#define SQRT1_2 0.70710678118654752440       /* 1/sqrt(2) */
-#define INV_SQRT_2PI 0.39894228040143267794  /* 1/sqrt(2 pi) */
-#define SQRT_2_OVER_PI 0.79788456080286535588 /* sqrt(2/pi) */
-#define GELU_TANH_C 0.044715
-#define QUICK_GELU_C 1.702
-
-static inline double sigmoid(double x) { return vm_sigmoid(x); }
+#define SQRT1_2 0.70710678f        /* 1/sqrt(2) */
+#define INV_SQRT_2PI 0.39894228f   /* 1/sqrt(2 pi) */
+#define SQRT_2_OVER_PI 0.79788456f /* sqrt(2/pi) */
+#define GELU_TANH_C 0.044715f
+#define QUICK_GELU_C 1.702f
 
 /* Phi(x) = 0.5 (1 + erf(x/sqrt 2)) written as 0.5 erfc(-x/sqrt 2): the same function without the
  * cancellation of 1 + erf for negative x, so gelu keeps its relative accuracy in the left tail. */
-static inline double gelu_erf(double x) { return 0.5 * x * vm_erfc(-x * SQRT1_2); }
+static inline float gelu_erf(float x) { return 0.5f * x * vm_erfcf(-x * SQRT1_2); }
 
-static inline double gelu_erf_grad(double x) {
-  return 0.5 * vm_erfc(-x * SQRT1_2) + x * INV_SQRT_2PI * vm_exp(-0.5 * x * x);
+static inline float gelu_erf_grad(float x) {
+  return 0.5f * vm_erfcf(-x * SQRT1_2) + x * INV_SQRT_2PI * vm_expf(-0.5f * x * x);
 }
 
-static inline double silu_value(double x) { return x * sigmoid(x); }
-static inline double silu_grad(double x) {
-  double s = sigmoid(x);
-  return s * (1.0 + x * (1.0 - s));
+static inline float silu_value(float x) { return x / (1.0f + vm_expf(-x)); }
+static inline float silu_grad(float x) {
+  const float s = vm_sigmoidf(x);
+  return s * (1.0f + x * (1.0f - s));
 }
 // 0.5 (1 + tanh(u)) = sigmoid(2u), and 1 - tanh(u)^2 = 4 s (1 - s): no cancellation of 1 + tanh
 // in the left tail, where the tanh form loses every digit.
-static inline double gelu_tanh_value(double x) {
-  double u = SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x);
-  return x * vm_sigmoid(2.0 * u);
+static inline float gelu_tanh_value(float x) {
+  const float u = SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x);
+  return x * vm_sigmoidf(2.0f * u);
 }
-static inline double gelu_tanh_grad(double x) {
-  double u = SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x);
-  double e = vm_exp(-2.0 * u);
-  double s = 1.0 / (1.0 + e), one_minus_s = e * s;
-  double dinner = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x);
-  return s + 2.0 * x * s * one_minus_s * dinner;
+static inline float gelu_tanh_grad(float x) {
+  const float u = SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x);
+  const float e = vm_expf(-2.0f * u);
+  const float s = 1.0f / (1.0f + e), one_minus_s = e * s;
+  const float dinner = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_TANH_C * x * x);
+  return s + 2.0f * x * s * one_minus_s * dinner;
 }
-static inline double quick_gelu_value(double x) { return x * sigmoid(QUICK_GELU_C * x); }
-static inline double quick_gelu_grad(double x) {
-  double s = sigmoid(QUICK_GELU_C * x);
-  return s * (1.0 + QUICK_GELU_C * x * (1.0 - s));
+static inline float quick_gelu_value(float x) { return x * vm_sigmoidf(QUICK_GELU_C * x); }
+static inline float quick_gelu_grad(float x) {
+  const float s = vm_sigmoidf(QUICK_GELU_C * x);
+  return s * (1.0f + QUICK_GELU_C * x * (1.0f - s));
 }
 
 /* One vectorised loop per kind (a switch inside the loop would keep it scalar). */
@@ -234,8 +233,8 @@ static inline double quick_gelu_grad(double x) {
   case GC_ACT_QUICK_GELU: { ACT_LOOP(n, value_fn_stmt(quick_gelu)); } break;                    \
   }
 
-static inline double gelu_value(double x) { return gelu_erf(x); }
-static inline double gelu_grad(double x) { return gelu_erf_grad(x); }
+static inline float gelu_value(float x) { return gelu_erf(x); }
+static inline float gelu_grad(float x) { return gelu_erf_grad(x); }
 
 static gc_status check_activation(gc_activation kind) {
   if (kind == GC_ACT_SILU || kind == GC_ACT_GELU || kind == GC_ACT_GELU_TANH ||
@@ -250,7 +249,7 @@ gc_status be_activation_forward(be_ctx *bc, gc_activation kind, float *y, const 
   (void)bc;
   gc_status st = check_activation(kind);
   if (st != GC_OK) return st;
-#define FORWARD(name) y[i] = (float)name##_value(x[i])
+#define FORWARD(name) y[i] = name##_value(x[i])
   ACT_DISPATCH(kind, n, FORWARD)
 #undef FORWARD
   return GC_OK;
@@ -262,7 +261,7 @@ gc_status be_activation_backward(be_ctx *bc, gc_activation kind, float *dx, cons
   (void)bc;
   gc_status st = check_activation(kind);
   if (st != GC_OK) return st;
-#define BACKWARD(name) dx[i] = (float)((double)dy[i] * name##_grad(x[i]))
+#define BACKWARD(name) dx[i] = dy[i] * name##_grad(x[i])
   ACT_DISPATCH(kind, n, BACKWARD)
 #undef BACKWARD
   return GC_OK;
@@ -279,7 +278,7 @@ gc_status be_geglu_forward(be_ctx *bc, float *y, const float *x, int64_t N, int6
     const float *g = h + D;
     float *yr = y + r * D;
 #pragma omp simd
-    for (int64_t i = 0; i < D; i++) yr[i] = (float)((double)h[i] * gelu_erf(g[i]));
+    for (int64_t i = 0; i < D; i++) yr[i] = h[i] * gelu_erf(g[i]);
   }
   return GC_OK;
 }
@@ -297,9 +296,9 @@ gc_status be_geglu_backward(be_ctx *bc, float *dx, const float *dy, const float 
     float *dg = dh + D;
 #pragma omp simd
     for (int64_t i = 0; i < D; i++) {
-      double hi = h[i], gi = g[i], d = dyr[i];
-      dh[i] = (float)(d * gelu_erf(gi));
-      dg[i] = (float)(d * hi * gelu_erf_grad(gi));
+      const float gi = g[i], d = dyr[i];
+      dh[i] = d * gelu_erf(gi);
+      dg[i] = d * h[i] * gelu_erf_grad(gi);
     }
   }
   return GC_OK;
