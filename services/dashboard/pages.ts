@@ -208,7 +208,7 @@ export function runPage(run: Run, snapshot: RunSnapshot, lastCheckpoint: Checkpo
       <dt>code</dt><dd>${run.code_version ?? "–"}</dd>
     </dl>
     <p class="links"><a href="${path("runs", run.id, "trajectories")}">trajectories</a>
-      <a href="${path("runs", run.id, "lineage")}">lineage${lastCheckpoint ? "" : " (no checkpoint yet)"}</a>
+      <a href="${path("runs", run.id, "lineage")}">lineage${lastCheckpoint ? "" : html`<span id="lineage-note"> (no checkpoint yet)</span>`}</a>
       <a href="/compare${query({ a: run.id })}">compare with…</a>
       ${live ? html`<span class="live" id="live-indicator">live <span id="progress" class="muted"></span></span>` : ""}</p>
     <section class="charts">

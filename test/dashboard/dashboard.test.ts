@@ -429,6 +429,9 @@ describe("a live run", () => {
     await page.evaluate("window.notReloaded = true");
     const initial = await page.locator("#epochs tbody tr").count();
     expect(initial).toBeLessThan(3);
+    const noteAtStart = await page.locator("#lineage-note").count();
+    console.log(`live page opened after ${initial} epochs, lineage note shown: ${noteAtStart}`);
+    if (initial === 0) expect(noteAtStart).toBe(1);
     await page.locator("#epochs tbody tr").first().waitFor({ timeout: 60_000 });
     await shot("run-live");
     await page.locator("#run-status", { hasText: /^finished$/ }).waitFor({ timeout: 60_000 });
@@ -439,6 +442,9 @@ describe("a live run", () => {
     await expectEpochTable(runId, await rewardByEpoch(cluster.database.db, runId));
     expect(await page.locator("#live-indicator").count()).toBe(0);
     expect(await page.locator("#epochs-done").textContent()).toBe("3");
+    // The lineage link no longer says the run has no checkpoint (it had none when opened, if no
+    // epoch had ended yet).
+    expect(await page.locator("a", { hasText: /^lineage/ }).textContent()).toBe("lineage");
   }, 90_000);
 });
 

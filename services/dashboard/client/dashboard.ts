@@ -286,6 +286,8 @@ function follow(runId: string): void {
     }
     const done = document.getElementById("epochs-done");
     if (done) done.textContent = String(snapshot.epochsDone);
+    // Every recorded epoch ends in a checkpoint: the lineage link's "no checkpoint yet" is stale.
+    if (snapshot.epochsDone > 0) document.getElementById("lineage-note")?.remove();
     const error = document.getElementById("run-error");
     if (error) error.textContent = snapshot.error ?? "";
     runCharts(snapshot);
