@@ -44,7 +44,7 @@ export async function startTinyCluster(): Promise<TinyCluster> {
     rmSync(dataDir, { recursive: true, force: true });
   };
   try {
-    const { sampler, rewarder, registry, trainer } = await spawnFourServices(database.url, dataDir, procs);
+    const { sampler, rewarder, trainer } = await spawnFourServices(database.url, dataDir, procs);
     const startRun = async (name: string, epochs: number, config: TinyRunOverrides = {}) => {
       const client = createClient(Trainer, trainer.address);
       try {

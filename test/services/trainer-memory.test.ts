@@ -29,7 +29,7 @@ afterAll(async () => {
 });
 
 test("sequential runs do not grow the Trainer process by a run's engine each", async () => {
-  const { registry, trainer: trainerProc } = await spawnFourServices((await pg.freshDatabase()).url, dataDir, procs);
+  const { trainer: trainerProc } = await spawnFourServices((await pg.freshDatabase()).url, dataDir, procs);
   const trainer = createClient(Trainer, trainerProc.address);
   // Full fine-tuning: each run's worker holds the whole UNet, its AdamW moments and gradients.
   const config = { ...CONFIG, finetune: { case: "full" as const, value: {} } };
