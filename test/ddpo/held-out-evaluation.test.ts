@@ -19,13 +19,14 @@ import {
 } from "../../services/lib/ddpo/evaluation.ts";
 import { localSteps, runLocalEpoch } from "../../services/lib/ddpo/local-steps.ts";
 import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
-import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
+import { DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { evaluatePrompts } from "../../services/lib/eval/prompt-eval.ts";
 import { ClipModel } from "../../services/lib/models/clip-model.ts";
 import { TextToImageModel } from "../../services/lib/models/text-to-image.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
 import { evaluationMessages } from "../../services/lib/runs/run-messages.ts";
 import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
+import { tinyDdpoConfig } from "./tiny-config.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
 const engine = Engine.open();
@@ -173,17 +174,13 @@ describe("held-out evaluation", () => {
     const jpeg = rewardByName("jpeg_compressibility");
     const e: HeldOutEvaluation = { ...HELD_OUT, every: 2, stopBelow: null, bestBy: jpeg.name };
     const baseline = await evaluatePolicy(model, null, clip, [jpeg], e, TRAINING, SAMPLING);
-    const config: DdpoConfig = {
-      ...DDPO_DEFAULTS,
+    const config = tinyDdpoConfig({
       sampleBatchSize: 2,
-      sampleBatchesPerEpoch: 1,
       steps: 2,
-      trainBatchSize: 2,
       gradientAccumulation: 1,
-      statTracking: null,
       lr: 3e-2,
       evaluation: e,
-    };
+    });
     const trainingPrompts = promptSetFromList("held-out-test", "training prompts", TRAINING);
     expect(() => localSteps(new DdpoTrainer(engine, model, config, jpeg, trainingPrompts))).toThrow("no CLIP");
     const trainer = new DdpoTrainer(engine, model, config, jpeg, trainingPrompts);

@@ -7,9 +7,10 @@ import { Engine } from "../../gpu-core/index.ts";
 import { collectEpoch, runLocalEpoch } from "../../services/lib/ddpo/local-steps.ts";
 import { type PairBatch, policyGradientStep } from "../../services/lib/ddpo/policy-gradient.ts";
 import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
-import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
+import { DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
 import { tinyModel } from "../models/tiny-model.ts";
+import { tinyDdpoConfig } from "./tiny-config.ts";
 
 const engine = Engine.open();
 const captions = ["cat face", "red apple", "tiger", "frog"];
@@ -20,16 +21,6 @@ afterAll(() => {
 });
 const prompts = promptSetFromList("test", "tiny", captions);
 const reward = rewardByName("jpeg_compressibility");
-const config = (o: Partial<DdpoConfig> = {}): DdpoConfig => ({
-  ...DDPO_DEFAULTS,
-  sampleBatchSize: 4,
-  sampleBatchesPerEpoch: 1,
-  steps: 4,
-  trainBatchSize: 2,
-  gradientAccumulation: 2,
-  statTracking: null,
-  ...o,
-});
 
 describe("KL to the reference policy", () => {
   test("a case worked by hand: KL = log_norm - log_prob(mu_ref), gradient from the log-prob backward", () => {
@@ -63,7 +54,7 @@ describe("KL to the reference policy", () => {
   });
 
   test("policy step: 0 for the starting model; the penalty's gradient matches finite differences", async () => {
-    const trainer = new DdpoTrainer(engine, model, config({ klCoefficient: 1 }), reward, prompts);
+    const trainer = new DdpoTrainer(engine, model, tinyDdpoConfig({ klCoefficient: 1 }), reward, prompts);
     const tr = await collectEpoch(trainer);
     const per = 3 * 16 * 16;
     const k = 1;
@@ -135,7 +126,13 @@ describe("KL to the reference policy", () => {
 
   test("a larger beta keeps the trained policy closer to its start", async () => {
     const klAfter = async (beta: number): Promise<number> => {
-      const trainer = new DdpoTrainer(engine, model, config({ klCoefficient: beta, lr: 3e-2 }), reward, prompts);
+      const trainer = new DdpoTrainer(
+        engine,
+        model,
+        tinyDdpoConfig({ klCoefficient: beta, lr: 3e-2 }),
+        reward,
+        prompts,
+      );
       let last = 0;
       for (let e = 0; e < 3; e++) last = (await runLocalEpoch(trainer)).report.klToReference!;
       trainer.close();
@@ -151,7 +148,13 @@ describe("KL to the reference policy", () => {
 
   test("full fine-tuning: the reference is a frozen copy of the starting UNet", async () => {
     const own = tinyModel(engine, captions, 5);
-    const trainer = new DdpoTrainer(engine, own, config({ lora: null, klCoefficient: 1, lr: 1e-3 }), reward, prompts);
+    const trainer = new DdpoTrainer(
+      engine,
+      own,
+      tinyDdpoConfig({ lora: null, klCoefficient: 1, lr: 1e-3 }),
+      reward,
+      prompts,
+    );
     const first = (await runLocalEpoch(trainer)).report.klToReference!;
     const second = (await runLocalEpoch(trainer)).report.klToReference!;
     console.log(

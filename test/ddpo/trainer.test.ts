@@ -9,11 +9,12 @@ import { Engine } from "../../gpu-core/index.ts";
 import { collectEpoch, runLocalEpoch } from "../../services/lib/ddpo/local-steps.ts";
 import { policyGradientStep } from "../../services/lib/ddpo/policy-gradient.ts";
 import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
-import { DDPO_DEFAULTS, type DdpoConfig, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
+import { DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { sampleImages } from "../../services/lib/diffusion/sampler.ts";
 import { readTrajectories, writeTrajectories } from "../../services/lib/diffusion/trajectory-file.ts";
 import { rewardByName } from "../../services/lib/rewards/index.ts";
 import { relativeError, tinyModel } from "../models/tiny-model.ts";
+import { tinyDdpoConfig } from "./tiny-config.ts";
 
 const engine = Engine.open();
 const dir = mkdtempSync(join(tmpdir(), "ddpo-trainer-test-"));
@@ -25,16 +26,6 @@ afterAll(() => {
 });
 const prompts = promptSetFromList("test", "tiny", ["cat face", "red apple", "tiger", "frog"]);
 const reward = rewardByName("jpeg_compressibility");
-const config = (o: Partial<DdpoConfig> = {}): DdpoConfig => ({
-  ...DDPO_DEFAULTS,
-  sampleBatchSize: 4,
-  sampleBatchesPerEpoch: 1,
-  steps: 4,
-  trainBatchSize: 2,
-  gradientAccumulation: 2,
-  statTracking: null,
-  ...o,
-});
 
 describe("ddpo", () => {
   test("the same seed gives the same trajectory; the file round-trips", () => {
@@ -61,7 +52,13 @@ describe("ddpo", () => {
   });
 
   test("on-policy: the first inner step reproduces the sampler's log-probs (ratio 1)", async () => {
-    const trainer = new DdpoTrainer(engine, model, config({ lora: { rank: 4, alpha: 4 }, lr: 1e-2 }), reward, prompts);
+    const trainer = new DdpoTrainer(
+      engine,
+      model,
+      tinyDdpoConfig({ lora: { rank: 4, alpha: 4 }, lr: 1e-2 }),
+      reward,
+      prompts,
+    );
     // Two epochs: the second samples with adapters the first epoch has moved, so the sampler
     // and the update must both see the current policy.
     for (let epoch = 1; epoch <= 2; epoch++) {
@@ -78,7 +75,7 @@ describe("ddpo", () => {
   });
 
   test("the gradient does not depend on the minibatch split", async () => {
-    const trainer = new DdpoTrainer(engine, model, config({ lora: { rank: 4, alpha: 4 } }), reward, prompts);
+    const trainer = new DdpoTrainer(engine, model, tinyDdpoConfig({ lora: { rank: 4, alpha: 4 } }), reward, prompts);
     // Give the adapters non-zero B so every LoRA matrix receives gradient.
     engine.randn(trainer.lora!.params.values, 3, 0);
     engine.axpby(trainer.lora!.params.values, 0.01, trainer.lora!.params.values, 0);
@@ -148,7 +145,7 @@ describe("ddpo", () => {
   });
 
   test("a checkpoint resumes the run exactly (policy, optimizer, advantage buffers, prompt position)", async () => {
-    const cfg = config({ lora: { rank: 2, alpha: 2 }, statTracking: { bufferSize: 4, minCount: 2 } });
+    const cfg = tinyDdpoConfig({ lora: { rank: 2, alpha: 2 }, statTracking: { bufferSize: 4, minCount: 2 } });
     const a = new DdpoTrainer(engine, model, cfg, reward, prompts);
     await runLocalEpoch(a);
     a.saveCheckpoint(join(dir, "ckpt"));
@@ -167,7 +164,7 @@ describe("ddpo", () => {
   });
 
   test("skipFinalSteps trains exactly the earlier steps: the same update as on trajectories cut after them", async () => {
-    const cfg = (skip: number) => config({ lora: { rank: 2, alpha: 2 }, lr: 1e-2, skipFinalSteps: skip });
+    const cfg = (skip: number) => tinyDdpoConfig({ lora: { rank: 2, alpha: 2 }, lr: 1e-2, skipFinalSteps: skip });
     const skipping = new DdpoTrainer(engine, model, cfg(2), reward, prompts);
     const tr = await collectEpoch(skipping);
     const cut = new DdpoTrainer(engine, model, cfg(0), reward, prompts);
@@ -199,7 +196,7 @@ describe("ddpo", () => {
       const trainer = new DdpoTrainer(
         engine,
         model,
-        config({ loss, full: undefined, sparseRwrPercentile: 0.5 } as never),
+        tinyDdpoConfig({ loss, full: undefined, sparseRwrPercentile: 0.5 } as never),
         reward,
         prompts,
       );
@@ -216,7 +213,7 @@ describe("ddpo", () => {
 
 describe("ddpo update direction", () => {
   test("a small step along the DDPO_SF gradient raises sum(A * log pi) on the same trajectories", async () => {
-    const cfg = config({ loss: "ddpo_sf", lora: null, trainBatchSize: 4, gradientAccumulation: 1 });
+    const cfg = tinyDdpoConfig({ loss: "ddpo_sf", lora: null, trainBatchSize: 4, gradientAccumulation: 1 });
     const trainer = new DdpoTrainer(engine, model, cfg, reward, prompts);
     const tr = await collectEpoch(trainer);
     const per = 3 * 16 * 16;

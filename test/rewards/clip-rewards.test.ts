@@ -12,7 +12,7 @@ import { ClipBpeTokenizer } from "../../services/lib/data/clip-bpe.ts";
 import { loadEmojiDataset, toFloatNCHW } from "../../services/lib/data/emoji.ts";
 import { runLocalEpoch } from "../../services/lib/ddpo/local-steps.ts";
 import { promptSetFromList } from "../../services/lib/ddpo/prompts.ts";
-import { DDPO_DEFAULTS, DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
+import { DdpoTrainer } from "../../services/lib/ddpo/trainer.ts";
 import { ZeroShotClassifier } from "../../services/lib/eval/zero-shot.ts";
 import { ClipModel } from "../../services/lib/models/clip-model.ts";
 import {
@@ -23,6 +23,7 @@ import {
   rewardByName,
   sharedClip,
 } from "../../services/lib/rewards/index.ts";
+import { tinyDdpoConfig } from "../ddpo/tiny-config.ts";
 import { relativeError, tinyModel } from "../models/tiny-model.ts";
 
 const FIXTURES = join(import.meta.dir, "..", "fixtures");
@@ -181,17 +182,7 @@ describe("clip_alignment reward (emoji CLIP)", () => {
 test("a DDPO epoch trains on clip_alignment (16x16 drawings resized to the CLIP's 32x32)", async () => {
   const names = ["cat face", "tiger", "frog", "dog face"];
   const model = tinyModel(engine, names, 5);
-  const config = {
-    ...DDPO_DEFAULTS,
-    sampleBatchSize: 4,
-    sampleBatchesPerEpoch: 1,
-    steps: 3,
-    trainBatchSize: 2,
-    gradientAccumulation: 2,
-    statTracking: null,
-    lora: { rank: 2, alpha: 2 },
-    lr: 1e-2,
-  };
+  const config = tinyDdpoConfig({ steps: 3, lora: { rank: 2, alpha: 2 }, lr: 1e-2 });
   const trainer = new DdpoTrainer(
     engine,
     model,
