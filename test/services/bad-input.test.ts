@@ -35,7 +35,7 @@ import {
 } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
 import { healthCheck } from "../grpc/health.ts";
-import { BASE_MODEL_DIR, type ServiceProcess, spawnService } from "./cluster.ts";
+import { BASE_MODEL_DIR, type ServiceProcess, spawnService, spawnTrainer } from "./cluster.ts";
 
 const SHA = "ab".repeat(32);
 // One epoch of 2 samples x 2 DDIM steps: the valid run at the end finishes in seconds.
@@ -83,9 +83,9 @@ beforeAll(async () => {
     spawnService("registry", ["--data-dir", join(scratch, "data")], env),
   ]);
   Object.assign(procs, { sampler: s, rewarder: rw, registry: rg });
-  procs.trainer = await spawnService(
-    "trainer",
-    ["--registry", rg.address, "--rewarder", rw.address, "--samplers", s.address, "--data-dir", join(scratch, "data")],
+  procs.trainer = await spawnTrainer(
+    { registry: rg.address, rewarder: rw.address, samplers: s.address },
+    join(scratch, "data"),
     env,
   );
   sampler = createClient(Sampler, s.address);

@@ -1,8 +1,13 @@
 // Real service processes over loopback for the integration tests: each service is spawned with
 // `bun run services/<name>/main.ts`, announces its address as a JSON line, and is killed
 // (gracefully or with SIGKILL) by the test.
+import { afterAll, beforeAll } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { DdpoLoss } from "../../services/gen/ddpo/v1/run_pb.ts";
+import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
 
 export interface ServiceProcess {
   name: string;
@@ -61,10 +66,6 @@ export async function spawnService(
 }
 
 /**
- * Collects a child's stderr and waits for the JSON line `{"address": ...}` it prints on stdout
- * once listening; kills it (SIGKILL) and throws with its stderr when none comes in time.
- */
-/**
  * The four services as separate processes over one database (one Sampler, one Rewarder), the
  * Trainer's run folders in `dataDir`, which the Registry also serves; every process is pushed
  * onto `procs` as soon as it runs, so the caller's clean-up kills it.
@@ -77,24 +78,83 @@ export async function spawnFourServices(databaseUrl: string, dataDir: string, pr
     spawnService("registry", ["--data-dir", dataDir], env),
   ]);
   procs.push(sampler, rewarder, registry);
-  const trainer = await spawnService(
-    "trainer",
-    [
-      "--registry",
-      registry.address,
-      "--rewarder",
-      rewarder.address,
-      "--samplers",
-      sampler.address,
-      "--data-dir",
-      dataDir,
-    ],
+  const trainer = await spawnTrainer(
+    { registry: registry.address, rewarder: rewarder.address, samplers: sampler.address },
+    dataDir,
     env,
   );
   procs.push(trainer);
   return { sampler, rewarder, registry, trainer };
 }
 
+/**
+ * A Trainer calling the given Registry, Rewarder and (when named) Sampler target, its run folders
+ * in `dataDir`; `extra` flags go last.
+ */
+export function spawnTrainer(
+  to: { registry: string; rewarder: string; samplers?: string },
+  dataDir: string,
+  env: Record<string, string>,
+  extra: string[] = [],
+): Promise<ServiceProcess> {
+  const samplers = to.samplers === undefined ? [] : ["--samplers", to.samplers];
+  return spawnService(
+    "trainer",
+    ["--registry", to.registry, "--rewarder", to.rewarder, ...samplers, "--data-dir", dataDir, ...extra],
+    env,
+  );
+}
+
+export interface ServiceTestEnvironment {
+  readonly pg: TestPostgres;
+  readonly database: TestDatabase;
+  readonly dataDir: string;
+  /** Every process the file spawns goes here, so the clean-up kills it. */
+  readonly procs: ServiceProcess[];
+}
+
+/**
+ * What a services test file shares: before its tests the test Postgres with a fresh database and a
+ * temporary data folder (`prefix` names it); after them every process in `procs` SIGKILLed,
+ * Postgres stopped and the folder removed. Read the fields inside tests and hooks.
+ */
+export function serviceTestEnvironment(prefix: string): ServiceTestEnvironment {
+  let pg: TestPostgres | undefined;
+  let database: TestDatabase | undefined;
+  let dataDir: string | undefined;
+  const procs: ServiceProcess[] = [];
+  const ready = <T>(v: T | undefined, what: string): T => {
+    if (v === undefined) throw new Error(`serviceTestEnvironment: ${what} is read before beforeAll ran`);
+    return v;
+  };
+  beforeAll(async () => {
+    pg = await startTestPostgres();
+    database = await pg.freshDatabase();
+    dataDir = mkdtempSync(join(tmpdir(), prefix));
+  });
+  afterAll(async () => {
+    for (const p of procs) p.proc.kill("SIGKILL");
+    await pg?.stop();
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+  return {
+    get pg() {
+      return ready(pg, "pg");
+    },
+    get database() {
+      return ready(database, "database");
+    },
+    get dataDir() {
+      return ready(dataDir, "dataDir");
+    },
+    procs,
+  };
+}
+
+/**
+ * Collects a child's stderr and waits for the JSON line `{"address": ...}` it prints on stdout
+ * once listening; kills it (SIGKILL) and throws with its stderr when none comes in time.
+ */
 export async function readAnnouncement(
   proc: Subprocess<"ignore", "pipe", "pipe">,
   what: string,

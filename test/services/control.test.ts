@@ -4,48 +4,29 @@
 // - Trainer: during a run, health answers; StopRun (immediate: the epoch in flight is abandoned)
 //   leaves the run STOPPED at a checkpoint; ResumeRun with a larger budget completes it, and every
 //   trajectory and reward is recorded exactly once, with lineage back to the base model.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Sampler } from "../../services/gen/ddpo/v1/sampler_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { checkpointLineage, countRewards, countTrajectories, listEpochs } from "../../services/lib/db/queries.ts";
 import { Code, createClient, type ServiceError } from "../../services/lib/grpc/index.ts";
-import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
 import { healthCheck } from "../grpc/health.ts";
 import {
   BASE_MODEL_DIR,
   TINY_RUN_CONFIG as CONFIG,
-  type ServiceProcess,
+  serviceTestEnvironment,
   spawnFourServices,
   spawnService,
   waitFor,
 } from "./cluster.ts";
 
-let pg: TestPostgres;
-let database: TestDatabase;
-let dataDir: string;
-const procs: ServiceProcess[] = [];
-
-beforeAll(async () => {
-  pg = await startTestPostgres();
-  database = await pg.freshDatabase();
-  dataDir = mkdtempSync(join(tmpdir(), "ddpo-control-"));
-});
-
-afterAll(async () => {
-  for (const p of procs) p.proc.kill("SIGKILL");
-  await pg?.stop();
-  rmSync(dataDir, { recursive: true, force: true });
-});
+const svc = serviceTestEnvironment("ddpo-control-");
 
 describe("Sampler", () => {
   test("health and GetStatus answer during a long Sample stream; cancelling it stops the work", async () => {
     const proc = await spawnService("sampler", []);
-    procs.push(proc);
+    svc.procs.push(proc);
     const sampler = createClient(Sampler, proc.address);
     await sampler.loadCheckpoint({ checkpointId: "base", baseModelDir: BASE_MODEL_DIR }, { timeoutMs: 60_000 });
     // 8 prompts one per engine batch, 30 guided steps each: several seconds of engine work.
@@ -95,7 +76,7 @@ describe("Sampler", () => {
 describe("Sampler inside one engine batch", () => {
   test("a deadline stops the batch within a step; GetStatus answers meanwhile; LoadCheckpoint is idempotent", async () => {
     const proc = await spawnService("sampler", []);
-    procs.push(proc);
+    svc.procs.push(proc);
     const sampler = createClient(Sampler, proc.address);
     await sampler.loadCheckpoint({ checkpointId: "base", baseModelDir: BASE_MODEL_DIR }, { timeoutMs: 60_000 });
     const again = await sampler.loadCheckpoint({ checkpointId: "base", baseModelDir: BASE_MODEL_DIR });
@@ -136,7 +117,7 @@ describe("Sampler inside one engine batch", () => {
 
 describe("Trainer", () => {
   test("StopRun (immediate) mid-run, then ResumeRun with a larger budget: completed, every row once", async () => {
-    const { registry, trainer: trainerProc } = await spawnFourServices(database.url, dataDir, procs);
+    const { registry, trainer: trainerProc } = await spawnFourServices(svc.database.url, svc.dataDir, svc.procs);
     const trainer = createClient(Trainer, trainerProc.address);
     const registryClient = createClient(Registry, registry.address);
     const { run } = await trainer.startRun(
@@ -144,17 +125,17 @@ describe("Trainer", () => {
       { timeoutMs: 60_000 },
     );
     const runId = run!.id;
-    await waitFor("epoch 1", async () => ((await listEpochs(database.db, runId)).length >= 1 ? true : undefined));
+    await waitFor("epoch 1", async () => ((await listEpochs(svc.database.db, runId)).length >= 1 ? true : undefined));
     expect(await healthCheck(trainerProc.address, "ddpo.v1.Trainer")).toBe("SERVING");
 
     const stopped = await trainer.stopRun({ runId, immediate: true }, { timeoutMs: 120_000 });
     expect(stopped.run?.status).toBe(RunStatus.STOPPED);
-    const done = (await listEpochs(database.db, runId)).length;
+    const done = (await listEpochs(svc.database.db, runId)).length;
     expect(done).toBeGreaterThanOrEqual(1);
     expect(done).toBeLessThan(20);
     // Nothing moves while it is stopped.
     await Bun.sleep(1500);
-    expect((await listEpochs(database.db, runId)).length).toBe(done);
+    expect((await listEpochs(svc.database.db, runId)).length).toBe(done);
     expect((await registryClient.getRun({ runId })).run?.status).toBe(RunStatus.STOPPED);
 
     const total = done + 2;
@@ -168,11 +149,11 @@ describe("Trainer", () => {
     expect(last.event.case === "status" && last.event.value.status).toBe(RunStatus.COMPLETED);
 
     const perEpoch = CONFIG.sampleBatchSize * CONFIG.sampleBatchesPerEpoch;
-    const recorded = await listEpochs(database.db, runId);
+    const recorded = await listEpochs(svc.database.db, runId);
     expect(recorded.map((e) => e.epoch)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
-    expect(await countTrajectories(database.db, runId)).toBe(total * perEpoch);
-    expect(await countRewards(database.db, runId)).toBe(total * perEpoch);
-    const lineage = await checkpointLineage(database.db, recorded.at(-1)!.checkpoint_id!);
+    expect(await countTrajectories(svc.database.db, runId)).toBe(total * perEpoch);
+    expect(await countRewards(svc.database.db, runId)).toBe(total * perEpoch);
+    const lineage = await checkpointLineage(svc.database.db, recorded.at(-1)!.checkpoint_id!);
     expect(lineage.map((c) => c.epoch)).toEqual([...Array.from({ length: total }, (_, i) => total - i), null]);
     expect(lineage.at(-1)!.kind).toBe("base");
     expect(lineage[0]!.kind).toBe("lora");

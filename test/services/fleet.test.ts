@@ -13,7 +13,15 @@ import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { findFreePort } from "../../services/lib/db/embedded.ts";
 import { createClient, type ServiceClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
-import { BASE_MODEL_DIR, type ServiceProcess, spawnService, stopService, TINY_RUN_CONFIG, waitFor } from "./cluster.ts";
+import {
+  BASE_MODEL_DIR,
+  type ServiceProcess,
+  spawnService,
+  spawnTrainer,
+  stopService,
+  TINY_RUN_CONFIG,
+  waitFor,
+} from "./cluster.ts";
 
 // Three chunks (sample batches of 2) per epoch, so each of three Samplers has one to draw.
 const CONFIG = { ...TINY_RUN_CONFIG, seed: 5, sampleBatchesPerEpoch: 3, steps: 4 };
@@ -41,13 +49,11 @@ beforeAll(async () => {
   ]);
   procs.push(...started);
   const [s0, , , rewarder, registry] = started;
-  const t = await spawnService(
-    "trainer",
-    [
-      ...["--registry", registry!.address, "--rewarder", rewarder!.address, "--samplers", s0!.address],
-      ...["--data-dir", dataDir, "--retry-for-s", "3"],
-    ],
+  const t = await spawnTrainer(
+    { registry: registry!.address, rewarder: rewarder!.address, samplers: s0!.address },
+    dataDir,
     env,
+    ["--retry-for-s", "3"],
   );
   procs.push(t);
   trainer = createClient(Trainer, t.address);

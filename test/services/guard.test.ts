@@ -3,39 +3,20 @@
 // kl_to_reference per epoch, evaluates the starting model and each epoch's policy (rewards from the
 // Rewarder, the content check in the Trainer), streams the evaluations in WatchRun and serves them
 // through the Registry's GetRun; a stop rule that the first evaluation breaks stops the run early.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { getRun, listEpochs } from "../../services/lib/db/queries.ts";
 import { CONTENT_ALIGNMENT, CONTENT_TOP1 } from "../../services/lib/ddpo/evaluation.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
-import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
-import { BASE_MODEL_DIR, type ServiceProcess, spawnFourServices, TINY_RUN_CONFIG } from "./cluster.ts";
+import { BASE_MODEL_DIR, serviceTestEnvironment, spawnFourServices, TINY_RUN_CONFIG } from "./cluster.ts";
 
-let pg: TestPostgres;
-let database: TestDatabase;
-let dataDir: string;
-const procs: ServiceProcess[] = [];
-
-beforeAll(async () => {
-  pg = await startTestPostgres();
-  database = await pg.freshDatabase();
-  dataDir = mkdtempSync(join(tmpdir(), "ddpo-guard-"));
-});
-
-afterAll(async () => {
-  for (const p of procs) p.proc.kill("SIGKILL");
-  await pg?.stop();
-  rmSync(dataDir, { recursive: true, force: true });
-});
+const svc = serviceTestEnvironment("ddpo-guard-");
 
 describe("the over-optimisation guard across the services", () => {
   test("KL to the reference and held-out evaluations recorded, streamed and served; an early stop", async () => {
-    const { registry, trainer: trainerProc } = await spawnFourServices(database.url, dataDir, procs);
+    const { registry, trainer: trainerProc } = await spawnFourServices(svc.database.url, svc.dataDir, svc.procs);
     const client = createClient(Trainer, trainerProc.address);
     const registryClient = createClient(Registry, registry.address);
     const evaluation = {
@@ -82,7 +63,7 @@ describe("the over-optimisation guard across the services", () => {
     });
     // KL to the reference: 0 before the first step, measured each epoch, in Postgres too.
     expect(epochs.map((e) => e.klToReference !== undefined && e.klToReference >= 0)).toEqual([true, true]);
-    expect((await listEpochs(database.db, runId)).map((e) => e.kl_to_reference)).toEqual(
+    expect((await listEpochs(svc.database.db, runId)).map((e) => e.kl_to_reference)).toEqual(
       epochs.map((e) => e.klToReference!),
     );
 
@@ -131,10 +112,10 @@ describe("the over-optimisation guard across the services", () => {
     // The run stopped at that epoch, before its budget of five.
     expect(stopEpoch).toBeGreaterThanOrEqual(1);
     expect(stopEpoch).toBeLessThan(5);
-    expect((await listEpochs(database.db, stopped)).map((e) => e.epoch)).toEqual(
+    expect((await listEpochs(svc.database.db, stopped)).map((e) => e.epoch)).toEqual(
       Array.from({ length: stopEpoch }, (_, i) => i + 1),
     );
-    expect((await getRun(database.db, stopped))!.error).toMatch(/^stopped early/);
+    expect((await getRun(svc.database.db, stopped))!.error).toMatch(/^stopped early/);
     client.close();
     registryClient.close();
   }, 600_000);

@@ -2,57 +2,42 @@
 // a real Postgres: every trajectory, reward and checkpoint is recorded with correct lineage; the
 // Trainer and the Sampler are killed with SIGKILL mid-run and the run still completes with each
 // trajectory recorded exactly once.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Registry } from "../../services/gen/ddpo/v1/registry_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { checkpointLineage, countRewards, countTrajectories, listEpochs } from "../../services/lib/db/queries.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
-import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
-import { BASE_MODEL_DIR, type ServiceProcess, spawnService, stopService, TINY_RUN_CONFIG, waitFor } from "./cluster.ts";
+import {
+  BASE_MODEL_DIR,
+  serviceTestEnvironment,
+  spawnService,
+  spawnTrainer,
+  stopService,
+  TINY_RUN_CONFIG,
+  waitFor,
+} from "./cluster.ts";
+
+const svc = serviceTestEnvironment("ddpo-run-");
 
 // The tiny run with its own seed (the figures this test was written against).
 const CONFIG = { ...TINY_RUN_CONFIG, seed: 7 };
 
-let pg: TestPostgres;
-let database: TestDatabase;
-let dataDir: string;
-const procs: ServiceProcess[] = [];
-
 async function startTrainer(env: Record<string, string>, sampler: string, rewarder: string, registry: string) {
-  const trainer = await spawnService(
-    "trainer",
-    ["--registry", registry, "--rewarder", rewarder, "--samplers", sampler, "--data-dir", dataDir],
-    env,
-  );
-  procs.push(trainer);
+  const trainer = await spawnTrainer({ registry, rewarder, samplers: sampler }, svc.dataDir, env);
+  svc.procs.push(trainer);
   return trainer;
 }
 
-beforeAll(async () => {
-  pg = await startTestPostgres();
-  database = await pg.freshDatabase();
-  dataDir = mkdtempSync(join(tmpdir(), "ddpo-run-"));
-});
-
-afterAll(async () => {
-  for (const p of procs) p.proc.kill("SIGKILL");
-  await pg?.stop();
-  rmSync(dataDir, { recursive: true, force: true });
-});
-
 describe("a DDPO run across the four services", () => {
   test("records every trajectory, reward and checkpoint with lineage, surviving kill -9 of Sampler and Trainer", async () => {
-    const env = { DATABASE_URL: database.url };
+    const env = { DATABASE_URL: svc.database.url };
     const [sampler, rewarder, registry] = await Promise.all([
       spawnService("sampler", []),
       spawnService("rewarder", []),
-      spawnService("registry", ["--data-dir", dataDir], env),
+      spawnService("registry", ["--data-dir", svc.dataDir], env),
     ]);
-    procs.push(sampler, rewarder, registry);
+    svc.procs.push(sampler, rewarder, registry);
     let trainer = await startTrainer(env, sampler.address, rewarder.address, registry.address);
     let client = createClient(Trainer, trainer.address);
     const epochs = 6;
@@ -63,16 +48,16 @@ describe("a DDPO run across the four services", () => {
     const runId = run!.id;
 
     // Kill the Sampler once the first epoch is recorded; start a new one on the same address.
-    await waitFor("epoch 1", async () => ((await listEpochs(database.db, runId)).length >= 1 ? true : undefined));
+    await waitFor("epoch 1", async () => ((await listEpochs(svc.database.db, runId)).length >= 1 ? true : undefined));
     await stopService(sampler, "SIGKILL");
     const [host, port] = [
       sampler.address.slice(0, sampler.address.lastIndexOf(":")),
       sampler.address.split(":").at(-1),
     ];
-    procs.push(await spawnService("sampler", ["--address", `${host}:${port}`]));
+    svc.procs.push(await spawnService("sampler", ["--address", `${host}:${port}`]));
 
     // Kill the Trainer once epoch 2 is recorded; a new Trainer resumes the run by itself.
-    await waitFor("epoch 2", async () => ((await listEpochs(database.db, runId)).length >= 2 ? true : undefined));
+    await waitFor("epoch 2", async () => ((await listEpochs(svc.database.db, runId)).length >= 2 ? true : undefined));
     await stopService(trainer, "SIGKILL");
     client.close();
     trainer = await startTrainer(env, sampler.address, rewarder.address, registry.address);
@@ -89,15 +74,15 @@ describe("a DDPO run across the four services", () => {
 
     // Every trajectory and reward once; every epoch with its checkpoint; lineage back to the base.
     const perEpoch = CONFIG.sampleBatchSize * CONFIG.sampleBatchesPerEpoch;
-    expect(await countTrajectories(database.db, runId)).toBe(epochs * perEpoch);
-    expect(await countRewards(database.db, runId)).toBe(epochs * perEpoch);
-    const recorded = await listEpochs(database.db, runId);
+    expect(await countTrajectories(svc.database.db, runId)).toBe(epochs * perEpoch);
+    expect(await countRewards(svc.database.db, runId)).toBe(epochs * perEpoch);
+    const recorded = await listEpochs(svc.database.db, runId);
     expect(recorded.map((e) => e.epoch)).toEqual([1, 2, 3, 4, 5, 6]);
-    const lineage = await checkpointLineage(database.db, recorded.at(-1)!.checkpoint_id!);
+    const lineage = await checkpointLineage(svc.database.db, recorded.at(-1)!.checkpoint_id!);
     expect(lineage.map((c) => c.epoch)).toEqual([6, 5, 4, 3, 2, 1, null]);
     expect(lineage.at(-1)!.kind).toBe("base");
     // Epoch e's trajectories were sampled by checkpoint e-1.
-    const { rows } = await database.pool.query(
+    const { rows } = await svc.database.pool.query(
       "select epoch, checkpoint_epoch from trajectory_provenance where run_id = $1 order by epoch",
       [runId],
     );

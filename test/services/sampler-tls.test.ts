@@ -14,13 +14,13 @@ import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { Code, createClient, type ServiceClient, ServiceError } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
 import { hasOpenssl, makeSelfSignedCert } from "../grpc/self-signed.ts";
-import { BASE_MODEL_DIR, type ServiceProcess, spawnService, TINY_RUN_CONFIG } from "./cluster.ts";
+import { BASE_MODEL_DIR, type ServiceProcess, spawnService, spawnTrainer, TINY_RUN_CONFIG } from "./cluster.ts";
 
 const TOKEN = "fleet-s3cret";
 let pg: TestPostgres;
 let database: TestDatabase;
 let env: Record<string, string>;
-let serviceArgs: string[];
+let services: { registry: string; rewarder: string };
 let dir: string;
 let certs: ReturnType<typeof makeSelfSignedCert>;
 const procs: ServiceProcess[] = [];
@@ -49,20 +49,11 @@ beforeAll(async () => {
   const [s0, s1, plain, rewarder, registry] = started;
   samplers = [s0!, s1!];
   plaintextSampler = plain!;
-  serviceArgs = ["--registry", registry!.address, "--rewarder", rewarder!.address, "--data-dir", dir];
-  const t = await spawnService(
-    "trainer",
-    [
-      ...serviceArgs,
-      "--sampler-tls-ca",
-      certs.certFile,
-      "--sampler-tls-server-name",
-      "localhost",
-      "--retry-for-s",
-      "5",
-    ],
-    env,
-  );
+  services = { registry: registry!.address, rewarder: rewarder!.address };
+  const t = await spawnTrainer(services, dir, env, [
+    ...["--sampler-tls-ca", certs.certFile, "--sampler-tls-server-name", "localhost"],
+    ...["--retry-for-s", "5"],
+  ]);
   procs.push(t);
   trainer = createClient(Trainer, t.address, { token: TOKEN });
 }, 120_000);
@@ -124,7 +115,7 @@ test.skipIf(!hasOpenssl)(
     // The run above, marked running again, as if its Trainer had stopped mid-run.
     const { rows } = await database.pool.query("update runs set status = 'running' returning id");
     expect(rows).toHaveLength(1);
-    const t = await spawnService("trainer", [...serviceArgs, "--sampler-tls-ca", certs.certFile], env);
+    const t = await spawnTrainer(services, dir, env, ["--sampler-tls-ca", certs.certFile]);
     procs.push(t);
     const client = createClient(Trainer, t.address, { token: TOKEN });
     try {

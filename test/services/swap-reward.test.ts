@@ -20,7 +20,13 @@ import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { listEpochs } from "../../services/lib/db/queries.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
 import { startTestPostgres, type TestDatabase, type TestPostgres } from "../db/postgres.ts";
-import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, type ServiceProcess, spawnService } from "./cluster.ts";
+import {
+  BASE_MODEL_DIR,
+  TINY_RUN_CONFIG as CONFIG,
+  type ServiceProcess,
+  spawnService,
+  spawnTrainer,
+} from "./cluster.ts";
 import { type IndependentRewarder, spawnIndependentRewarder } from "./independent-rewarder/spawn.ts";
 
 const EPOCHS = 2;
@@ -48,18 +54,9 @@ beforeAll(async () => {
     spawnIndependentRewarder(),
   ]);
   procs.push(sampler, builtin, registry);
-  trainer = await spawnService(
-    "trainer",
-    [
-      "--registry",
-      registry.address,
-      "--rewarder",
-      builtin.address,
-      "--samplers",
-      sampler.address,
-      "--data-dir",
-      dataDir,
-    ],
+  trainer = await spawnTrainer(
+    { registry: registry.address, rewarder: builtin.address, samplers: sampler.address },
+    dataDir,
     env,
   );
   procs.push(trainer);

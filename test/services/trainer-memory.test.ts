@@ -2,34 +2,17 @@
 // native engine memory (model, adapters, optimizer moments, arenas) when the run ends. A
 // terminated worker thread does not return malloc'd memory, and the process grew by the size of
 // every run's engine until the Trainer was restarted. (bench/trainer-memory.ts: 10 runs.)
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { expect, test } from "bun:test";
 import { residentMiB } from "../../services/cli/cluster.ts";
 import { RunStatus } from "../../services/gen/ddpo/v1/common_pb.ts";
 import { Trainer } from "../../services/gen/ddpo/v1/trainer_pb.ts";
 import { createClient } from "../../services/lib/grpc/index.ts";
-import { startTestPostgres, type TestPostgres } from "../db/postgres.ts";
-import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, type ServiceProcess, spawnFourServices } from "./cluster.ts";
+import { BASE_MODEL_DIR, TINY_RUN_CONFIG as CONFIG, serviceTestEnvironment, spawnFourServices } from "./cluster.ts";
 
-let pg: TestPostgres;
-let dataDir: string;
-const procs: ServiceProcess[] = [];
-
-beforeAll(async () => {
-  pg = await startTestPostgres();
-  dataDir = mkdtempSync(join(tmpdir(), "ddpo-memory-"));
-});
-
-afterAll(async () => {
-  for (const p of procs) p.proc.kill("SIGKILL");
-  await pg?.stop();
-  rmSync(dataDir, { recursive: true, force: true });
-});
+const svc = serviceTestEnvironment("ddpo-memory-");
 
 test("sequential runs do not grow the Trainer process by a run's engine each", async () => {
-  const { trainer: trainerProc } = await spawnFourServices((await pg.freshDatabase()).url, dataDir, procs);
+  const { trainer: trainerProc } = await spawnFourServices((await svc.pg.freshDatabase()).url, svc.dataDir, svc.procs);
   const trainer = createClient(Trainer, trainerProc.address);
   // Full fine-tuning: each run's worker holds the whole UNet, its AdamW moments and gradients.
   const config = { ...CONFIG, finetune: { case: "full" as const, value: {} } };
@@ -46,7 +29,7 @@ test("sequential runs do not grow the Trainer process by a run's engine each", a
     // The worker is closed in the background once the run ends.
     await Bun.sleep(500);
   };
-  await oneRun(0); // warm-up: allocator pools, the gRPC and database clients
+  await oneRun(0); // warm-up: allocator pools, the gRPC and svc.database clients
   const runs = 4;
   const before = residentMiB(trainerProc.proc.pid);
   for (let i = 1; i <= runs; i++) await oneRun(i);
