@@ -108,7 +108,7 @@ export async function trainClipCommand(argv: string[]): Promise<void> {
   engine.close();
 }
 
-export const EVAL_USAGE = `eval     --model DIR [--lora DIR] [--prompts animals] [--seeds 4] [--steps 50] [--guidance 1] [--eta 1]
+export const EVAL_USAGE = `eval     --model DIR [--lora DIR] [--prompts animals] [--seeds 4] [--steps 50] [--guidance ${PROMPT_EVAL_DEFAULTS.guidance}] [--eta 1]
            [--clip models/emoji-clip] [--batch 64] [--json] [--out grid.png]`;
 
 /** The shipped emoji CLIP, relative to the repository. */

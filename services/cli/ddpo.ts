@@ -52,7 +52,7 @@ export const SHOWCASE_PROMPTS = [
 
 const PRETRAIN_USAGE = `pretrain --out DIR [--state-dir DIR] [--steps N] [--batch N] [--lr X] [--seed N] [--channels 32,64,64] [--fresh]
            [--min-snr-gamma 5] [--ema 0.999] [--subset animals|all] [--warmup 200] [--checkpoint-every 250]`;
-const SAMPLE_USAGE = `sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance 1] [--eta 1] [--seed N]
+const SAMPLE_USAGE = `sample   --model DIR [--prompt TEXT ...] [--out grid.png] [--steps 50] [--guidance ${DEFAULT_GUIDANCE}] [--eta 1] [--seed N]
            [--trajectories FILE.safetensors] [--lora RUN/checkpoints/epoch-NNNN/lora] [--reward NAME]`;
 
 const USAGE = `usage: ddpo <command> [options]   (ddpo <command> --help lists a command's flags and defaults)

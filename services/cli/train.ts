@@ -116,7 +116,7 @@ export function configFromFlags(flags: Record<string, string | string[] | boolea
   const buffer = flags["stat-buffer"];
   const minCount = flags["stat-min-count"];
   if (typeof buffer === "string" || typeof minCount === "string") {
-    const base = c.statTracking ?? { bufferSize: 16, minCount: 16 };
+    const base = DDPO_DEFAULTS.statTracking!;
     c.statTracking = {
       bufferSize: numberFlag(typeof buffer === "string" ? buffer : undefined, base.bufferSize, "stat-buffer", true),
       minCount: numberFlag(typeof minCount === "string" ? minCount : undefined, base.minCount, "stat-min-count", true),
