@@ -50,7 +50,7 @@ function loadLibrary(backend: Backend): GpuCoreLibrary {
         `gpu-core ${backend} backend is not built (${path} is missing): run \`npm run build\``,
       );
     }
-    preferPassiveOpenMP();
+    preferShortSpinOpenMP();
     lib = openLibrary(path).lib;
     libraries.set(backend, lib);
   }
@@ -58,22 +58,32 @@ function loadLibrary(backend: Backend): GpuCoreLibrary {
 }
 
 /**
- * OpenMP threads that spin while waiting starve everything else when a machine runs several
- * engine processes (Sampler and Trainer side by side). libgomp reads OMP_WAIT_POLICY from the C
- * environment when it loads, and Bun's process.env does not reach that environment, so it is set
- * with libc's setenv (without overwriting a user's choice) before the engine library is opened.
+ * How OpenMP's idle threads wait between parallel regions. An engine step is hundreds of short
+ * regions with a little JavaScript between them: threads that go to sleep at once (PASSIVE) are
+ * woken by a futex for every region, which cost a batch-8 training step 1.4x its time on 2 cores
+ * (bench/RESULTS.md). Threads that spin forever (ACTIVE) starve everything else when a machine runs
+ * several engine processes (Sampler and Trainer side by side). So: spin for GOMP_SPINCOUNT
+ * iterations (30000, ~0.3 ms), then sleep. libgomp reads both variables from the C environment
+ * when it loads, and Bun's process.env does not reach that environment, so they are set with
+ * libc's setenv before the engine library is opened; a user's own OMP_WAIT_POLICY or
+ * GOMP_SPINCOUNT is left as it is.
  */
-function preferPassiveOpenMP(): void {
+function preferShortSpinOpenMP(): void {
+  if (process.env.OMP_WAIT_POLICY !== undefined || process.env.GOMP_SPINCOUNT !== undefined) return;
   try {
     const libc = dlopen("libc.so.6", {
       setenv: { args: [FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     });
     libc.symbols.setenv(cString("OMP_WAIT_POLICY"), cString("PASSIVE"), 0);
+    libc.symbols.setenv(cString("GOMP_SPINCOUNT"), cString(String(OPENMP_SPIN_COUNT)), 0);
     libc.close();
   } catch {
     // Not glibc: OpenMP keeps its default wait policy.
   }
 }
+
+/** Busy-wait iterations before an idle OpenMP thread sleeps (libgomp: ~100000 per ms). */
+const OPENMP_SPIN_COUNT = 30000;
 
 function cString(s: string): Buffer {
   return Buffer.from(`${s}\0`, "utf8");
