@@ -508,9 +508,10 @@ export class Engine {
     this.#call("gc_geglu_backward", dx, dy, x);
   }
   /** scale 0 means 1/sqrt(head size). */
+  /** probs [B,H,Tq,Tk] keeps the softmax for attentionBackward; null when no backward follows. */
   attentionForward(
     out: Tensor,
-    probs: Tensor,
+    probs: Optional<Tensor>,
     q: Tensor,
     k: Tensor,
     v: Tensor,

@@ -18,60 +18,70 @@
 
 /* ---- small GEMM kernel ------------------------------------------------------------------ */
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias)); /* unaligned access */
-
-static inline v8 v8_load(const float *p) { return *(const v8u *)p; }
-static inline void v8_store(float *p, v8 v) { *(v8u *)p = v; }
-static inline v8 v8_splat(float a) { return (v8){a, a, a, a, a, a, a, a}; }
-static inline v8 v8_fma(v8 a, v8 b, v8 c) {
+/* One vector of VW floats; a row of the C block is NR = 16 floats (NV vectors). AVX-512 holds a
+ * 12x16 block in 12 registers (the per-head products have N = 16 = Dh or N = Tk, so 16 columns
+ * waste nothing); AVX2 a 6x16 block in 12. */
+#if defined(__AVX512F__)
+typedef float vec __attribute__((vector_size(64)));
+typedef float vecu __attribute__((vector_size(64), aligned(4), may_alias)); /* unaligned access */
+enum { VW = 16, MR = 12 };
+static inline vec v_fma(vec a, vec b, vec c) { return (vec)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+static inline vec v_splat(float a) { return (vec)_mm512_set1_ps(a); }
+static inline vec v_max(vec a, vec b) { return (vec)_mm512_max_ps((__m512)a, (__m512)b); }
+#else
+typedef float vec __attribute__((vector_size(32)));
+typedef float vecu __attribute__((vector_size(32), aligned(4), may_alias));
+enum { VW = 8, MR = 6 };
+static inline vec v_fma(vec a, vec b, vec c) {
 #if defined(__AVX__) && defined(__FMA__)
-  return (v8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+  return (vec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
 #else
   return a * b + c;
 #endif
 }
+static inline vec v_splat(float a) { return (vec){a, a, a, a, a, a, a, a}; }
+#if defined(__AVX__)
+static inline vec v_max(vec a, vec b) { return (vec)_mm256_max_ps((__m256)a, (__m256)b); }
+#else
+static inline vec v_max(vec a, vec b) {
+  for (int i = 0; i < VW; i++) a[i] = a[i] > b[i] ? a[i] : b[i];
+  return a;
+}
+#endif
+#endif
+enum { NR = 16, NV = NR / VW };
 
-enum { NR = 16, MR = 6 }; /* a 6x16 block of C lives in 12 vector registers */
+static inline vec v_load(const float *p) { return *(const vecu *)p; }
+static inline void v_store(float *p, vec v) { *(vecu *)p = v; }
 
-/* C[M,16] = alpha A B for one 16-column panel, M a multiple of 6. A(m,k) = A[m*sam + k*sak]
+/* C[M,16] = alpha A B for one 16-column panel, M a multiple of MR. A(m,k) = A[m*sam + k*sak]
  * (strides let the same kernel read A or A^T); B[K,16] rows at stride ldb; C rows at ldc. */
 static void gemm_panel(int64_t M, int64_t K, float alpha, const float *A, int64_t sam,
                        int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc) {
-  const v8 va = v8_splat(alpha);
+  const vec va = v_splat(alpha);
   for (int64_t m = 0; m + MR <= M; m += MR) {
     const float *a0 = A + m * sam;
-    v8 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
-    v8 c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+    vec c[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 2
+      for (int j = 0; j < NV; j++) c[i][j] = (vec){0};
     for (int64_t k = 0; k < K; k++) {
-      const v8 b0 = v8_load(B + k * ldb), b1 = v8_load(B + k * ldb + 8);
+      vec b[NV];
+#pragma GCC unroll 2
+      for (int j = 0; j < NV; j++) b[j] = v_load(B + k * ldb + j * VW);
       const float *a = a0 + k * sak;
-      v8 x = v8_splat(a[0]);
-      c00 = v8_fma(x, b0, c00);
-      c01 = v8_fma(x, b1, c01);
-      x = v8_splat(a[sam]);
-      c10 = v8_fma(x, b0, c10);
-      c11 = v8_fma(x, b1, c11);
-      x = v8_splat(a[2 * sam]);
-      c20 = v8_fma(x, b0, c20);
-      c21 = v8_fma(x, b1, c21);
-      x = v8_splat(a[3 * sam]);
-      c30 = v8_fma(x, b0, c30);
-      c31 = v8_fma(x, b1, c31);
-      x = v8_splat(a[4 * sam]);
-      c40 = v8_fma(x, b0, c40);
-      c41 = v8_fma(x, b1, c41);
-      x = v8_splat(a[5 * sam]);
-      c50 = v8_fma(x, b0, c50);
-      c51 = v8_fma(x, b1, c51);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; i++) {
+        const vec x = v_splat(a[i * sam]);
+#pragma GCC unroll 2
+        for (int j = 0; j < NV; j++) c[i][j] = v_fma(x, b[j], c[i][j]);
+      }
     }
-    float *c = C + m * ldc;
-    v8_store(c, va * c00), v8_store(c + 8, va * c01), c += ldc;
-    v8_store(c, va * c10), v8_store(c + 8, va * c11), c += ldc;
-    v8_store(c, va * c20), v8_store(c + 8, va * c21), c += ldc;
-    v8_store(c, va * c30), v8_store(c + 8, va * c31), c += ldc;
-    v8_store(c, va * c40), v8_store(c + 8, va * c41), c += ldc;
-    v8_store(c, va * c50), v8_store(c + 8, va * c51);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 2
+      for (int j = 0; j < NV; j++) v_store(C + (m + i) * ldc + j * VW, va * c[i][j]);
   }
 }
 
@@ -79,15 +89,15 @@ static void gemm_panel(int64_t M, int64_t K, float alpha, const float *A, int64_
 static int64_t gemm_tmp_floats(int64_t M, int64_t K) { return K * (NR + MR) + (M + MR) * NR; }
 
 /* C[M,N] = alpha A B (written), A as in gemm_panel, B[K,N] rows at stride ldb. Ragged edges
- * (the last M % 6 rows, the last N % 16 columns) run through zero-padded copies in tmp, so the
+ * (the last M % MR rows, the last N % 16 columns) run through zero-padded copies in tmp, so the
  * kernel only ever sees full blocks. */
 static void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t sam,
                  int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc, float *tmp) {
   const int64_t M6 = M / MR * MR, mt = M - M6;
   float *bt = tmp;           /* [K,16]: a ragged column panel of B */
-  float *at = bt + K * NR;   /* [K,6]: the ragged rows of A, at(m,k) = at[k*6 + m] */
+  float *at = bt + K * NR;   /* [K,MR]: the ragged rows of A, at(m,k) = at[k*MR + m] */
   float *ct = at + K * MR;   /* [M6,16]: C of a ragged column panel */
-  float *c6 = ct + M6 * NR;  /* [6,16]: C of the ragged rows */
+  float *c6 = ct + M6 * NR;  /* [MR,16]: C of the ragged rows */
   if (mt) {
     for (int64_t k = 0; k < K; k++)
       for (int64_t m = 0; m < MR; m++) at[k * MR + m] = m < mt ? A[(M6 + m) * sam + k * sak] : 0.0f;
@@ -150,8 +160,41 @@ static void transpose_pad(float *dst, int64_t ldd, const float *src, int64_t lds
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-/* out[B,Tq,H*Dh] (=), probs[B,H,Tq,Tk] (=); q[B,Tq,H*Dh], k,v[B,Tk,H*Dh].
- * causal masks key j > query i (the front end checks Tq == Tk). */
+/* x[n] = softmax(x[n]) in place, n >= 1. The max is taken over whole vectors in registers
+ * (GCC's `omp simd` max reduction went through the stack, a store-forwarding stall per row that
+ * cost a third of the kernel); the sum runs in float lanes: every term is in (0, 1] and one of
+ * them is 1, so its relative error stays ~1e-7 at these lengths. */
+__attribute__((target("prefer-vector-width=512"))) static void softmax_row(float *x, int64_t n) {
+  const int64_t nv = n / VW * VW;
+  float mx = x[0];
+  if (nv) {
+    vec m = v_load(x);
+    for (int64_t j = VW; j < nv; j += VW) m = v_max(m, v_load(x + j));
+    for (int i = 0; i < VW; i++) mx = m[i] > mx ? m[i] : mx;
+  }
+  for (int64_t j = nv; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; j++) {
+    const float e = vm_expf(x[j] - mx); /* <= 0 after the max: e in (0, 1] */
+    x[j] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int64_t j = 0; j < n; j++) x[j] *= inv;
+}
+
+/* Query rows per block: the block's scores [QB,Tkp] stay within ~128 KB of this core's cache
+ * from the QK^T product through the softmax to the PV product, whatever the sequence length. */
+static int64_t query_block(int64_t Tq, int64_t Tkp) {
+  int64_t qb = 32768 / Tkp / MR * MR;
+  if (qb < MR) qb = MR;
+  return qb < Tq ? qb : Tq;
+}
+
+/* out[B,Tq,H*Dh] (=), probs[B,H,Tq,Tk] (=, optional: only the backward reads them);
+ * q[B,Tq,H*Dh], k,v[B,Tk,H*Dh]. causal masks key j > query i (the front end checks Tq == Tk). */
 gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float *q,
                                const float *k, const float *v, int64_t B, int64_t Tq, int64_t Tk,
                                int64_t H, int64_t Dh, int causal, float scale) {
@@ -161,9 +204,10 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
     memset(out, 0, (size_t)(B * Tq * D) * sizeof(float));
     return GC_OK;
   }
-  const int64_t tmp = gemm_tmp_floats(Tq > Tk ? Tq : Tk, max3(Tq, Tk, Dh));
-  /* per thread: kt[Dh,Tkp] (K^T padded), s[Tq,Tkp] (scores, then exponentials), gemm tmp */
-  const size_t need = (size_t)(Dh * Tkp + Tq * Tkp + tmp);
+  const int64_t QB = query_block(Tq, Tkp);
+  const int64_t tmp = gemm_tmp_floats(QB > Tk ? QB : Tk, max3(QB, Tk, Dh));
+  /* per thread: kt[Dh,Tkp] (K^T padded), s[QB,Tkp] (one block's scores, then probabilities) */
+  const size_t need = (size_t)(Dh * Tkp + QB * Tkp + tmp);
   int oom = 0;
 
 #pragma omp parallel for schedule(dynamic) if (BH > 1 && BH * Tq * Tk * Dh > 65536)
@@ -174,37 +218,29 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
       oom = 1;
       continue;
     }
-    float *s = kt + Dh * Tkp, *tl = s + Tq * Tkp;
+    float *s = kt + Dh * Tkp, *tl = s + QB * Tkp;
     const int64_t b = bh / H, h = bh % H;
-    const float *qh = q + b * Tq * D + h * Dh, *kh = k + b * Tk * D + h * Dh;
-    const float *vh = v + b * Tk * D + h * Dh;
-    float *ph = probs + bh * Tq * Tk;
-
-    /* s[Tq,Tkp] = scale q_h k_h^T, through kt so the kernel streams contiguous rows */
+    const float *kh = k + b * Tk * D + h * Dh, *vh = v + b * Tk * D + h * Dh;
     transpose_pad(kt, Tkp, kh, D, Tk, Dh);
-    gemm(Tq, Tkp, Dh, scale, qh, D, 1, kt, Tkp, s, Tkp, tl);
 
-    /* row softmax with the max subtracted; masked keys get exactly 0 */
-    for (int64_t i = 0; i < Tq; i++) {
-      float *row = s + i * Tkp, *prow = ph + i * Tk;
-      const int64_t n = causal ? i + 1 : Tk; /* keys 0..i are visible to query i */
-      float mx = row[0];
-#pragma omp simd reduction(max : mx)
-      for (int64_t j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
-      double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < n; j++) {
-        const float e = vm_expf(row[j] - mx); /* <= 0 after the max: e in (0, 1] */
-        row[j] = e;
-        sum += e;
+    for (int64_t i0 = 0; i0 < Tq; i0 += QB) {
+      const int64_t rows = Tq - i0 < QB ? Tq - i0 : QB;
+      const int64_t qo = b * Tq * D + i0 * D + h * Dh;
+      /* s[rows,Tkp] = scale q_rows k_h^T, through kt so the kernel streams contiguous rows */
+      gemm(rows, Tkp, Dh, scale, q + qo, D, 1, kt, Tkp, s, Tkp, tl);
+
+      /* row softmax with the max subtracted; masked keys get exactly 0 */
+      for (int64_t r = 0; r < rows; r++) {
+        float *row = s + r * Tkp;
+        const int64_t n = causal ? i0 + r + 1 : Tk; /* keys 0..i are visible to query i */
+        softmax_row(row, n);
+        for (int64_t j = n; j < Tk; j++) row[j] = 0.0f;
+        if (probs) memcpy(probs + (bh * Tq + i0 + r) * Tk, row, (size_t)Tk * sizeof(float));
       }
-      const float inv = (float)(1.0 / sum);
-      for (int64_t j = 0; j < n; j++) prow[j] = row[j] * inv;
-      for (int64_t j = n; j < Tk; j++) prow[j] = 0.0f;
-    }
 
-    /* out_h[Tq,Dh] = p[Tq,Tk] v_h[Tk,Dh] */
-    gemm(Tq, Dh, Tk, 1.0f, ph, Tk, 1, vh, D, out + b * Tq * D + h * Dh, D, tl);
+      /* out_rows[rows,Dh] = p[rows,Tk] v_h[Tk,Dh] */
+      gemm(rows, Dh, Tk, 1.0f, s, Tkp, 1, vh, D, out + qo, D, tl);
+    }
   }
   if (oom)
     return gc_set_error(GC_ERR_OUT_OF_MEMORY, "attention scratch of %zu floats per thread", need);

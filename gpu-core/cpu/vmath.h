@@ -23,6 +23,14 @@
 #include <stdint.h>
 #include <string.h>
 
+/* a * b + c, fused where the ISA has FMA (one rounding, one instruction; ISO C mode keeps GCC
+ * from contracting on its own), else as written. */
+#if defined(__FMA__)
+#define VM_FMA(a, b, c) __builtin_fmaf((a), (b), (c))
+#else
+#define VM_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
 static inline float vm_expf(float x) {
   uint32_t ix;
   memcpy(&ix, &x, sizeof ix);
@@ -34,12 +42,12 @@ static inline float vm_expf(float x) {
   float r = x - n * 0.693359375f; /* ln 2 = 0.693359375 - 2.12194440e-4, the first part exact in n */
   r = r + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + (r + 1.0f);
+  p = VM_FMA(p, r, 1.3981999507e-3f);
+  p = VM_FMA(p, r, 8.3334519073e-3f);
+  p = VM_FMA(p, r, 4.1665795894e-2f);
+  p = VM_FMA(p, r, 1.6666665459e-1f);
+  p = VM_FMA(p, r, 5.0000001201e-1f);
+  p = VM_FMA(p, r * r, r + 1.0f);
   const int32_t bits = ((int32_t)n + 127) << 23; /* 2^n, n in [-126, 127] after the clamp */
   float scale;
   memcpy(&scale, &bits, sizeof scale);

@@ -82,7 +82,7 @@ static gc_status check_sizes(int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64
   return GC_OK;
 }
 
-/* out[B,Tq,H*Dh] (=), probs[B,H,Tq,Tk] (=); q[B,Tq,H*Dh], k,v[B,Tk,H*Dh] */
+/* out[B,Tq,H*Dh] (=), probs[B,H,Tq,Tk] (=, optional); q[B,Tq,H*Dh], k,v[B,Tk,H*Dh] */
 gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float *q,
                                const float *k, const float *v, int64_t B, int64_t Tq, int64_t Tk,
                                int64_t H, int64_t Dh, int causal, float scale) {
@@ -90,11 +90,13 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
   GC_CHECK(check_sizes(B, Tq, Tk, H, Dh));
   const int64_t BH = B * H;
   if (BH * Tq <= 0) return GC_OK;
-  /* scratch: qh[BH,Tq,Dh], kh, vh[BH,Tk,Dh], oh[BH,Tq,Dh] */
-  const int64_t nq = BH * Tq * Dh, nk = BH * Tk * Dh;
-  float *qh = (float *)scratch_get(bc, (size_t)(2 * nq + 2 * nk) * sizeof(float));
+  /* scratch: qh[BH,Tq,Dh], kh, vh[BH,Tk,Dh], oh[BH,Tq,Dh], and the scores [BH,Tq,Tk] when the
+   * caller keeps no probs */
+  const int64_t nq = BH * Tq * Dh, nk = BH * Tk * Dh, ns = probs ? 0 : BH * Tq * Tk;
+  float *qh = (float *)scratch_get(bc, (size_t)(2 * nq + 2 * nk + ns) * sizeof(float));
   if (!qh) return GC_ERR_OUT_OF_MEMORY;
   float *kh = qh + nq, *vh = kh + nk, *oh = vh + nk;
+  if (!probs) probs = oh + nq;
   GC_CHECK(heads(bc, qh, q, B, Tq, H, Dh, 0));
   GC_CHECK(heads(bc, kh, k, B, Tk, H, Dh, 0));
   GC_CHECK(heads(bc, vh, v, B, Tk, H, Dh, 0));

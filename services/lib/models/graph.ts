@@ -281,9 +281,11 @@ export class Graph implements Layers<Tensor> {
     const [b, tq] = q.shape as [number, number, number];
     const tk = k.shape[1] ?? 0;
     const out = this.#new(q.shape);
-    const probs = this.#new([b, heads, tq, tk]);
-    this.engine.attentionForward(out, probs, q, k, v, heads, causal);
     this.#mark(out, [q, k, v]);
+    // The softmax is kept only for a backward (a sampling forward writes no [B,H,Tq,Tk] tensor).
+    const probs = this.#requires.has(out) ? this.#new([b, heads, tq, tk]) : null;
+    this.engine.attentionForward(out, probs, q, k, v, heads, causal);
+    if (!probs) return out;
     this.#onBackward(out, (gy) => {
       const dq = this.#slot(q);
       const dk = this.#slot(k);
