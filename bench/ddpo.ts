@@ -3,10 +3,12 @@
 // achieved GFLOP/s of the UNet's matrix products against the sgemm rate measured in the same run.
 //
 //   npm run bench -- ddpo [--json] [--samples 16] [--steps 20] [--kl BETA] [--model models/emoji-base]
+//                         [--profile]
 //
 // The settings are pinned (guidance 3, whatever DDPO_DEFAULTS says) so the row stays comparable
 // across sessions. --kl adds the KL penalty to the reference policy (issue 15): one more UNet
-// forward per trained pair, with the LoRA adapters off, counted in the achieved FLOPs.
+// forward per trained pair, with the LoRA adapters off, counted in the achieved FLOPs. --profile
+// prints the epoch's per-op-kind table (bench/profile.ts; its timing adds a little to the epoch).
 import { join } from "node:path";
 import { Engine } from "../gpu-core/index.ts";
 import { runLocalEpoch } from "../services/lib/ddpo/local-steps.ts";
@@ -16,6 +18,7 @@ import { FlopCounter } from "../services/lib/models/flops.ts";
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
 import { rewardByName } from "../services/lib/rewards/index.ts";
 import { flagValue } from "./flags.ts";
+import { profileEngine, profileTable } from "./profile.ts";
 import { sgemmGflops } from "./sgemm.ts";
 
 export async function main(args: string[]): Promise<void> {
@@ -57,7 +60,9 @@ export async function main(args: string[]): Promise<void> {
   const cfgPasses = config.guidance === 1 ? 1 : 2;
 
   const sgemmBefore = sgemmGflops(engine);
+  const stopProfile = args.includes("--profile") ? profileEngine(engine) : null;
   const { report, stats } = await runLocalEpoch(trainer);
+  if (stopProfile) console.log(`\n${profileTable("one DDPO epoch (sampling and training)", stopProfile())}\n`);
   const sgemm = (sgemmBefore + sgemmGflops(engine)) / 2;
   const samplingFlops = samples * steps * cfgPasses * perImage;
   // forward + backward (2x), and the reference policy's forward when the KL term is on

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Engine } from "../../gpu-core/index.ts";
 import { Graph, type ParameterSource } from "../../services/lib/models/graph.ts";
-import { LoraAdapterSet } from "../../services/lib/models/lora.ts";
+import { LoraAdapterSet, mergedLoraSource } from "../../services/lib/models/lora.ts";
 import { combineSources } from "../../services/lib/models/parameters.ts";
 import { relativeError, tinyModel } from "./tiny-model.ts";
 
@@ -70,10 +70,29 @@ test("adapted output equals the base with merged weights W + (alpha/r) B A", () 
     w.write(Float32Array.from(merged));
   }
   const mergedOut = run(frozenBase(), null);
+  const hostMerged = model.unet.values.read();
   model.unet.values.write(saved);
   const err = relErr(adapted, mergedOut);
   console.log(`LoRA vs merged weights: rel err ${err.toExponential(2)}`);
   expect(err).toBeLessThan(1e-5);
+
+  // The engine's merge (what sampling runs on) gives the float64 host merge's weights and output.
+  const engineMerged = mergedLoraSource(engine, combineSources(lora.source(), frozenBase()), lora);
+  let worstWeight = 0;
+  for (const m of lora.modules.keys()) {
+    const got = engineMerged.source.lookup(`${m}.weight`)!;
+    expect(got.grad).toBeNull();
+    const entry = model.unet.get(`${m}.weight`).entry;
+    const want = hostMerged.subarray(entry.offset, entry.offset + got.value.numel);
+    worstWeight = Math.max(worstWeight, relErr(got.value.read() as Float32Array, want));
+  }
+  const engineOut = run(engineMerged.source, null);
+  engineMerged.close();
+  console.log(
+    `engine merge vs host merge: weights rel err ${worstWeight.toExponential(2)}, output ${relErr(engineOut, mergedOut).toExponential(2)}`,
+  );
+  expect(worstWeight).toBeLessThan(1e-6);
+  expect(relErr(engineOut, mergedOut)).toBeLessThan(1e-5);
 
   // Only the adapters receive gradients; the frozen base's stay zero.
   model.unet.zeroGrad();

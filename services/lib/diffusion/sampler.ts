@@ -5,6 +5,7 @@
 
 import type { Arena, Engine, Tensor } from "../../../gpu-core/index.ts";
 import { Graph, type LoraAdapters, type ParameterSource } from "../models/graph.ts";
+import { mergedLoraSource } from "../models/lora.ts";
 import { combineSources } from "../models/parameters.ts";
 import type { TextToImageModel } from "../models/text-to-image.ts";
 
@@ -84,8 +85,11 @@ export function sampleImages(model: TextToImageModel, prompts: readonly string[]
   const schedule = model.schedule;
   const timesteps = schedule.ddimTimesteps(o.steps);
   const clipX0 = schedule.config.clip_sample ? schedule.config.clip_sample_range : 0;
-  const source = o.source ?? combineSources(model.unetSource({ frozen: true }), model.textSource({ frozen: true }));
+  const given = o.source ?? combineSources(model.unetSource({ frozen: true }), model.textSource({ frozen: true }));
   const guided = o.guidance !== 1;
+  // No gradient flows here, so LoRA adapters are folded into their weights once per batch.
+  const merged = o.lora ? mergedLoraSource(engine, given, o.lora) : null;
+  const source = merged?.source ?? given;
 
   const textArena = engine.arena(1 << 20);
   const stepArena: Arena = engine.arena(1 << 24);
@@ -101,14 +105,14 @@ export function sampleImages(model: TextToImageModel, prompts: readonly string[]
     for (let b = 0; b < B; b++) latents[b]!.set(host.subarray(b * per, (b + 1) * per), k * per);
   };
   try {
-    const textGraph = new Graph(engine, source, textArena, o.lora ?? null);
+    const textGraph = new Graph(engine, source, textArena);
     const context = encodeContexts(model, textGraph, prompts, guided);
     fillPerSampleNoise(engine, x, o.seeds, 0);
     record(0);
     timesteps.forEach((t, k) => {
       if (o.cancelled?.())
         throw new SamplingCancelled(`sampling cancelled before step ${k + 1} of ${timesteps.length}`);
-      const g = new Graph(engine, source, stepArena, o.lora ?? null);
+      const g = new Graph(engine, source, stepArena);
       const tt = engine.fromArray(new Array(B).fill(t), [B], { arena: stepArena });
       const eps = guidedNoise(model, g, x, tt, context, o.guidance);
       fillPerSampleNoise(engine, noise, o.seeds, (k + 1) * per);
@@ -137,6 +141,7 @@ export function sampleImages(model: TextToImageModel, prompts: readonly string[]
     };
   } finally {
     for (const t of [x, xPrev, noise, logProb]) t.close();
+    merged?.close();
     stepArena.close();
     textArena.close();
   }

@@ -24,6 +24,8 @@ export interface ParameterSource {
 export interface LoraAdapters {
   scale: number;
   has(name: string): boolean;
+  /** The adapted linears: module name -> [out, in] of its base weight. */
+  readonly modules: ReadonlyMap<string, readonly [number, number]>;
 }
 
 export class Graph implements Layers<Tensor> {
