@@ -42,8 +42,8 @@ export const symbols = {
   // layers
   gc_conv2d_forward: { args: [H, H, H, H, H, i32, i32], returns: i32 },
   gc_conv2d_backward: { args: [H, H, H, H, H, H, H, i32, i32], returns: i32 },
-  gc_linear_forward: { args: [H, H, H, H, H], returns: i32 },
-  gc_linear_backward: { args: [H, H, H, H, H, H, H], returns: i32 },
+  gc_linear_forward: { args: [H, H, H, H, H, i32], returns: i32 },
+  gc_linear_backward: { args: [H, H, H, H, H, H, H, i32], returns: i32 },
   gc_group_norm_forward: { args: [H, H, H, H, H, H, H, i32, f32], returns: i32 },
   gc_group_norm_backward: { args: [H, H, H, H, H, H, H, H, H, i32], returns: i32 },
   gc_layer_norm_forward: { args: [H, H, H, H, H, H, H, f32], returns: i32 },
@@ -99,8 +99,8 @@ export interface ContextCalls<T> {
   gc_upsample2x_backward: [dx: T, dy: T];
   gc_conv2d_forward: [y: T, x: T, w: T, b: T, stride: number, pad: number];
   gc_conv2d_backward: [dx: T, dw: T, db: T, dy: T, x: T, w: T, stride: number, pad: number];
-  gc_linear_forward: [y: T, x: T, w: T, b: T];
-  gc_linear_backward: [dx: T, dw: T, db: T, dy: T, x: T, w: T];
+  gc_linear_forward: [y: T, x: T, w: T, b: T, accumulate: number];
+  gc_linear_backward: [dx: T, dw: T, db: T, dy: T, x: T, w: T, accumulate: number];
   gc_group_norm_forward: [y: T, mean: T, rstd: T, x: T, gamma: T, beta: T, groups: number, eps: number];
   gc_group_norm_backward: [dx: T, dgamma: T, dbeta: T, dy: T, x: T, mean: T, rstd: T, gamma: T, groups: number];
   gc_layer_norm_forward: [y: T, mean: T, rstd: T, x: T, gamma: T, beta: T, eps: number];

@@ -434,9 +434,11 @@ export class Engine {
   ): void {
     this.#call("gc_conv2d_backward", dx, dw, db, dy, x, w, stride, pad);
   }
-  linearForward(y: Tensor, x: Tensor, w: Tensor, b: Optional<Tensor>): void {
-    this.#call("gc_linear_forward", y, x, w, b);
+  /** y = x w^T + b; with `accumulate`, y += x w^T + b (one GEMM with beta = 1). */
+  linearForward(y: Tensor, x: Tensor, w: Tensor, b: Optional<Tensor>, accumulate = false): void {
+    this.#call("gc_linear_forward", y, x, w, b, accumulate ? 1 : 0);
   }
+  /** dx = dy w (dx += dy w with `accumulate`), dw += dy^T x, db += column sums of dy. */
   linearBackward(
     dx: Optional<Tensor>,
     dw: Optional<Tensor>,
@@ -444,8 +446,9 @@ export class Engine {
     dy: Tensor,
     x: Tensor,
     w: Tensor,
+    accumulate = false,
   ): void {
-    this.#call("gc_linear_backward", dx, dw, db, dy, x, w);
+    this.#call("gc_linear_backward", dx, dw, db, dy, x, w, accumulate ? 1 : 0);
   }
   groupNormForward(
     y: Tensor,

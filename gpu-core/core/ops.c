@@ -336,7 +336,8 @@ static gc_status linear_check(const gc_tensor *y, const gc_tensor *x, const gc_t
   return GC_OK;
 }
 
-gc_status gc_linear_forward(gc_handle ctx, gc_handle y, gc_handle x, gc_handle w, gc_handle b) {
+gc_status gc_linear_forward(gc_handle ctx, gc_handle y, gc_handle x, gc_handle w, gc_handle b,
+                            int32_t accumulate) {
   OP_BEGIN("linear_forward");
   ARG(y);
   ARG(x);
@@ -344,11 +345,11 @@ gc_status gc_linear_forward(gc_handle ctx, gc_handle y, gc_handle x, gc_handle w
   OPT(b);
   int64_t N = 0, I = 0, O = 0;
   CHECK(linear_check(y_t, x_t, w_t, b_t, &N, &I, &O));
-  return be_linear_forward(c->be, F(y), F(x), F(w), F(b), N, I, O);
+  return be_linear_forward(c->be, F(y), F(x), F(w), F(b), N, I, O, accumulate != 0);
 }
 
 gc_status gc_linear_backward(gc_handle ctx, gc_handle dx, gc_handle dw, gc_handle db,
-                             gc_handle dy, gc_handle x, gc_handle w) {
+                             gc_handle dy, gc_handle x, gc_handle w, int32_t accumulate) {
   OP_BEGIN("linear_backward");
   OPT(dx);
   OPT(dw);
@@ -360,7 +361,8 @@ gc_status gc_linear_backward(gc_handle ctx, gc_handle dx, gc_handle dw, gc_handl
   CHECK(linear_check(dy_t, x_t, w_t, db_t, &N, &I, &O));
   WANT_SAME_OPT(dx, x);
   WANT_SAME_OPT(dw, w);
-  return be_linear_backward(c->be, F(dx), F(dw), F(db), F(dy), F(x), F(w), N, I, O);
+  return be_linear_backward(c->be, F(dx), F(dw), F(db), F(dy), F(x), F(w), N, I, O,
+                            accumulate != 0);
 }
 
 /* x[B,C,S...]: mean/rstd [B,G], gamma/beta [C] */

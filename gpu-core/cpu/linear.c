@@ -66,9 +66,9 @@ static gc_status check_blas_sizes(int64_t N, int64_t I, int64_t O) {
   return GC_OK;
 }
 
-/* y[N,O] (=), x[N,I], w[O,I], b[O] optional */
+/* y[N,O] (= or += with accumulate), x[N,I], w[O,I], b[O] optional */
 gc_status be_linear_forward(be_ctx *bc, float *y, const float *x, const float *w, const float *b,
-                            int64_t N, int64_t I, int64_t O) {
+                            int64_t N, int64_t I, int64_t O, int accumulate) {
   (void)bc;
   gc_status st = check_blas_sizes(N, I, O);
   if (st != GC_OK) return st;
@@ -84,19 +84,28 @@ gc_status be_linear_forward(be_ctx *bc, float *y, const float *x, const float *w
       float *yb = y + s0 * O;
       if (b) {
         /* bias first, so the GEMM accumulates onto it (beta = 1) instead of a second pass */
-        for (int64_t n = 0; n < rows; n++) memcpy(yb + n * O, b, (size_t)O * sizeof(float));
+        for (int64_t n = 0; n < rows; n++) {
+          float *yr = yb + n * O;
+          if (accumulate) {
+            for (int64_t o = 0; o < O; o++) yr[o] += b[o];
+          } else {
+            memcpy(yr, b, (size_t)O * sizeof(float));
+          }
+        }
       }
       /* y[s0:s0+rows] = x[s0:s0+rows] w^T (+ y) */
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)O, (int)I, 1.0f,
-                  x + s0 * I, (int)I, w, (int)I, b ? 1.0f : 0.0f, yb, (int)O);
+                  x + s0 * I, (int)I, w, (int)I, b || accumulate ? 1.0f : 0.0f, yb, (int)O);
     }
   }
   return GC_OK;
 }
 
-/* dx[N,I] (=), dw[O,I] (+=), db[O] (+=), each optional; dy[N,O], x[N,I], w[O,I] */
+/* dx[N,I] (= or += with accumulate), dw[O,I] (+=), db[O] (+=), each optional; dy[N,O], x[N,I],
+ * w[O,I] */
 gc_status be_linear_backward(be_ctx *bc, float *dx, float *dw, float *db, const float *dy,
-                             const float *x, const float *w, int64_t N, int64_t I, int64_t O) {
+                             const float *x, const float *w, int64_t N, int64_t I, int64_t O,
+                             int accumulate) {
   (void)bc;
   if (!dx && !dw && !db) return GC_OK;
   gc_status st = check_blas_sizes(N, I, O);
@@ -130,10 +139,11 @@ gc_status be_linear_backward(be_ctx *bc, float *dx, float *dw, float *db, const 
       }
       for (int64_t s0 = r0, m; s0 < r1; s0 += m) {
         m = r1 - s0 < step ? r1 - s0 : step;
-        /* dx[s0:s0+m] = dy[s0:s0+m] w */
+        /* dx[s0:s0+m] (+)= dy[s0:s0+m] w */
         if (dx)
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)I, (int)O, 1.0f,
-                      dy + s0 * O, (int)O, w, (int)I, 0.0f, dx + s0 * I, (int)I);
+                      dy + s0 * O, (int)O, w, (int)I, accumulate ? 1.0f : 0.0f, dx + s0 * I,
+                      (int)I);
         /* dw (+)= dy[s0:s0+m]^T x[s0:s0+m] */
         if (dw)
           cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)O, (int)I, (int)m, 1.0f,

@@ -21,34 +21,45 @@ __global__ void k_fill_rows(float *y, const float *b, int64_t N, int64_t O) {
   GRID_STRIDE(i, N * O) y[i] = b[i % O];
 }
 
-/* y[N,O] (=), x[N,I], w[O,I], b[O] optional */
+__global__ void k_add_rows(float *y, const float *b, int64_t N, int64_t O) {
+  GRID_STRIDE(i, N * O) y[i] += b[i % O];
+}
+
+/* y[N,O] (= or += with accumulate), x[N,I], w[O,I], b[O] optional */
 gc_status be_linear_forward(be_ctx *bc, float *y, const float *x, const float *w, const float *b,
-                            int64_t N, int64_t I, int64_t O) {
+                            int64_t N, int64_t I, int64_t O, int accumulate) {
   GC_CHECK(ctx_enter(bc));
   GC_CHECK(check_blas_sizes(N, I, O));
   if (N * O <= 0) return GC_OK;
   const float one = 1.0f, zero = 0.0f;
   if (b) {
     /* bias first, so the GEMM accumulates onto it (beta = 1), as the CPU does */
-    k_fill_rows<<<grid_for(bc, N * O), THREADS, 0, bc->stream>>>(y, b, N, O);
+    if (accumulate)
+      k_add_rows<<<grid_for(bc, N * O), THREADS, 0, bc->stream>>>(y, b, N, O);
+    else
+      k_fill_rows<<<grid_for(bc, N * O), THREADS, 0, bc->stream>>>(y, b, N, O);
     GC_CHECK(launch_status("linear_forward bias"));
   }
-  /* y[N,O] = x[N,I] w[O,I]^T: column-major y^T[O,N] = (w_cm[I,O])^T x_cm[I,N] */
+  /* y[N,O] (+)= x[N,I] w[O,I]^T: column-major y^T[O,N] = (w_cm[I,O])^T x_cm[I,N] */
   return cublas_status(cublasSgemm(bc->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)O, (int)N, (int)I,
-                                   &one, w, (int)I, x, (int)I, b ? &one : &zero, y, (int)O),
+                                   &one, w, (int)I, x, (int)I, b || accumulate ? &one : &zero, y,
+                                   (int)O),
                        "linear_forward sgemm");
 }
 
-/* dx[N,I] (=), dw[O,I] (+=), db[O] (+=), each optional; dy[N,O], x[N,I], w[O,I] */
+/* dx[N,I] (= or += with accumulate), dw[O,I] (+=), db[O] (+=), each optional; dy[N,O], x[N,I],
+ * w[O,I] */
 gc_status be_linear_backward(be_ctx *bc, float *dx, float *dw, float *db, const float *dy,
-                             const float *x, const float *w, int64_t N, int64_t I, int64_t O) {
+                             const float *x, const float *w, int64_t N, int64_t I, int64_t O,
+                             int accumulate) {
   GC_CHECK(ctx_enter(bc));
   if (!dx && !dw && !db) return GC_OK;
   GC_CHECK(check_blas_sizes(N, I, O));
   const float one = 1.0f, zero = 0.0f;
-  if (dx) /* dx[N,I] = dy[N,O] w[O,I]: column-major dx^T[I,N] = w_cm[I,O] dy_cm[O,N] */
+  if (dx) /* dx[N,I] (+)= dy[N,O] w[O,I]: column-major dx^T[I,N] = w_cm[I,O] dy_cm[O,N] */
     GC_CHECK(cublas_status(cublasSgemm(bc->cublas, CUBLAS_OP_N, CUBLAS_OP_N, (int)I, (int)N,
-                                       (int)O, &one, w, (int)I, dy, (int)O, &zero, dx, (int)I),
+                                       (int)O, &one, w, (int)I, dy, (int)O,
+                                       accumulate ? &one : &zero, dx, (int)I),
                            "linear_backward dx sgemm"));
   if (dw) /* dw[O,I] += dy^T[O,N] x[N,I]: column-major dw^T[I,O] += x_cm[I,N] (dy_cm[O,N])^T */
     GC_CHECK(cublas_status(cublasSgemm(bc->cublas, CUBLAS_OP_N, CUBLAS_OP_T, (int)I, (int)O,

@@ -81,6 +81,39 @@ function linearRow(lead: number[], I: number, O: number, bias: boolean): Row {
   };
 }
 
+/** linear with accumulate: y = y0 + x w^T (+ b) written onto a copy of y0, and dx added onto a
+ * copy of x that is then subtracted again, so both beta = 1 paths are checked against the reference. */
+function linearAccumulateRow(lead: number[], I: number, O: number, bias: boolean): Row {
+  const N = numel(lead);
+  return {
+    op: "linear",
+    label: `accumulate x${s([...lead, I])} w${s([O, I])}${bias ? " +bias" : ""}`,
+    build: (rng) =>
+      defineCase({
+        inputs: {
+          y0: tensorInput("act", [...lead, O], rng),
+          x: tensorInput("act", [...lead, I], rng),
+          w: tensorInput("param", [O, I], rng, () => rng.normal() / Math.sqrt(I)),
+          b: bias ? tensorInput("param", [O], rng) : null,
+        },
+        outputs: { y: [...lead, O] },
+        loss: ["y"],
+        nullableGrads: ["y0", "x", "w", "b"],
+        ref: (x) => ({ y: ref.linear(x.x!, x.w!, x.b, N, I, O).map((v, i) => v + x.y0![i]!) }),
+        forward: (e, x, y) => {
+          e.copy(y.y!, x.y0!);
+          e.linearForward(y.y!, x.x!, x.w!, x.b, true);
+        },
+        backward: (e, x, _y, p, _ph, g) => {
+          if (g.y0) e.copy(g.y0, p.y!);
+          if (g.x) e.copy(g.x, x.x!);
+          e.linearBackward(g.x, g.w, g.b, p.y!, x.x!, x.w!, true);
+          if (g.x) e.axpby(g.x, -1, x.x!, 1);
+        },
+      }),
+  };
+}
+
 function groupNormRow(shape: number[], G: number, affine: boolean, eps: number): Row {
   const B = shape[0] ?? 1;
   const C = shape[1] ?? 1;
@@ -506,6 +539,8 @@ export const TABLE: Row[] = [
   linearRow([2, 3], 4, 6, false),
   linearRow([1], 1, 1, true),
   linearRow([3, 2, 2], 9, 5, true),
+  linearAccumulateRow([5], 7, 3, true),
+  linearAccumulateRow([2, 3], 4, 6, false),
   groupNormRow([2, 6, 3, 5], 3, true, 1e-5), // groups > 1
   groupNormRow([2, 8, 4, 4], 4, false, 1e-6),
   groupNormRow([1, 4, 7], 1, true, 1e-5), // one group, 3-D input
@@ -564,6 +599,7 @@ export const TABLE: Row[] = [
   conv2dRow(2, 8, 48, 48, 16, 3, 1, 1, true),
   conv2dRow(1, 16, 33, 31, 8, 3, 2, 1, true),
   linearRow([256], 64, 300, true),
+  linearAccumulateRow([256], 64, 300, true),
   groupNormRow([2, 32, 24, 24], 8, true, 1e-5),
   layerNormRow([512, 72], true, 1e-5),
   activationRow("silu", [40000]),

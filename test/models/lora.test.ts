@@ -119,3 +119,42 @@ test("adapted output equals the base with merged weights W + (alpha/r) B A", () 
   loaded.close();
   lora.close();
 });
+
+test("adapter gradients (A and B, scale included) match central differences of the loss", () => {
+  const lora = LoraAdapterSet.create(engine, model.unetShapes, { rank: 4, alpha: 8 }, 3);
+  engine.randn(lora.params.values, 91, 0);
+  engine.axpby(lora.params.values, 0.05, lora.params.values, 0);
+  const source = () => combineSources(lora.source(), frozenBase());
+  const probe = Float32Array.from({ length: 2 * 3 * 16 * 16 }, (_, i) => Math.cos(0.7 * i));
+  const loss = () => run(source(), lora).reduce((s, v, i) => s + v * probe[i]!, 0);
+  lora.params.zeroGrad();
+  run(source(), lora, probe);
+  const grad = lora.params.grads.read();
+  const theta = lora.params.values.read();
+  // One direction over every adapter weight, and one over the B matrices only.
+  const isB = new Uint8Array(theta.length);
+  for (const m of lora.modules.keys()) {
+    const e = lora.params.get(`${m}.lora_B.weight`).entry;
+    isB.fill(1, e.offset, e.offset + e.numel);
+  }
+  for (const [label, mask] of [
+    ["all adapters", () => 1],
+    ["B only", (i: number) => isB[i]!],
+  ] as const) {
+    const v = Float32Array.from(theta, (_, i) => mask(i) * Math.sin(1.3 * i + 0.5));
+    const eps = 1e-2;
+    const at = (sign: number) => {
+      lora.params.values.write(Float32Array.from(theta, (t, i) => t + sign * eps * v[i]!));
+      return loss();
+    };
+    const numeric = (at(1) - at(-1)) / (2 * eps);
+    lora.params.values.write(theta);
+    const analytic = grad.reduce((s, g, i) => s + g * v[i]!, 0);
+    const err = Math.abs(numeric - analytic) / Math.max(Math.abs(numeric), 1e-6);
+    console.log(
+      `LoRA gradient, ${label}: analytic ${analytic.toExponential(4)} vs numeric ${numeric.toExponential(4)} (rel ${err.toExponential(2)})`,
+    );
+    expect(err).toBeLessThan(2e-2);
+  }
+  lora.close();
+});

@@ -167,23 +167,44 @@ export class Graph implements Layers<Tensor> {
     }
     const y = this.#new([...x.shape.slice(0, -1), out]);
     this.engine.linearForward(y, x, w.value, b?.value);
+    if (this.lora?.has(name)) return this.#loraLinear(y, x, name, w, b);
     this.#mark(y, [x], [w, b]);
     this.#onBackward(y, (gy) => {
       const dx = this.#slot(x);
       this.engine.linearBackward(dx, w.grad, b?.grad, gy, x, w.value);
       this.#commit(x, dx);
     });
-    if (this.lora?.has(name)) return this.add(y, this.#loraDelta(x, name, out));
     return y;
   }
 
-  /** scale * B (A x) with A [r,in], B [out,r]. */
-  #loraDelta(x: Tensor, name: string, out: number): Tensor {
+  /**
+   * y (= W x + b, computed) += scale B (A x), with A [r,in], B [out,r]: the LoRA branch is summed
+   * into y by the GEMM itself (accumulate), and in backward into dx, so neither direction makes
+   * an [N, out] temporary or a separate add. d = scale (A x) [N, r] is kept for dB.
+   */
+  #loraLinear(y: Tensor, x: Tensor, name: string, w: ParameterSlot, b: ParameterSlot | null): Tensor {
     const a = this.#param(`${name}.lora_A.weight`);
-    const rank = a.value.shape[0] ?? 0;
-    const down = this.linear(x, `${name}.lora_A`, rank, false);
-    const up = this.linear(down, `${name}.lora_B`, out, false);
-    return this.scale(up, this.lora?.scale ?? 1);
+    const up = this.#param(`${name}.lora_B.weight`);
+    const scale = this.lora?.scale ?? 1;
+    const d = this.#new([...x.shape.slice(0, -1), a.value.shape[0] ?? 0]);
+    this.engine.linearForward(d, x, a.value, null);
+    this.engine.axpby(d, scale, d, 0);
+    this.engine.linearForward(y, d, up.value, null, true);
+    this.#mark(y, [x], [w, b, a, up]);
+    this.#onBackward(y, (gy) => {
+      const dx = this.#slot(x);
+      this.engine.linearBackward(dx, w.grad, b?.grad, gy, x, w.value);
+      // dB += gy^T d; then gd = scale gy B [N, r] gives dA += gd^T x and dx += gd A.
+      const gd = a.grad || dx ? this.#gradBuffer(d.shape) : null;
+      this.engine.linearBackward(gd, up.grad, null, gy, d, up.value);
+      if (gd) {
+        this.engine.axpby(gd, scale, gd, 0);
+        this.engine.linearBackward(dx, a.grad, null, gd, x, a.value, true);
+        this.#release(gd);
+      }
+      this.#commit(x, dx);
+    });
+    return y;
   }
 
   /** y = alpha * x. */
