@@ -180,7 +180,7 @@ function opCases(ws: Workspace, B: number): Case[] {
     shape,
     work: 3 * N * F,
     bound: "bytes",
-    run: () => e.groupNormBackward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, 32),
+    run: () => e.groupNormBackward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, beta, 32),
   });
   cases.push({ op: "silu fwd", shape, work: 2 * N * F, bound: "bytes", run: () => e.activationForward("silu", y, x) });
   cases.push({

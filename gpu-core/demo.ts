@@ -102,7 +102,7 @@ for (let step = 1; step <= STEPS; step++) {
   const dh2 = engine.tensor([B, F, S, S], a);
   engine.activationBackward("silu", dh2, dh3, h2);
   const dh1 = engine.tensor([B, F, S, S], a);
-  engine.groupNormBackward(dh1, g("norm.weight"), g("norm.bias"), dh2, h1, mean, rstd, p("norm.weight"), 8);
+  engine.groupNormBackward(dh1, g("norm.weight"), g("norm.bias"), dh2, h1, mean, rstd, p("norm.weight"), null, 8);
   const dtproj = engine.tensor([B, F], a);
   engine.addBackward(null, dtproj, dh1);
   engine.linearBackward(null, g("time.weight"), g("time.bias"), dtproj, temb, p("time.weight"));

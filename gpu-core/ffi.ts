@@ -44,8 +44,8 @@ export const symbols = {
   gc_conv2d_backward: { args: [H, H, H, H, H, H, H, i32, i32], returns: i32 },
   gc_linear_forward: { args: [H, H, H, H, H, i32], returns: i32 },
   gc_linear_backward: { args: [H, H, H, H, H, H, H, i32], returns: i32 },
-  gc_group_norm_forward: { args: [H, H, H, H, H, H, H, i32, f32], returns: i32 },
-  gc_group_norm_backward: { args: [H, H, H, H, H, H, H, H, H, i32], returns: i32 },
+  gc_group_norm_forward: { args: [H, H, H, H, H, H, H, i32, f32, i32], returns: i32 },
+  gc_group_norm_backward: { args: [H, H, H, H, H, H, H, H, H, H, i32, i32], returns: i32 },
   gc_layer_norm_forward: { args: [H, H, H, H, H, H, H, f32], returns: i32 },
   gc_layer_norm_backward: { args: [H, H, H, H, H, H, H, H, H], returns: i32 },
   gc_activation_forward: { args: [H, i32, H, H], returns: i32 },
@@ -101,8 +101,20 @@ export interface ContextCalls<T> {
   gc_conv2d_backward: [dx: T, dw: T, db: T, dy: T, x: T, w: T, stride: number, pad: number];
   gc_linear_forward: [y: T, x: T, w: T, b: T, accumulate: number];
   gc_linear_backward: [dx: T, dw: T, db: T, dy: T, x: T, w: T, accumulate: number];
-  gc_group_norm_forward: [y: T, mean: T, rstd: T, x: T, gamma: T, beta: T, groups: number, eps: number];
-  gc_group_norm_backward: [dx: T, dgamma: T, dbeta: T, dy: T, x: T, mean: T, rstd: T, gamma: T, groups: number];
+  gc_group_norm_forward: [y: T, mean: T, rstd: T, x: T, gamma: T, beta: T, groups: number, eps: number, silu: number];
+  gc_group_norm_backward: [
+    dx: T,
+    dgamma: T,
+    dbeta: T,
+    dy: T,
+    x: T,
+    mean: T,
+    rstd: T,
+    gamma: T,
+    beta: T,
+    groups: number,
+    silu: number,
+  ];
   gc_layer_norm_forward: [y: T, mean: T, rstd: T, x: T, gamma: T, beta: T, eps: number];
   gc_layer_norm_backward: [dx: T, dgamma: T, dbeta: T, dy: T, x: T, mean: T, rstd: T, gamma: T];
   gc_activation_forward: [kind: number, y: T, x: T];

@@ -450,6 +450,7 @@ export class Engine {
   ): void {
     this.#call("gc_linear_backward", dx, dw, db, dy, x, w, accumulate ? 1 : 0);
   }
+  /** y = norm(x) (silu(norm(x)) with `silu`: the pair fused, nothing stored in between). */
   groupNormForward(
     y: Tensor,
     mean: Tensor,
@@ -459,9 +460,11 @@ export class Engine {
     beta: Optional<Tensor>,
     groups: number,
     eps: number,
+    silu = false,
   ): void {
-    this.#call("gc_group_norm_forward", y, mean, rstd, x, gamma, beta, groups, eps);
+    this.#call("gc_group_norm_forward", y, mean, rstd, x, gamma, beta, groups, eps, silu ? 1 : 0);
   }
+  /** beta is read only with `silu` (the norm's output is recomputed to take SiLU's derivative). */
   groupNormBackward(
     dx: Optional<Tensor>,
     dgamma: Optional<Tensor>,
@@ -471,9 +474,11 @@ export class Engine {
     mean: Tensor,
     rstd: Tensor,
     gamma: Optional<Tensor>,
+    beta: Optional<Tensor>,
     groups: number,
+    silu = false,
   ): void {
-    this.#call("gc_group_norm_backward", dx, dgamma, dbeta, dy, x, mean, rstd, gamma, groups);
+    this.#call("gc_group_norm_backward", dx, dgamma, dbeta, dy, x, mean, rstd, gamma, beta, groups, silu ? 1 : 0);
   }
   layerNormForward(
     y: Tensor,

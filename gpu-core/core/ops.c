@@ -386,7 +386,7 @@ static gc_status group_norm_check(const gc_tensor *x, const gc_tensor *mean, con
 
 gc_status gc_group_norm_forward(gc_handle ctx, gc_handle y, gc_handle mean, gc_handle rstd,
                                 gc_handle x, gc_handle gamma, gc_handle beta, int32_t groups,
-                                float eps) {
+                                float eps, int32_t silu) {
   OP_BEGIN("group_norm_forward");
   ARG(y);
   ARG(mean);
@@ -399,12 +399,12 @@ gc_status gc_group_norm_forward(gc_handle ctx, gc_handle y, gc_handle mean, gc_h
   CHECK(want_same(y_t, "y", x_t, "x"));
   if (!(eps > 0)) return gc_set_error(GC_ERR_INVALID_ARGUMENT, "eps must be > 0");
   return be_group_norm_forward(c->be, F(y), F(mean), F(rstd), F(x), F(gamma), F(beta), B, C, S,
-                               groups, eps);
+                               groups, eps, silu != 0);
 }
 
 gc_status gc_group_norm_backward(gc_handle ctx, gc_handle dx, gc_handle dgamma, gc_handle dbeta,
                                  gc_handle dy, gc_handle x, gc_handle mean, gc_handle rstd,
-                                 gc_handle gamma, int32_t groups) {
+                                 gc_handle gamma, gc_handle beta, int32_t groups, int32_t silu) {
   OP_BEGIN("group_norm_backward");
   OPT(dx);
   OPT(dgamma);
@@ -414,14 +414,15 @@ gc_status gc_group_norm_backward(gc_handle ctx, gc_handle dx, gc_handle dgamma, 
   ARG(mean);
   ARG(rstd);
   OPT(gamma);
+  OPT(beta); /* only read with silu (the norm's output is recomputed) */
   int64_t B = 0, C = 0, S = 0;
-  CHECK(group_norm_check(x_t, mean_t, rstd_t, gamma_t, NULL, groups, &B, &C, &S));
+  CHECK(group_norm_check(x_t, mean_t, rstd_t, gamma_t, beta_t, groups, &B, &C, &S));
   CHECK(want_same(dy_t, "dy", x_t, "x"));
   WANT_SAME_OPT(dx, x);
   if (dgamma_t) CHECK(want_shape(dgamma_t, "dgamma", 1, &C));
   if (dbeta_t) CHECK(want_shape(dbeta_t, "dbeta", 1, &C));
   return be_group_norm_backward(c->be, F(dx), F(dgamma), F(dbeta), F(dy), F(x), F(mean),
-                                F(rstd), F(gamma), B, C, S, groups);
+                                F(rstd), F(gamma), F(beta), B, C, S, groups, silu != 0);
 }
 
 static gc_status layer_norm_check(const gc_tensor *x, const gc_tensor *mean, const gc_tensor *rstd,

@@ -197,11 +197,8 @@ static inline float gelu_erf_grad(float x) {
   return 0.5f * vm_erfcf(-x * SQRT1_2) + x * INV_SQRT_2PI * vm_expf(-0.5f * x * x);
 }
 
-static inline float silu_value(float x) { return x / (1.0f + vm_expf(-x)); }
-static inline float silu_grad(float x) {
-  const float s = vm_sigmoidf(x);
-  return s * (1.0f + x * (1.0f - s));
-}
+static inline float silu_value(float x) { return vm_siluf(x); }
+static inline float silu_grad(float x) { return vm_silu_gradf(x); }
 // 0.5 (1 + tanh(u)) = sigmoid(2u), and 1 - tanh(u)^2 = 4 s (1 - s): no cancellation of 1 + tanh
 // in the left tail, where the tanh form loses every digit.
 static inline float gelu_tanh_value(float x) {

@@ -9,11 +9,16 @@
  *   dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
  *   dgamma += sum dy xhat, dbeta += sum dy (reduced over everything but the channel).
  * Parameter-gradient reductions run in a fixed order, so results do not depend on thread count.
+ * Group norm may fuse SiLU after it: the forward rounds the norm's output to float and applies
+ * SiLU to that, and the backward recomputes the same float and takes dy silu'(z) as its upstream
+ * gradient: the forward is the two ops' result to the bit, the backward to the rounding of its
+ * double sums (the fused loop may vectorise with another lane order).
  */
 #include <math.h>
 #include <stdlib.h>
 
 #include "../core/backend.h"
+#include "vmath.h"
 
 /* Below this many elements a loop runs on one thread. */
 #define PAR_MIN 32768
@@ -21,10 +26,10 @@
 /* ---- group norm ---- */
 
 // x, y are (B, C, S); mean, rstd are (B, G), optional; gamma, beta are (C), optional.
-// Group g of sample b is the contiguous block of C/G channels * S elements.
+// Group g of sample b is the contiguous block of C/G channels * S elements. silu: y = silu(norm).
 gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, const float *x,
                                 const float *gamma, const float *beta, int64_t B, int64_t C,
-                                int64_t S, int64_t G, float eps) {
+                                int64_t S, int64_t G, float eps, int silu) {
   (void)bc;
   if (G <= 0 || C % G != 0)
     return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
@@ -53,18 +58,25 @@ gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, 
       double gm = gamma ? gamma[c0 + c] : 1.0, bt = beta ? beta[c0 + c] : 0.0;
       const float *xc = xg + c * S;
       float *yc = yg + c * S;
-      for (int64_t s = 0; s < S; s++) yc[s] = (float)((xc[s] - m) * r * gm + bt);
+      if (silu) {
+#pragma omp simd
+        for (int64_t s = 0; s < S; s++) yc[s] = vm_siluf((float)((xc[s] - m) * r * gm + bt));
+      } else {
+        for (int64_t s = 0; s < S; s++) yc[s] = (float)((xc[s] - m) * r * gm + bt);
+      }
     }
   }
   return GC_OK;
 }
 
-// dy, x, dx are (B, C, S); mean, rstd are (B, G) from forward; gamma (C) optional.
-// dx written (optional); dgamma, dbeta (C) accumulate (+=), each optional.
+// dy, x, dx are (B, C, S); mean, rstd are (B, G) from forward; gamma, beta (C) optional (beta
+// read only with silu). dx written (optional); dgamma, dbeta (C) accumulate (+=), each optional.
+// With silu, dy is the gradient of silu(norm(x)): the norm's gradient dz = dy silu'(z) is
+// formed in the first pass (and parked in dx, which the second pass then overwrites in place).
 gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *dbeta,
                                  const float *dy, const float *x, const float *mean,
-                                 const float *rstd, const float *gamma, int64_t B, int64_t C,
-                                 int64_t S, int64_t G) {
+                                 const float *rstd, const float *gamma, const float *beta,
+                                 int64_t B, int64_t C, int64_t S, int64_t G, int silu) {
   (void)bc;
   if (G <= 0 || C % G != 0)
     return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
@@ -87,10 +99,31 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
       const float *xc = x + bg * n + c * S;
       const float *dyc = dy + bg * n + c * S;
       double sdx = 0.0, sd = 0.0;
+      if (silu) {
+        const double gz = gamma ? gamma[c0 + c] : 1.0, bz = beta ? beta[c0 + c] : 0.0;
+        if (dx) {
+          float *dzc = dx + bg * n + c * S;
 #pragma omp simd reduction(+ : sdx, sd)
-      for (int64_t s = 0; s < S; s++) {
-        sdx += dyc[s] * (xc[s] - m);
-        sd += dyc[s];
+          for (int64_t s = 0; s < S; s++) {
+            const float dz = dyc[s] * vm_silu_gradf((float)((xc[s] - m) * r * gz + bz));
+            dzc[s] = dz;
+            sdx += dz * (xc[s] - m);
+            sd += dz;
+          }
+        } else {
+#pragma omp simd reduction(+ : sdx, sd)
+          for (int64_t s = 0; s < S; s++) {
+            const float dz = dyc[s] * vm_silu_gradf((float)((xc[s] - m) * r * gz + bz));
+            sdx += dz * (xc[s] - m);
+            sd += dz;
+          }
+        }
+      } else {
+#pragma omp simd reduction(+ : sdx, sd)
+        for (int64_t s = 0; s < S; s++) {
+          sdx += dyc[s] * (xc[s] - m);
+          sd += dyc[s];
+        }
       }
       sdx *= r;
       sum_dy_xhat[b * C + c0 + c] = sdx;
@@ -104,8 +137,8 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
     double mean_dxhat_xhat = n > 0 ? g_dxhat_xhat / (double)n : 0.0;
     for (int64_t c = 0; c < Cg; c++) {
       const float *xc = x + bg * n + c * S;
-      const float *dyc = dy + bg * n + c * S;
       float *dxc = dx + bg * n + c * S;
+      const float *dyc = silu ? dxc : dy + bg * n + c * S; /* with silu, dz parked in dx */
       double gm = gamma ? gamma[c0 + c] : 1.0;
       for (int64_t s = 0; s < S; s++) {
         double xhat = (xc[s] - m) * r;

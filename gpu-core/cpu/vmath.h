@@ -73,4 +73,11 @@ static inline float vm_erfcf(float z) {
 
 static inline float vm_sigmoidf(float x) { return 1.0f / (1.0f + vm_expf(-x)); }
 
+/* SiLU x sigmoid(x) and its derivative, shared by the activation op and the fused group norm. */
+static inline float vm_siluf(float x) { return x / (1.0f + vm_expf(-x)); }
+static inline float vm_silu_gradf(float x) {
+  const float s = vm_sigmoidf(x);
+  return s * (1.0f + x * (1.0f - s));
+}
+
 #endif

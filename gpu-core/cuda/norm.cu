@@ -2,8 +2,10 @@
  * CUDA backend: group norm and layer norm (mirrors cpu/norm.c: biased variance, two-pass
  * statistics in double, saved fp32 mean/rstd used by backward). One block per group or row.
  * Parameter gradients are reduced in two passes (per-sample partials, then a fixed-order sum),
- * never with atomics.
+ * never with atomics. The group norm's fused SiLU rounds the norm's output to float first, as
+ * the CPU does (and as the two ops one after the other do).
  */
+#include "activation.h"
 #include "common.h"
 
 enum { NORM_THREADS = 256, LN_ROWS_PER_CHUNK = 256 };
@@ -13,7 +15,7 @@ enum { NORM_THREADS = 256, LN_ROWS_PER_CHUNK = 256 };
 // x, y are (B, C, S); group g of sample b is the contiguous block of C/G channels * S elements
 __global__ void k_group_norm(float *y, float *mean, float *rstd, const float *x,
                              const float *gamma, const float *beta, int64_t C, int64_t S,
-                             int64_t G, float eps) {
+                             int64_t G, float eps, int silu) {
   const int64_t bg = blockIdx.x, Cg = C / G, n = Cg * S, c0 = (bg % G) * Cg;
   const float *xg = x + bg * n;
   float *yg = y + bg * n;
@@ -34,13 +36,14 @@ __global__ void k_group_norm(float *y, float *mean, float *rstd, const float *x,
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t c = c0 + i / S;
     double gm = gamma ? gamma[c] : 1.0, bt = beta ? beta[c] : 0.0;
-    yg[i] = (float)((xg[i] - m) * r * gm + bt);
+    const float z = (float)((xg[i] - m) * r * gm + bt);
+    yg[i] = silu ? (float)act_value(GC_ACT_SILU, z) : z;
   }
 }
 
 gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, const float *x,
                                 const float *gamma, const float *beta, int64_t B, int64_t C,
-                                int64_t S, int64_t G, float eps) {
+                                int64_t S, int64_t G, float eps, int silu) {
   GC_CHECK(ctx_enter(bc));
   if (G <= 0 || C % G != 0)
     return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
@@ -48,25 +51,36 @@ gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, 
   if (B * G <= 0) return GC_OK;
   if (B * G > 0x7fffffff) return gc_set_error(GC_ERR_UNSUPPORTED, "group_norm: too many groups");
   k_group_norm<<<(unsigned)(B * G), NORM_THREADS, 0, bc->stream>>>(y, mean, rstd, x, gamma, beta,
-                                                                   C, S, G, eps);
+                                                                   C, S, G, eps, silu);
   return launch_status("group_norm_forward");
+}
+
+// The norm's upstream gradient at element i: dy, or with the fused SiLU dy silu'(z), z the
+// norm's float output recomputed from x, mean, rstd, gamma, beta.
+__device__ __forceinline__ double norm_grad_in(const float *dy, const float *x, int64_t i, double m,
+                                               double r, double gm, double bt, int silu) {
+  if (!silu) return dy[i];
+  const float z = (float)((x[i] - m) * r * gm + bt);
+  return (double)(float)((double)dy[i] * act_grad(GC_ACT_SILU, z));
 }
 
 // One block per (b, g): per-channel sums of dy xhat and dy go to sums [2][B,C] (for dgamma and
 // dbeta), and dx is written from the group's sums of dxhat and dxhat xhat.
 __global__ void k_group_norm_backward(float *dx, double *sum_dy_xhat, double *sum_dy,
                                       const float *dy, const float *x, const float *mean,
-                                      const float *rstd, const float *gamma, int64_t C, int64_t S,
-                                      int64_t G) {
+                                      const float *rstd, const float *gamma, const float *beta,
+                                      int64_t C, int64_t S, int64_t G, int silu) {
   const int64_t bg = blockIdx.x, Cg = C / G, n = Cg * S, b = bg / G, c0 = (bg % G) * Cg;
   const double m = mean[bg], r = rstd[bg];
   double g_dxhat = 0.0, g_dxhat_xhat = 0.0;
   for (int64_t c = 0; c < Cg; c++) {
     const float *xc = x + bg * n + c * S, *dyc = dy + bg * n + c * S;
+    const double gz = gamma ? gamma[c0 + c] : 1.0, bz = beta ? beta[c0 + c] : 0.0;
     double sdx = 0.0, sd = 0.0;
     for (int64_t s = threadIdx.x; s < S; s += blockDim.x) {
-      sdx += dyc[s] * (xc[s] - m);
-      sd += dyc[s];
+      const double d = norm_grad_in(dyc, xc, s, m, r, gz, bz, silu);
+      sdx += d * (xc[s] - m);
+      sd += d;
     }
     sdx = block_sum(sdx) * r;
     sd = block_sum(sd);
@@ -82,16 +96,17 @@ __global__ void k_group_norm_backward(float *dx, double *sum_dy_xhat, double *su
   const double mean_dxhat = g_dxhat / (double)n, mean_dxhat_xhat = g_dxhat_xhat / (double)n;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     const int64_t c = c0 + i / S;
-    const double gm = gamma ? gamma[c] : 1.0;
+    const double gm = gamma ? gamma[c] : 1.0, bt = beta ? beta[c] : 0.0;
     const double xhat = (x[bg * n + i] - m) * r;
-    dx[bg * n + i] = (float)(r * (dy[bg * n + i] * gm - mean_dxhat - xhat * mean_dxhat_xhat));
+    const double d = norm_grad_in(dy, x, bg * n + i, m, r, gm, bt, silu);
+    dx[bg * n + i] = (float)(r * (d * gm - mean_dxhat - xhat * mean_dxhat_xhat));
   }
 }
 
 gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *dbeta,
                                  const float *dy, const float *x, const float *mean,
-                                 const float *rstd, const float *gamma, int64_t B, int64_t C,
-                                 int64_t S, int64_t G) {
+                                 const float *rstd, const float *gamma, const float *beta,
+                                 int64_t B, int64_t C, int64_t S, int64_t G, int silu) {
   GC_CHECK(ctx_enter(bc));
   if (G <= 0 || C % G != 0)
     return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
@@ -101,7 +116,7 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
   double *sums = (double *)scratch_get(bc, (size_t)(2 * B * C) * sizeof(double)); // [2][B,C]
   if (!sums) return GC_ERR_OUT_OF_MEMORY;
   k_group_norm_backward<<<(unsigned)(B * G), NORM_THREADS, 0, bc->stream>>>(
-      dx, sums, sums + B * C, dy, x, mean, rstd, gamma, C, S, G);
+      dx, sums, sums + B * C, dy, x, mean, rstd, gamma, beta, C, S, G, silu);
   GC_CHECK(launch_status("group_norm_backward"));
   if (dgamma) GC_CHECK(col_finish(bc, dgamma, sums, B, C, 1));
   if (dbeta) GC_CHECK(col_finish(bc, dbeta, sums + B * C, B, C, 1));

@@ -114,13 +114,15 @@ function linearAccumulateRow(lead: number[], I: number, O: number, bias: boolean
   };
 }
 
-function groupNormRow(shape: number[], G: number, affine: boolean, eps: number): Row {
+/** Group norm, or with `silu` the fused silu(groupNorm(x)) (the reference applies the float64 SiLU
+ * to the float64 norm). */
+function groupNormRow(shape: number[], G: number, affine: boolean, eps: number, silu = false): Row {
   const B = shape[0] ?? 1;
   const C = shape[1] ?? 1;
   const S = numel(shape.slice(2));
   const epsF = f32(eps);
   return {
-    op: "group_norm",
+    op: silu ? "group_norm+silu" : "group_norm",
     label: `x${s(shape)} groups ${G}${affine ? " affine" : ""} eps ${eps}`,
     build: (rng) =>
       defineCase({
@@ -132,10 +134,13 @@ function groupNormRow(shape: number[], G: number, affine: boolean, eps: number):
         outputs: { y: shape, mean: [B, G], rstd: [B, G] },
         loss: ["y"],
         nullableGrads: ["x", "gamma", "beta"],
-        ref: (x) => ref.groupNorm(x.x!, x.gamma, x.beta, B, C, S, G, epsF),
-        forward: (e, x, y) => e.groupNormForward(y.y!, y.mean!, y.rstd!, x.x!, x.gamma, x.beta, G, epsF),
+        ref: (x) => {
+          const r = ref.groupNorm(x.x!, x.gamma, x.beta, B, C, S, G, epsF);
+          return silu ? { ...r, y: ref.activation("silu", r.y) } : r;
+        },
+        forward: (e, x, y) => e.groupNormForward(y.y!, y.mean!, y.rstd!, x.x!, x.gamma, x.beta, G, epsF, silu),
         backward: (e, x, y, p, _ph, g) =>
-          e.groupNormBackward(g.x, g.gamma, g.beta, p.y!, x.x!, y.mean!, y.rstd!, x.gamma, G),
+          e.groupNormBackward(g.x, g.gamma, g.beta, p.y!, x.x!, y.mean!, y.rstd!, x.gamma, x.beta, G, silu),
       }),
   };
 }
@@ -545,6 +550,8 @@ export const TABLE: Row[] = [
   groupNormRow([2, 8, 4, 4], 4, false, 1e-6),
   groupNormRow([1, 4, 7], 1, true, 1e-5), // one group, 3-D input
   groupNormRow([3, 6, 1, 1], 2, true, 1e-5), // S = 1
+  groupNormRow([2, 6, 3, 5], 3, true, 1e-5, true), // fused SiLU
+  groupNormRow([2, 8, 4, 4], 4, false, 1e-6, true), // fused SiLU, no affine
   layerNormRow([6, 7], true, 1e-5),
   layerNormRow([2, 3, 16], false, 1e-5),
   layerNormRow([5, 1, 9], true, 1e-6),
@@ -601,6 +608,7 @@ export const TABLE: Row[] = [
   linearRow([256], 64, 300, true),
   linearAccumulateRow([256], 64, 300, true),
   groupNormRow([2, 32, 24, 24], 8, true, 1e-5),
+  groupNormRow([2, 32, 24, 24], 8, true, 1e-5, true),
   layerNormRow([512, 72], true, 1e-5),
   activationRow("silu", [40000]),
   activationRow("gelu", [5, 8000]),

@@ -36,3 +36,55 @@ describe(`gpu-core CPU ops (seed ${seed})`, () => {
     });
   }
 });
+
+// The fused group norm + SiLU rounds the norm to float before SiLU, forward and backward, as the
+// two ops one after the other do: the forward is the same to the bit; the backward's double sums
+// may run in another lane order (the fused loop vectorises differently), so it agrees to rounding.
+test("group norm with fused SiLU equals group norm then SiLU", () => {
+  const e = Engine.open({ backend: "cpu" });
+  const rng = new Rng(caseSeed(seed, "fused group norm"));
+  const [B, C, S, G] = [3, 32, 100, 8];
+  const host = (n: number, f: () => number) => Float32Array.from({ length: n }, f);
+  const x = e.fromArray(
+    host(B * C * S, () => 2 * rng.normal() + 0.5),
+    [B, C, S],
+  );
+  const dy = e.fromArray(
+    host(B * C * S, () => rng.normal()),
+    [B, C, S],
+  );
+  const gamma = e.fromArray(
+    host(C, () => 1 + 0.3 * rng.normal()),
+    [C],
+  );
+  const beta = e.fromArray(
+    host(C, () => 0.5 * rng.normal()),
+    [C],
+  );
+  const run = (fused: boolean) => {
+    const [y, z, dx, dz] = [0, 1, 2, 3].map(() => e.tensor([B, C, S]));
+    const [mean, rstd] = [e.tensor([B, G]), e.tensor([B, G])];
+    const [dgamma, dbeta] = [e.tensor([C]), e.tensor([C])];
+    e.fill(dgamma, 0);
+    e.fill(dbeta, 0);
+    if (fused) {
+      e.groupNormForward(y!, mean, rstd, x, gamma, beta, G, 1e-5, true);
+      e.groupNormBackward(dx!, dgamma, dbeta, dy, x, mean, rstd, gamma, beta, G, true);
+    } else {
+      e.groupNormForward(z!, mean, rstd, x, gamma, beta, G, 1e-5);
+      e.activationForward("silu", y!, z!);
+      e.activationBackward("silu", dz!, dy, z!);
+      e.groupNormBackward(dx!, dgamma, dbeta, dz!, x, mean, rstd, gamma, null, G);
+    }
+    return [y!, dx!, dgamma, dbeta].map((t) => t.read() as Float32Array);
+  };
+  const [fused, pair] = [run(true), run(false)];
+  expect(Buffer.from(fused[0]!.buffer).equals(Buffer.from(pair[0]!.buffer))).toBe(true);
+  for (let i = 1; i < fused.length; i++) {
+    const [a, b] = [fused[i]!, pair[i]!];
+    const scale = b.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const err = a.reduce((m, v, j) => Math.max(m, Math.abs(v - b[j]!)), 0) / scale;
+    expect(err).toBeLessThan(1e-6);
+  }
+  e.close();
+});

@@ -34,8 +34,8 @@ export class FlopCounter implements Layers<Shaped> {
     return this.#shapes.attention(q, k, v, heads, causal);
   }
 
-  groupNorm(x: Shaped, name: string, groups: number, eps: number): Shaped {
-    return this.#shapes.groupNorm(x, name, groups, eps);
+  groupNorm(x: Shaped, name: string, groups: number, eps: number, act?: "silu"): Shaped {
+    return this.#shapes.groupNorm(x, name, groups, eps, act);
   }
   layerNorm(x: Shaped, name: string, eps: number): Shaped {
     return this.#shapes.layerNorm(x, name, eps);

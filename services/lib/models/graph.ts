@@ -243,17 +243,30 @@ export class Graph implements Layers<Tensor> {
     return y;
   }
 
-  groupNorm(x: Tensor, name: string, groups: number, eps: number): Tensor {
+  groupNorm(x: Tensor, name: string, groups: number, eps: number, act?: "silu"): Tensor {
     const gamma = this.#param(`${name}.weight`);
     const beta = this.#param(`${name}.bias`);
+    const silu = act === "silu";
     const y = this.#new(x.shape);
     const mean = this.#new([x.shape[0] ?? 1, groups]);
     const rstd = this.#new([x.shape[0] ?? 1, groups]);
-    this.engine.groupNormForward(y, mean, rstd, x, gamma.value, beta.value, groups, eps);
+    this.engine.groupNormForward(y, mean, rstd, x, gamma.value, beta.value, groups, eps, silu);
     this.#mark(y, [x], [gamma, beta]);
     this.#onBackward(y, (gy) => {
       const dx = this.#slot(x);
-      this.engine.groupNormBackward(dx, gamma.grad, beta.grad, gy, x, mean, rstd, gamma.value, groups);
+      this.engine.groupNormBackward(
+        dx,
+        gamma.grad,
+        beta.grad,
+        gy,
+        x,
+        mean,
+        rstd,
+        gamma.value,
+        beta.value,
+        groups,
+        silu,
+      );
       this.#commit(x, dx);
     });
     return y;

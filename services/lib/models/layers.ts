@@ -25,8 +25,9 @@ export interface Layers<T extends Shaped> {
   linear(x: T, name: string, out: number, bias?: boolean): T;
   /** NCHW conv with square kernel k; `${name}.weight` [out,in,k,k], `${name}.bias` [out] unless bias is false. */
   conv2d(x: T, name: string, out: number, k: number, stride: number, pad: number, bias?: boolean): T;
-  /** Affine group norm over x[B,C,...] (`${name}.weight`, `${name}.bias` [C]). */
-  groupNorm(x: T, name: string, groups: number, eps: number): T;
+  /** Affine group norm over x[B,C,...] (`${name}.weight`, `${name}.bias` [C]); with act "silu",
+   * silu(groupNorm(x)) as one op (a resnet's norm and activation). */
+  groupNorm(x: T, name: string, groups: number, eps: number, act?: "silu"): T;
   /** Affine layer norm over the last dim. */
   layerNorm(x: T, name: string, eps: number): T;
   act(kind: Activation, x: T): T;
@@ -103,7 +104,7 @@ export class ShapeRecorder implements Layers<Shaped> {
     return new Shape([b, out, Math.floor((h + 2 * pad - k) / stride) + 1, Math.floor((w + 2 * pad - k) / stride) + 1]);
   }
 
-  groupNorm(x: Shaped, name: string, groups: number, _eps: number): Shaped {
+  groupNorm(x: Shaped, name: string, groups: number, _eps: number, _act?: "silu"): Shaped {
     const c = x.shape[1] ?? 0;
     if (c % groups !== 0) fail(`${name}: ${groups} groups do not divide ${c} channels`);
     this.#param({ name: `${name}.weight`, shape: [c], init: "ones", fanIn: 1 });

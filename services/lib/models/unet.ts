@@ -75,10 +75,10 @@ function headsPerBlock(c: UNetConfig): number[] {
 function resnet<T extends Shaped>(L: Layers<T>, x: T, tembAct: T, name: string, out: number, c: UNetConfig): T {
   const groups = c.norm_num_groups;
   const eps = c.norm_eps;
-  let h = L.act("silu", L.groupNorm(x, `${name}.norm1`, groups, eps));
+  let h = L.groupNorm(x, `${name}.norm1`, groups, eps, "silu");
   h = L.conv2d(h, `${name}.conv1`, out, 3, 1, 1);
   h = L.add(h, L.linear(tembAct, `${name}.time_emb_proj`, out));
-  h = L.act("silu", L.groupNorm(h, `${name}.norm2`, groups, eps));
+  h = L.groupNorm(h, `${name}.norm2`, groups, eps, "silu");
   h = L.conv2d(h, `${name}.conv2`, out, 3, 1, 1);
   const shortcut = x.shape[1] !== out ? L.conv2d(x, `${name}.conv_shortcut`, out, 1, 1, 0) : x;
   return L.add(shortcut, h);
@@ -169,6 +169,6 @@ export function unetForward<T extends Shaped>(L: Layers<T>, c: UNetConfig, sampl
     if (i < nBlocks - 1) h = L.conv2d(L.upsample2x(h), `${name}.upsamplers.0.conv`, out, 3, 1, 1);
   }
 
-  h = L.act("silu", L.groupNorm(h, "conv_norm_out", c.norm_num_groups, c.norm_eps));
+  h = L.groupNorm(h, "conv_norm_out", c.norm_num_groups, c.norm_eps, "silu");
   return L.conv2d(h, "conv_out", c.out_channels, 3, 1, 1);
 }
