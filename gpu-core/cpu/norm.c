@@ -51,18 +51,20 @@ gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, 
     }
     double var = n > 0 ? sq / (double)n : 0.0;
     double r = 1.0 / sqrt(var + (double)eps);
-    if (mean) mean[bg] = (float)m;
-    if (rstd) rstd[bg] = (float)r;
+    const float mf = (float)m, rf = (float)r;
+    if (mean) mean[bg] = mf;
+    if (rstd) rstd[bg] = rf;
     int64_t c0 = (bg % G) * Cg;
     for (int64_t c = 0; c < Cg; c++) {
-      double gm = gamma ? gamma[c0 + c] : 1.0, bt = beta ? beta[c0 + c] : 0.0;
+      const float a = rf * (gamma ? gamma[c0 + c] : 1.0f), bt = beta ? beta[c0 + c] : 0.0f;
       const float *xc = xg + c * S;
       float *yc = yg + c * S;
       if (silu) {
 #pragma omp simd
-        for (int64_t s = 0; s < S; s++) yc[s] = vm_siluf((float)((xc[s] - m) * r * gm + bt));
+        for (int64_t s = 0; s < S; s++) yc[s] = vm_siluf(VM_FMA(xc[s] - mf, a, bt));
       } else {
-        for (int64_t s = 0; s < S; s++) yc[s] = (float)((xc[s] - m) * r * gm + bt);
+#pragma omp simd
+        for (int64_t s = 0; s < S; s++) yc[s] = VM_FMA(xc[s] - mf, a, bt);
       }
     }
   }
@@ -92,7 +94,8 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
 
 #pragma omp parallel for if (B * C * S > PAR_MIN)
   for (int64_t bg = 0; bg < B * G; bg++) {
-    double m = mean[bg], r = rstd[bg];
+    const float mf = mean[bg], rf = rstd[bg];
+    const double r = rf;
     int64_t b = bg / G, c0 = (bg % G) * Cg;
     double g_dxhat = 0.0, g_dxhat_xhat = 0.0; // group sums of dxhat and dxhat * xhat
     for (int64_t c = 0; c < Cg; c++) {
@@ -100,28 +103,29 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
       const float *dyc = dy + bg * n + c * S;
       double sdx = 0.0, sd = 0.0;
       if (silu) {
-        const double gz = gamma ? gamma[c0 + c] : 1.0, bz = beta ? beta[c0 + c] : 0.0;
+        /* z exactly as the forward computed it (same float expression, same saved stats) */
+        const float a = rf * (gamma ? gamma[c0 + c] : 1.0f), bz = beta ? beta[c0 + c] : 0.0f;
         if (dx) {
           float *dzc = dx + bg * n + c * S;
 #pragma omp simd reduction(+ : sdx, sd)
           for (int64_t s = 0; s < S; s++) {
-            const float dz = dyc[s] * vm_silu_gradf((float)((xc[s] - m) * r * gz + bz));
+            const float dz = dyc[s] * vm_silu_gradf(VM_FMA(xc[s] - mf, a, bz));
             dzc[s] = dz;
-            sdx += dz * (xc[s] - m);
+            sdx += dz * (xc[s] - mf);
             sd += dz;
           }
         } else {
 #pragma omp simd reduction(+ : sdx, sd)
           for (int64_t s = 0; s < S; s++) {
-            const float dz = dyc[s] * vm_silu_gradf((float)((xc[s] - m) * r * gz + bz));
-            sdx += dz * (xc[s] - m);
+            const float dz = dyc[s] * vm_silu_gradf(VM_FMA(xc[s] - mf, a, bz));
+            sdx += dz * (xc[s] - mf);
             sd += dz;
           }
         }
       } else {
 #pragma omp simd reduction(+ : sdx, sd)
         for (int64_t s = 0; s < S; s++) {
-          sdx += dyc[s] * (xc[s] - m);
+          sdx += dyc[s] * (xc[s] - mf);
           sd += dyc[s];
         }
       }
@@ -139,11 +143,11 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
       const float *xc = x + bg * n + c * S;
       float *dxc = dx + bg * n + c * S;
       const float *dyc = silu ? dxc : dy + bg * n + c * S; /* with silu, dz parked in dx */
-      double gm = gamma ? gamma[c0 + c] : 1.0;
-      for (int64_t s = 0; s < S; s++) {
-        double xhat = (xc[s] - m) * r;
-        dxc[s] = (float)(r * (dyc[s] * gm - mean_dxhat - xhat * mean_dxhat_xhat));
-      }
+      /* dx = rstd (dz gamma - mean(dxhat) - xhat mean(dxhat xhat)) = dz ka + (x - mean) kx + k0 */
+      const float ka = (float)(r * (gamma ? gamma[c0 + c] : 1.0)),
+                  kx = (float)(-r * r * mean_dxhat_xhat), k0 = (float)(-r * mean_dxhat);
+#pragma omp simd
+      for (int64_t s = 0; s < S; s++) dxc[s] = VM_FMA(dyc[s], ka, VM_FMA(xc[s] - mf, kx, k0));
     }
   }
 

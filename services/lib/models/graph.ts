@@ -7,6 +7,9 @@
 // reference-counted storage (gpu-core frees a storage with its last handle). A tensor's gradient
 // is released as soon as the tape step that consumes it has run, so backward holds only the
 // gradients of the frontier, not all of them (the batch-32 training step's peak roughly halves).
+// Ops whose input gradient is the output gradient itself (add, reshape, batch concat) hand on
+// handles to its storage instead of copies; a gradient is summed into in place only when this
+// graph owns its storage alone, otherwise the sum goes to a fresh buffer (see #commit).
 
 import type { Activation, Arena, Engine, Tensor } from "../../../gpu-core/index.ts";
 import type { Layers } from "./layers.ts";
@@ -35,6 +38,8 @@ export class Graph implements Layers<Tensor> {
   readonly #owned: Tensor[] = [];
   /** Gradient handles on heap storage that this graph must close. */
   readonly #heap = new Set<Tensor>();
+  /** Gradient handles whose storage another live gradient handle shares (add's two inputs). */
+  readonly #aliased = new Set<Tensor>();
 
   constructor(
     readonly engine: Engine,
@@ -76,6 +81,7 @@ export class Graph implements Layers<Tensor> {
     this.#owned.length = 0;
     for (const t of this.#heap) t.close();
     this.#heap.clear();
+    this.#aliased.clear();
     this.#tape.length = 0;
     this.#grads.clear();
     this.#requires.clear();
@@ -118,16 +124,25 @@ export class Graph implements Layers<Tensor> {
     return t;
   }
 
-  /** Another handle on t's storage (t itself may then be released). */
+  /** Another handle on t's storage (t itself may then be released); not writable if t is not
+   * (aliased, or storage this graph does not own: the caller's seed). */
   #share(t: Tensor, offset = 0, shape: readonly number[] = t.shape): Tensor {
     const v = t.view(offset, shape);
     if (!t.arena) this.#heap.add(v);
+    if (!this.#writable(t)) this.#aliased.add(v);
     return v;
   }
 
   /** Closes a gradient handle this graph owns (the caller's seed and arena tensors are left). */
   #release(t: Tensor): void {
+    this.#aliased.delete(t);
     if (this.#heap.delete(t)) t.close();
+  }
+
+  /** Whether g may be written in place: this graph's own heap storage, shared with no other
+   * live gradient (never the caller's seed or a view of it). */
+  #writable(g: Tensor): boolean {
+    return this.#heap.has(g) && !this.#aliased.has(g);
   }
 
   /** A fresh buffer for x's gradient contribution, or null when x needs none. */
@@ -135,14 +150,23 @@ export class Graph implements Layers<Tensor> {
     return this.#requires.has(x) ? this.#gradBuffer(x.shape) : null;
   }
 
-  /** Adds a contribution to x's gradient (the first one is kept as is, later ones are summed in). */
+  /** Adds a contribution to x's gradient (the first one is kept as is, later ones are summed in:
+   * in place when the prior gradient is writable, else into a fresh buffer, in one pass). */
   #commit(x: Tensor, contribution: Tensor | null): void {
     if (!contribution) return;
     const prior = this.#grads.get(x);
-    if (prior) {
-      this.engine.axpby(prior, 1, contribution, 1);
-      this.#release(contribution);
-    } else this.#grads.set(x, contribution);
+    if (!prior) {
+      this.#grads.set(x, contribution);
+      return;
+    }
+    if (this.#writable(prior)) this.engine.axpby(prior, 1, contribution, 1);
+    else {
+      const sum = this.#gradBuffer(x.shape);
+      this.engine.addForward(sum, prior, contribution);
+      this.#release(prior);
+      this.#grads.set(x, sum);
+    }
+    this.#release(contribution);
   }
 
   /** Records a backward step that runs only when y received a gradient; y's gradient is then dropped. */
@@ -339,14 +363,23 @@ export class Graph implements Layers<Tensor> {
     this.engine.addForward(y, a, b);
     this.#mark(y, [a, b]);
     this.#onBackward(y, (gy) => {
-      // da = gy exactly: the first contribution to a's gradient can share gy's memory, since gy
-      // is final once this step runs. b always gets its own buffer so the two never alias.
-      if (this.#requires.has(a)) {
-        if (this.#grads.has(a)) this.engine.axpby(this.#grads.get(a)!, 1, gy, 1);
-        else this.#grads.set(a, this.#share(gy));
+      // da = gy exactly, and db too when b is not broadcast: gy is final once this step runs, so
+      // both take handles on its storage (marked aliased when both do, so neither is summed into
+      // in place). A broadcast b gets its own reduced buffer.
+      const da = this.#requires.has(a) ? this.#share(gy) : null;
+      let db: Tensor | null = null;
+      if (this.#requires.has(b)) {
+        if (b.numel === gy.numel) db = this.#share(gy, 0, b.shape);
+        else {
+          db = this.#gradBuffer(b.shape);
+          this.engine.addBackward(null, db, gy);
+        }
       }
-      const db = this.#slot(b);
-      if (db) this.engine.addBackward(null, db, gy);
+      if (da && db && b.numel === gy.numel) {
+        this.#aliased.add(da);
+        this.#aliased.add(db);
+      }
+      this.#commit(a, da);
       this.#commit(b, db);
     });
     return y;
@@ -436,9 +469,13 @@ export class Graph implements Layers<Tensor> {
       this.#onBackward(y, (gy) => {
         if (!this.#requires.has(x)) return;
         let gx = this.#grads.get(x);
-        if (!gx) {
-          gx = this.#gradBuffer(x.shape);
-          this.engine.fill(gx, 0);
+        if (!gx || !this.#writable(gx)) {
+          const own = this.#gradBuffer(x.shape);
+          if (gx) {
+            this.engine.copy(own, gx);
+            this.#release(gx);
+          } else this.engine.fill(own, 0);
+          gx = own;
           this.#grads.set(x, gx);
         }
         const region = gx.view(start * per, y.shape);
