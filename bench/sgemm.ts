@@ -1,5 +1,6 @@
 // The machine's own sgemm rate, measured through the engine (a bias-free linearForward is one
-// cblas_sgemm on the CPU backend, one cublasSgemm on CUDA): the denominator of every ratio.
+// oneDNN f32 matmul on the CPU backend, within ~5% of OpenBLAS's sgemm at this size on the Xeon
+// of bench/RESULTS.md, one cublasSgemm on CUDA): the denominator of every ratio.
 import type { Engine } from "../gpu-core/index.ts";
 
 export function median(xs: readonly number[]): number {

@@ -12,21 +12,17 @@
  * cache holds one entry per distinct shape and lives as long as the process.
  *
  * Threads: Debian builds oneDNN on the OpenMP runtime (checked against the header at build time
- * and against the loaded library at first use), so it runs on the same libgomp pool, with the
- * same thread count (omp_set_num_threads from the context's threads=N), as the rest of the
- * backend.
+ * and against the loaded library at first use, dnnl_call.c), so it runs on the same libgomp pool,
+ * with the same thread count (omp_set_num_threads from the context's threads=N), as the rest of
+ * the backend.
  */
 #include "conv2d_dnnl.h"
+#include "dnnl_call.h"
 
-#include <oneapi/dnnl/dnnl.h>
-#include <oneapi/dnnl/dnnl_debug.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if !defined(DNNL_CPU_RUNTIME) || DNNL_CPU_RUNTIME != DNNL_RUNTIME_OMP
-#error "gpu-core needs oneDNN built on the OpenMP runtime (one thread pool with the rest of the backend)"
-#endif
 
 /* All int64_t, so no padding bytes: keys are compared with memcmp. */
 typedef struct conv_key {
@@ -52,7 +48,7 @@ typedef struct conv_entry {
   struct conv_entry *next;
 } conv_entry;
 
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER; /* the cache */
 static dnnl_engine_t g_engine;
 static dnnl_primitive_attr_t g_attr; /* scratchpad supplied by the caller, per call */
 static conv_entry *g_entries;
@@ -63,14 +59,17 @@ int dnnl_conv_eligible(int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, in
          (Wo - 1) * stride + K - W - pad >= 0;
 }
 
+/* "conv2d B.. C->O channels HxW, k s p", for error messages */
+static const char *describe(const conv_key *k, char *buf, size_t n) {
+  snprintf(buf, n, "conv2d B%lld %lld->%lld channels %lldx%lld, k%lld s%lld p%lld", (long long)k->B,
+           (long long)k->C, (long long)k->O, (long long)k->H, (long long)k->W, (long long)k->K,
+           (long long)k->stride, (long long)k->pad);
+  return buf;
+}
+
 static gc_status dnnl_error(dnnl_status_t s, const char *what, const conv_key *k) {
-  gc_status st = s == dnnl_out_of_memory   ? GC_ERR_OUT_OF_MEMORY
-                 : s == dnnl_unimplemented ? GC_ERR_UNSUPPORTED
-                                           : GC_ERR_BACKEND;
-  return gc_set_error(st, "oneDNN %s failed (%s) for conv2d B%lld %lld->%lld channels %lldx%lld, k%lld s%lld p%lld",
-                      what, dnnl_status2str(s), (long long)k->B, (long long)k->C, (long long)k->O,
-                      (long long)k->H, (long long)k->W, (long long)k->K, (long long)k->stride,
-                      (long long)k->pad);
+  char op[128];
+  return dnnl_fail(s, what, describe(k, op, sizeof op));
 }
 
 #define TRY(call)                          \
@@ -78,11 +77,6 @@ static gc_status dnnl_error(dnnl_status_t s, const char *what, const conv_key *k
     dnnl_status_t s_ = (call);             \
     if (s_ != dnnl_success) return s_;     \
   } while (0)
-
-static size_t scratchpad_bytes(const_dnnl_primitive_desc_t pd) {
-  const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-  return md ? dnnl_memory_desc_get_size(md) : 0;
-}
 
 static dnnl_status_t side_init(side *s, const dnnl_memory_desc_t *plain,
                                const dnnl_memory_desc_t *lib, int output) {
@@ -204,28 +198,14 @@ static gc_status entry_get(const conv_key *k, int backward, conv_entry **out) {
   dnnl_status_t s = dnnl_success;
   const char *what = "";
   pthread_mutex_lock(&g_lock);
-  if (!g_engine) {
-    const dnnl_version_t *v = dnnl_version();
-    if (v->cpu_runtime != DNNL_RUNTIME_OMP) {
+  if (!g_attr) {
+    st = dnnl_engine_get(&g_engine);
+    if (st != GC_OK) {
       pthread_mutex_unlock(&g_lock);
-      return gc_set_error(GC_ERR_BACKEND,
-                          "the oneDNN library loaded (%d.%d.%d) runs on CPU runtime %u, not OpenMP: "
-                          "it would not share the backend's threads",
-                          v->major, v->minor, v->patch, v->cpu_runtime);
+      return st;
     }
-    what = "engine creation";
-    dnnl_engine_t engine = NULL;
-    dnnl_primitive_attr_t attr = NULL;
-    s = dnnl_engine_create(&engine, dnnl_cpu, 0);
-    if (s == dnnl_success) s = dnnl_primitive_attr_create(&attr);
-    if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (s == dnnl_success) {
-      g_engine = engine;
-      g_attr = attr;
-    } else {
-      if (attr) dnnl_primitive_attr_destroy(attr);
-      if (engine) dnnl_engine_destroy(engine);
-    }
+    what = "attribute creation";
+    s = dnnl_attr_create(&g_attr);
   }
   conv_entry *e = g_entries;
   while (s == dnnl_success && e && memcmp(&e->k, k, sizeof *k) != 0) e = e->next;
@@ -257,112 +237,36 @@ static gc_status entry_get(const conv_key *k, int backward, conv_entry **out) {
   return st;
 }
 
-/* ---- one call: memory objects, buffers, scratchpad ---- */
+/* ---- one call: operands between our layout and the primitive's ---- */
 
-static _Thread_local char *g_buf;
-static _Thread_local size_t g_buf_bytes;
-
-static size_t al64(size_t n) { return (n + 63) & ~(size_t)63; }
-
-typedef struct call {
-  dnnl_stream_t stream;
-  dnnl_status_t s;
-  const char *what;
-  char *buf, *pad; /* lib copies are carved from buf; pad is oneDNN's scratchpad (shared) */
-  size_t used;
-  dnnl_memory_t mems[32]; /* destroyed by call_end; a call makes at most ~24 */
-  int nmems;
-} call;
-
-static gc_status call_begin(call *c, const conv_key *k, size_t lib_bytes, size_t pad_bytes) {
-  memset(c, 0, sizeof *c);
-  const size_t need = lib_bytes + al64(pad_bytes);
-  if (need > g_buf_bytes) {
-    free(g_buf);
-    g_buf = aligned_alloc(64, al64(need));
-    g_buf_bytes = g_buf ? need : 0;
-    if (!g_buf)
-      return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d: cannot allocate %zu bytes of oneDNN buffers", need);
-  }
-  c->buf = g_buf;
-  c->pad = g_buf + lib_bytes;
-  c->what = "stream creation";
-  c->s = dnnl_stream_create(&c->stream, g_engine, dnnl_stream_default_flags);
-  return c->s == dnnl_success ? GC_OK : dnnl_error(c->s, c->what, k);
-}
-
-static gc_status call_end(call *c, const conv_key *k) {
-  for (int i = 0; i < c->nmems; i++) dnnl_memory_destroy(c->mems[i]);
-  if (c->stream) dnnl_stream_destroy(c->stream);
-  return c->s == dnnl_success ? GC_OK : dnnl_error(c->s, c->what, k);
-}
-
-static dnnl_memory_t mem(call *c, const dnnl_memory_desc_t *md, const void *ptr) {
-  dnnl_memory_t m = NULL;
-  if (c->s != dnnl_success) return NULL;
-  c->what = "memory creation";
-  if (c->nmems == (int)(sizeof c->mems / sizeof c->mems[0])) {
-    c->s = dnnl_out_of_memory;
-    return NULL;
-  }
-  c->s = dnnl_memory_create(&m, md, g_engine, (void *)ptr);
-  if (c->s == dnnl_success) c->mems[c->nmems++] = m;
-  return m;
-}
-
-static void *take(call *c, size_t bytes) {
-  void *p = c->buf + c->used;
-  c->used += al64(bytes);
-  return p;
-}
-
-static void exec(call *c, dnnl_primitive_t p, int n, dnnl_exec_arg_t *args, const char *what) {
-  if (c->s != dnnl_success) return;
-  const_dnnl_primitive_desc_t pd;
-  c->what = what;
-  c->s = dnnl_primitive_get_primitive_desc(p, &pd);
-  if (c->s != dnnl_success) return;
-  const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-  if (smd && dnnl_memory_desc_get_size(smd)) {
-    args[n].arg = DNNL_ARG_SCRATCHPAD;
-    args[n++].memory = mem(c, smd, c->pad);
-    if (c->s != dnnl_success) return;
-  }
-  c->what = what;
-  c->s = dnnl_primitive_execute(p, c->stream, n, args);
-}
-
-static void reorder(call *c, dnnl_primitive_t r, dnnl_memory_t from, dnnl_memory_t to) {
+static void reorder(dnnl_call *c, dnnl_primitive_t r, dnnl_memory_t from, dnnl_memory_t to) {
   dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
-  exec(c, r, 2, a, "reorder");
+  dnnl_call_exec(c, r, 2, a, "reorder");
 }
 
 /* An input in the primitive's layout: the plain tensor itself, or a reordered copy. */
-static dnnl_memory_t input(call *c, const dnnl_memory_desc_t *plain, const side *s, const void *p) {
-  dnnl_memory_t user = mem(c, plain, p);
+static dnnl_memory_t input(dnnl_call *c, const dnnl_memory_desc_t *plain, const side *s, const void *p) {
+  dnnl_memory_t user = dnnl_call_mem(c, plain, p);
   if (!s->reorder) return user;
-  dnnl_memory_t lib = mem(c, &s->lib, take(c, s->bytes));
+  dnnl_memory_t lib = dnnl_call_mem(c, &s->lib, dnnl_call_take(c, s->bytes));
   reorder(c, s->reorder, user, lib);
   return lib;
 }
 
 /* Where the primitive writes an output: the plain tensor itself, or a copy reordered by finish(). */
-static dnnl_memory_t output(call *c, const dnnl_memory_desc_t *plain, const side *s, void *p,
+static dnnl_memory_t output(dnnl_call *c, const dnnl_memory_desc_t *plain, const side *s, void *p,
                             dnnl_memory_t *user) {
-  *user = mem(c, plain, p);
-  return s->reorder ? mem(c, &s->lib, take(c, s->bytes)) : *user;
+  *user = dnnl_call_mem(c, plain, p);
+  return s->reorder ? dnnl_call_mem(c, &s->lib, dnnl_call_take(c, s->bytes)) : *user;
 }
 
-static void finish(call *c, const side *s, dnnl_memory_t lib, dnnl_memory_t user) {
+static void finish(dnnl_call *c, const side *s, dnnl_memory_t lib, dnnl_memory_t user) {
   if (s->reorder) reorder(c, s->reorder, lib, user);
 }
 
 static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-static size_t prim_pad(dnnl_primitive_t p) {
-  const_dnnl_primitive_desc_t pd;
-  return p && dnnl_primitive_get_primitive_desc(p, &pd) == dnnl_success ? scratchpad_bytes(pd) : 0;
-}
+static size_t prim_pad(dnnl_primitive_t p) { return dnnl_scratchpad(p); }
 
 static size_t side_pad(const side *s) { return prim_pad(s->reorder); }
 
@@ -373,11 +277,13 @@ gc_status dnnl_conv2d_forward(float *y, const float *x, const float *w, const fl
   conv_entry *e;
   gc_status st = entry_get(&k, 0, &e);
   if (st != GC_OK) return st;
-  const size_t lib = al64(e->f_x.bytes) + al64(e->f_w.bytes) + al64(e->f_y.bytes);
+  const size_t lib = dnnl_al64(e->f_x.bytes) + dnnl_al64(e->f_w.bytes) + dnnl_al64(e->f_y.bytes);
   const size_t pads =
       max3(prim_pad(e->fwd), side_pad(&e->f_x), max3(side_pad(&e->f_w), side_pad(&e->f_y), 0));
-  call c;
-  st = call_begin(&c, &k, lib, pads);
+  char op[128];
+  describe(&k, op, sizeof op);
+  dnnl_call c;
+  st = dnnl_call_begin(&c, g_engine, lib, pads, op);
   if (st != GC_OK) return st;
   dnnl_memory_t X = input(&c, &e->x, &e->f_x, x), Wm = input(&c, &e->w, &e->f_w, w), Yu;
   dnnl_memory_t Y = output(&c, &e->y, &e->f_y, y, &Yu);
@@ -385,11 +291,11 @@ gc_status dnnl_conv2d_forward(float *y, const float *x, const float *w, const fl
   int n = 3;
   if (b) {
     a[n].arg = DNNL_ARG_BIAS;
-    a[n++].memory = mem(&c, &e->b, b);
+    a[n++].memory = dnnl_call_mem(&c, &e->b, b);
   }
-  exec(&c, e->fwd, n, a, "forward convolution");
+  dnnl_call_exec(&c, e->fwd, n, a, "forward convolution");
   finish(&c, &e->f_y, Y, Yu);
-  return call_end(&c, &k);
+  return dnnl_call_end(&c, op);
 }
 
 gc_status dnnl_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
@@ -407,18 +313,20 @@ gc_status dnnl_conv2d_backward(float *dx, float *dw, float *db, const float *dy,
   const size_t nw = (size_t)(O * C * K * K);
   size_t lib = 0, pads = 0;
   if (dx) {
-    lib += al64(e->d_dy.bytes) + al64(e->d_w.bytes) + al64(e->d_dx.bytes);
+    lib += dnnl_al64(e->d_dy.bytes) + dnnl_al64(e->d_w.bytes) + dnnl_al64(e->d_dx.bytes);
     pads = max3(prim_pad(e->bwd_data), side_pad(&e->d_dy), max3(side_pad(&e->d_w), side_pad(&e->d_dx), 0));
   }
   if (wgrad) {
     /* + the plain dw and db the primitive writes (=), added onto dw, db (+=) */
-    lib += al64(e->w_x.bytes) + (share_dy ? 0 : al64(e->w_dy.bytes)) + al64(e->w_dw.bytes) +
-           al64(nw * sizeof(float)) + al64((size_t)O * sizeof(float));
+    lib += dnnl_al64(e->w_x.bytes) + (share_dy ? 0 : dnnl_al64(e->w_dy.bytes)) + dnnl_al64(e->w_dw.bytes) +
+           dnnl_al64(nw * sizeof(float)) + dnnl_al64((size_t)O * sizeof(float));
     pads = max3(pads, prim_pad(e->bwd_weights),
                 max3(side_pad(&e->w_x), side_pad(&e->w_dy), side_pad(&e->w_dw)));
   }
-  call c;
-  st = call_begin(&c, &k, lib, pads);
+  char op[128];
+  describe(&k, op, sizeof op);
+  dnnl_call c;
+  st = dnnl_call_begin(&c, g_engine, lib, pads, op);
   if (st != GC_OK) return st;
   dnnl_memory_t DY = NULL;
   if (dx) {
@@ -426,19 +334,19 @@ gc_status dnnl_conv2d_backward(float *dx, float *dw, float *db, const float *dy,
     dnnl_memory_t Wm = input(&c, &e->w, &e->d_w, w), DXu;
     dnnl_memory_t DX = output(&c, &e->x, &e->d_dx, dx, &DXu);
     dnnl_exec_arg_t a[4] = {{DNNL_ARG_DIFF_DST, DY}, {DNNL_ARG_WEIGHTS, Wm}, {DNNL_ARG_DIFF_SRC, DX}};
-    exec(&c, e->bwd_data, 3, a, "backward-data convolution");
+    dnnl_call_exec(&c, e->bwd_data, 3, a, "backward-data convolution");
     finish(&c, &e->d_dx, DX, DXu);
   }
   if (wgrad) {
-    float *tw = take(&c, nw * sizeof(float)), *tb = take(&c, (size_t)O * sizeof(float));
+    float *tw = dnnl_call_take(&c, nw * sizeof(float)), *tb = dnnl_call_take(&c, (size_t)O * sizeof(float));
     dnnl_memory_t X = input(&c, &e->x, &e->w_x, x);
     dnnl_memory_t DYw = share_dy ? DY : input(&c, &e->y, &e->w_dy, dy), DWu;
     dnnl_memory_t DW = output(&c, &e->w, &e->w_dw, tw, &DWu);
     dnnl_exec_arg_t a[5] = {{DNNL_ARG_SRC, X},
                             {DNNL_ARG_DIFF_DST, DYw},
                             {DNNL_ARG_DIFF_WEIGHTS, DW},
-                            {DNNL_ARG_DIFF_BIAS, mem(&c, &e->b, tb)}};
-    exec(&c, e->bwd_weights, 4, a, "backward-weights convolution");
+                            {DNNL_ARG_DIFF_BIAS, dnnl_call_mem(&c, &e->b, tb)}};
+    dnnl_call_exec(&c, e->bwd_weights, 4, a, "backward-weights convolution");
     finish(&c, &e->w_dw, DW, DWu);
     if (c.s == dnnl_success) {
       if (dw)
@@ -447,5 +355,5 @@ gc_status dnnl_conv2d_backward(float *dx, float *dw, float *db, const float *dy,
         for (int64_t o = 0; o < O; o++) db[o] += tb[o];
     }
   }
-  return call_end(&c, &k);
+  return dnnl_call_end(&c, op);
 }

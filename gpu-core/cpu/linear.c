@@ -1,5 +1,8 @@
 /*
- * Fully connected layer on the CPU: OpenBLAS sgemm over blocks of rows.
+ * Fully connected layer on the CPU. y = x w^T and dx = dy w go to oneDNN's matmul
+ * (matmul_dnnl.c: 1.3-2x OpenBLAS's rate at these shapes, 25x at LoRA's rank 4); dw and db, and
+ * everything in a build without oneDNN or for a shape oneDNN declines, run on OpenBLAS sgemm over
+ * blocks of rows.
  *
  * Threading as in conv2d.c: when OpenBLAS is single-threaded the rows are split into one range
  * per OpenMP thread, each thread calling sgemm on its range (its dw and db go to private
@@ -7,6 +10,7 @@
  * and OpenBLAS parallelises each call.
  */
 #include "../core/backend.h"
+#include "matmul_dnnl.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -66,10 +70,43 @@ static gc_status check_blas_sizes(int64_t N, int64_t I, int64_t O) {
   return GC_OK;
 }
 
+/* oneDNN for a product unless a size is 0 (its descriptors refuse empty dims); its answer, or
+ * GC_ERR_UNSUPPORTED to fall back to OpenBLAS. */
+static int dnnl_takes(int64_t N, int64_t I, int64_t O) { return N > 0 && I > 0 && O > 0; }
+
+static gc_status blas_linear_forward(float *y, const float *x, const float *w, const float *b,
+                                     int64_t N, int64_t I, int64_t O, int accumulate);
+static gc_status blas_linear_backward(float *dx, float *dw, float *db, const float *dy,
+                                      const float *x, const float *w, int64_t N, int64_t I,
+                                      int64_t O, int accumulate);
+
 /* y[N,O] (= or += with accumulate), x[N,I], w[O,I], b[O] optional */
 gc_status be_linear_forward(be_ctx *bc, float *y, const float *x, const float *w, const float *b,
                             int64_t N, int64_t I, int64_t O, int accumulate) {
   (void)bc;
+  if (dnnl_takes(N, I, O)) {
+    gc_status st = dnnl_linear_forward(y, x, w, b, N, I, O, accumulate);
+    if (st != GC_ERR_UNSUPPORTED) return st;
+  }
+  return blas_linear_forward(y, x, w, b, N, I, O, accumulate);
+}
+
+/* dx[N,I] (= or += with accumulate), dw[O,I] (+=), db[O] (+=), each optional; dy[N,O], x[N,I],
+ * w[O,I] */
+gc_status be_linear_backward(be_ctx *bc, float *dx, float *dw, float *db, const float *dy,
+                             const float *x, const float *w, int64_t N, int64_t I, int64_t O,
+                             int accumulate) {
+  (void)bc;
+  if (dx && dnnl_takes(N, I, O)) {
+    gc_status st = dnnl_linear_backward_data(dx, dy, w, N, I, O, accumulate);
+    if (st == GC_OK) dx = NULL; /* done; dw and db below */
+    else if (st != GC_ERR_UNSUPPORTED) return st;
+  }
+  return blas_linear_backward(dx, dw, db, dy, x, w, N, I, O, accumulate);
+}
+
+static gc_status blas_linear_forward(float *y, const float *x, const float *w, const float *b,
+                                     int64_t N, int64_t I, int64_t O, int accumulate) {
   gc_status st = check_blas_sizes(N, I, O);
   if (st != GC_OK) return st;
   const int team = linear_team(N);
@@ -101,12 +138,9 @@ gc_status be_linear_forward(be_ctx *bc, float *y, const float *x, const float *w
   return GC_OK;
 }
 
-/* dx[N,I] (= or += with accumulate), dw[O,I] (+=), db[O] (+=), each optional; dy[N,O], x[N,I],
- * w[O,I] */
-gc_status be_linear_backward(be_ctx *bc, float *dx, float *dw, float *db, const float *dy,
-                             const float *x, const float *w, int64_t N, int64_t I, int64_t O,
-                             int accumulate) {
-  (void)bc;
+static gc_status blas_linear_backward(float *dx, float *dw, float *db, const float *dy,
+                                      const float *x, const float *w, int64_t N, int64_t I,
+                                      int64_t O, int accumulate) {
   if (!dx && !dw && !db) return GC_OK;
   gc_status st = check_blas_sizes(N, I, O);
   if (st != GC_OK) return st;
