@@ -61,6 +61,11 @@ gc_status be_axpby(be_ctx *bc, float *y, float alpha, const float *x, float beta
 gc_status be_add_forward(be_ctx *bc, float *y, const float *a, const float *b, int64_t R,
                          int64_t S) {
   (void)bc;
+  if (S == 1) { /* same shapes: one flat loop (the row loop below would run one element per row) */
+#pragma omp parallel for simd if (R > PAR_MIN)
+    for (int64_t i = 0; i < R; i++) y[i] = a[i] + b[i];
+    return GC_OK;
+  }
 #pragma omp parallel for if (R * S > PAR_MIN)
   for (int64_t r = 0; r < R; r++) {
     float br = b[r];

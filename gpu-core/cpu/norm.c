@@ -2,8 +2,9 @@
  * CPU backend: group norm and layer norm (PyTorch semantics: biased variance,
  * rstd = 1/sqrt(var + eps)). Statistics are accumulated in double with two passes (mean, then
  * centred squares, each a vectorised `omp simd` reduction: 1.4-2.7x less CPU than scalar sums)
- * so a large mean does not cancel the variance. The saved mean/rstd are fp32, and backward uses
- * those saved values, as PyTorch does.
+ * so a large mean does not cancel the variance. The saved mean/rstd are fp32, and both directions
+ * use those saved values. Per element both norms work in float, z = (x - mean) rstd gamma + beta
+ * (twice the lanes of double; a few fp32 ulp of error), while their sums stay double.
  *
  * Backward, with xhat = (x - mean) rstd and dxhat = dy gamma over the n normalised elements:
  *   dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
@@ -189,14 +190,12 @@ gc_status be_layer_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, 
     }
     double var = D > 0 ? sq / (double)D : 0.0;
     double r = 1.0 / sqrt(var + (double)eps);
-    if (mean) mean[row] = (float)m;
-    if (rstd) rstd[row] = (float)r;
-    for (int64_t i = 0; i < D; i++) {
-      double v = (xr[i] - m) * r;
-      if (gamma) v *= gamma[i];
-      if (beta) v += beta[i];
-      yr[i] = (float)v;
-    }
+    const float mf = (float)m, rf = (float)r;
+    if (mean) mean[row] = mf;
+    if (rstd) rstd[row] = rf;
+#pragma omp simd
+    for (int64_t i = 0; i < D; i++)
+      yr[i] = VM_FMA((xr[i] - mf) * rf, gamma ? gamma[i] : 1.0f, beta ? beta[i] : 0.0f);
   }
   return GC_OK;
 }
@@ -216,20 +215,23 @@ gc_status be_layer_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
     for (int64_t row = 0; row < N; row++) {
       const float *xr = x + row * D, *dyr = dy + row * D;
       float *dxr = dx + row * D;
-      double m = mean[row], r = rstd[row];
-      double s_dxhat = 0.0, s_dxhat_xhat = 0.0;
-#pragma omp simd reduction(+ : s_dxhat, s_dxhat_xhat)
+      const float mf = mean[row], rf = rstd[row];
+      const double r = rf;
+      double s_dxhat = 0.0, s_dxhat_xm = 0.0; /* sums of dxhat and dxhat (x - mean) */
+#pragma omp simd reduction(+ : s_dxhat, s_dxhat_xm)
       for (int64_t i = 0; i < D; i++) {
-        double dxhat = gamma ? (double)dyr[i] * gamma[i] : (double)dyr[i];
+        const float dxhat = gamma ? dyr[i] * gamma[i] : dyr[i];
         s_dxhat += dxhat;
-        s_dxhat_xhat += dxhat * (xr[i] - m) * r;
+        s_dxhat_xm += dxhat * (xr[i] - mf);
       }
-      double mean_dxhat = D > 0 ? s_dxhat / (double)D : 0.0;
-      double mean_dxhat_xhat = D > 0 ? s_dxhat_xhat / (double)D : 0.0;
+      const double mean_dxhat = D > 0 ? s_dxhat / (double)D : 0.0;
+      const double mean_dxhat_xhat = D > 0 ? s_dxhat_xm * r / (double)D : 0.0;
+      /* dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) = dxhat rstd + (x - mean) kx + k0 */
+      const float kx = (float)(-r * r * mean_dxhat_xhat), k0 = (float)(-r * mean_dxhat);
+#pragma omp simd
       for (int64_t i = 0; i < D; i++) {
-        double dxhat = gamma ? (double)dyr[i] * gamma[i] : (double)dyr[i];
-        double xhat = (xr[i] - m) * r;
-        dxr[i] = (float)(r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+        const float dxhat = gamma ? dyr[i] * gamma[i] : dyr[i];
+        dxr[i] = VM_FMA(dxhat, rf, VM_FMA(xr[i] - mf, kx, k0));
       }
     }
   }
@@ -240,9 +242,10 @@ gc_status be_layer_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
       double sg[LN_COLS] = {0}, sb[LN_COLS] = {0};
       for (int64_t row = 0; row < N; row++) {
         const float *xr = x + row * D + d0, *dyr = dy + row * D + d0;
-        double m = mean[row], r = rstd[row];
+        const float mf = mean[row], rf = rstd[row];
+#pragma omp simd
         for (int64_t i = 0; i < w; i++) {
-          sg[i] += dyr[i] * (xr[i] - m) * r;
+          sg[i] += dyr[i] * ((xr[i] - mf) * rf);
           sb[i] += dyr[i];
         }
       }
