@@ -185,6 +185,18 @@ __attribute__((target("prefer-vector-width=512"))) static void softmax_row(float
   for (int64_t j = 0; j < n; j++) x[j] *= inv;
 }
 
+/* <a, b> over n floats, in VW float lanes (then double across the lanes): the softmax backward's
+ * per-row dot, whose terms p dP are bounded by max |dP|, so fp32 lanes lose ~1e-7 of it. */
+static float dot_row(const float *a, const float *b, int64_t n) {
+  const int64_t nv = n / VW * VW;
+  vec acc = {0};
+  for (int64_t j = 0; j < nv; j += VW) acc = v_fma(v_load(a + j), v_load(b + j), acc);
+  double sum = 0.0;
+  for (int i = 0; i < VW; i++) sum += acc[i];
+  for (int64_t j = nv; j < n; j++) sum += (double)a[j] * b[j];
+  return (float)sum;
+}
+
 /* Query rows per block: the block's scores [QB,Tkp] stay within ~128 KB of this core's cache
  * from the QK^T product through the softmax to the PV product, whatever the sequence length. */
 static int64_t query_block(int64_t Tq, int64_t Tkp) {
@@ -289,10 +301,8 @@ gc_status be_attention_backward(be_ctx *bc, float *dq, float *dk, float *dv, con
     for (int64_t i = 0; i < Tq; i++) {
       float *gr = g + i * Tkp;
       const float *pr = ph + i * Tk;
-      double dot = 0.0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < Tk; j++) dot += (double)gr[j] * pr[j];
-      const float d = (float)dot;
+      const float d = dot_row(gr, pr, Tk);
+#pragma omp simd
       for (int64_t j = 0; j < Tk; j++) gr[j] = scale * pr[j] * (gr[j] - d);
     }
 
