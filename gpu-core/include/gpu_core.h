@@ -51,8 +51,15 @@ typedef enum gc_activation {
 
 typedef int64_t gc_handle;
 
-/* Every function of the API, with its documentation: include/gc_api.def. */
-#define GC_API(returns, name, params) returns name params;
+/* Every function of the API, with its documentation: include/gc_api.def. The library is built with
+ * -fvisibility=hidden, so these are the only symbols it exports (not the backend's be_* kernels
+ * or its oneDNN helpers). */
+#if defined(__GNUC__)
+#define GC_EXPORT __attribute__((visibility("default")))
+#else
+#define GC_EXPORT
+#endif
+#define GC_API(returns, name, params) GC_EXPORT returns name params;
 #include "gc_api.def"
 #undef GC_API
 
