@@ -515,8 +515,8 @@ export class Engine {
   gegluBackward(dx: Tensor, dy: Tensor, x: Tensor): void {
     this.#call("gc_geglu_backward", dx, dy, x);
   }
-  /** scale 0 means 1/sqrt(head size). */
-  /** probs [B,H,Tq,Tk] keeps the softmax for attentionBackward; null when no backward follows. */
+  /** scale 0 means 1/sqrt(head size); probs [B,H,Tq,Tk] keeps the softmax for attentionBackward,
+   * null when no backward follows. */
   attentionForward(
     out: Tensor,
     probs: Optional<Tensor>,

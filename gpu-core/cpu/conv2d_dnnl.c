@@ -72,12 +72,6 @@ static gc_status dnnl_error(dnnl_status_t s, const char *what, const conv_key *k
   return dnnl_fail(s, what, describe(k, op, sizeof op));
 }
 
-#define TRY(call)                          \
-  do {                                     \
-    dnnl_status_t s_ = (call);             \
-    if (s_ != dnnl_success) return s_;     \
-  } while (0)
-
 static dnnl_status_t side_init(side *s, const dnnl_memory_desc_t *plain,
                                const dnnl_memory_desc_t *lib, int output) {
   s->lib = *lib;
@@ -86,7 +80,7 @@ static dnnl_status_t side_init(side *s, const dnnl_memory_desc_t *plain,
   if (dnnl_memory_desc_equal(plain, lib)) return dnnl_success;
   s->bytes = dnnl_memory_desc_get_size(lib);
   dnnl_primitive_desc_t rpd;
-  TRY(output ? dnnl_reorder_primitive_desc_create(&rpd, lib, g_engine, plain, g_engine, g_attr)
+  DNNL_TRY(output ? dnnl_reorder_primitive_desc_create(&rpd, lib, g_engine, plain, g_engine, g_attr)
              : dnnl_reorder_primitive_desc_create(&rpd, plain, g_engine, lib, g_engine, g_attr));
   dnnl_status_t st = dnnl_primitive_create(&s->reorder, rpd);
   dnnl_primitive_desc_destroy(rpd);
@@ -105,8 +99,8 @@ static dnnl_status_t any_descs(const conv_key *k, dnnl_memory_desc_t *x, dnnl_me
                                dnnl_memory_desc_t *y) {
   dnnl_dims_t xd = {k->B, k->C, k->H, k->W}, wd = {k->O, k->C, k->K, k->K},
               yd = {k->B, k->O, k->Ho, k->Wo};
-  TRY(dnnl_memory_desc_init_by_tag(x, 4, xd, dnnl_f32, dnnl_format_tag_any));
-  TRY(dnnl_memory_desc_init_by_tag(w, 4, wd, dnnl_f32, dnnl_format_tag_any));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(x, 4, xd, dnnl_f32, dnnl_format_tag_any));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(w, 4, wd, dnnl_f32, dnnl_format_tag_any));
   return dnnl_memory_desc_init_by_tag(y, 4, yd, dnnl_f32, dnnl_format_tag_any);
 }
 
@@ -114,34 +108,34 @@ static dnnl_status_t entry_init(conv_entry *e) {
   const conv_key *k = &e->k;
   dnnl_dims_t xd = {k->B, k->C, k->H, k->W}, wd = {k->O, k->C, k->K, k->K}, bd = {k->O},
               yd = {k->B, k->O, k->Ho, k->Wo};
-  TRY(dnnl_memory_desc_init_by_tag(&e->x, 4, xd, dnnl_f32, dnnl_nchw));
-  TRY(dnnl_memory_desc_init_by_tag(&e->w, 4, wd, dnnl_f32, dnnl_oihw));
-  TRY(dnnl_memory_desc_init_by_tag(&e->b, 1, bd, dnnl_f32, dnnl_x));
-  TRY(dnnl_memory_desc_init_by_tag(&e->y, 4, yd, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->x, 4, xd, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->w, 4, wd, dnnl_f32, dnnl_oihw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->b, 1, bd, dnnl_f32, dnnl_x));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->y, 4, yd, dnnl_f32, dnnl_nchw));
   dnnl_memory_desc_t ax, aw, ay;
-  TRY(any_descs(k, &ax, &aw, &ay));
+  DNNL_TRY(any_descs(k, &ax, &aw, &ay));
   dnnl_dims_t st, pl, pr;
   conv_geometry(k, st, pl, pr);
   dnnl_convolution_desc_t cd;
-  TRY(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &ax,
+  DNNL_TRY(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &ax,
                                          &aw, k->bias ? &e->b : NULL, &ay, st, pl, pr));
-  TRY(dnnl_primitive_desc_create(&e->fpd, &cd, g_attr, g_engine, NULL));
-  TRY(dnnl_primitive_create(&e->fwd, e->fpd));
-  TRY(side_init(&e->f_x, &e->x, dnnl_primitive_desc_query_md(e->fpd, dnnl_query_src_md, 0), 0));
-  TRY(side_init(&e->f_w, &e->w, dnnl_primitive_desc_query_md(e->fpd, dnnl_query_weights_md, 0), 0));
+  DNNL_TRY(dnnl_primitive_desc_create(&e->fpd, &cd, g_attr, g_engine, NULL));
+  DNNL_TRY(dnnl_primitive_create(&e->fwd, e->fpd));
+  DNNL_TRY(side_init(&e->f_x, &e->x, dnnl_primitive_desc_query_md(e->fpd, dnnl_query_src_md, 0), 0));
+  DNNL_TRY(side_init(&e->f_w, &e->w, dnnl_primitive_desc_query_md(e->fpd, dnnl_query_weights_md, 0), 0));
   return side_init(&e->f_y, &e->y, dnnl_primitive_desc_query_md(e->fpd, dnnl_query_dst_md, 0), 1);
 }
 
 static dnnl_status_t entry_init_backward(conv_entry *e) {
   const conv_key *k = &e->k;
   dnnl_memory_desc_t ax, aw, ay;
-  TRY(any_descs(k, &ax, &aw, &ay));
+  DNNL_TRY(any_descs(k, &ax, &aw, &ay));
   dnnl_dims_t st, pl, pr;
   conv_geometry(k, st, pl, pr);
   dnnl_convolution_desc_t cd;
   dnnl_primitive_desc_t pd;
-  TRY(dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &ax, &aw, &ay, st, pl, pr));
-  TRY(dnnl_primitive_desc_create(&pd, &cd, g_attr, g_engine, e->fpd));
+  DNNL_TRY(dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &ax, &aw, &ay, st, pl, pr));
+  DNNL_TRY(dnnl_primitive_desc_create(&pd, &cd, g_attr, g_engine, e->fpd));
   dnnl_status_t s = dnnl_primitive_create(&e->bwd_data, pd);
   if (s == dnnl_success)
     s = side_init(&e->d_dy, &e->y, dnnl_primitive_desc_query_md(pd, dnnl_query_diff_dst_md, 0), 0);
@@ -150,11 +144,11 @@ static dnnl_status_t entry_init_backward(conv_entry *e) {
   if (s == dnnl_success)
     s = side_init(&e->d_dx, &e->x, dnnl_primitive_desc_query_md(pd, dnnl_query_diff_src_md, 0), 1);
   dnnl_primitive_desc_destroy(pd);
-  TRY(s);
+  DNNL_TRY(s);
 
-  TRY(dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &ax, &aw, &e->b,
+  DNNL_TRY(dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &ax, &aw, &e->b,
                                                   &ay, st, pl, pr));
-  TRY(dnnl_primitive_desc_create(&pd, &cd, g_attr, g_engine, e->fpd));
+  DNNL_TRY(dnnl_primitive_desc_create(&pd, &cd, g_attr, g_engine, e->fpd));
   s = dnnl_primitive_create(&e->bwd_weights, pd);
   if (s == dnnl_success && !dnnl_memory_desc_equal(
                                &e->b, dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 1)))

@@ -16,9 +16,16 @@
 #error "gpu-core needs oneDNN built on the OpenMP runtime (one thread pool with the rest of the backend)"
 #endif
 
-/* The process-wide engine, created on first use (checks the loaded library's runtime too). Call
- * with the caller's cache mutex held or not at all concurrently with itself: it takes its own. */
+/* The process-wide engine, created on first use (checks the loaded library's runtime too);
+ * thread-safe (it takes its own lock, never held while taking another). */
 gc_status dnnl_engine_get(dnnl_engine_t *engine);
+
+/* Returns the oneDNN status of `call` from the enclosing function when it is not success. */
+#define DNNL_TRY(call)                     \
+  do {                                     \
+    dnnl_status_t s_ = (call);             \
+    if (s_ != dnnl_success) return s_;     \
+  } while (0)
 
 /* A fresh attribute with the user-supplied scratchpad mode (the caller destroys it). */
 dnnl_status_t dnnl_attr_create(dnnl_primitive_attr_t *attr);

@@ -44,21 +44,15 @@ static const char *describe(const mm_key *k, char *buf, size_t n) {
   return buf;
 }
 
-#define TRY(call)                          \
-  do {                                     \
-    dnnl_status_t s_ = (call);             \
-    if (s_ != dnnl_success) return s_;     \
-  } while (0)
-
 static dnnl_status_t entry_init(mm_entry *e) {
   const mm_key *k = &e->k;
   dnnl_dims_t ad = {k->M, k->K}, bd = {k->K, k->N}, biasd = {1, k->N}, cd = {k->M, k->N};
-  TRY(dnnl_memory_desc_init_by_tag(&e->a, 2, ad, dnnl_f32, dnnl_ab));
-  TRY(dnnl_memory_desc_init_by_tag(&e->b, 2, bd, dnnl_f32, k->b_transposed ? dnnl_ba : dnnl_ab));
-  TRY(dnnl_memory_desc_init_by_tag(&e->bias, 2, biasd, dnnl_f32, dnnl_ab));
-  TRY(dnnl_memory_desc_init_by_tag(&e->c, 2, cd, dnnl_f32, dnnl_ab));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->a, 2, ad, dnnl_f32, dnnl_ab));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->b, 2, bd, dnnl_f32, k->b_transposed ? dnnl_ba : dnnl_ab));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->bias, 2, biasd, dnnl_f32, dnnl_ab));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->c, 2, cd, dnnl_f32, dnnl_ab));
   dnnl_matmul_desc_t md;
-  TRY(dnnl_matmul_desc_init(&md, &e->a, &e->b, k->bias ? &e->bias : NULL, &e->c));
+  DNNL_TRY(dnnl_matmul_desc_init(&md, &e->a, &e->b, k->bias ? &e->bias : NULL, &e->c));
   dnnl_primitive_attr_t attr = NULL;
   dnnl_post_ops_t po = NULL;
   dnnl_primitive_desc_t pd = NULL;

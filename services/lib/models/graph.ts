@@ -26,7 +26,6 @@ export interface ParameterSource {
 /** LoRA adapters on linear layers: y = W x + scale * B (A x), looked up by the base layer's name. */
 export interface LoraAdapters {
   scale: number;
-  has(name: string): boolean;
   /** The adapted linears: module name -> [out, in] of its base weight. */
   readonly modules: ReadonlyMap<string, readonly [number, number]>;
 }
@@ -191,7 +190,7 @@ export class Graph implements Layers<Tensor> {
     }
     const y = this.#new([...x.shape.slice(0, -1), out]);
     this.engine.linearForward(y, x, w.value, b?.value);
-    if (this.lora?.has(name)) return this.#loraLinear(y, x, name, w, b);
+    if (this.lora?.modules.has(name)) return this.#loraLinear(y, x, name, w, b);
     this.#mark(y, [x], [w, b]);
     this.#onBackward(y, (gy) => {
       const dx = this.#slot(x);
@@ -226,19 +225,6 @@ export class Graph implements Layers<Tensor> {
         this.engine.linearBackward(dx, a.grad, null, gd, x, a.value, true);
         this.#release(gd);
       }
-      this.#commit(x, dx);
-    });
-    return y;
-  }
-
-  /** y = alpha * x. */
-  scale(x: Tensor, alpha: number): Tensor {
-    const y = this.#new(x.shape);
-    this.engine.axpby(y, alpha, x, 0);
-    this.#mark(y, [x]);
-    this.#onBackward(y, (gy) => {
-      const dx = this.#slot(x);
-      if (dx) this.engine.axpby(dx, alpha, gy, 0);
       this.#commit(x, dx);
     });
     return y;
@@ -369,15 +355,13 @@ export class Graph implements Layers<Tensor> {
       const da = this.#requires.has(a) ? this.#share(gy) : null;
       let db: Tensor | null = null;
       if (this.#requires.has(b)) {
-        if (b.numel === gy.numel) db = this.#share(gy, 0, b.shape);
-        else {
+        if (b.numel === gy.numel) {
+          db = this.#share(gy, 0, b.shape);
+          if (da) for (const g of [da, db]) this.#aliased.add(g);
+        } else {
           db = this.#gradBuffer(b.shape);
           this.engine.addBackward(null, db, gy);
         }
-      }
-      if (da && db && b.numel === gy.numel) {
-        this.#aliased.add(da);
-        this.#aliased.add(db);
       }
       this.#commit(a, da);
       this.#commit(b, db);
