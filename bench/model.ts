@@ -36,7 +36,12 @@ export async function main(args: string[]): Promise<void> {
   model.predictNoise(counter, counter.input([B, 3, size, size]), counter.input([B]), counter.input([B, 16, 64]));
   const forwardFlops = counter.forward;
 
-  const source = combineSources(model.unetSource(), model.textSource());
+  // The forward row is inference (PyTorch's no_grad): frozen parameters, so no tape and no saved
+  // softmax; the training row records everything.
+  const sources = {
+    forward: combineSources(model.unetSource({ frozen: true }), model.textSource({ frozen: true })),
+    train: combineSources(model.unetSource(), model.textSource()),
+  };
   const arena = engine.arena(256 << 20);
   const context = engine.tensor([B, tokenizer.maxLength, PRETRAIN_DEFAULTS.textHidden]);
   const x = engine.tensor([B, 3, size, size]);
@@ -47,7 +52,7 @@ export async function main(args: string[]): Promise<void> {
   const seed = engine.tensor([B, 3, size, size]);
   for (const [k, tensor] of [context, x, seed].entries()) engine.randn(tensor, k + 1, 0);
   const step = (withBackward: boolean) => {
-    const g = new Graph(engine, source, arena);
+    const g = new Graph(engine, withBackward ? sources.train : sources.forward, arena);
     const eps = model.predictNoise(g, x, t, context);
     if (withBackward) g.backward(eps, seed);
     g.dispose();

@@ -36,16 +36,16 @@ export const symbols = {
   gc_transpose_backward: { args: [H, H, H], returns: i32 },
   gc_concat_forward: { args: [H, H, H, H], returns: i32 },
   gc_concat_backward: { args: [H, H, H, H], returns: i32 },
-  gc_upsample2x_forward: { args: [H, H, H], returns: i32 },
-  gc_upsample2x_backward: { args: [H, H, H], returns: i32 },
+  gc_upsample2x_forward: { args: [H, H, H, i32], returns: i32 },
+  gc_upsample2x_backward: { args: [H, H, H, i32], returns: i32 },
 
   // layers
-  gc_conv2d_forward: { args: [H, H, H, H, H, i32, i32], returns: i32 },
-  gc_conv2d_backward: { args: [H, H, H, H, H, H, H, i32, i32], returns: i32 },
+  gc_conv2d_forward: { args: [H, H, H, H, H, i32, i32, i32], returns: i32 },
+  gc_conv2d_backward: { args: [H, H, H, H, H, H, H, i32, i32, i32], returns: i32 },
   gc_linear_forward: { args: [H, H, H, H, H, i32], returns: i32 },
   gc_linear_backward: { args: [H, H, H, H, H, H, H, i32], returns: i32 },
-  gc_group_norm_forward: { args: [H, H, H, H, H, H, H, i32, f32, i32], returns: i32 },
-  gc_group_norm_backward: { args: [H, H, H, H, H, H, H, H, H, H, i32, i32], returns: i32 },
+  gc_group_norm_forward: { args: [H, H, H, H, H, H, H, i32, f32, i32, i32], returns: i32 },
+  gc_group_norm_backward: { args: [H, H, H, H, H, H, H, H, H, H, i32, i32, i32], returns: i32 },
   gc_layer_norm_forward: { args: [H, H, H, H, H, H, H, f32], returns: i32 },
   gc_layer_norm_backward: { args: [H, H, H, H, H, H, H, H, H], returns: i32 },
   gc_activation_forward: { args: [H, i32, H, H], returns: i32 },
@@ -95,13 +95,24 @@ export interface ContextCalls<T> {
   gc_transpose_backward: [dx: T, dy: T];
   gc_concat_forward: [y: T, a: T, b: T];
   gc_concat_backward: [da: T, db: T, dy: T];
-  gc_upsample2x_forward: [y: T, x: T];
-  gc_upsample2x_backward: [dx: T, dy: T];
-  gc_conv2d_forward: [y: T, x: T, w: T, b: T, stride: number, pad: number];
-  gc_conv2d_backward: [dx: T, dw: T, db: T, dy: T, x: T, w: T, stride: number, pad: number];
+  gc_upsample2x_forward: [y: T, x: T, channelsLast: number];
+  gc_upsample2x_backward: [dx: T, dy: T, channelsLast: number];
+  gc_conv2d_forward: [y: T, x: T, w: T, b: T, stride: number, pad: number, channelsLast: number];
+  gc_conv2d_backward: [dx: T, dw: T, db: T, dy: T, x: T, w: T, stride: number, pad: number, channelsLast: number];
   gc_linear_forward: [y: T, x: T, w: T, b: T, accumulate: number];
   gc_linear_backward: [dx: T, dw: T, db: T, dy: T, x: T, w: T, accumulate: number];
-  gc_group_norm_forward: [y: T, mean: T, rstd: T, x: T, gamma: T, beta: T, groups: number, eps: number, silu: number];
+  gc_group_norm_forward: [
+    y: T,
+    mean: T,
+    rstd: T,
+    x: T,
+    gamma: T,
+    beta: T,
+    groups: number,
+    eps: number,
+    silu: number,
+    channelsLast: number,
+  ];
   gc_group_norm_backward: [
     dx: T,
     dgamma: T,
@@ -114,6 +125,7 @@ export interface ContextCalls<T> {
     beta: T,
     groups: number,
     silu: number,
+    channelsLast: number,
   ];
   gc_layer_norm_forward: [y: T, mean: T, rstd: T, x: T, gamma: T, beta: T, eps: number];
   gc_layer_norm_backward: [dx: T, dgamma: T, dbeta: T, dy: T, x: T, mean: T, rstd: T, gamma: T];

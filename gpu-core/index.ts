@@ -9,6 +9,8 @@ import { type ContextCalls, type GpuCoreLibrary, openLibrary } from "./ffi.ts";
 export type Backend = "cpu" | "cuda";
 export type DType = "f32" | "i32";
 export type Activation = "silu" | "gelu" | "gelu_tanh" | "quick_gelu";
+/** Where an image tensor keeps its channels: [B,C,H,W] (PyTorch's default) or [B,H,W,C]. */
+export type Layout = "nchw" | "nhwc";
 
 const STATUS_CODES = ["OK", "INVALID_ARGUMENT", "SHAPE", "HANDLE", "OUT_OF_MEMORY", "UNSUPPORTED", "BACKEND"] as const;
 export type StatusCode = (typeof STATUS_CODES)[number];
@@ -410,17 +412,26 @@ export class Engine {
   concatBackward(da: Tensor, db: Tensor, dy: Tensor): void {
     this.#call("gc_concat_backward", da, db, dy);
   }
-  upsample2xForward(y: Tensor, x: Tensor): void {
-    this.#call("gc_upsample2x_forward", y, x);
+  upsample2xForward(y: Tensor, x: Tensor, layout: Layout = "nchw"): void {
+    this.#call("gc_upsample2x_forward", y, x, layoutCode(layout));
   }
-  upsample2xBackward(dx: Tensor, dy: Tensor): void {
-    this.#call("gc_upsample2x_backward", dx, dy);
+  upsample2xBackward(dx: Tensor, dy: Tensor, layout: Layout = "nchw"): void {
+    this.#call("gc_upsample2x_backward", dx, dy, layoutCode(layout));
   }
 
   // ---- layers ----------------------------------------------------------------------------
 
-  conv2dForward(y: Tensor, x: Tensor, w: Tensor, b: Optional<Tensor>, stride: number, pad: number): void {
-    this.#call("gc_conv2d_forward", y, x, w, b, stride, pad);
+  /** w is [O,C,K,K] in either layout; "nhwc" takes x [B,H,W,C] and writes y [B,Ho,Wo,O]. */
+  conv2dForward(
+    y: Tensor,
+    x: Tensor,
+    w: Tensor,
+    b: Optional<Tensor>,
+    stride: number,
+    pad: number,
+    layout: Layout = "nchw",
+  ): void {
+    this.#call("gc_conv2d_forward", y, x, w, b, stride, pad, layoutCode(layout));
   }
   conv2dBackward(
     dx: Optional<Tensor>,
@@ -431,8 +442,9 @@ export class Engine {
     w: Tensor,
     stride: number,
     pad: number,
+    layout: Layout = "nchw",
   ): void {
-    this.#call("gc_conv2d_backward", dx, dw, db, dy, x, w, stride, pad);
+    this.#call("gc_conv2d_backward", dx, dw, db, dy, x, w, stride, pad, layoutCode(layout));
   }
   /** y = x w^T + b; with `accumulate`, y += x w^T + b (one GEMM with beta = 1). */
   linearForward(y: Tensor, x: Tensor, w: Tensor, b: Optional<Tensor>, accumulate = false): void {
@@ -461,8 +473,9 @@ export class Engine {
     groups: number,
     eps: number,
     silu = false,
+    layout: Layout = "nchw",
   ): void {
-    this.#call("gc_group_norm_forward", y, mean, rstd, x, gamma, beta, groups, eps, silu ? 1 : 0);
+    this.#call("gc_group_norm_forward", y, mean, rstd, x, gamma, beta, groups, eps, silu ? 1 : 0, layoutCode(layout));
   }
   /** beta is read only with `silu` (the norm's output is recomputed to take SiLU's derivative). */
   groupNormBackward(
@@ -477,8 +490,23 @@ export class Engine {
     beta: Optional<Tensor>,
     groups: number,
     silu = false,
+    layout: Layout = "nchw",
   ): void {
-    this.#call("gc_group_norm_backward", dx, dgamma, dbeta, dy, x, mean, rstd, gamma, beta, groups, silu ? 1 : 0);
+    this.#call(
+      "gc_group_norm_backward",
+      dx,
+      dgamma,
+      dbeta,
+      dy,
+      x,
+      mean,
+      rstd,
+      gamma,
+      beta,
+      groups,
+      silu ? 1 : 0,
+      layoutCode(layout),
+    );
   }
   layerNormForward(
     y: Tensor,
@@ -686,6 +714,11 @@ type Calls = ContextCalls<Optional<Tensor>>;
 
 function handleOf(arg: Calls[keyof Calls][number]): unknown {
   return arg instanceof Tensor ? arg.handle : (arg ?? 0);
+}
+
+function layoutCode(layout: Layout): number {
+  if (layout !== "nchw" && layout !== "nhwc") throw new GpuCoreError("INVALID_ARGUMENT", `unknown layout '${layout}'`);
+  return layout === "nhwc" ? 1 : 0;
 }
 
 function activationCode(kind: Activation): number {

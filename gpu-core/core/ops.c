@@ -126,20 +126,32 @@ gc_status gc_axpby(gc_handle ctx, gc_handle y, float alpha, gc_handle x, float b
   return be_axpby(c->be, F(y), alpha, F(x), beta, x_t->numel);
 }
 
-/* b broadcasts onto a when b's dims are a leading prefix of a's; returns the split R x S. */
-static gc_status add_split(const gc_tensor *a, const gc_tensor *b, int64_t *R, int64_t *S) {
+/* b broadcasts onto a when b's dims are a leading prefix of a's, or a's dims with one run of
+ * them replaced by 1s; returns the split a[R,S,C], b[R,C]. */
+static gc_status add_split(const gc_tensor *a, const gc_tensor *b, int64_t *R, int64_t *S,
+                           int64_t *C) {
   int ok = b->ndim <= a->ndim;
-  for (int i = 0; ok && i < b->ndim; i++) ok = a->dims[i] == b->dims[i];
+  int lead = 0, tail = b->ndim; /* b's dims [0, lead) and [tail, ndim) equal a's */
+  while (ok && lead < b->ndim && a->dims[lead] == b->dims[lead]) lead++;
+  if (ok && b->ndim == a->ndim && lead < b->ndim) {
+    tail = lead;
+    while (tail < b->ndim && b->dims[tail] == 1) tail++;
+    for (int i = tail; ok && i < b->ndim; i++) ok = a->dims[i] == b->dims[i];
+  } else if (ok) {
+    ok = lead == b->ndim;
+  }
   if (!ok) {
     char sa[160], sb[160];
     shape_str(a, sa, sizeof sa);
     shape_str(b, sb, sizeof sb);
     return gc_set_error(GC_ERR_SHAPE,
-                        "b %s must equal a %s or be a leading prefix of its dims (broadcast)", sb,
-                        sa);
+                        "b %s must equal a %s, be a leading prefix of its dims, or have its dims "
+                        "with one run of 1s (broadcast)",
+                        sb, sa);
   }
-  *R = b->numel;
-  *S = a->numel / b->numel;
+  *R = dims_prod(a, 0, lead);
+  *C = b->ndim == a->ndim ? dims_prod(a, tail, a->ndim) : 1;
+  *S = *R * *C != 0 ? a->numel / (*R * *C) : 0; /* an empty b: nothing to add */
   return GC_OK;
 }
 
@@ -149,9 +161,9 @@ gc_status gc_add_forward(gc_handle ctx, gc_handle y, gc_handle a, gc_handle b) {
   ARG(a);
   ARG(b);
   CHECK(want_same(y_t, "y", a_t, "a"));
-  int64_t R = 0, S = 0;
-  CHECK(add_split(a_t, b_t, &R, &S));
-  return be_add_forward(c->be, F(y), F(a), F(b), R, S);
+  int64_t R = 0, S = 0, C = 0;
+  CHECK(add_split(a_t, b_t, &R, &S, &C));
+  return be_add_forward(c->be, F(y), F(a), F(b), R, S, C);
 }
 
 gc_status gc_add_backward(gc_handle ctx, gc_handle da, gc_handle db, gc_handle dy) {
@@ -160,9 +172,9 @@ gc_status gc_add_backward(gc_handle ctx, gc_handle da, gc_handle db, gc_handle d
   OPT(db);
   ARG(dy);
   WANT_SAME_OPT(da, dy);
-  int64_t R = dy_t->numel, S = 1;
-  if (db_t) CHECK(add_split(dy_t, db_t, &R, &S));
-  return be_add_backward(c->be, F(da), F(db), F(dy), R, S);
+  int64_t R = dy_t->numel, S = 1, C = 1;
+  if (db_t) CHECK(add_split(dy_t, db_t, &R, &S, &C));
+  return be_add_backward(c->be, F(da), F(db), F(dy), R, S, C);
 }
 
 static gc_status transpose_check(const gc_tensor *y, const gc_tensor *x, int64_t *B, int64_t *M,
@@ -233,28 +245,38 @@ gc_status gc_concat_backward(gc_handle ctx, gc_handle da, gc_handle db, gc_handl
   return be_concat_backward(c->be, F(da), F(db), F(dy), B, Ca, Cb, S);
 }
 
-static gc_status upsample_check(const gc_tensor *y, const gc_tensor *x) {
-  CHECK(want_ndim(x, "x", 4, "[B,C,H,W]"));
-  int64_t want[4] = {x->dims[0], x->dims[1], 2 * x->dims[2], 2 * x->dims[3]};
-  return want_shape(y, "y", 4, want);
+/* x[B,C,H,W] (cl: [B,H,W,C]) as the kernel's x[P,H,W,Ci] */
+static gc_status upsample_check(const gc_tensor *y, const gc_tensor *x, int cl, int64_t *P,
+                                int64_t *H, int64_t *W, int64_t *Ci) {
+  CHECK(want_ndim(x, "x", 4, cl ? "[B,H,W,C]" : "[B,C,H,W]"));
+  const int h = cl ? 1 : 2;
+  int64_t want[4] = {x->dims[0], x->dims[1], x->dims[2], x->dims[3]};
+  want[h] *= 2;
+  want[h + 1] *= 2;
+  CHECK(want_shape(y, "y", 4, want));
+  *P = cl ? x->dims[0] : x->dims[0] * x->dims[1];
+  *H = x->dims[h];
+  *W = x->dims[h + 1];
+  *Ci = cl ? x->dims[3] : 1;
+  return GC_OK;
 }
 
-gc_status gc_upsample2x_forward(gc_handle ctx, gc_handle y, gc_handle x) {
+gc_status gc_upsample2x_forward(gc_handle ctx, gc_handle y, gc_handle x, int32_t channels_last) {
   OP_BEGIN("upsample2x_forward");
   ARG(y);
   ARG(x);
-  CHECK(upsample_check(y_t, x_t));
-  return be_upsample2x_forward(c->be, F(y), F(x), x_t->dims[0] * x_t->dims[1], x_t->dims[2],
-                               x_t->dims[3]);
+  int64_t P = 0, H = 0, W = 0, C = 0;
+  CHECK(upsample_check(y_t, x_t, channels_last != 0, &P, &H, &W, &C));
+  return be_upsample2x_forward(c->be, F(y), F(x), P, H, W, C);
 }
 
-gc_status gc_upsample2x_backward(gc_handle ctx, gc_handle dx, gc_handle dy) {
+gc_status gc_upsample2x_backward(gc_handle ctx, gc_handle dx, gc_handle dy, int32_t channels_last) {
   OP_BEGIN("upsample2x_backward");
   ARG(dx);
   ARG(dy);
-  CHECK(upsample_check(dy_t, dx_t));
-  return be_upsample2x_backward(c->be, F(dx), F(dy), dx_t->dims[0] * dx_t->dims[1],
-                                dx_t->dims[2], dx_t->dims[3]);
+  int64_t P = 0, H = 0, W = 0, C = 0;
+  CHECK(upsample_check(dy_t, dx_t, channels_last != 0, &P, &H, &W, &C));
+  return be_upsample2x_backward(c->be, F(dx), F(dy), P, H, W, C);
 }
 
 /* ---- layers ------------------------------------------------------------------------------ */
@@ -264,45 +286,47 @@ typedef struct conv_dims {
 } conv_dims;
 
 static gc_status conv_check(const gc_tensor *y, const gc_tensor *x, const gc_tensor *w,
-                            const gc_tensor *b, int32_t stride, int32_t pad, conv_dims *d) {
-  CHECK(want_ndim(x, "x", 4, "[B,C,H,W]"));
+                            const gc_tensor *b, int32_t stride, int32_t pad, int cl, conv_dims *d) {
+  CHECK(want_ndim(x, "x", 4, cl ? "[B,H,W,C]" : "[B,C,H,W]"));
+  const int ci = cl ? 3 : 1, hi = cl ? 1 : 2; /* where C and H are in x */
   CHECK(want_ndim(w, "w", 4, "[O,C,K,K]"));
   if (stride < 1) return gc_set_error(GC_ERR_INVALID_ARGUMENT, "stride must be >= 1, got %d", stride);
   if (pad < 0) return gc_set_error(GC_ERR_INVALID_ARGUMENT, "pad must be >= 0, got %d", pad);
   if (w->dims[2] != w->dims[3])
     return gc_set_error(GC_ERR_SHAPE, "w must have a square kernel, got %lldx%lld",
                         (long long)w->dims[2], (long long)w->dims[3]);
-  if (w->dims[1] != x->dims[1])
+  if (w->dims[1] != x->dims[ci])
     return gc_set_error(GC_ERR_SHAPE, "w has %lld input channels but x has %lld",
-                        (long long)w->dims[1], (long long)x->dims[1]);
-  *d = (conv_dims){.B = x->dims[0], .C = x->dims[1], .H = x->dims[2], .W = x->dims[3],
+                        (long long)w->dims[1], (long long)x->dims[ci]);
+  *d = (conv_dims){.B = x->dims[0], .C = x->dims[ci], .H = x->dims[hi], .W = x->dims[hi + 1],
                    .O = w->dims[0], .K = w->dims[2]};
   if (d->H + 2 * pad < d->K || d->W + 2 * pad < d->K)
     return gc_set_error(GC_ERR_SHAPE, "kernel %lld is larger than the padded input %lldx%lld",
                         (long long)d->K, (long long)(d->H + 2 * pad), (long long)(d->W + 2 * pad));
   d->Ho = (d->H + 2 * pad - d->K) / stride + 1;
   d->Wo = (d->W + 2 * pad - d->K) / stride + 1;
-  int64_t ys[4] = {d->B, d->O, d->Ho, d->Wo};
-  CHECK(want_shape(y, "y", 4, ys));
+  int64_t ys[4] = {d->B, d->O, d->Ho, d->Wo}, ysl[4] = {d->B, d->Ho, d->Wo, d->O};
+  CHECK(want_shape(y, "y", 4, cl ? ysl : ys));
   if (b) CHECK(want_shape(b, "b", 1, &d->O));
   return GC_OK;
 }
 
 gc_status gc_conv2d_forward(gc_handle ctx, gc_handle y, gc_handle x, gc_handle w, gc_handle b,
-                            int32_t stride, int32_t pad) {
+                            int32_t stride, int32_t pad, int32_t channels_last) {
   OP_BEGIN("conv2d_forward");
   ARG(y);
   ARG(x);
   ARG(w);
   OPT(b);
   conv_dims d;
-  CHECK(conv_check(y_t, x_t, w_t, b_t, stride, pad, &d));
+  CHECK(conv_check(y_t, x_t, w_t, b_t, stride, pad, channels_last != 0, &d));
   return be_conv2d_forward(c->be, F(y), F(x), F(w), F(b), d.B, d.C, d.H, d.W, d.O, d.K, stride,
-                           pad, d.Ho, d.Wo);
+                           pad, d.Ho, d.Wo, channels_last != 0);
 }
 
 gc_status gc_conv2d_backward(gc_handle ctx, gc_handle dx, gc_handle dw, gc_handle db,
-                             gc_handle dy, gc_handle x, gc_handle w, int32_t stride, int32_t pad) {
+                             gc_handle dy, gc_handle x, gc_handle w, int32_t stride, int32_t pad,
+                             int32_t channels_last) {
   OP_BEGIN("conv2d_backward");
   OPT(dx);
   OPT(dw);
@@ -311,11 +335,11 @@ gc_status gc_conv2d_backward(gc_handle ctx, gc_handle dx, gc_handle dw, gc_handl
   ARG(x);
   ARG(w);
   conv_dims d;
-  CHECK(conv_check(dy_t, x_t, w_t, db_t, stride, pad, &d));
+  CHECK(conv_check(dy_t, x_t, w_t, db_t, stride, pad, channels_last != 0, &d));
   WANT_SAME_OPT(dx, x);
   WANT_SAME_OPT(dw, w);
   return be_conv2d_backward(c->be, F(dx), F(dw), F(db), F(dy), F(x), F(w), d.B, d.C, d.H, d.W,
-                            d.O, d.K, stride, pad, d.Ho, d.Wo);
+                            d.O, d.K, stride, pad, d.Ho, d.Wo, channels_last != 0);
 }
 
 /* x[N..,I], w[O,I], y[N..,O] */
@@ -365,14 +389,14 @@ gc_status gc_linear_backward(gc_handle ctx, gc_handle dx, gc_handle dw, gc_handl
                             accumulate != 0);
 }
 
-/* x[B,C,S...]: mean/rstd [B,G], gamma/beta [C] */
+/* x[B,C,S...] (cl: [B,S...,C]): mean/rstd [B,G], gamma/beta [C] */
 static gc_status group_norm_check(const gc_tensor *x, const gc_tensor *mean, const gc_tensor *rstd,
                                   const gc_tensor *gamma, const gc_tensor *beta, int32_t groups,
-                                  int64_t *B, int64_t *C, int64_t *S) {
-  if (x->ndim < 2) return want_ndim(x, "x", 4, "[B,C,H,W]");
+                                  int cl, int64_t *B, int64_t *C, int64_t *S) {
+  if (x->ndim < 2) return want_ndim(x, "x", 4, cl ? "[B,H,W,C]" : "[B,C,H,W]");
   *B = x->dims[0];
-  *C = x->dims[1];
-  *S = dims_prod(x, 2, x->ndim);
+  *C = x->dims[cl ? x->ndim - 1 : 1];
+  *S = cl ? dims_prod(x, 1, x->ndim - 1) : dims_prod(x, 2, x->ndim);
   if (groups < 1 || *C % groups)
     return gc_set_error(GC_ERR_INVALID_ARGUMENT, "groups (%d) must divide channels (%lld)",
                         groups, (long long)*C);
@@ -386,7 +410,7 @@ static gc_status group_norm_check(const gc_tensor *x, const gc_tensor *mean, con
 
 gc_status gc_group_norm_forward(gc_handle ctx, gc_handle y, gc_handle mean, gc_handle rstd,
                                 gc_handle x, gc_handle gamma, gc_handle beta, int32_t groups,
-                                float eps, int32_t silu) {
+                                float eps, int32_t silu, int32_t channels_last) {
   OP_BEGIN("group_norm_forward");
   ARG(y);
   ARG(mean);
@@ -395,16 +419,18 @@ gc_status gc_group_norm_forward(gc_handle ctx, gc_handle y, gc_handle mean, gc_h
   OPT(gamma);
   OPT(beta);
   int64_t B = 0, C = 0, S = 0;
-  CHECK(group_norm_check(x_t, mean_t, rstd_t, gamma_t, beta_t, groups, &B, &C, &S));
+  CHECK(group_norm_check(x_t, mean_t, rstd_t, gamma_t, beta_t, groups, channels_last != 0, &B, &C,
+                         &S));
   CHECK(want_same(y_t, "y", x_t, "x"));
   if (!(eps > 0)) return gc_set_error(GC_ERR_INVALID_ARGUMENT, "eps must be > 0");
   return be_group_norm_forward(c->be, F(y), F(mean), F(rstd), F(x), F(gamma), F(beta), B, C, S,
-                               groups, eps, silu != 0);
+                               groups, eps, silu != 0, channels_last != 0);
 }
 
 gc_status gc_group_norm_backward(gc_handle ctx, gc_handle dx, gc_handle dgamma, gc_handle dbeta,
                                  gc_handle dy, gc_handle x, gc_handle mean, gc_handle rstd,
-                                 gc_handle gamma, gc_handle beta, int32_t groups, int32_t silu) {
+                                 gc_handle gamma, gc_handle beta, int32_t groups, int32_t silu,
+                                 int32_t channels_last) {
   OP_BEGIN("group_norm_backward");
   OPT(dx);
   OPT(dgamma);
@@ -416,13 +442,15 @@ gc_status gc_group_norm_backward(gc_handle ctx, gc_handle dx, gc_handle dgamma, 
   OPT(gamma);
   OPT(beta); /* only read with silu (the norm's output is recomputed) */
   int64_t B = 0, C = 0, S = 0;
-  CHECK(group_norm_check(x_t, mean_t, rstd_t, gamma_t, beta_t, groups, &B, &C, &S));
+  CHECK(group_norm_check(x_t, mean_t, rstd_t, gamma_t, beta_t, groups, channels_last != 0, &B, &C,
+                         &S));
   CHECK(want_same(dy_t, "dy", x_t, "x"));
   WANT_SAME_OPT(dx, x);
   if (dgamma_t) CHECK(want_shape(dgamma_t, "dgamma", 1, &C));
   if (dbeta_t) CHECK(want_shape(dbeta_t, "dbeta", 1, &C));
   return be_group_norm_backward(c->be, F(dx), F(dgamma), F(dbeta), F(dy), F(x), F(mean),
-                                F(rstd), F(gamma), F(beta), B, C, S, groups, silu != 0);
+                                F(rstd), F(gamma), F(beta), B, C, S, groups, silu != 0,
+                                channels_last != 0);
 }
 
 static gc_status layer_norm_check(const gc_tensor *x, const gc_tensor *mean, const gc_tensor *rstd,

@@ -265,13 +265,45 @@ static gc_status check_blas_sizes(const conv_plan *p, int64_t O) {
   return GC_OK;
 }
 
-/* y[B,O,Ho,Wo] (=), x[B,C,H,W], w[O,C,K,K], b[O] optional */
+/* Channels-last without oneDNN (a DNNL=0 build, or a geometry oneDNN rejects): the operands
+ * transposed to NCHW in a heap copy, the channels-first path, the result transposed back. */
+static gc_status cl_forward_via_nchw(be_ctx *bc, float *y, const float *x, const float *w,
+                                     const float *b, int64_t B, int64_t C, int64_t H, int64_t W,
+                                     int64_t O, int64_t K, int64_t stride, int64_t pad, int64_t Ho,
+                                     int64_t Wo) {
+  const int64_t nx = B * C * H * W, ny = B * O * Ho * Wo;
+  float *xt = malloc((size_t)(nx + ny) * sizeof(float)), *yt = xt + nx;
+  if (!xt) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d: no memory for a channels-first copy");
+  be_transpose(bc, xt, x, B, H * W, C);
+  gc_status st = be_conv2d_forward(bc, yt, xt, w, b, B, C, H, W, O, K, stride, pad, Ho, Wo, 0);
+  if (st == GC_OK) be_transpose(bc, y, yt, B, O, Ho * Wo);
+  free(xt);
+  return st;
+}
+
+static gc_status cl_backward_via_nchw(be_ctx *bc, float *dx, float *dw, float *db,
+                                      const float *dy, const float *x, const float *w, int64_t B,
+                                      int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
+                                      int64_t stride, int64_t pad, int64_t Ho, int64_t Wo) {
+  const int64_t nx = B * C * H * W, ny = B * O * Ho * Wo;
+  float *xt = malloc((size_t)(2 * nx + ny) * sizeof(float)), *dyt = xt + nx, *dxt = dyt + ny;
+  if (!xt) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d: no memory for a channels-first copy");
+  be_transpose(bc, xt, x, B, H * W, C);
+  be_transpose(bc, dyt, dy, B, Ho * Wo, O);
+  gc_status st = be_conv2d_backward(bc, dx ? dxt : NULL, dw, db, dyt, xt, w, B, C, H, W, O, K,
+                                    stride, pad, Ho, Wo, 0);
+  if (st == GC_OK && dx) be_transpose(bc, dx, dxt, B, C, H * W);
+  free(xt);
+  return st;
+}
+
+/* y[B,O,Ho,Wo] (=), x[B,C,H,W], w[O,C,K,K], b[O] optional; cl: y[B,Ho,Wo,O], x[B,H,W,C] */
 gc_status be_conv2d_forward(be_ctx *bc, float *y, const float *x, const float *w, const float *b,
                             int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
-                            int64_t stride, int64_t pad, int64_t Ho, int64_t Wo) {
-  (void)bc;
-  if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo))
-    return dnnl_conv2d_forward(y, x, w, b, B, C, H, W, O, K, stride, pad, Ho, Wo);
+                            int64_t stride, int64_t pad, int64_t Ho, int64_t Wo, int cl) {
+  if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl))
+    return dnnl_conv2d_forward(y, x, w, b, B, C, H, W, O, K, stride, pad, Ho, Wo, cl);
+  if (cl) return cl_forward_via_nchw(bc, y, x, w, b, B, C, H, W, O, K, stride, pad, Ho, Wo);
   if (shifted_eligible(C, K, stride, pad, H, W, O)) return shifted_taps(0, y, x, w, b, B, C, H, W, O);
   const conv_plan p = plan_conv(B, C, O, K, stride, pad, Ho, Wo);
   gc_status st = check_blas_sizes(&p, O);
@@ -327,20 +359,22 @@ gc_status be_conv2d_forward(be_ctx *bc, float *y, const float *x, const float *w
   return GC_OK;
 }
 
-/* dx[B,C,H,W] (=), dw[O,C,K,K] (+=), db[O] (+=), each optional; dy[B,O,Ho,Wo], x, w as forward */
+/* dx[B,C,H,W] (=), dw[O,C,K,K] (+=), db[O] (+=), each optional; dy[B,O,Ho,Wo], x, w as forward
+ * (cl: dx, x [B,H,W,C], dy [B,Ho,Wo,O]) */
 gc_status be_conv2d_backward(be_ctx *bc, float *dx, float *dw, float *db, const float *dy,
                              const float *x, const float *w, int64_t B, int64_t C, int64_t H,
                              int64_t W, int64_t O, int64_t K, int64_t stride, int64_t pad,
-                             int64_t Ho, int64_t Wo) {
-  (void)bc;
+                             int64_t Ho, int64_t Wo, int cl) {
   if (!dx && !dw && !db) return GC_OK;
-  if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo))
-    return dnnl_conv2d_backward(dx, dw, db, dy, x, w, B, C, H, W, O, K, stride, pad, Ho, Wo);
+  if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl))
+    return dnnl_conv2d_backward(dx, dw, db, dy, x, w, B, C, H, W, O, K, stride, pad, Ho, Wo, cl);
+  if (cl)
+    return cl_backward_via_nchw(bc, dx, dw, db, dy, x, w, B, C, H, W, O, K, stride, pad, Ho, Wo);
   if (dx && shifted_eligible(C, K, stride, pad, H, W, O)) {
     /* dw and db through im2col (faster for dw), dx through the shifted taps */
     if (dw || db) {
       gc_status st = be_conv2d_backward(bc, NULL, dw, db, dy, x, w, B, C, H, W, O, K, stride, pad,
-                                        Ho, Wo);
+                                        Ho, Wo, 0);
       if (st != GC_OK) return st;
     }
     return shifted_taps(1, dx, dy, w, NULL, B, C, H, W, O);

@@ -28,6 +28,7 @@
 typedef struct conv_key {
   int64_t B, C, H, W, O, K, stride, pad, Ho, Wo;
   int64_t bias; /* the forward adds a bias (backward entries always have one, for db) */
+  int64_t cl;   /* channels-last activations (nhwc) */
 } conv_key;
 
 /* One operand between our plain layout and the one the primitive chose. */
@@ -39,7 +40,7 @@ typedef struct side {
 
 typedef struct conv_entry {
   conv_key k;
-  dnnl_memory_desc_t x, w, b, y; /* plain: nchw, oihw, x, nchw */
+  dnnl_memory_desc_t x, w, b, y; /* plain: nchw (nhwc when cl), oihw, x, nchw (nhwc) */
   dnnl_primitive_desc_t fpd;      /* the forward's, the hint the backward ones are created with */
   dnnl_primitive_t fwd, bwd_data, bwd_weights;
   side f_x, f_w, f_y;   /* forward: x, w in; y out */
@@ -54,16 +55,16 @@ static dnnl_primitive_attr_t g_attr; /* scratchpad supplied by the caller, per c
 static conv_entry *g_entries;
 
 int dnnl_conv_eligible(int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, int64_t stride,
-                       int64_t pad, int64_t Ho, int64_t Wo) {
-  return K == 3 && C >= 16 && O >= 16 && (Ho - 1) * stride + K - H - pad >= 0 &&
+                       int64_t pad, int64_t Ho, int64_t Wo, int cl) {
+  return (cl || (K == 3 && C >= 16 && O >= 16)) && (Ho - 1) * stride + K - H - pad >= 0 &&
          (Wo - 1) * stride + K - W - pad >= 0;
 }
 
 /* "conv2d B.. C->O channels HxW, k s p", for error messages */
 static const char *describe(const conv_key *k, char *buf, size_t n) {
-  snprintf(buf, n, "conv2d B%lld %lld->%lld channels %lldx%lld, k%lld s%lld p%lld", (long long)k->B,
+  snprintf(buf, n, "conv2d B%lld %lld->%lld channels %lldx%lld, k%lld s%lld p%lld%s", (long long)k->B,
            (long long)k->C, (long long)k->O, (long long)k->H, (long long)k->W, (long long)k->K,
-           (long long)k->stride, (long long)k->pad);
+           (long long)k->stride, (long long)k->pad, k->cl ? " (channels last)" : "");
   return buf;
 }
 
@@ -94,24 +95,27 @@ static void conv_geometry(const conv_key *k, dnnl_dims_t strides, dnnl_dims_t pl
   pr[1] = (k->Wo - 1) * k->stride + k->K - k->W - k->pad;
 }
 
-/* src, weights, dst descriptors with format any: the primitive picks its layouts */
+/* src, weights, dst descriptors for the primitive: format any (it picks its layouts), but nhwc
+ * activations when channels-last, so those are used in place */
 static dnnl_status_t any_descs(const conv_key *k, dnnl_memory_desc_t *x, dnnl_memory_desc_t *w,
                                dnnl_memory_desc_t *y) {
   dnnl_dims_t xd = {k->B, k->C, k->H, k->W}, wd = {k->O, k->C, k->K, k->K},
               yd = {k->B, k->O, k->Ho, k->Wo};
-  DNNL_TRY(dnnl_memory_desc_init_by_tag(x, 4, xd, dnnl_f32, dnnl_format_tag_any));
+  const dnnl_format_tag_t act = k->cl ? dnnl_nhwc : dnnl_format_tag_any;
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(x, 4, xd, dnnl_f32, act));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(w, 4, wd, dnnl_f32, dnnl_format_tag_any));
-  return dnnl_memory_desc_init_by_tag(y, 4, yd, dnnl_f32, dnnl_format_tag_any);
+  return dnnl_memory_desc_init_by_tag(y, 4, yd, dnnl_f32, act);
 }
 
 static dnnl_status_t entry_init(conv_entry *e) {
   const conv_key *k = &e->k;
   dnnl_dims_t xd = {k->B, k->C, k->H, k->W}, wd = {k->O, k->C, k->K, k->K}, bd = {k->O},
               yd = {k->B, k->O, k->Ho, k->Wo};
-  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->x, 4, xd, dnnl_f32, dnnl_nchw));
+  const dnnl_format_tag_t act = k->cl ? dnnl_nhwc : dnnl_nchw;
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->x, 4, xd, dnnl_f32, act));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->w, 4, wd, dnnl_f32, dnnl_oihw));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->b, 1, bd, dnnl_f32, dnnl_x));
-  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->y, 4, yd, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->y, 4, yd, dnnl_f32, act));
   dnnl_memory_desc_t ax, aw, ay;
   DNNL_TRY(any_descs(k, &ax, &aw, &ay));
   dnnl_dims_t st, pl, pr;
@@ -266,8 +270,8 @@ static size_t side_pad(const side *s) { return prim_pad(s->reorder); }
 
 gc_status dnnl_conv2d_forward(float *y, const float *x, const float *w, const float *b, int64_t B,
                               int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, int64_t stride,
-                              int64_t pad, int64_t Ho, int64_t Wo) {
-  const conv_key k = {B, C, H, W, O, K, stride, pad, Ho, Wo, b != NULL};
+                              int64_t pad, int64_t Ho, int64_t Wo, int cl) {
+  const conv_key k = {B, C, H, W, O, K, stride, pad, Ho, Wo, b != NULL, cl != 0};
   conv_entry *e;
   gc_status st = entry_get(&k, 0, &e);
   if (st != GC_OK) return st;
@@ -295,8 +299,8 @@ gc_status dnnl_conv2d_forward(float *y, const float *x, const float *w, const fl
 gc_status dnnl_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                                const float *w, int64_t B, int64_t C, int64_t H, int64_t W,
                                int64_t O, int64_t K, int64_t stride, int64_t pad, int64_t Ho,
-                               int64_t Wo) {
-  const conv_key k = {B, C, H, W, O, K, stride, pad, Ho, Wo, 1};
+                               int64_t Wo, int cl) {
+  const conv_key k = {B, C, H, W, O, K, stride, pad, Ho, Wo, 1, cl != 0};
   conv_entry *e;
   gc_status st = entry_get(&k, 1, &e);
   if (st != GC_OK) return st;

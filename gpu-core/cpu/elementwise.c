@@ -57,30 +57,46 @@ gc_status be_axpby(be_ctx *bc, float *y, float alpha, const float *x, float beta
 
 /* ---- broadcast add ---- */
 
-// y, a are (R, S); b is (R), broadcast over S (S == 1: same-shape add). y may alias a.
+// y, a are (R, S, C); b is (R, C), broadcast over S (S == 1: same-shape add). y may alias a.
 gc_status be_add_forward(be_ctx *bc, float *y, const float *a, const float *b, int64_t R,
-                         int64_t S) {
+                         int64_t S, int64_t C) {
   (void)bc;
   if (S == 1) { /* same shapes: one flat loop (the row loop below would run one element per row) */
-#pragma omp parallel for simd if (R > PAR_MIN)
-    for (int64_t i = 0; i < R; i++) y[i] = a[i] + b[i];
+    const int64_t n = R * C;
+#pragma omp parallel for simd if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
     return GC_OK;
   }
+  if (C == 1) { /* b[R] over rows of S: a [B,C] bias onto [B,C,H,W] */
 #pragma omp parallel for if (R * S > PAR_MIN)
-  for (int64_t r = 0; r < R; r++) {
-    float br = b[r];
-    const float *ar = a + r * S;
-    float *yr = y + r * S;
-    for (int64_t s = 0; s < S; s++) yr[s] = ar[s] + br;
+    for (int64_t r = 0; r < R; r++) {
+      const float br = b[r];
+      const float *ar = a + r * S;
+      float *yr = y + r * S;
+#pragma omp simd
+      for (int64_t s = 0; s < S; s++) yr[s] = ar[s] + br;
+    }
+    return GC_OK;
   }
+  /* b[R,C] onto each of S rows of C: a [B,C] bias onto channels-last [B,H,W,C] */
+#pragma omp parallel for collapse(2) if (R * S * C > PAR_MIN)
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t s = 0; s < S; s++) {
+      const float *br = b + r * C, *ar = a + (r * S + s) * C;
+      float *yr = y + (r * S + s) * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) yr[c] = ar[c] + br[c];
+    }
   return GC_OK;
 }
 
-// dy, da are (R, S); db is (R). da = dy, db = sum over S (both written, both optional).
-gc_status be_add_backward(be_ctx *bc, float *da, float *db, const float *dy, int64_t R, int64_t S) {
+// dy, da are (R, S, C); db is (R, C). da = dy, db = sum over S (both written, both optional).
+gc_status be_add_backward(be_ctx *bc, float *da, float *db, const float *dy, int64_t R, int64_t S,
+                          int64_t C) {
   (void)bc;
-  if (da) be_copy(bc, da, dy, R * S);
-  if (db) {
+  if (da) be_copy(bc, da, dy, R * S * C);
+  if (!db) return GC_OK;
+  if (C == 1) {
 #pragma omp parallel for if (R * S > PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
       const float *dyr = dy + r * S;
@@ -89,7 +105,24 @@ gc_status be_add_backward(be_ctx *bc, float *da, float *db, const float *dy, int
       for (int64_t s = 0; s < S; s++) sum += dyr[s];
       db[r] = (float)sum;
     }
+    return GC_OK;
   }
+  /* channels-last: each (r, c) sums a strided column; rows are walked in order into a block of
+   * CB double accumulators (one L1-resident row segment) */
+  enum { CB = 256 };
+#pragma omp parallel for collapse(2) if (R * S * C > PAR_MIN)
+  for (int64_t r = 0; r < R; r++)
+    for (int64_t c0 = 0; c0 < C; c0 += CB) {
+      const int64_t n = C - c0 < CB ? C - c0 : CB;
+      double acc[CB];
+      for (int64_t c = 0; c < n; c++) acc[c] = 0.0;
+      for (int64_t s = 0; s < S; s++) {
+        const float *dyr = dy + (r * S + s) * C + c0;
+#pragma omp simd
+        for (int64_t c = 0; c < n; c++) acc[c] += dyr[c];
+      }
+      for (int64_t c = 0; c < n; c++) db[r * C + c0 + c] = (float)acc[c];
+    }
   return GC_OK;
 }
 
@@ -118,16 +151,16 @@ gc_status be_transpose(be_ctx *bc, float *y, const float *x, int64_t B, int64_t 
 
 /* ---- channel concat ---- */
 
-// a is (B, Ca, S), b is (B, Cb, S), y is (B, Ca+Cb, S). One row of S per (batch, channel).
+// a is (B, Ca, S), b is (B, Cb, S), y is (B, Ca+Cb, S): each y[b] is a[b] then b[b], two
+// contiguous copies (a channels-last concat comes as [B*H*W, C, 1]: rows of Ca and Cb floats).
 gc_status be_concat_forward(be_ctx *bc, float *y, const float *a, const float *b, int64_t B,
                             int64_t Ca, int64_t Cb, int64_t S) {
   (void)bc;
-  int64_t C = Ca + Cb;
-#pragma omp parallel for if (B * C * S > PAR_MIN)
-  for (int64_t row = 0; row < B * C; row++) {
-    int64_t bi = row / C, c = row % C;
-    const float *src = c < Ca ? a + (bi * Ca + c) * S : b + (bi * Cb + (c - Ca)) * S;
-    memcpy(y + row * S, src, (size_t)S * sizeof(float));
+  const int64_t na = Ca * S, nb = Cb * S;
+#pragma omp parallel for if (B * (na + nb) > PAR_MIN)
+  for (int64_t i = 0; i < B; i++) {
+    memcpy(y + i * (na + nb), a + i * na, (size_t)na * sizeof(float));
+    memcpy(y + i * (na + nb) + na, b + i * nb, (size_t)nb * sizeof(float));
   }
   return GC_OK;
 }
@@ -136,52 +169,57 @@ gc_status be_concat_forward(be_ctx *bc, float *y, const float *a, const float *b
 gc_status be_concat_backward(be_ctx *bc, float *da, float *db, const float *dy, int64_t B,
                              int64_t Ca, int64_t Cb, int64_t S) {
   (void)bc;
-  int64_t C = Ca + Cb;
-#pragma omp parallel for if (B * C * S > PAR_MIN)
-  for (int64_t row = 0; row < B * C; row++) {
-    int64_t bi = row / C, c = row % C;
-    float *dst = c < Ca ? (da ? da + (bi * Ca + c) * S : NULL)
-                        : (db ? db + (bi * Cb + (c - Ca)) * S : NULL);
-    if (dst) memcpy(dst, dy + row * S, (size_t)S * sizeof(float));
+  const int64_t na = Ca * S, nb = Cb * S;
+#pragma omp parallel for if (B * (na + nb) > PAR_MIN)
+  for (int64_t i = 0; i < B; i++) {
+    if (da) memcpy(da + i * na, dy + i * (na + nb), (size_t)na * sizeof(float));
+    if (db) memcpy(db + i * nb, dy + i * (na + nb) + na, (size_t)nb * sizeof(float));
   }
   return GC_OK;
 }
 
 /* ---- nearest-neighbour 2x upsample ---- */
 
-// x is (P, H, W), y is (P, 2H, 2W); P = B*C. Each input row fills two output rows.
+// x is (P, H, W, C), y is (P, 2H, 2W, C): NCHW as P = B*C, C = 1; NHWC as P = B. Each input
+// row fills two output rows, each pixel's C values two adjacent pixels of each.
 gc_status be_upsample2x_forward(be_ctx *bc, float *y, const float *x, int64_t P, int64_t H,
-                                int64_t W) {
+                                int64_t W, int64_t C) {
   (void)bc;
-#pragma omp parallel for if (P * H * W * 4 > PAR_MIN)
+  const int64_t row = W * C; /* floats in one input row */
+#pragma omp parallel for if (P * H * row * 4 > PAR_MIN)
   for (int64_t ph = 0; ph < P * H; ph++) {
-    const float *xr = x + ph * W;
-    float *y0 = y + ph * 4 * W; // rows 2h and 2h+1 of plane p are adjacent: (p*2H + 2h) * 2W
-    float *y1 = y0 + 2 * W;
-    for (int64_t w = 0; w < W; w++) {
-      float v = xr[w];
-      y0[2 * w] = v;
-      y0[2 * w + 1] = v;
-      y1[2 * w] = v;
-      y1[2 * w + 1] = v;
-    }
+    const float *xr = x + ph * row;
+    float *y0 = y + ph * 4 * row; // rows 2h and 2h+1 of plane p are adjacent: (p*2H + 2h) * 2W*C
+    float *y1 = y0 + 2 * row;
+    for (int64_t w = 0; w < W; w++)
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) {
+        const float v = xr[w * C + c];
+        y0[2 * w * C + c] = v;
+        y0[(2 * w + 1) * C + c] = v;
+      }
+    memcpy(y1, y0, (size_t)(2 * row) * sizeof(float));
   }
   return GC_OK;
 }
 
-// dy is (P, 2H, 2W), dx is (P, H, W): each input pixel collects its 2x2 block.
+// dy is (P, 2H, 2W, C), dx is (P, H, W, C): each input pixel collects its 2x2 block.
 gc_status be_upsample2x_backward(be_ctx *bc, float *dx, const float *dy, int64_t P, int64_t H,
-                                 int64_t W) {
+                                 int64_t W, int64_t C) {
   (void)bc;
-#pragma omp parallel for if (P * H * W * 4 > PAR_MIN)
+  const int64_t row = W * C;
+#pragma omp parallel for if (P * H * row * 4 > PAR_MIN)
   for (int64_t ph = 0; ph < P * H; ph++) {
-    const float *d0 = dy + ph * 4 * W;
-    const float *d1 = d0 + 2 * W;
-    float *dxr = dx + ph * W;
-    for (int64_t w = 0; w < W; w++) {
-      double s = (double)d0[2 * w] + d0[2 * w + 1] + d1[2 * w] + d1[2 * w + 1];
-      dxr[w] = (float)s;
-    }
+    const float *d0 = dy + ph * 4 * row;
+    const float *d1 = d0 + 2 * row;
+    float *dxr = dx + ph * row;
+    for (int64_t w = 0; w < W; w++)
+#pragma omp simd
+      for (int64_t c = 0; c < C; c++) {
+        const int64_t i = 2 * w * C + c, j = i + C;
+        const double s = (double)d0[i] + d0[j] + d1[i] + d1[j];
+        dxr[w * C + c] = (float)s;
+      }
   }
   return GC_OK;
 }

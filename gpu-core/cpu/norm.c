@@ -26,15 +26,18 @@
 
 /* ---- group norm ---- */
 
-// x, y are (B, C, S); mean, rstd are (B, G), optional; gamma, beta are (C), optional.
-// Group g of sample b is the contiguous block of C/G channels * S elements. silu: y = silu(norm).
-gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, const float *x,
-                                const float *gamma, const float *beta, int64_t B, int64_t C,
-                                int64_t S, int64_t G, float eps, int silu) {
-  (void)bc;
+static gc_status groups_check(int64_t C, int64_t G) {
   if (G <= 0 || C % G != 0)
     return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
                         (long long)C, (long long)G);
+  return GC_OK;
+}
+
+// x, y are (B, C, S); mean, rstd are (B, G), optional; gamma, beta are (C), optional.
+// Group g of sample b is the contiguous block of C/G channels * S elements. silu: y = silu(norm).
+static void group_norm_forward_cf(float *y, float *mean, float *rstd, const float *x,
+                                  const float *gamma, const float *beta, int64_t B, int64_t C,
+                                  int64_t S, int64_t G, float eps, int silu) {
   int64_t Cg = C / G, n = Cg * S;
 #pragma omp parallel for if (B * C * S > PAR_MIN)
   for (int64_t bg = 0; bg < B * G; bg++) {
@@ -69,6 +72,182 @@ gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, 
       }
     }
   }
+}
+
+/* Channels-last statistics of one sample x[S,C] into mean, rstd [G] and the per-channel float
+ * coefficients of the element loops: mc[c] = its group's mean, ac[c] = rstd gamma[c], bc[c] =
+ * beta[c]. Per-channel double sums over the rows (contiguous in c), then per group, the squares
+ * centred on the double mean as channels-first does. acc is 2C doubles of scratch. */
+static void cl_stats(const float *x, int64_t S, int64_t C, int64_t G, float eps,
+                     const float *gamma, const float *beta, float *mean, float *rstd, double *acc,
+                     float *mc, float *ac, float *bc) {
+  const int64_t Cg = C / G, n = Cg * S;
+  double *md = acc + C; /* each channel's group mean */
+  for (int64_t c = 0; c < C; c++) acc[c] = 0.0;
+  for (int64_t s = 0; s < S; s++) {
+    const float *xr = x + s * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) acc[c] += xr[c];
+  }
+  for (int64_t g = 0; g < G; g++) {
+    double sum = 0.0;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) sum += acc[c];
+    const double m = n > 0 ? sum / (double)n : 0.0;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) md[c] = m;
+  }
+  for (int64_t c = 0; c < C; c++) acc[c] = 0.0;
+  for (int64_t s = 0; s < S; s++) {
+    const float *xr = x + s * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+      const double d = xr[c] - md[c];
+      acc[c] += d * d;
+    }
+  }
+  for (int64_t g = 0; g < G; g++) {
+    double sq = 0.0;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) sq += acc[c];
+    const double var = n > 0 ? sq / (double)n : 0.0;
+    const float m = (float)md[g * Cg], r = (float)(1.0 / sqrt(var + (double)eps));
+    if (mean) mean[g] = m;
+    if (rstd) rstd[g] = r;
+    for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+      mc[c] = m;
+      ac[c] = r * (gamma ? gamma[c] : 1.0f);
+      bc[c] = beta ? beta[c] : 0.0f;
+    }
+  }
+}
+
+// x, y are (B, S, C) (channels last); the rest as group_norm_forward_cf.
+static gc_status group_norm_forward_cl(float *y, float *mean, float *rstd, const float *x,
+                                       const float *gamma, const float *beta, int64_t B, int64_t C,
+                                       int64_t S, int64_t G, float eps, int silu) {
+  int oom = 0;
+#pragma omp parallel for if (B * C * S > PAR_MIN)
+  for (int64_t b = 0; b < B; b++) {
+    double *acc = malloc((size_t)C * (2 * sizeof(double) + 3 * sizeof(float)));
+    if (!acc) {
+#pragma omp atomic write
+      oom = 1;
+      continue;
+    }
+    float *mc = (float *)(acc + 2 * C), *ac = mc + C, *bc = ac + C;
+    const float *xb = x + b * S * C;
+    float *yb = y + b * S * C;
+    cl_stats(xb, S, C, G, eps, gamma, beta, mean ? mean + b * G : NULL, rstd ? rstd + b * G : NULL,
+             acc, mc, ac, bc);
+    for (int64_t s = 0; s < S; s++) {
+      const float *xr = xb + s * C;
+      float *yr = yb + s * C;
+      if (silu) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) yr[c] = vm_siluf(VM_FMA(xr[c] - mc[c], ac[c], bc[c]));
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) yr[c] = VM_FMA(xr[c] - mc[c], ac[c], bc[c]);
+      }
+    }
+    free(acc);
+  }
+  if (oom) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "group_norm: no memory for %lld sums", (long long)C);
+  return GC_OK;
+}
+
+gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, const float *x,
+                                const float *gamma, const float *beta, int64_t B, int64_t C,
+                                int64_t S, int64_t G, float eps, int silu, int cl) {
+  (void)bc;
+  gc_status st = groups_check(C, G);
+  if (st != GC_OK) return st;
+  if (cl) return group_norm_forward_cl(y, mean, rstd, x, gamma, beta, B, C, S, G, eps, silu);
+  group_norm_forward_cf(y, mean, rstd, x, gamma, beta, B, C, S, G, eps, silu);
+  return GC_OK;
+}
+
+// Channels-last backward, x, dy, dx (B, S, C): per sample, per-channel sums over the rows of
+// dz (x - mean) rstd and dz into sum_dy_xhat, sum_dy (B, C), then dx in a second pass, with dz
+// parked in dx under silu as channels-first does.
+static gc_status group_norm_backward_cl(float *dx, const float *dy, const float *x,
+                                        const float *mean, const float *rstd, const float *gamma,
+                                        const float *beta, int64_t B, int64_t C, int64_t S,
+                                        int64_t G, int silu, double *sum_dy_xhat, double *sum_dy) {
+  const int64_t Cg = C / G, n = Cg * S;
+  int oom = 0;
+#pragma omp parallel for if (B * C * S > PAR_MIN)
+  for (int64_t b = 0; b < B; b++) {
+    float *mc = malloc((size_t)C * 5 * sizeof(float)); /* mc, ac, bc, kx, k0 per channel */
+    if (!mc) {
+#pragma omp atomic write
+      oom = 1;
+      continue;
+    }
+    float *ac = mc + C, *bz = ac + C, *kx = bz + C, *k0 = kx + C;
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t bg = b * G + c / Cg;
+      mc[c] = mean[bg];
+      ac[c] = rstd[bg] * (gamma ? gamma[c] : 1.0f);
+      bz[c] = beta ? beta[c] : 0.0f;
+    }
+    const float *xb = x + b * S * C, *dyb = dy + b * S * C;
+    float *dxb = dx ? dx + b * S * C : NULL;
+    double *sdx = sum_dy_xhat + b * C, *sd = sum_dy + b * C;
+    for (int64_t c = 0; c < C; c++) sdx[c] = sd[c] = 0.0;
+    for (int64_t s = 0; s < S; s++) {
+      const float *xr = xb + s * C, *dyr = dyb + s * C;
+      if (silu && dxb) {
+        float *dzr = dxb + s * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+          const float dz = dyr[c] * vm_silu_gradf(VM_FMA(xr[c] - mc[c], ac[c], bz[c]));
+          dzr[c] = dz;
+          sdx[c] += dz * (xr[c] - mc[c]);
+          sd[c] += dz;
+        }
+      } else if (silu) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+          const float dz = dyr[c] * vm_silu_gradf(VM_FMA(xr[c] - mc[c], ac[c], bz[c]));
+          sdx[c] += dz * (xr[c] - mc[c]);
+          sd[c] += dz;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+          sdx[c] += dyr[c] * (xr[c] - mc[c]);
+          sd[c] += dyr[c];
+        }
+      }
+    }
+    for (int64_t g = 0; g < G; g++) {
+      const double r = rstd[b * G + g];
+      double g_dxhat = 0.0, g_dxhat_xhat = 0.0;
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+        sdx[c] *= r;
+        const double gm = gamma ? gamma[c] : 1.0;
+        g_dxhat += gm * sd[c];
+        g_dxhat_xhat += gm * sdx[c];
+      }
+      const double mean_dxhat = n > 0 ? g_dxhat / (double)n : 0.0;
+      const double mean_dxhat_xhat = n > 0 ? g_dxhat_xhat / (double)n : 0.0;
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) {
+        ac[c] = (float)(r * (gamma ? gamma[c] : 1.0)); /* now dx's ka */
+        kx[c] = (float)(-r * r * mean_dxhat_xhat);
+        k0[c] = (float)(-r * mean_dxhat);
+      }
+    }
+    if (dxb)
+      for (int64_t s = 0; s < S; s++) {
+        const float *xr = xb + s * C;
+        float *dxr = dxb + s * C;
+        const float *dzr = silu ? dxr : dyb + s * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++)
+          dxr[c] = VM_FMA(dzr[c], ac[c], VM_FMA(xr[c] - mc[c], kx[c], k0[c]));
+      }
+    free(mc);
+  }
+  if (oom) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "group_norm_backward: no memory for %lld sums", (long long)C);
   return GC_OK;
 }
 
@@ -79,11 +258,10 @@ gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, 
 gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *dbeta,
                                  const float *dy, const float *x, const float *mean,
                                  const float *rstd, const float *gamma, const float *beta,
-                                 int64_t B, int64_t C, int64_t S, int64_t G, int silu) {
+                                 int64_t B, int64_t C, int64_t S, int64_t G, int silu, int cl) {
   (void)bc;
-  if (G <= 0 || C % G != 0)
-    return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
-                        (long long)C, (long long)G);
+  gc_status st = groups_check(C, G);
+  if (st != GC_OK) return st;
   int64_t Cg = C / G, n = Cg * S;
   // Per (sample, channel) sums of dy xhat and dy: dx needs them per group, dgamma/dbeta per
   // channel summed over the batch afterwards (a second, race-free pass).
@@ -93,8 +271,16 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
                         (long long)(2 * B * C));
   double *sum_dy = sum_dy_xhat + B * C; // (B, C)
 
-#pragma omp parallel for if (B * C * S > PAR_MIN)
-  for (int64_t bg = 0; bg < B * G; bg++) {
+  if (cl) {
+    st = group_norm_backward_cl(dx, dy, x, mean, rstd, gamma, beta, B, C, S, G, silu, sum_dy_xhat,
+                                sum_dy);
+    if (st != GC_OK) {
+      free(sum_dy_xhat);
+      return st;
+    }
+  }
+#pragma omp parallel for if (!cl && B * C * S > PAR_MIN)
+  for (int64_t bg = 0; bg < (cl ? 0 : B * G); bg++) {
     const float mf = mean[bg], rf = rstd[bg];
     const double r = rf;
     int64_t b = bg / G, c0 = (bg % G) * Cg;

@@ -1,7 +1,7 @@
 // The table of gpu-core op cases, shared by the CPU op tests (ops.test.ts: against the float64
 // reference and finite differences) and the CUDA tests (cuda.test.ts: CUDA against CPU). Every row
 // builds fresh random inputs from the Rng it is given.
-import type { Tensor } from "../../gpu-core/index.ts";
+import type { Layout, Tensor } from "../../gpu-core/index.ts";
 import { defineCase, type Input, numel, type OpCase, type Rng } from "./harness.ts";
 import * as ref from "./reference.ts";
 
@@ -34,26 +34,34 @@ function conv2dRow(
   stride: number,
   pad: number,
   bias: boolean,
+  layout: Layout = "nchw",
 ): Row {
+  const nhwc = layout === "nhwc";
+  const xShape = nhwc ? [B, H, W, C] : [B, C, H, W];
   return {
     op: "conv2d",
-    label: `x${s([B, C, H, W])} w${s([O, C, K, K])} stride ${stride} pad ${pad}${bias ? " +bias" : ""}`,
+    label: `x${s(xShape)} w${s([O, C, K, K])} stride ${stride} pad ${pad}${bias ? " +bias" : ""}${nhwc ? " nhwc" : ""}`,
     build: (rng) => {
       const Ho = Math.floor((H + 2 * pad - K) / stride) + 1;
       const Wo = Math.floor((W + 2 * pad - K) / stride) + 1;
       const wScale = 1 / Math.sqrt(C * K * K);
       return defineCase({
         inputs: {
-          x: tensorInput("act", [B, C, H, W], rng),
+          x: tensorInput("act", xShape, rng),
           w: tensorInput("param", [O, C, K, K], rng, () => rng.normal() * wScale),
           b: bias ? tensorInput("param", [O], rng) : null,
         },
-        outputs: { y: [B, O, Ho, Wo] },
+        outputs: { y: nhwc ? [B, Ho, Wo, O] : [B, O, Ho, Wo] },
         loss: ["y"],
         nullableGrads: ["x", "w", "b"],
-        ref: (x) => ({ y: ref.conv2d(x.x!, x.w!, x.b, B, C, H, W, O, K, stride, pad).y }),
-        forward: (e, x, y) => e.conv2dForward(y.y!, x.x!, x.w!, x.b, stride, pad),
-        backward: (e, x, _y, p, _ph, g) => e.conv2dBackward(g.x, g.w, g.b, p.y!, x.x!, x.w!, stride, pad),
+        ref: (x) => {
+          // channels-last: the channels-first reference between two permutations
+          const xs = nhwc ? ref.permute(x.x!, B, H * W, C) : x.x!;
+          const y = ref.conv2d(xs, x.w!, x.b, B, C, H, W, O, K, stride, pad).y;
+          return { y: nhwc ? ref.permute(y, B, O, Ho * Wo) : y };
+        },
+        forward: (e, x, y) => e.conv2dForward(y.y!, x.x!, x.w!, x.b, stride, pad, layout),
+        backward: (e, x, _y, p, _ph, g) => e.conv2dBackward(g.x, g.w, g.b, p.y!, x.x!, x.w!, stride, pad, layout),
       });
     },
   };
@@ -116,14 +124,22 @@ function linearAccumulateRow(lead: number[], I: number, O: number, bias: boolean
 
 /** Group norm, or with `silu` the fused silu(groupNorm(x)) (the reference applies the float64 SiLU
  * to the float64 norm). */
-function groupNormRow(shape: number[], G: number, affine: boolean, eps: number, silu = false): Row {
+function groupNormRow(
+  shape: number[],
+  G: number,
+  affine: boolean,
+  eps: number,
+  silu = false,
+  layout: Layout = "nchw",
+): Row {
+  const nhwc = layout === "nhwc";
   const B = shape[0] ?? 1;
-  const C = shape[1] ?? 1;
-  const S = numel(shape.slice(2));
+  const C = (nhwc ? shape[shape.length - 1] : shape[1]) ?? 1;
+  const S = numel(nhwc ? shape.slice(1, -1) : shape.slice(2));
   const epsF = f32(eps);
   return {
     op: silu ? "group_norm+silu" : "group_norm",
-    label: `x${s(shape)} groups ${G}${affine ? " affine" : ""} eps ${eps}`,
+    label: `x${s(shape)} groups ${G}${affine ? " affine" : ""} eps ${eps}${nhwc ? " nhwc" : ""}`,
     build: (rng) =>
       defineCase({
         inputs: {
@@ -135,12 +151,14 @@ function groupNormRow(shape: number[], G: number, affine: boolean, eps: number, 
         loss: ["y"],
         nullableGrads: ["x", "gamma", "beta"],
         ref: (x) => {
-          const r = ref.groupNorm(x.x!, x.gamma, x.beta, B, C, S, G, epsF);
-          return silu ? { ...r, y: ref.activation("silu", r.y) } : r;
+          const xs = nhwc ? ref.permute(x.x!, B, S, C) : x.x!;
+          const r = ref.groupNorm(xs, x.gamma, x.beta, B, C, S, G, epsF);
+          const y = silu ? ref.activation("silu", r.y) : r.y;
+          return { ...r, y: nhwc ? ref.permute(y, B, C, S) : y };
         },
-        forward: (e, x, y) => e.groupNormForward(y.y!, y.mean!, y.rstd!, x.x!, x.gamma, x.beta, G, epsF, silu),
+        forward: (e, x, y) => e.groupNormForward(y.y!, y.mean!, y.rstd!, x.x!, x.gamma, x.beta, G, epsF, silu, layout),
         backward: (e, x, y, p, _ph, g) =>
-          e.groupNormBackward(g.x, g.gamma, g.beta, p.y!, x.x!, y.mean!, y.rstd!, x.gamma, x.beta, G, silu),
+          e.groupNormBackward(g.x, g.gamma, g.beta, p.y!, x.x!, y.mean!, y.rstd!, x.gamma, x.beta, G, silu, layout),
       }),
   };
 }
@@ -232,19 +250,24 @@ function attentionRow(B: number, Tq: number, Tk: number, H: number, Dh: number, 
   };
 }
 
-function upsampleRow(shape: [number, number, number, number]): Row {
-  const [B, C, H, W] = shape;
+/** shape is [B,C,H,W], or [B,H,W,C] with "nhwc". */
+function upsampleRow(shape: [number, number, number, number], layout: Layout = "nchw"): Row {
+  const nhwc = layout === "nhwc";
+  const [B, C, H, W] = nhwc ? [shape[0], shape[3], shape[1], shape[2]] : shape;
   return {
     op: "upsample2x",
-    label: `x${s(shape)}`,
+    label: `x${s(shape)}${nhwc ? " nhwc" : ""}`,
     build: (rng) =>
       defineCase({
         inputs: { x: tensorInput("act", shape, rng) },
-        outputs: { y: [B, C, 2 * H, 2 * W] },
+        outputs: { y: nhwc ? [B, 2 * H, 2 * W, C] : [B, C, 2 * H, 2 * W] },
         loss: ["y"],
-        ref: (x) => ({ y: ref.upsample2x(x.x!, B * C, H, W) }),
-        forward: (e, x, y) => e.upsample2xForward(y.y!, x.x!),
-        backward: (e, _x, _y, p, _ph, g) => e.upsample2xBackward(g.x!, p.y!),
+        ref: (x) => {
+          const y = ref.upsample2x(nhwc ? ref.permute(x.x!, B, H * W, C) : x.x!, B * C, H, W);
+          return { y: nhwc ? ref.permute(y, B, C, 4 * H * W) : y };
+        },
+        forward: (e, x, y) => e.upsample2xForward(y.y!, x.x!, layout),
+        backward: (e, _x, _y, p, _ph, g) => e.upsample2xBackward(g.x!, p.y!, layout),
       }),
   };
 }
@@ -266,9 +289,15 @@ function concatRow(B: number, Ca: number, Cb: number, rest: number[]): Row {
   };
 }
 
+/** b is a's shape, a leading prefix of it, or a's dims with one run of 1s (split a[R,S,C], b[R,C]). */
 function addRow(aShape: number[], bShape: number[]): Row {
-  const R = numel(bShape);
-  const S = numel(aShape) / R;
+  let lead = 0;
+  while (lead < bShape.length && aShape[lead] === bShape[lead]) lead++;
+  let tail = lead;
+  if (bShape.length === aShape.length) while (tail < bShape.length && bShape[tail] === 1) tail++;
+  const R = numel(aShape.slice(0, lead));
+  const C = bShape.length === aShape.length ? numel(aShape.slice(tail)) : 1;
+  const S = numel(aShape) / (R * C);
   return {
     op: "add",
     label: `a${s(aShape)} b${s(bShape)}${S > 1 ? " broadcast" : ""}`,
@@ -279,7 +308,7 @@ function addRow(aShape: number[], bShape: number[]): Row {
         outputs: { y: aShape },
         loss: ["y"],
         nullableGrads: ["a", "b"],
-        ref: (x) => ({ y: ref.add(x.a!, x.b!, R, S) }),
+        ref: (x) => ({ y: ref.add(x.a!, x.b!, R, S, C) }),
         forward: (e, x, y) => e.addForward(y.y!, x.a!, x.b!),
         backward: (e, _x, _y, p, _ph, g) => e.addBackward(g.a, g.b, p.y!),
       }),
@@ -540,6 +569,12 @@ export const TABLE: Row[] = [
   conv2dRow(1, 3, 7, 7, 2, 3, 3, 0, false), // stride 3 > ... leaves input pixels no output reads
   conv2dRow(1, 2, 6, 5, 3, 5, 1, 2, true), // K=5 pad 2
   conv2dRow(2, 3, 5, 6, 2, 2, 2, 0, true), // K=2 stride 2, even kernel
+  conv2dRow(2, 16, 5, 7, 17, 3, 1, 1, true, "nhwc"), // channels-last: oneDNN's nhwc kernels
+  conv2dRow(2, 3, 6, 5, 4, 3, 1, 1, true, "nhwc"), // nhwc, 3 input channels (conv_in)
+  conv2dRow(2, 8, 5, 4, 3, 3, 1, 1, false, "nhwc"), // nhwc, 3 output channels (conv_out)
+  conv2dRow(3, 16, 7, 9, 16, 3, 2, 1, false, "nhwc"), // nhwc, stride 2 (downsample), odd sizes
+  conv2dRow(2, 5, 3, 4, 6, 1, 1, 0, true, "nhwc"), // nhwc 1x1 (skip projection, proj_in/out)
+  conv2dRow(1, 3, 7, 7, 2, 3, 3, 0, false, "nhwc"), // nhwc, negative right padding: via NCHW
   linearRow([5], 7, 3, true),
   linearRow([2, 3], 4, 6, false),
   linearRow([1], 1, 1, true),
@@ -552,6 +587,10 @@ export const TABLE: Row[] = [
   groupNormRow([3, 6, 1, 1], 2, true, 1e-5), // S = 1
   groupNormRow([2, 6, 3, 5], 3, true, 1e-5, true), // fused SiLU
   groupNormRow([2, 8, 4, 4], 4, false, 1e-6, true), // fused SiLU, no affine
+  groupNormRow([2, 3, 5, 6], 3, true, 1e-5, false, "nhwc"), // channels last
+  groupNormRow([1, 7, 4], 1, true, 1e-5, false, "nhwc"), // one group, 3-D input
+  groupNormRow([2, 4, 4, 8], 4, false, 1e-6, true, "nhwc"), // fused SiLU, no affine
+  groupNormRow([3, 1, 1, 6], 2, true, 1e-5, true, "nhwc"), // S = 1, fused SiLU
   layerNormRow([6, 7], true, 1e-5),
   layerNormRow([2, 3, 16], false, 1e-5),
   layerNormRow([5, 1, 9], true, 1e-6),
@@ -572,11 +611,15 @@ export const TABLE: Row[] = [
   attentionRow(2, 5, 5, 4, 2, true, 0.8), // causal, 4 heads, explicit scale
   upsampleRow([2, 3, 3, 5]),
   upsampleRow([1, 1, 1, 1]),
+  upsampleRow([2, 3, 5, 4], "nhwc"),
   concatRow(2, 3, 2, [4, 5]),
   concatRow(1, 1, 4, [3]),
+  concatRow(6, 3, 2, []), // channels-last images as [B*H*W, C] rows
   addRow([2, 3, 4], [2, 3, 4]),
   addRow([2, 3, 4, 5], [2, 3]), // time-embedding bias onto an image
   addRow([3, 4], [3]),
+  addRow([2, 3, 4, 5], [2, 1, 1, 5]), // a [B,C] bias onto channels-last [B,H,W,C]
+  addRow([3, 4], [1, 4]), // a trailing broadcast
   transposeRow([2, 3, 5]),
   transposeRow([4, 7]),
   transposeRow([2, 2, 3, 5]),
@@ -605,10 +648,14 @@ export const TABLE: Row[] = [
   // parallel code paths run too (the directional check covers every element of the gradients).
   conv2dRow(2, 8, 48, 48, 16, 3, 1, 1, true),
   conv2dRow(1, 16, 33, 31, 8, 3, 2, 1, true),
+  conv2dRow(2, 8, 48, 48, 16, 3, 1, 1, true, "nhwc"),
+  conv2dRow(2, 12, 40, 40, 16, 3, 3, 0, true, "nhwc"), // negative right padding: via NCHW, in parallel
   linearRow([256], 64, 300, true),
   linearAccumulateRow([256], 64, 300, true),
   groupNormRow([2, 32, 24, 24], 8, true, 1e-5),
   groupNormRow([2, 32, 24, 24], 8, true, 1e-5, true),
+  groupNormRow([2, 24, 24, 32], 8, true, 1e-5, false, "nhwc"),
+  groupNormRow([2, 24, 24, 32], 8, true, 1e-5, true, "nhwc"),
   layerNormRow([512, 72], true, 1e-5),
   activationRow("silu", [40000]),
   activationRow("gelu", [5, 8000]),
@@ -622,9 +669,12 @@ export const TABLE: Row[] = [
   attentionRow(1, 230, 300, 2, 4, false, 0),
   attentionRow(1, 230, 230, 2, 4, true, 0),
   upsampleRow([2, 8, 24, 24]),
+  upsampleRow([2, 24, 24, 8], "nhwc"),
   concatRow(2, 16, 8, [32, 32]),
+  concatRow(2048, 16, 8, []),
   addRow([40000], [40000]),
   addRow([4, 32, 16, 17], [4, 32]),
+  addRow([4, 16, 17, 32], [4, 1, 1, 32]),
   transposeRow([4, 96, 100]),
   embeddingRow(4, 77, 50, 128, 77),
   timestepRow(64, 128, true, 0, 10000, 1000),

@@ -85,12 +85,17 @@ export function activation(kind: ActivationKind, x: Float64Array): Float64Array 
   return x.map((v) => activationScalar(kind, v));
 }
 
-/** y[R,S] = a[R,S] + b[R] broadcast over S (S = 1: same shape). */
-export function add(a: Float64Array, b: Float64Array, R: number, S: number): Float64Array {
-  const y = new Float64Array(R * S);
-  for (let r = 0; r < R; r++) for (let s = 0; s < S; s++) y[r * S + s] = at(a, r * S + s) + at(b, r);
+/** y[R,S,C] = a[R,S,C] + b[R,C] broadcast over S (S = 1: same shape; C = 1: b[R] over rows). */
+export function add(a: Float64Array, b: Float64Array, R: number, S: number, C = 1): Float64Array {
+  const y = new Float64Array(R * S * C);
+  for (let r = 0; r < R; r++)
+    for (let s = 0; s < S; s++)
+      for (let c = 0; c < C; c++) y[(r * S + s) * C + c] = at(a, (r * S + s) * C + c) + at(b, r * C + c);
   return y;
 }
+
+/** y[B,N,M] = x[B,M,N] in float64: a channels-last image [B,S,C] to [B,C,S] and back. */
+export const permute = (x: Float64Array, B: number, M: number, N: number): Float64Array => transpose(x, B, M, N);
 
 /** y[B,N,M] = x[B,M,N] transposed over the last two dims. */
 export function transpose(x: Float64Array, B: number, M: number, N: number): Float64Array {
