@@ -119,6 +119,10 @@ gc_status row_sums(be_ctx *bc, double *out, const float *x, int64_t R, int64_t S
  * returns the number of chunks in *nchunks. partial must hold ceil(N / rows_per) * C doubles. */
 gc_status col_partials(be_ctx *bc, double *partial, const float *x, int64_t N, int64_t C,
                        int64_t rows_per);
+/* The same over R matrices x[R,N,C] at once: partial[(k*R + m)*C + c] for chunk k of matrix m,
+ * so col_finish over R*C columns gives out[m*C + c]. partial holds ceil(N / rows_per) * R * C. */
+gc_status col_partials_batched(be_ctx *bc, double *partial, const float *x, int64_t R, int64_t N,
+                               int64_t C, int64_t rows_per);
 /* out[c] (+= when accumulate, else =) sum_k partial[k*C + c], summed over k in order. */
 gc_status col_finish(be_ctx *bc, float *out, const double *partial, int64_t nchunks, int64_t C,
                      int accumulate);

@@ -10,6 +10,7 @@
  * most CONV_MAX_WORKSPACE bytes, and runs on FMA math unless the context allows TF32 (fp32
  * convolutions must match the CPU backend to fp32 rounding). Workspace is the context scratch.
  * Bias is added by our own kernel; the bias gradient is a per-channel sum in double.
+ * Channels-last operands go through transposed NCHW copies (see be_conv2d_forward).
  */
 #include "common.h"
 
@@ -184,60 +185,104 @@ __global__ void k_add_channel_bias(float *y, const float *b, int64_t O, int64_t 
   GRID_STRIDE(i, n) y[i] += b[(i / P) % O];
 }
 
-/* y[B,O,Ho,Wo] (=), x[B,C,H,W], w[O,C,K,K], b[O] optional */
+/* Channels-last (cl) runs the NCHW plan on transposed copies: x[B,H,W,C] -> [B,C,H,W], the
+ * NCHW convolution, results transposed back. Correct by construction, at the cost of the
+ * transposes. Not cuDNN's NHWC tensor descriptors with our OIHW filter: we could not confirm
+ * from cuDNN's documentation that fp32 NHWC x/y with an NCHW (KCRS) filter is supported for
+ * all three directions (only the dwDesc-NHWC constraints turned up). The copies and cuDNN's
+ * workspace share one scratch allocation, carved up front, since growing scratch moves it. */
+static size_t carve(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+/* y[B,O,Ho,Wo] (=), x[B,C,H,W], w[O,C,K,K], b[O] optional; cl: y[B,Ho,Wo,O], x[B,H,W,C] */
 gc_status be_conv2d_forward(be_ctx *bc, float *y, const float *x, const float *w, const float *b,
                             int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
-                            int64_t stride, int64_t pad, int64_t Ho, int64_t Wo) {
+                            int64_t stride, int64_t pad, int64_t Ho, int64_t Wo, int cl) {
   GC_CHECK(ctx_enter(bc));
   const int64_t key[8] = {B, C, H, W, O, K, stride, pad};
   conv_plan *p = NULL;
   GC_CHECK(plan_get(bc, key, &p));
-  void *ws = p->fwd_ws ? scratch_get(bc, p->fwd_ws) : NULL;
-  if (p->fwd_ws && !ws) return GC_ERR_OUT_OF_MEMORY;
+  const int64_t nx = B * C * H * W, ny = B * O * Ho * Wo;
+  const size_t xt_bytes = cl ? carve((size_t)nx * sizeof(float)) : 0;
+  const size_t yt_bytes = cl ? carve((size_t)ny * sizeof(float)) : 0;
+  const size_t total = xt_bytes + yt_bytes + p->fwd_ws;
+  char *base = total ? (char *)scratch_get(bc, total) : NULL;
+  if (total && !base) return GC_ERR_OUT_OF_MEMORY;
+  const float *xn = x; /* NCHW views */
+  float *yn = y;
+  if (cl) {
+    float *xt = (float *)base;
+    GC_CHECK(be_transpose(bc, xt, x, B, H * W, C));
+    xn = xt;
+    yn = (float *)(base + xt_bytes);
+  }
+  void *ws = p->fwd_ws ? base + xt_bytes + yt_bytes : NULL;
   const float one = 1.0f, zero = 0.0f;
   DNN(cudnnSetConvolutionMathType(p->cd, p->fwd_math), "conv2d math type");
-  DNN(cudnnConvolutionForward(bc->cudnn, &one, p->xd, x, p->wd, w, p->cd, p->fwd, ws, p->fwd_ws,
-                              &zero, p->yd, y),
+  DNN(cudnnConvolutionForward(bc->cudnn, &one, p->xd, xn, p->wd, w, p->cd, p->fwd, ws, p->fwd_ws,
+                              &zero, p->yd, yn),
       "conv2d_forward");
   if (b) {
-    const int64_t n = B * O * Ho * Wo;
-    k_add_channel_bias<<<grid_for(bc, n), THREADS, 0, bc->stream>>>(y, b, O, Ho * Wo, n);
+    k_add_channel_bias<<<grid_for(bc, ny), THREADS, 0, bc->stream>>>(yn, b, O, Ho * Wo, ny);
     GC_CHECK(launch_status("conv2d_forward bias"));
   }
+  if (cl) GC_CHECK(be_transpose(bc, y, yn, B, O, Ho * Wo));
   return GC_OK;
 }
 
-/* dx[B,C,H,W] (=), dw[O,C,K,K] (+=), db[O] (+=), each optional; dy[B,O,Ho,Wo] */
+/* dx[B,C,H,W] (=), dw[O,C,K,K] (+=), db[O] (+=), each optional; dy[B,O,Ho,Wo]; cl: dx, x
+ * [B,H,W,C], dy [B,Ho,Wo,O] */
 gc_status be_conv2d_backward(be_ctx *bc, float *dx, float *dw, float *db, const float *dy,
                              const float *x, const float *w, int64_t B, int64_t C, int64_t H,
                              int64_t W, int64_t O, int64_t K, int64_t stride, int64_t pad,
-                             int64_t Ho, int64_t Wo) {
+                             int64_t Ho, int64_t Wo, int cl) {
   GC_CHECK(ctx_enter(bc));
   if (!dx && !dw && !db) return GC_OK;
   const int64_t key[8] = {B, C, H, W, O, K, stride, pad};
   conv_plan *p = NULL;
   GC_CHECK(plan_get(bc, key, &p));
+  /* scratch: [x^T (cl, dw)] [dy^T (cl)] [dx^T (cl, dx)] [bias sums (db)] [cuDNN workspace] */
+  const int64_t nx = B * C * H * W, ny = B * O * Ho * Wo;
+  const size_t xt_bytes = cl && dw ? carve((size_t)nx * sizeof(float)) : 0;
+  const size_t dyt_bytes = cl ? carve((size_t)ny * sizeof(float)) : 0;
+  const size_t dxt_bytes = cl && dx ? carve((size_t)nx * sizeof(float)) : 0;
+  const size_t sums_bytes = db ? carve((size_t)(B * O) * sizeof(double)) : 0;
+  size_t ws_bytes = dx ? p->data_ws : 0;
+  if (dw && p->filter_ws > ws_bytes) ws_bytes = p->filter_ws;
+  const size_t head = xt_bytes + dyt_bytes + dxt_bytes + sums_bytes, total = head + ws_bytes;
+  char *base = total ? (char *)scratch_get(bc, total) : NULL;
+  if (total && !base) return GC_ERR_OUT_OF_MEMORY;
+  const float *xn = x, *dyn = dy; /* NCHW views */
+  float *dxn = dx;
+  if (cl) {
+    if (dw) {
+      float *xt = (float *)base;
+      GC_CHECK(be_transpose(bc, xt, x, B, H * W, C));
+      xn = xt;
+    }
+    float *dyt = (float *)(base + xt_bytes);
+    GC_CHECK(be_transpose(bc, dyt, dy, B, Ho * Wo, O));
+    dyn = dyt;
+    if (dx) dxn = (float *)(base + xt_bytes + dyt_bytes);
+  }
+  void *ws = ws_bytes ? base + head : NULL;
   const float one = 1.0f, zero = 0.0f;
   if (dx) {
-    void *ws = p->data_ws ? scratch_get(bc, p->data_ws) : NULL;
-    if (p->data_ws && !ws) return GC_ERR_OUT_OF_MEMORY;
     DNN(cudnnSetConvolutionMathType(p->cd, p->data_math), "conv2d math type");
-    DNN(cudnnConvolutionBackwardData(bc->cudnn, &one, p->wd, w, p->yd, dy, p->cd, p->bwd_data, ws,
-                                     p->data_ws, &zero, p->xd, dx),
+    DNN(cudnnConvolutionBackwardData(bc->cudnn, &one, p->wd, w, p->yd, dyn, p->cd, p->bwd_data,
+                                     p->data_ws ? ws : NULL, p->data_ws, &zero, p->xd, dxn),
         "conv2d_backward data");
+    if (cl) GC_CHECK(be_transpose(bc, dx, dxn, B, C, H * W));
   }
   if (dw) { /* beta = 1: cuDNN adds onto the gradient already there (+=) */
-    void *ws = p->filter_ws ? scratch_get(bc, p->filter_ws) : NULL;
-    if (p->filter_ws && !ws) return GC_ERR_OUT_OF_MEMORY;
     DNN(cudnnSetConvolutionMathType(p->cd, p->filter_math), "conv2d math type");
-    DNN(cudnnConvolutionBackwardFilter(bc->cudnn, &one, p->xd, x, p->yd, dy, p->cd, p->bwd_filter,
-                                       ws, p->filter_ws, &one, p->wd, dw),
+    DNN(cudnnConvolutionBackwardFilter(bc->cudnn, &one, p->xd, xn, p->yd, dyn, p->cd,
+                                       p->bwd_filter, p->filter_ws ? ws : NULL, p->filter_ws, &one,
+                                       p->wd, dw),
         "conv2d_backward filter");
   }
-  if (db) { /* per (b, o) sums over pixels, then over the batch in order */
-    double *sums = (double *)scratch_get(bc, (size_t)(B * O) * sizeof(double));
-    if (!sums) return GC_ERR_OUT_OF_MEMORY;
-    GC_CHECK(row_sums(bc, sums, dy, B * O, Ho * Wo));
+  if (db) { /* per (b, o) sums over pixels of the NCHW dy, then over the batch in order */
+    double *sums = (double *)(base + xt_bytes + dyt_bytes + dxt_bytes);
+    GC_CHECK(row_sums(bc, sums, dyn, B * O, Ho * Wo));
     GC_CHECK(col_finish(bc, db, sums, B, O, 1));
   }
   return GC_OK;

@@ -49,16 +49,22 @@ gc_status be_axpby(be_ctx *bc, float *y, float alpha, const float *x, float beta
 
 /* ---- broadcast add ---- */
 
-__global__ void k_add(float *y, const float *a, const float *b, int64_t n, int64_t S) {
-  GRID_STRIDE(i, n) y[i] = a[i] + b[i / S];
+// y[i] = a[i] + b[r, c] for i = (r*S + s)*C + c (S == 1: same shapes, C == 1: b[r] over rows)
+__global__ void k_add(float *y, const float *a, const float *b, int64_t n, int64_t S, int64_t C) {
+  if (C == 1) {
+    GRID_STRIDE(i, n) y[i] = a[i] + b[i / S];
+  } else {
+    GRID_STRIDE(i, n) y[i] = a[i] + b[i / (S * C) * C + i % C];
+  }
 }
 
-// y, a are (R, S); b is (R)
+// y, a are (R, S, C); b is (R, C)
 gc_status be_add_forward(be_ctx *bc, float *y, const float *a, const float *b, int64_t R,
-                         int64_t S) {
+                         int64_t S, int64_t C) {
   GC_CHECK(ctx_enter(bc));
-  if (R * S <= 0) return GC_OK;
-  k_add<<<grid_for(bc, R * S), THREADS, 0, bc->stream>>>(y, a, b, R * S, S);
+  const int64_t n = R * S * C;
+  if (n <= 0) return GC_OK;
+  k_add<<<grid_for(bc, n), THREADS, 0, bc->stream>>>(y, a, b, n, S, C);
   return launch_status("add_forward");
 }
 
@@ -66,18 +72,31 @@ __global__ void k_double_to_float(float *y, const double *x, int64_t n) {
   GRID_STRIDE(i, n) y[i] = (float)x[i];
 }
 
-// da (R, S) = dy; db (R) = sum over S; both written, both optional
-gc_status be_add_backward(be_ctx *bc, float *da, float *db, const float *dy, int64_t R, int64_t S) {
+enum { ADD_ROWS_PER_CHUNK = 256 };
+
+// da (R, S, C) = dy; db (R, C) = sum over S; both written, both optional. Sums in double: per
+// row for C == 1, else column sums of each r's [S, C] in fixed chunks of rows.
+gc_status be_add_backward(be_ctx *bc, float *da, float *db, const float *dy, int64_t R, int64_t S,
+                          int64_t C) {
   GC_CHECK(ctx_enter(bc));
-  if (da) GC_CHECK(be_copy(bc, da, dy, R * S));
-  if (db && R > 0) {
+  if (da) GC_CHECK(be_copy(bc, da, dy, R * S * C));
+  if (!db || R * C <= 0) return GC_OK;
+  if (S == 1) return be_copy(bc, db, dy, R * C); /* a sum of one term: exact */
+  if (C == 1) {
     double *sums = (double *)scratch_get(bc, (size_t)R * sizeof(double));
     if (!sums) return GC_ERR_OUT_OF_MEMORY;
     GC_CHECK(row_sums(bc, sums, dy, R, S));
     k_double_to_float<<<grid_for(bc, R), THREADS, 0, bc->stream>>>(db, sums, R);
     return launch_status("add_backward");
   }
-  return GC_OK;
+  int64_t rows_per = ADD_ROWS_PER_CHUNK;
+  while ((S + rows_per - 1) / rows_per > 65535) rows_per *= 2;
+  const int64_t nchunks = (S + rows_per - 1) / rows_per; /* 0 when S == 0: db = 0 */
+  const int64_t np = (nchunks > 0 ? nchunks : 1) * R * C;
+  double *p = (double *)scratch_get(bc, (size_t)np * sizeof(double));
+  if (!p) return GC_ERR_OUT_OF_MEMORY;
+  GC_CHECK(col_partials_batched(bc, p, dy, R, S, C, rows_per)); // [nchunks][R,C]
+  return col_finish(bc, db, p, nchunks, R * C, 0);
 }
 
 /* ---- transpose of the last two dims ---- */
@@ -155,40 +174,44 @@ gc_status be_concat_backward(be_ctx *bc, float *da, float *db, const float *dy, 
 
 /* ---- nearest-neighbour 2x upsample ---- */
 
-// x is (P, H, W), y is (P, 2H, 2W): one thread per output pixel
-__global__ void k_upsample2x(float *y, const float *x, int64_t P, int64_t H, int64_t W) {
+// x is (P, H, W, C), y is (P, 2H, 2W, C): one thread per output element
+__global__ void k_upsample2x(float *y, const float *x, int64_t P, int64_t H, int64_t W, int64_t C) {
   const int64_t W2 = 2 * W, H2 = 2 * H;
-  GRID_STRIDE(i, P * H2 * W2) {
-    const int64_t ow = i % W2, oh = (i / W2) % H2, p = i / (W2 * H2);
-    y[i] = x[(p * H + oh / 2) * W + ow / 2];
+  GRID_STRIDE(i, P * H2 * W2 * C) {
+    const int64_t c = i % C, pix = i / C; /* pix = (p*2H + oh)*2W + ow */
+    const int64_t ow = pix % W2, oh = (pix / W2) % H2, p = pix / (W2 * H2);
+    y[i] = x[((p * H + oh / 2) * W + ow / 2) * C + c];
   }
 }
 
-// dx (P, H, W) collects its 2x2 block of dy, summed in double in the CPU's order
-__global__ void k_upsample2x_backward(float *dx, const float *dy, int64_t P, int64_t H, int64_t W) {
-  GRID_STRIDE(i, P * H * W) {
-    const int64_t w = i % W, ph = i / W; /* ph = p*H + h */
-    const float *d0 = dy + ph * 4 * W, *d1 = d0 + 2 * W;
-    double s = (double)d0[2 * w] + d0[2 * w + 1] + d1[2 * w] + d1[2 * w + 1];
+// dx (P, H, W, C) collects its 2x2 block of dy, summed in double in the CPU's order
+__global__ void k_upsample2x_backward(float *dx, const float *dy, int64_t P, int64_t H, int64_t W,
+                                      int64_t C) {
+  const int64_t row = W * C; /* floats in one input row */
+  GRID_STRIDE(i, P * H * row) {
+    const int64_t c = i % C, w = (i / C) % W, ph = i / row; /* ph = p*H + h */
+    const float *d0 = dy + ph * 4 * row, *d1 = d0 + 2 * row;
+    const int64_t j = 2 * w * C + c, k = j + C;
+    double s = (double)d0[j] + d0[k] + d1[j] + d1[k];
     dx[i] = (float)s;
   }
 }
 
 gc_status be_upsample2x_forward(be_ctx *bc, float *y, const float *x, int64_t P, int64_t H,
-                                int64_t W) {
+                                int64_t W, int64_t C) {
   GC_CHECK(ctx_enter(bc));
-  const int64_t n = P * H * W * 4;
+  const int64_t n = P * H * W * C * 4;
   if (n <= 0) return GC_OK;
-  k_upsample2x<<<grid_for(bc, n), THREADS, 0, bc->stream>>>(y, x, P, H, W);
+  k_upsample2x<<<grid_for(bc, n), THREADS, 0, bc->stream>>>(y, x, P, H, W, C);
   return launch_status("upsample2x_forward");
 }
 
 gc_status be_upsample2x_backward(be_ctx *bc, float *dx, const float *dy, int64_t P, int64_t H,
-                                 int64_t W) {
+                                 int64_t W, int64_t C) {
   GC_CHECK(ctx_enter(bc));
-  const int64_t n = P * H * W;
+  const int64_t n = P * H * W * C;
   if (n <= 0) return GC_OK;
-  k_upsample2x_backward<<<grid_for(bc, n), THREADS, 0, bc->stream>>>(dx, dy, P, H, W);
+  k_upsample2x_backward<<<grid_for(bc, n), THREADS, 0, bc->stream>>>(dx, dy, P, H, W, C);
   return launch_status("upsample2x_backward");
 }
 

@@ -1,6 +1,7 @@
 /*
  * CUDA backend: group norm and layer norm (mirrors cpu/norm.c: biased variance, two-pass
- * statistics in double, saved fp32 mean/rstd used by backward). One block per group or row.
+ * statistics in double, saved fp32 mean/rstd used by backward). One block per group or row;
+ * the group norm takes channels-first x[B,C,S] or channels-last x[B,S,C] (cl), same groups.
  * Parameter gradients are reduced in two passes (per-sample partials, then a fixed-order sum),
  * never with atomics. The group norm's fused SiLU rounds the norm's output to float first, as
  * the CPU does (and as the two ops one after the other do).
@@ -12,19 +13,34 @@ enum { NORM_THREADS = 256, LN_ROWS_PER_CHUNK = 256 };
 
 /* ---- group norm ---- */
 
-// x, y are (B, C, S); group g of sample b is the contiguous block of C/G channels * S elements
+// Element i in [0, Cg*S) of group (b, g), whose channels start at c0: channels-first (x[B,C,S])
+// walks the group's contiguous Cg*S block, channels-last (x[B,S,C]) its S rows of Cg
+// consecutive channels; either way adjacent threads read adjacent floats. Returns the offset
+// into x and sets *c to the element's channel.
+__device__ __forceinline__ int64_t gn_at(int64_t i, int64_t b, int64_t g, int64_t C, int64_t S,
+                                         int64_t G, int cl, int64_t *c) {
+  const int64_t Cg = C / G, c0 = g * Cg;
+  if (cl) {
+    const int64_t s = i / Cg, j = i - s * Cg;
+    *c = c0 + j;
+    return (b * S + s) * C + c0 + j;
+  }
+  *c = c0 + i / S;
+  return (b * G + g) * Cg * S + i;
+}
+
+// x, y are (B, C, S), or (B, S, C) with cl; group g of sample b is channels [g*C/G, (g+1)*C/G)
 __global__ void k_group_norm(float *y, float *mean, float *rstd, const float *x,
                              const float *gamma, const float *beta, int64_t C, int64_t S,
-                             int64_t G, float eps, int silu) {
-  const int64_t bg = blockIdx.x, Cg = C / G, n = Cg * S, c0 = (bg % G) * Cg;
-  const float *xg = x + bg * n;
-  float *yg = y + bg * n;
+                             int64_t G, float eps, int silu, int cl) {
+  const int64_t bg = blockIdx.x, b = bg / G, g = bg % G, n = C / G * S;
+  int64_t c;
   double sum = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += xg[i];
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += x[gn_at(i, b, g, C, S, G, cl, &c)];
   const double m = block_sum(sum) / (double)n;
   double sq = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    double d = xg[i] - m;
+    double d = x[gn_at(i, b, g, C, S, G, cl, &c)] - m;
     sq += d * d;
   }
   const double var = block_sum(sq) / (double)n;
@@ -34,16 +50,16 @@ __global__ void k_group_norm(float *y, float *mean, float *rstd, const float *x,
     if (rstd) rstd[bg] = (float)r;
   }
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const int64_t c = c0 + i / S;
+    const int64_t k = gn_at(i, b, g, C, S, G, cl, &c);
     double gm = gamma ? gamma[c] : 1.0, bt = beta ? beta[c] : 0.0;
-    const float z = (float)((xg[i] - m) * r * gm + bt);
-    yg[i] = silu ? (float)act_value(GC_ACT_SILU, z) : z;
+    const float z = (float)((x[k] - m) * r * gm + bt);
+    y[k] = silu ? (float)act_value(GC_ACT_SILU, z) : z;
   }
 }
 
 gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, const float *x,
                                 const float *gamma, const float *beta, int64_t B, int64_t C,
-                                int64_t S, int64_t G, float eps, int silu) {
+                                int64_t S, int64_t G, float eps, int silu, int cl) {
   GC_CHECK(ctx_enter(bc));
   if (G <= 0 || C % G != 0)
     return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
@@ -51,7 +67,7 @@ gc_status be_group_norm_forward(be_ctx *bc, float *y, float *mean, float *rstd, 
   if (B * G <= 0) return GC_OK;
   if (B * G > 0x7fffffff) return gc_set_error(GC_ERR_UNSUPPORTED, "group_norm: too many groups");
   k_group_norm<<<(unsigned)(B * G), NORM_THREADS, 0, bc->stream>>>(y, mean, rstd, x, gamma, beta,
-                                                                   C, S, G, eps, silu);
+                                                                   C, S, G, eps, silu, cl);
   return launch_status("group_norm_forward");
 }
 
@@ -65,48 +81,92 @@ __device__ __forceinline__ double norm_grad_in(const float *dy, const float *x, 
 }
 
 // One block per (b, g): per-channel sums of dy xhat and dy go to sums [2][B,C] (for dgamma and
-// dbeta), and dx is written from the group's sums of dxhat and dxhat xhat.
+// dbeta), and dx is written from the group's sums of dxhat and dxhat xhat. Channels-first sums
+// one channel's contiguous S floats at a time; channels-last gives each thread one channel and
+// a subset of the rows (a channel's floats are C apart), then adds the lanes of a channel in
+// shared memory, in a fixed order.
 __global__ void k_group_norm_backward(float *dx, double *sum_dy_xhat, double *sum_dy,
                                       const float *dy, const float *x, const float *mean,
                                       const float *rstd, const float *gamma, const float *beta,
-                                      int64_t C, int64_t S, int64_t G, int silu) {
-  const int64_t bg = blockIdx.x, Cg = C / G, n = Cg * S, b = bg / G, c0 = (bg % G) * Cg;
+                                      int64_t C, int64_t S, int64_t G, int silu, int cl) {
+  __shared__ double lane_dx[NORM_THREADS], lane_d[NORM_THREADS];
+  const int64_t bg = blockIdx.x, Cg = C / G, n = Cg * S, b = bg / G, g = bg % G, c0 = g * Cg;
   const double m = mean[bg], r = rstd[bg];
   double g_dxhat = 0.0, g_dxhat_xhat = 0.0;
-  for (int64_t c = 0; c < Cg; c++) {
-    const float *xc = x + bg * n + c * S, *dyc = dy + bg * n + c * S;
-    const double gz = gamma ? gamma[c0 + c] : 1.0, bz = beta ? beta[c0 + c] : 0.0;
-    double sdx = 0.0, sd = 0.0;
-    for (int64_t s = threadIdx.x; s < S; s += blockDim.x) {
-      const double d = norm_grad_in(dyc, xc, s, m, r, gz, bz, silu);
-      sdx += d * (xc[s] - m);
-      sd += d;
+  if (!cl) {
+    for (int64_t c = 0; c < Cg; c++) {
+      const float *xc = x + bg * n + c * S, *dyc = dy + bg * n + c * S;
+      const double gz = gamma ? gamma[c0 + c] : 1.0, bz = beta ? beta[c0 + c] : 0.0;
+      double sdx = 0.0, sd = 0.0;
+      for (int64_t s = threadIdx.x; s < S; s += blockDim.x) {
+        const double d = norm_grad_in(dyc, xc, s, m, r, gz, bz, silu);
+        sdx += d * (xc[s] - m);
+        sd += d;
+      }
+      sdx = block_sum(sdx) * r;
+      sd = block_sum(sd);
+      if (threadIdx.x == 0) {
+        sum_dy_xhat[b * C + c0 + c] = sdx;
+        sum_dy[b * C + c0 + c] = sd;
+      }
+      double gm = gamma ? gamma[c0 + c] : 1.0;
+      g_dxhat += gm * sd;
+      g_dxhat_xhat += gm * sdx;
     }
-    sdx = block_sum(sdx) * r;
-    sd = block_sum(sd);
-    if (threadIdx.x == 0) {
-      sum_dy_xhat[b * C + c0 + c] = sdx;
-      sum_dy[b * C + c0 + c] = sd;
+  } else {
+    // Channels [cb, cb + width) at a time: thread t takes channel cb + t % width and rows
+    // t / width, t / width + lanes, ...; thread j < width then adds its channel's lanes.
+    for (int64_t cb = 0; cb < Cg; cb += blockDim.x) {
+      const int64_t width = Cg - cb < (int64_t)blockDim.x ? Cg - cb : (int64_t)blockDim.x;
+      const int64_t lanes = blockDim.x / width, lane = threadIdx.x / width;
+      const int64_t c = c0 + cb + threadIdx.x % width;
+      double sdx = 0.0, sd = 0.0;
+      if (lane < lanes) {
+        const double gz = gamma ? gamma[c] : 1.0, bz = beta ? beta[c] : 0.0;
+        for (int64_t s = lane; s < S; s += lanes) {
+          const int64_t k = (b * S + s) * C + c;
+          const double d = norm_grad_in(dy, x, k, m, r, gz, bz, silu);
+          sdx += d * (x[k] - m);
+          sd += d;
+        }
+      }
+      lane_dx[threadIdx.x] = sdx;
+      lane_d[threadIdx.x] = sd;
+      __syncthreads();
+      if (threadIdx.x < width) {
+        double tdx = 0.0, td = 0.0;
+        for (int64_t l = 0; l < lanes; l++) {
+          tdx += lane_dx[l * width + threadIdx.x];
+          td += lane_d[l * width + threadIdx.x];
+        }
+        tdx *= r;
+        sum_dy_xhat[b * C + c] = tdx;
+        sum_dy[b * C + c] = td;
+        const double gm = gamma ? gamma[c] : 1.0;
+        g_dxhat += gm * td; /* this thread's channels; totalled over the block below */
+        g_dxhat_xhat += gm * tdx;
+      }
+      __syncthreads(); /* the lane sums are rewritten by the next chunk */
     }
-    double gm = gamma ? gamma[c0 + c] : 1.0;
-    g_dxhat += gm * sd;
-    g_dxhat_xhat += gm * sdx;
+    g_dxhat = block_sum(g_dxhat);
+    g_dxhat_xhat = block_sum(g_dxhat_xhat);
   }
   if (!dx) return;
   const double mean_dxhat = g_dxhat / (double)n, mean_dxhat_xhat = g_dxhat_xhat / (double)n;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const int64_t c = c0 + i / S;
+    int64_t c;
+    const int64_t k = gn_at(i, b, g, C, S, G, cl, &c);
     const double gm = gamma ? gamma[c] : 1.0, bt = beta ? beta[c] : 0.0;
-    const double xhat = (x[bg * n + i] - m) * r;
-    const double d = norm_grad_in(dy, x, bg * n + i, m, r, gm, bt, silu);
-    dx[bg * n + i] = (float)(r * (d * gm - mean_dxhat - xhat * mean_dxhat_xhat));
+    const double xhat = (x[k] - m) * r;
+    const double d = norm_grad_in(dy, x, k, m, r, gm, bt, silu);
+    dx[k] = (float)(r * (d * gm - mean_dxhat - xhat * mean_dxhat_xhat));
   }
 }
 
 gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *dbeta,
                                  const float *dy, const float *x, const float *mean,
                                  const float *rstd, const float *gamma, const float *beta,
-                                 int64_t B, int64_t C, int64_t S, int64_t G, int silu) {
+                                 int64_t B, int64_t C, int64_t S, int64_t G, int silu, int cl) {
   GC_CHECK(ctx_enter(bc));
   if (G <= 0 || C % G != 0)
     return gc_set_error(GC_ERR_SHAPE, "group_norm: %lld channels do not split into %lld groups",
@@ -116,7 +176,7 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
   double *sums = (double *)scratch_get(bc, (size_t)(2 * B * C) * sizeof(double)); // [2][B,C]
   if (!sums) return GC_ERR_OUT_OF_MEMORY;
   k_group_norm_backward<<<(unsigned)(B * G), NORM_THREADS, 0, bc->stream>>>(
-      dx, sums, sums + B * C, dy, x, mean, rstd, gamma, beta, C, S, G, silu);
+      dx, sums, sums + B * C, dy, x, mean, rstd, gamma, beta, C, S, G, silu, cl);
   GC_CHECK(launch_status("group_norm_backward"));
   if (dgamma) GC_CHECK(col_finish(bc, dgamma, sums, B, C, 1));
   if (dbeta) GC_CHECK(col_finish(bc, dbeta, sums + B * C, B, C, 1));

@@ -29,7 +29,7 @@ import {
   clipTextForward,
 } from "./clip.ts";
 import { Graph, type ParameterSource } from "./graph.ts";
-import type { Layers, ParameterShape, Shaped, ShapeRecorder } from "./layers.ts";
+import { type Layers, type ParameterShape, type Shaped, type ShapeRecorder, toChannelsLast } from "./layers.ts";
 import { allocateParameters, initialiseParameters, listParameters, parameterSource } from "./parameters.ts";
 
 export interface ClipVisionConfig extends ClipEncoderConfig {
@@ -81,8 +81,9 @@ export function clipVisionForward<T extends Shaped>(L: Layers<T>, v: ClipVisionC
   const [b] = pixels.shape as [number];
   const d = v.hidden_size;
   const g = clipGridSize(v);
-  let h = L.conv2d(pixels, `${prefix}embeddings.patch_embedding`, d, v.patch_size, v.patch_size, 0, false); // [B,D,g,g]
-  h = L.transpose(L.reshape(h, [b, d, g * g])); // [B,N,D] patch tokens, row-major over the grid
+  const patches = toChannelsLast(L, pixels);
+  let h = L.conv2d(patches, `${prefix}embeddings.patch_embedding`, d, v.patch_size, v.patch_size, 0, false); // [B,g,g,D]
+  h = L.reshape(h, [b, g * g, d]); // [B,N,D] patch tokens, row-major over the grid
   h = L.prependToken(h, `${prefix}embeddings.class_embedding`);
   h = L.addPositions(h, `${prefix}embeddings.position_embedding.weight`, g * g + 1);
   h = L.layerNorm(h, `${prefix}pre_layrnorm`, v.layer_norm_eps);

@@ -22,8 +22,8 @@ export class FlopCounter implements Layers<Shaped> {
 
   conv2d(x: Shaped, name: string, out: number, k: number, stride: number, pad: number, bias = true): Shaped {
     const y = this.#shapes.conv2d(x, name, out, k, stride, pad, bias);
-    const [b, , ho, wo] = y.shape as [number, number, number, number];
-    this.forward += 2 * b * out * ho * wo * (x.shape[1] ?? 0) * k * k;
+    const [b, ho, wo] = y.shape as [number, number, number, number];
+    this.forward += 2 * b * out * ho * wo * (x.shape[3] ?? 0) * k * k;
     return y;
   }
 

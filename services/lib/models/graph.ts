@@ -233,21 +233,21 @@ export class Graph implements Layers<Tensor> {
   conv2d(x: Tensor, name: string, out: number, k: number, stride: number, pad: number, bias = true): Tensor {
     const w = this.#param(`${name}.weight`);
     const b = bias ? this.#param(`${name}.bias`) : null;
-    const [bs, , h, wd] = x.shape as [number, number, number, number];
+    const [bs, h, wd] = x.shape as [number, number, number, number];
     if (w.value.shape[0] !== out || w.value.shape[2] !== k) {
       throw new Error(`${name}.weight is [${w.value.shape}], the model expects ${out} outputs and kernel ${k}`);
     }
     const y = this.#new([
       bs,
-      out,
       Math.floor((h + 2 * pad - k) / stride) + 1,
       Math.floor((wd + 2 * pad - k) / stride) + 1,
+      out,
     ]);
-    this.engine.conv2dForward(y, x, w.value, b?.value, stride, pad);
+    this.engine.conv2dForward(y, x, w.value, b?.value, stride, pad, "nhwc");
     this.#mark(y, [x], [w, b]);
     this.#onBackward(y, (gy) => {
       const dx = this.#slot(x);
-      this.engine.conv2dBackward(dx, w.grad, b?.grad, gy, x, w.value, stride, pad);
+      this.engine.conv2dBackward(dx, w.grad, b?.grad, gy, x, w.value, stride, pad, "nhwc");
       this.#commit(x, dx);
     });
     return y;
@@ -260,7 +260,7 @@ export class Graph implements Layers<Tensor> {
     const y = this.#new(x.shape);
     const mean = this.#new([x.shape[0] ?? 1, groups]);
     const rstd = this.#new([x.shape[0] ?? 1, groups]);
-    this.engine.groupNormForward(y, mean, rstd, x, gamma.value, beta.value, groups, eps, silu);
+    this.engine.groupNormForward(y, mean, rstd, x, gamma.value, beta.value, groups, eps, silu, "nhwc");
     this.#mark(y, [x], [gamma, beta]);
     this.#onBackward(y, (gy) => {
       const dx = this.#slot(x);
@@ -276,6 +276,7 @@ export class Graph implements Layers<Tensor> {
         beta.value,
         groups,
         silu,
+        "nhwc",
       );
       this.#commit(x, dx);
     });
@@ -370,13 +371,40 @@ export class Graph implements Layers<Tensor> {
   }
 
   concat(a: Tensor, b: Tensor): Tensor {
-    const y = this.#new([a.shape[0] ?? 0, (a.shape[1] ?? 0) + (b.shape[1] ?? 0), ...a.shape.slice(2)]);
-    this.engine.concatForward(y, a, b);
+    // channels-last: the engine's dim-1 concat of [pixels, Ca] and [pixels, Cb] matrices, through
+    // views closed right after the call (they would otherwise hold heap storage until dispose)
+    const ca = a.shape[a.shape.length - 1] ?? 0;
+    const cb = b.shape[b.shape.length - 1] ?? 0;
+    const rows = ca ? a.numel / ca : 0;
+    const asMatrices = (ts: Array<[Tensor, number]>, op: (m: Tensor[]) => void) => {
+      const views = ts.map(([t, c]) => t.view(0, [rows, c]));
+      try {
+        op(views);
+      } finally {
+        for (const v of views) v.close();
+      }
+    };
+    const y = this.#new([...a.shape.slice(0, -1), ca + cb]);
+    asMatrices(
+      [
+        [y, ca + cb],
+        [a, ca],
+        [b, cb],
+      ],
+      ([my, ma, mb]) => this.engine.concatForward(my!, ma!, mb!),
+    );
     this.#mark(y, [a, b]);
     this.#onBackward(y, (gy) => {
       const da = this.#gradBuffer(a.shape);
       const db = this.#gradBuffer(b.shape);
-      this.engine.concatBackward(da, db, gy);
+      asMatrices(
+        [
+          [da, ca],
+          [db, cb],
+          [gy, ca + cb],
+        ],
+        ([mda, mdb, mgy]) => this.engine.concatBackward(mda!, mdb!, mgy!),
+      );
       if (this.#requires.has(a)) this.#commit(a, da);
       else this.#release(da);
       if (this.#requires.has(b)) this.#commit(b, db);
@@ -386,13 +414,13 @@ export class Graph implements Layers<Tensor> {
   }
 
   upsample2x(x: Tensor): Tensor {
-    const [b, c, h, w] = x.shape as [number, number, number, number];
-    const y = this.#new([b, c, 2 * h, 2 * w]);
-    this.engine.upsample2xForward(y, x);
+    const [b, h, w, c] = x.shape as [number, number, number, number];
+    const y = this.#new([b, 2 * h, 2 * w, c]);
+    this.engine.upsample2xForward(y, x, "nhwc");
     this.#mark(y, [x]);
     this.#onBackward(y, (gy) => {
       const dx = this.#slot(x);
-      if (dx) this.engine.upsample2xBackward(dx, gy);
+      if (dx) this.engine.upsample2xBackward(dx, gy, "nhwc");
       this.#commit(x, dx);
     });
     return y;

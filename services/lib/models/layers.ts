@@ -2,6 +2,12 @@
 // twice in two meanings: over ShapeRecorder it lists the parameters (names from diffusers /
 // transformers, shapes from the config), over Graph (graph.ts) it computes on gpu-core and
 // records the backward pass. One definition, so names, shapes and order cannot drift apart.
+//
+// Images inside a model are channels-last, [B,H,W,C]: the layout oneDNN's (and cuDNN's) fastest
+// convolutions read and write without a reorder, and in which an image's pixels already are the
+// [B,HW,C] tokens of its attention layers. Parameters keep PyTorch's shapes ([O,C,K,K] kernels),
+// and a model's inputs and outputs keep PyTorch's NCHW: toChannelsLast / toChannelsFirst at the
+// edges.
 
 import type { Activation } from "../../../gpu-core/index.ts";
 
@@ -23,9 +29,10 @@ export interface ParameterShape {
 export interface Layers<T extends Shaped> {
   /** y[..., out] = x[..., in] W^T + b, parameters `${name}.weight` [out,in] and `${name}.bias`. */
   linear(x: T, name: string, out: number, bias?: boolean): T;
-  /** NCHW conv with square kernel k; `${name}.weight` [out,in,k,k], `${name}.bias` [out] unless bias is false. */
+  /** Conv of x[B,H,W,in] to [B,Ho,Wo,out], square kernel k; `${name}.weight` [out,in,k,k],
+   * `${name}.bias` [out] unless bias is false. */
   conv2d(x: T, name: string, out: number, k: number, stride: number, pad: number, bias?: boolean): T;
-  /** Affine group norm over x[B,C,...] (`${name}.weight`, `${name}.bias` [C]); with act "silu",
+  /** Affine group norm over x[B,H,W,C] (`${name}.weight`, `${name}.bias` [C]); with act "silu",
    * silu(groupNorm(x)) as one op (a resnet's norm and activation). */
   groupNorm(x: T, name: string, groups: number, eps: number, act?: "silu"): T;
   /** Affine layer norm over the last dim. */
@@ -34,10 +41,12 @@ export interface Layers<T extends Shaped> {
   geglu(x: T): T;
   /** q[B,Tq,C], k,v[B,Tk,C] -> [B,Tq,C]. */
   attention(q: T, k: T, v: T, heads: number, causal: boolean): T;
-  /** a + b; b the same shape or a leading-prefix broadcast ([B,C] onto [B,C,H,W]). */
+  /** a + b; b the same shape, a leading prefix of a's dims, or a's dims with a run of 1s (a
+   * per-channel bias [B,1,1,C] onto [B,H,W,C]), broadcast. */
   add(a: T, b: T): T;
-  /** Channel concat of [B,Ca,...] and [B,Cb,...]. */
+  /** Channel concat of [B,H,W,Ca] and [B,H,W,Cb]. */
   concat(a: T, b: T): T;
+  /** [B,H,W,C] -> [B,2H,2W,C], nearest neighbour. */
   upsample2x(x: T): T;
   /** [B,M,N] -> [B,N,M]. */
   transpose(x: T): T;
@@ -54,6 +63,18 @@ export interface Layers<T extends Shaped> {
   selectTokens(x: T, positions: ArrayLike<number>): T;
   /** The parameter `name` itself (shape [] is a scalar, a [1] tensor), initialised to `value`. */
   parameter(name: string, shape: readonly number[], value: number): T;
+}
+
+/** [B,C,H,W] (PyTorch's layout) -> [B,H,W,C]. */
+export function toChannelsLast<T extends Shaped>(L: Layers<T>, x: T): T {
+  const [b, c, h, w] = x.shape as [number, number, number, number];
+  return L.reshape(L.transpose(L.reshape(x, [b, c, h * w])), [b, h, w, c]);
+}
+
+/** [B,H,W,C] -> [B,C,H,W]. */
+export function toChannelsFirst<T extends Shaped>(L: Layers<T>, x: T): T {
+  const [b, h, w, c] = x.shape as [number, number, number, number];
+  return L.reshape(L.transpose(L.reshape(x, [b, h * w, c])), [b, c, h, w]);
 }
 
 class Shape implements Shaped {
@@ -97,15 +118,15 @@ export class ShapeRecorder implements Layers<Shaped> {
   }
 
   conv2d(x: Shaped, name: string, out: number, k: number, stride: number, pad: number, bias = true): Shaped {
-    const [b, c, h, w] = x.shape as [number, number, number, number];
+    const [b, h, w, c] = x.shape as [number, number, number, number];
     const fanIn = c * k * k;
     this.#param({ name: `${name}.weight`, shape: [out, c, k, k], init: "fan_in", fanIn });
     if (bias) this.#param({ name: `${name}.bias`, shape: [out], init: "fan_in", fanIn });
-    return new Shape([b, out, Math.floor((h + 2 * pad - k) / stride) + 1, Math.floor((w + 2 * pad - k) / stride) + 1]);
+    return new Shape([b, Math.floor((h + 2 * pad - k) / stride) + 1, Math.floor((w + 2 * pad - k) / stride) + 1, out]);
   }
 
   groupNorm(x: Shaped, name: string, groups: number, _eps: number, _act?: "silu"): Shaped {
-    const c = x.shape[1] ?? 0;
+    const c = last(x.shape);
     if (c % groups !== 0) fail(`${name}: ${groups} groups do not divide ${c} channels`);
     this.#param({ name: `${name}.weight`, shape: [c], init: "ones", fanIn: 1 });
     this.#param({ name: `${name}.bias`, shape: [c], init: "zeros", fanIn: 1 });
@@ -134,17 +155,20 @@ export class ShapeRecorder implements Layers<Shaped> {
   }
 
   add(a: Shaped, b: Shaped): Shaped {
-    if (!b.shape.every((d, i) => a.shape[i] === d)) fail(`cannot add [${b.shape}] to [${a.shape}]`);
+    const prefix = b.shape.every((d, i) => a.shape[i] === d);
+    const ones = b.shape.length === a.shape.length && b.shape.every((d, i) => a.shape[i] === d || d === 1);
+    if (!prefix && !ones) fail(`cannot add [${b.shape}] to [${a.shape}]`);
     return a;
   }
 
   concat(a: Shaped, b: Shaped): Shaped {
-    return new Shape([a.shape[0] ?? 0, (a.shape[1] ?? 0) + (b.shape[1] ?? 0), ...a.shape.slice(2)]);
+    if (a.shape.slice(0, -1).join() !== b.shape.slice(0, -1).join()) fail(`cannot concat [${b.shape}] to [${a.shape}]`);
+    return new Shape([...a.shape.slice(0, -1), last(a.shape) + last(b.shape)]);
   }
 
   upsample2x(x: Shaped): Shaped {
-    const [b, c, h, w] = x.shape as [number, number, number, number];
-    return new Shape([b, c, 2 * h, 2 * w]);
+    const [b, h, w, c] = x.shape as [number, number, number, number];
+    return new Shape([b, 2 * h, 2 * w, c]);
   }
 
   transpose(x: Shaped): Shaped {

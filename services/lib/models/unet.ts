@@ -1,9 +1,10 @@
 // diffusers' UNet2DConditionModel for the block types of DESIGN.md §5 (DownBlock2D,
 // CrossAttnDownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D, CrossAttnUpBlock2D; ResnetBlock2D;
 // Transformer2DModel with BasicTransformerBlock and GEGLU), written once over Layers<T>:
-// same config keys, parameter names, shapes, order of operations and constants.
+// same config keys, parameter names, shapes, order of operations and constants. Inside, images
+// are channels-last [B,H,W,C] (layers.ts); the sample and the output are NCHW as in diffusers.
 
-import type { Layers, Shaped } from "./layers.ts";
+import { type Layers, type Shaped, toChannelsFirst, toChannelsLast } from "./layers.ts";
 
 export interface UNetConfig {
   _class_name?: string;
@@ -77,10 +78,11 @@ function resnet<T extends Shaped>(L: Layers<T>, x: T, tembAct: T, name: string, 
   const eps = c.norm_eps;
   let h = L.groupNorm(x, `${name}.norm1`, groups, eps, "silu");
   h = L.conv2d(h, `${name}.conv1`, out, 3, 1, 1);
-  h = L.add(h, L.linear(tembAct, `${name}.time_emb_proj`, out));
+  const [b] = x.shape as [number];
+  h = L.add(h, L.reshape(L.linear(tembAct, `${name}.time_emb_proj`, out), [b, 1, 1, out]));
   h = L.groupNorm(h, `${name}.norm2`, groups, eps, "silu");
   h = L.conv2d(h, `${name}.conv2`, out, 3, 1, 1);
-  const shortcut = x.shape[1] !== out ? L.conv2d(x, `${name}.conv_shortcut`, out, 1, 1, 0) : x;
+  const shortcut = x.shape[3] !== out ? L.conv2d(x, `${name}.conv_shortcut`, out, 1, 1, 0) : x;
   return L.add(shortcut, h);
 }
 
@@ -100,10 +102,10 @@ function transformer2d<T extends Shaped>(
   heads: number,
   c: UNetConfig,
 ): T {
-  const [b, ch, hh, ww] = x.shape as [number, number, number, number];
+  const [b, hh, ww, ch] = x.shape as [number, number, number, number];
   let h = L.groupNorm(x, `${name}.norm`, c.norm_num_groups, 1e-6);
   h = L.conv2d(h, `${name}.proj_in`, ch, 1, 1, 0);
-  h = L.transpose(L.reshape(h, [b, ch, hh * ww])); // [B, HW, C] tokens
+  h = L.reshape(h, [b, hh * ww, ch]); // [B, HW, C] tokens: a channels-last image's pixels
   const blk = `${name}.transformer_blocks.0`;
   const n1 = L.layerNorm(h, `${blk}.norm1`, 1e-5);
   h = L.add(attention(L, n1, n1, `${blk}.attn1`, heads), h);
@@ -111,7 +113,7 @@ function transformer2d<T extends Shaped>(
   let f = L.geglu(L.linear(L.layerNorm(h, `${blk}.norm3`, 1e-5), `${blk}.ff.net.0.proj`, 8 * ch));
   f = L.linear(f, `${blk}.ff.net.2`, ch);
   h = L.add(f, h);
-  h = L.reshape(L.transpose(h), [b, ch, hh, ww]);
+  h = L.reshape(h, [b, hh, ww, ch]);
   return L.add(L.conv2d(h, `${name}.proj_out`, ch, 1, 1, 0), x);
 }
 
@@ -131,7 +133,7 @@ export function unetForward<T extends Shaped>(L: Layers<T>, c: UNetConfig, sampl
   );
   const tembAct = L.act("silu", temb); // each resnet applies SiLU before its time_emb_proj
 
-  let h = L.conv2d(sample, "conv_in", ch0, 3, 1, 1);
+  let h = L.conv2d(toChannelsLast(L, sample), "conv_in", ch0, 3, 1, 1);
   const skips: T[] = [h];
   for (let i = 0; i < nBlocks; i++) {
     const out = c.block_out_channels[i]!;
@@ -170,5 +172,5 @@ export function unetForward<T extends Shaped>(L: Layers<T>, c: UNetConfig, sampl
   }
 
   h = L.groupNorm(h, "conv_norm_out", c.norm_num_groups, c.norm_eps, "silu");
-  return L.conv2d(h, "conv_out", c.out_channels, 3, 1, 1);
+  return toChannelsFirst(L, L.conv2d(h, "conv_out", c.out_channels, 3, 1, 1));
 }
