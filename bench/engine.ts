@@ -1,13 +1,14 @@
-// Engine benchmark: the machine's own sgemm rate (one large linearForward, which is a single
-// cblas_sgemm on the CPU backend) and, in the same run, the GEMM-heavy ops at the shapes of a
-// small 32x32 UNet with batch 32, forward and backward, as GFLOP/s and as a ratio to sgemm.
+// Engine benchmark: the machine's own sgemm rate (one large linearForward, a single oneDNN f32
+// matmul on the CPU backend, bench/sgemm.ts) and, in the same run, the GEMM-heavy ops at the
+// shapes of a small 32x32 UNet with batch 32, forward and backward, as GFLOP/s and as a ratio to
+// sgemm; convolutions in the models' channels-last layout, and one NCHW shape for comparison.
 //
 // The machine may be shared, so its speed drifts: the run alternates rounds of sgemm samples
 // with rounds of op samples, and each op's ratio is taken against the sgemm samples of its own
 // rounds. Times are medians after warm-up.
 //
 //   npm run bench -- engine [--json] [--rounds N] [--samples N] [--backend cpu|cuda]
-import { type Backend, Engine, type Tensor } from "../gpu-core/index.ts";
+import { type Backend, Engine, type Layout, type Tensor } from "../gpu-core/index.ts";
 import { median } from "./sgemm.ts";
 
 interface OpCase {
@@ -96,23 +97,31 @@ class Workspace {
   }
 }
 
-function convCases(ws: Workspace, B: number, C: number, HW: number, K: number): OpCase[] {
+/** Channels-last ("nhwc") is the models' layout; "nchw" rows keep the history comparable. */
+function convCases(ws: Workspace, B: number, C: number, HW: number, K: number, layout: Layout): OpCase[] {
   const e = ws.engine;
   const pad = (K - 1) >> 1;
-  const x = ws.randn([B, C, HW, HW]);
+  const image = layout === "nhwc" ? [B, HW, HW, C] : [B, C, HW, HW];
+  const x = ws.randn(image);
   const w = ws.randn([C, C, K, K]);
   const b = ws.randn([C]);
-  const y = ws.zeros([B, C, HW, HW]);
-  const dy = ws.randn([B, C, HW, HW]);
-  const dx = ws.zeros([B, C, HW, HW]);
+  const y = ws.zeros(image);
+  const dy = ws.randn(image);
+  const dx = ws.zeros(image);
   const dw = ws.zeros([C, C, K, K]);
   const db = ws.zeros([C]);
   const op = `conv2d_${K}x${K}`;
-  const shape = `B${B} ${C}->${C}ch ${HW}x${HW}`;
+  const shape = `B${B} ${C}->${C}ch ${HW}x${HW}${layout === "nhwc" ? " nhwc" : ""}`;
   const gemm = 2 * B * C * HW * HW * C * K * K; // one of: y, dx (via dcol), dw
   return [
-    { op, dir: "forward", shape, flops: gemm, run: () => e.conv2dForward(y, x, w, b, 1, pad) },
-    { op, dir: "backward", shape, flops: 2 * gemm, run: () => e.conv2dBackward(dx, dw, db, dy, x, w, 1, pad) },
+    { op, dir: "forward", shape, flops: gemm, run: () => e.conv2dForward(y, x, w, b, 1, pad, layout) },
+    {
+      op,
+      dir: "backward",
+      shape,
+      flops: 2 * gemm,
+      run: () => e.conv2dBackward(dx, dw, db, dy, x, w, 1, pad, layout),
+    },
   ];
 }
 
@@ -187,10 +196,11 @@ export async function main(args: string[]): Promise<void> {
 
     const B = 32;
     const cases: OpCase[] = [
-      ...convCases(ws, B, 64, 32, 3),
-      ...convCases(ws, B, 128, 16, 3),
-      ...convCases(ws, B, 64, 32, 1),
-      ...convCases(ws, B, 128, 16, 1),
+      ...convCases(ws, B, 64, 32, 3, "nhwc"),
+      ...convCases(ws, B, 128, 16, 3, "nhwc"),
+      ...convCases(ws, B, 64, 32, 1, "nhwc"),
+      ...convCases(ws, B, 128, 16, 1, "nhwc"),
+      ...convCases(ws, B, 64, 32, 3, "nchw"),
       ...linearCases(ws, B * 32 * 32, 64, 64),
       ...linearCases(ws, B * 16 * 16, 128, 128),
       ...attentionCases(ws, B, 8 * 8, 128, 4),
