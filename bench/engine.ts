@@ -237,11 +237,11 @@ export async function main(args: string[]): Promise<void> {
       `gpu-core ${engine.backend}: sgemm ${n}^3 via linearForward: ${sgemmGflops.toFixed(1)} GFLOP/s (median)`,
     );
     console.log(
-      `${cell("op", 11)} ${cell("dir", 9)} ${cell("shape", 22)} ${cell("ms", 9, true)} ${cell("GFLOP/s", 8, true)} ${cell("ratio", 6, true)}`,
+      `${cell("op", 11)} ${cell("dir", 9)} ${cell("shape", 26)} ${cell("ms", 9, true)} ${cell("GFLOP/s", 8, true)} ${cell("ratio", 6, true)}`,
     );
     for (const r of results) {
       console.log(
-        `${cell(r.op, 11)} ${cell(r.dir, 9)} ${cell(r.shape, 22)} ${cell(r.ms.toFixed(3), 9, true)} ${cell(r.gflops.toFixed(1), 8, true)} ${cell(r.ratio_to_sgemm.toFixed(2), 6, true)}`,
+        `${cell(r.op, 11)} ${cell(r.dir, 9)} ${cell(r.shape, 26)} ${cell(r.ms.toFixed(3), 9, true)} ${cell(r.gflops.toFixed(1), 8, true)} ${cell(r.ratio_to_sgemm.toFixed(2), 6, true)}`,
       );
     }
     console.log("ratio: op GFLOP/s over the median sgemm GFLOP/s measured in the op's own rounds");
