@@ -84,13 +84,13 @@ enum { GN_ROW_BLOCK = 32 };
  * gamma[c], bc[c] = beta[c]. Each channel's terms are shifted by its first value k_c (so squares
  * do not cancel when |mean| >> std): P_c = sum (x - k_c), Q_c = sum (x - k_c)^2 in double over
  * float blocks; per group, sum (x - m)^2 = sum_c Q_c - 2 (m - k_c) P_c + S (m - k_c)^2.
- * acc is 2C doubles and 3C floats of scratch. */
+ * Scratch: dacc 2C doubles, facc 3C floats. */
 static void cl_stats(const float *x, int64_t S, int64_t C, int64_t G, float eps,
-                     const float *gamma, const float *beta, float *mean, float *rstd, double *acc,
-                     float *mc, float *ac, float *bc) {
+                     const float *gamma, const float *beta, float *mean, float *rstd, double *dacc,
+                     float *facc, float *mc, float *ac, float *bc) {
   const int64_t Cg = C / G, n = Cg * S;
-  double *P = acc, *Q = acc + C;
-  float *k = (float *)(acc + 2 * C), *fp = k + C, *fq = fp + C;
+  double *P = dacc, *Q = dacc + C;
+  float *k = facc, *fp = k + C, *fq = fp + C;
   for (int64_t c = 0; c < C; c++) {
     P[c] = Q[c] = 0.0;
     k[c] = S > 0 ? x[c] : 0.0f;
@@ -146,11 +146,11 @@ static gc_status group_norm_forward_cl(float *y, float *mean, float *rstd, const
       oom = 1;
       continue;
     }
-    float *mc = (float *)(acc + 2 * C) + 3 * C, *ac = mc + C, *bc = ac + C; /* after cl_stats' */
+    float *facc = (float *)(acc + 2 * C), *mc = facc + 3 * C, *ac = mc + C, *bc = ac + C;
     const float *xb = x + b * S * C;
     float *yb = y + b * S * C;
     cl_stats(xb, S, C, G, eps, gamma, beta, mean ? mean + b * G : NULL, rstd ? rstd + b * G : NULL,
-             acc, mc, ac, bc);
+             acc, facc, mc, ac, bc);
     for (int64_t s = 0; s < S; s++) {
       const float *xr = xb + s * C;
       float *yr = yb + s * C;
@@ -274,36 +274,16 @@ static gc_status group_norm_backward_cl(float *dx, const float *dy, const float 
   return GC_OK;
 }
 
-// dy, x, dx are (B, C, S); mean, rstd are (B, G) from forward; gamma, beta (C) optional (beta
-// read only with silu). dx written (optional); dgamma, dbeta (C) accumulate (+=), each optional.
-// With silu, dy is the gradient of silu(norm(x)): the norm's gradient dz = dy silu'(z) is
+// Channels-first backward: dy, x, dx are (B, C, S); mean, rstd are (B, G) from forward; gamma,
+// beta (C) optional. Writes dx (optional) and the sums sum_dy_xhat, sum_dy (B, C). With silu, dy is the gradient of silu(norm(x)): the norm's gradient dz = dy silu'(z) is
 // formed in the first pass (and parked in dx, which the second pass then overwrites in place).
-gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *dbeta,
-                                 const float *dy, const float *x, const float *mean,
-                                 const float *rstd, const float *gamma, const float *beta,
-                                 int64_t B, int64_t C, int64_t S, int64_t G, int silu, int cl) {
-  (void)bc;
-  gc_status st = groups_check(C, G);
-  if (st != GC_OK) return st;
-  int64_t Cg = C / G, n = Cg * S;
-  // Per (sample, channel) sums of dy xhat and dy: dx needs them per group, dgamma/dbeta per
-  // channel summed over the batch afterwards (a second, race-free pass).
-  double *sum_dy_xhat = malloc((size_t)(2 * B * C) * sizeof(double)); // (B, C)
-  if (!sum_dy_xhat && B * C > 0)
-    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "group_norm_backward: no memory for %lld sums",
-                        (long long)(2 * B * C));
-  double *sum_dy = sum_dy_xhat + B * C; // (B, C)
-
-  if (cl) {
-    st = group_norm_backward_cl(dx, dy, x, mean, rstd, gamma, beta, B, C, S, G, silu, sum_dy_xhat,
-                                sum_dy);
-    if (st != GC_OK) {
-      free(sum_dy_xhat);
-      return st;
-    }
-  }
-#pragma omp parallel for if (!cl && B * C * S > PAR_MIN)
-  for (int64_t bg = 0; bg < (cl ? 0 : B * G); bg++) {
+static void group_norm_backward_cf(float *dx, const float *dy, const float *x, const float *mean,
+                                   const float *rstd, const float *gamma, const float *beta,
+                                   int64_t B, int64_t C, int64_t S, int64_t G, int silu,
+                                   double *sum_dy_xhat, double *sum_dy) {
+  const int64_t Cg = C / G, n = Cg * S;
+#pragma omp parallel for if (B * C * S > PAR_MIN)
+  for (int64_t bg = 0; bg < B * G; bg++) {
     const float mf = mean[bg], rf = rstd[bg];
     const double r = rf;
     int64_t b = bg / G, c0 = (bg % G) * Cg;
@@ -360,8 +340,30 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
       for (int64_t s = 0; s < S; s++) dxc[s] = VM_FMA(dyc[s], ka, VM_FMA(xc[s] - mf, kx, k0));
     }
   }
+}
 
-  if (dgamma || dbeta) {
+// Both layouts: the per-(sample, channel) sums of dz xhat and dz (dz = dy, or dy silu'(z)) that
+// dx needs per group, then dgamma, dbeta (C) accumulated (+=) from them over the batch in a
+// second, race-free pass. dx written (optional); beta read only with silu.
+gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *dbeta,
+                                 const float *dy, const float *x, const float *mean,
+                                 const float *rstd, const float *gamma, const float *beta,
+                                 int64_t B, int64_t C, int64_t S, int64_t G, int silu, int cl) {
+  (void)bc;
+  gc_status st = groups_check(C, G);
+  if (st != GC_OK) return st;
+  double *sum_dy_xhat = malloc((size_t)(2 * B * C) * sizeof(double)); // (B, C)
+  if (!sum_dy_xhat && B * C > 0)
+    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "group_norm_backward: no memory for %lld sums",
+                        (long long)(2 * B * C));
+  double *sum_dy = sum_dy_xhat + B * C; // (B, C)
+  if (cl)
+    st = group_norm_backward_cl(dx, dy, x, mean, rstd, gamma, beta, B, C, S, G, silu, sum_dy_xhat,
+                                sum_dy);
+  else
+    group_norm_backward_cf(dx, dy, x, mean, rstd, gamma, beta, B, C, S, G, silu, sum_dy_xhat,
+                           sum_dy);
+  if (st == GC_OK && (dgamma || dbeta)) {
     for (int64_t c = 0; c < C; c++) {
       double sg = 0.0, sb = 0.0;
       for (int64_t b = 0; b < B; b++) {
@@ -373,7 +375,7 @@ gc_status be_group_norm_backward(be_ctx *bc, float *dx, float *dgamma, float *db
     }
   }
   free(sum_dy_xhat);
-  return GC_OK;
+  return st;
 }
 
 /* ---- layer norm over the last dim ---- */
