@@ -9,138 +9,13 @@
  * that thread's cache.
  */
 #include "../core/backend.h"
+#include "scratch.h"
+#include "small_gemm.h"
 #include "vmath.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
-/* ---- small GEMM kernel ------------------------------------------------------------------ */
-
-/* One vector of VW floats; a row of the C block is NR = 16 floats (NV vectors). AVX-512 holds a
- * 12x16 block in 12 registers (the per-head products have N = 16 = Dh or N = Tk, so 16 columns
- * waste nothing); AVX2 a 6x16 block in 12. */
-#if defined(__AVX512F__)
-typedef float vec __attribute__((vector_size(64)));
-typedef float vecu __attribute__((vector_size(64), aligned(4), may_alias)); /* unaligned access */
-enum { VW = 16, MR = 12 };
-static inline vec v_fma(vec a, vec b, vec c) { return (vec)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
-static inline vec v_splat(float a) { return (vec)_mm512_set1_ps(a); }
-static inline vec v_max(vec a, vec b) { return (vec)_mm512_max_ps((__m512)a, (__m512)b); }
-#else
-typedef float vec __attribute__((vector_size(32)));
-typedef float vecu __attribute__((vector_size(32), aligned(4), may_alias));
-enum { VW = 8, MR = 6 };
-static inline vec v_fma(vec a, vec b, vec c) {
-#if defined(__AVX__) && defined(__FMA__)
-  return (vec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#else
-  return a * b + c;
-#endif
-}
-static inline vec v_splat(float a) { return (vec){a, a, a, a, a, a, a, a}; }
-#if defined(__AVX__)
-static inline vec v_max(vec a, vec b) { return (vec)_mm256_max_ps((__m256)a, (__m256)b); }
-#else
-static inline vec v_max(vec a, vec b) {
-  for (int i = 0; i < VW; i++) a[i] = a[i] > b[i] ? a[i] : b[i];
-  return a;
-}
-#endif
-#endif
-enum { NR = 16, NV = NR / VW };
-
-static inline vec v_load(const float *p) { return *(const vecu *)p; }
-static inline void v_store(float *p, vec v) { *(vecu *)p = v; }
-
-/* C[M,16] = alpha A B for one 16-column panel, M a multiple of MR. A(m,k) = A[m*sam + k*sak]
- * (strides let the same kernel read A or A^T); B[K,16] rows at stride ldb; C rows at ldc. */
-static void gemm_panel(int64_t M, int64_t K, float alpha, const float *A, int64_t sam,
-                       int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc) {
-  const vec va = v_splat(alpha);
-  for (int64_t m = 0; m + MR <= M; m += MR) {
-    const float *a0 = A + m * sam;
-    vec c[MR][NV];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
-      for (int j = 0; j < NV; j++) c[i][j] = (vec){0};
-    for (int64_t k = 0; k < K; k++) {
-      vec b[NV];
-#pragma GCC unroll 2
-      for (int j = 0; j < NV; j++) b[j] = v_load(B + k * ldb + j * VW);
-      const float *a = a0 + k * sak;
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; i++) {
-        const vec x = v_splat(a[i * sam]);
-#pragma GCC unroll 2
-        for (int j = 0; j < NV; j++) c[i][j] = v_fma(x, b[j], c[i][j]);
-      }
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
-      for (int j = 0; j < NV; j++) v_store(C + (m + i) * ldc + j * VW, va * c[i][j]);
-  }
-}
-
-/* Floats of `tmp` that gemm needs for sizes up to M, K. */
-static int64_t gemm_tmp_floats(int64_t M, int64_t K) { return K * (NR + MR) + (M + MR) * NR; }
-
-/* C[M,N] = alpha A B (written), A as in gemm_panel, B[K,N] rows at stride ldb. Ragged edges
- * (the last M % MR rows, the last N % 16 columns) run through zero-padded copies in tmp, so the
- * kernel only ever sees full blocks. */
-static void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t sam,
-                 int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc, float *tmp) {
-  const int64_t M6 = M / MR * MR, mt = M - M6;
-  float *bt = tmp;           /* [K,16]: a ragged column panel of B */
-  float *at = bt + K * NR;   /* [K,MR]: the ragged rows of A, at(m,k) = at[k*MR + m] */
-  float *ct = at + K * MR;   /* [M6,16]: C of a ragged column panel */
-  float *c6 = ct + M6 * NR;  /* [MR,16]: C of the ragged rows */
-  if (mt) {
-    for (int64_t k = 0; k < K; k++)
-      for (int64_t m = 0; m < MR; m++) at[k * MR + m] = m < mt ? A[(M6 + m) * sam + k * sak] : 0.0f;
-  }
-  for (int64_t n = 0; n < N; n += NR) {
-    const int64_t w = N - n < NR ? N - n : NR;
-    const float *bp = B + n;
-    int64_t lb = ldb;
-    if (w < NR) {
-      for (int64_t k = 0; k < K; k++)
-        for (int64_t j = 0; j < NR; j++) bt[k * NR + j] = j < w ? B[k * ldb + n + j] : 0.0f;
-      bp = bt;
-      lb = NR;
-    }
-    if (w == NR) {
-      gemm_panel(M6, K, alpha, A, sam, sak, bp, lb, C + n, ldc);
-    } else {
-      gemm_panel(M6, K, alpha, A, sam, sak, bp, lb, ct, NR);
-      for (int64_t m = 0; m < M6; m++) memcpy(C + m * ldc + n, ct + m * NR, (size_t)w * sizeof(float));
-    }
-    if (mt) {
-      gemm_panel(MR, K, alpha, at, 1, MR, bp, lb, c6, NR);
-      for (int64_t m = 0; m < mt; m++)
-        memcpy(C + (M6 + m) * ldc + n, c6 + m * NR, (size_t)w * sizeof(float));
-    }
-  }
-}
-
-/* ---- per-thread scratch ------------------------------------------------------------------ */
-
-static _Thread_local float *g_scratch;
-static _Thread_local size_t g_scratch_floats;
-
-/* Grow-on-demand buffer of this thread (OpenMP threads persist, so it is reused across calls). */
-static float *scratch_get(size_t floats) {
-  if (floats <= g_scratch_floats) return g_scratch;
-  free(g_scratch);
-  size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
-  g_scratch = aligned_alloc(64, bytes);
-  g_scratch_floats = g_scratch ? floats : 0;
-  return g_scratch;
-}
 
 static int64_t max3(int64_t a, int64_t b, int64_t c) {
   const int64_t m = a > b ? a : b;
@@ -161,49 +36,79 @@ static void transpose_pad(float *dst, int64_t ldd, const float *src, int64_t lds
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-/* x[n] = softmax(x[n]) in place, n >= 1. The max is taken over whole vectors in registers
- * (GCC's `omp simd` max reduction went through the stack, a store-forwarding stall per row that
- * cost a third of the kernel); the sum runs in float lanes: every term is in (0, 1] and one of
- * them is 1, so its relative error stays ~1e-7 at these lengths. */
-__attribute__((target("prefer-vector-width=512"))) static void softmax_row(float *x, int64_t n) {
-  const int64_t nv = n / VW * VW;
-  float mx = x[0];
-  if (nv) {
-    vec m = v_load(x);
-    for (int64_t j = VW; j < nv; j += VW) m = v_max(m, v_load(x + j));
-    for (int i = 0; i < VW; i++) mx = m[i] > mx ? m[i] : mx;
-  }
-  for (int64_t j = nv; j < n; j++) mx = x[j] > mx ? x[j] : mx;
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; j++) {
-    const float e = vm_expf(x[j] - mx); /* <= 0 after the max: e in (0, 1] */
-    x[j] = e;
-    sum += e;
-  }
-  const float inv = 1.0f / sum;
-#pragma omp simd
-  for (int64_t j = 0; j < n; j++) x[j] *= inv;
-}
-
-/* <a, b> over n floats, in VW float lanes (then double across the lanes): the softmax backward's
- * per-row dot, whose terms p dP are bounded by max |dP|, so fp32 lanes lose ~1e-7 of it. */
-static float dot_row(const float *a, const float *b, int64_t n) {
-  const int64_t nv = n / VW * VW;
-  vec acc = {0};
-  for (int64_t j = 0; j < nv; j += VW) acc = v_fma(v_load(a + j), v_load(b + j), acc);
-  double sum = 0.0;
-  for (int i = 0; i < VW; i++) sum += acc[i];
-  for (int64_t j = nv; j < n; j++) sum += (double)a[j] * b[j];
-  return (float)sum;
-}
-
 /* Query rows per block: the block's scores [QB,Tkp] stay within ~128 KB of this core's cache
  * from the QK^T product through the softmax to the PV product, whatever the sequence length. */
 static int64_t query_block(int64_t Tq, int64_t Tkp) {
   int64_t qb = 32768 / Tkp / MR * MR;
   if (qb < MR) qb = MR;
   return qb < Tq ? qb : Tq;
+}
+
+#if defined(__AVX512F__)
+static inline float v_hmax(vec v) { return _mm512_reduce_max_ps((__m512)v); }
+static inline float v_hsum(vec v) { return _mm512_reduce_add_ps((__m512)v); }
+#else
+static inline float v_hmax(vec v) {
+  float m = v[0];
+  for (int i = 1; i < VW; i++) m = v[i] > m ? v[i] : m;
+  return m;
+}
+static inline float v_hsum(vec v) {
+  float s = 0.0f;
+  for (int i = 0; i < VW; i++) s += v[i];
+  return s;
+}
+#endif
+
+/* x[0..n) = softmax(x[0..n)) in place, x[n..nw) used as padding (nw = n rounded up to VW, within
+ * the row's allocation): -inf there gives ~1e-38 after the exp, so every loop runs on whole
+ * vectors (a scalar tail cost the UNet's 16-key cross-attention as much as its vector part), and
+ * the max and the sum each take one shuffle-tree horizontal step (GCC's `omp simd` reductions
+ * went through the stack, 16 dependent scalar steps per row: self-attention 256x256 ran 4.4-4.9
+ * ms per call with them, 4.1-4.3 without). The sum runs in float lanes: every term is in (0, 1]
+ * and one of them is 1, so its relative error stays ~1e-7 at these lengths. */
+__attribute__((noinline, target("prefer-vector-width=512"))) static void softmax_row(float *x, int64_t n,
+                                                                          int64_t nw) {
+  for (int64_t j = n; j < nw; j++) x[j] = -INFINITY;
+  vec m = v_load(x);
+  for (int64_t j = VW; j < nw; j += VW) m = v_max(m, v_load(x + j));
+  const float mx = v_hmax(m);
+  float acc[VW] = {0};
+  for (int64_t j = 0; j < nw; j += VW) {
+    float *xj = x + j;
+#pragma omp simd
+    for (int l = 0; l < VW; l++) {
+      const float e = vm_expf(xj[l] - mx); /* <= 0 after the max: e in (0, 1] */
+      xj[l] = e;
+      acc[l] += e;
+    }
+  }
+  const vec inv = v_splat(1.0f / v_hsum(v_load(acc)));
+  for (int64_t j = 0; j < nw; j += VW) v_store(x + j, v_load(x + j) * inv);
+}
+
+/* One (batch, head): out rows of head h, probabilities to ph[Tq,Tk] when saved (else NULL).
+ * Scratch kt[Dh,Tkp] (k_h^T, zero-padded), s[QB,Tkp] (a block's scores), tl (gemm's). */
+static void forward_head(float *out, float *ph, const float *q, const float *kh, const float *vh,
+                         int64_t b, int64_t Tq, int64_t Tk, int64_t D, int64_t Dh, int causal,
+                         float scale, int64_t QB, float *kt, float *s, float *tl) {
+  const int64_t Tkp = round_up(Tk, NR);
+  transpose_pad(kt, Tkp, kh, D, Tk, Dh);
+  for (int64_t i0 = 0; i0 < Tq; i0 += QB) {
+    const int64_t rows = Tq - i0 < QB ? Tq - i0 : QB;
+    const int64_t qo = b * Tq * D + i0 * D;
+    /* s[rows,Tkp] = scale q_rows k_h^T, through kt so the kernel streams contiguous rows */
+    gemm(rows, Tkp, Dh, scale, q + qo, D, 1, kt, Tkp, s, Tkp, tl);
+    for (int64_t r = 0; r < rows; r++) { /* masked keys get exactly 0 */
+      float *row = s + r * Tkp;
+      const int64_t n = causal ? i0 + r + 1 : Tk; /* keys 0..i are visible to query i */
+      const int64_t nw = round_up(n, VW) < Tkp ? round_up(n, VW) : Tkp;
+      softmax_row(row, n, nw);
+      for (int64_t j = n; j < Tk; j++) row[j] = 0.0f;
+      if (ph) memcpy(ph + (i0 + r) * Tk, row, (size_t)Tk * sizeof(float));
+    }
+    gemm(rows, Dh, Tk, 1.0f, s, Tkp, 1, vh, D, out + qo, D, tl); /* p[rows,Tk] v_h[Tk,Dh] */
+  }
 }
 
 /* out[B,Tq,H*Dh] (=), probs[B,H,Tq,Tk] (=, optional: only the backward reads them);
@@ -219,41 +124,21 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
   }
   const int64_t QB = query_block(Tq, Tkp);
   const int64_t tmp = gemm_tmp_floats(QB > Tk ? QB : Tk, max3(QB, Tk, Dh));
-  /* per thread: kt[Dh,Tkp] (K^T padded), s[QB,Tkp] (one block's scores, then probabilities) */
-  const size_t need = (size_t)(Dh * Tkp + QB * Tkp + tmp);
+  const size_t need = (size_t)(Dh * Tkp + QB * Tkp + tmp); /* per thread: kt, s, tl */
   int oom = 0;
 
 #pragma omp parallel for schedule(dynamic) if (BH > 1 && BH * Tq * Tk * Dh > 65536)
   for (int64_t bh = 0; bh < BH; bh++) {
-    float *kt = scratch_get(need);
-    if (!kt) {
+    float *w = cpu_scratch(need * sizeof(float));
+    if (!w) {
 #pragma omp atomic write
       oom = 1;
       continue;
     }
-    float *s = kt + Dh * Tkp, *tl = s + QB * Tkp;
     const int64_t b = bh / H, h = bh % H;
     const float *kh = k + b * Tk * D + h * Dh, *vh = v + b * Tk * D + h * Dh;
-    transpose_pad(kt, Tkp, kh, D, Tk, Dh);
-
-    for (int64_t i0 = 0; i0 < Tq; i0 += QB) {
-      const int64_t rows = Tq - i0 < QB ? Tq - i0 : QB;
-      const int64_t qo = b * Tq * D + i0 * D + h * Dh;
-      /* s[rows,Tkp] = scale q_rows k_h^T, through kt so the kernel streams contiguous rows */
-      gemm(rows, Tkp, Dh, scale, q + qo, D, 1, kt, Tkp, s, Tkp, tl);
-
-      /* row softmax with the max subtracted; masked keys get exactly 0 */
-      for (int64_t r = 0; r < rows; r++) {
-        float *row = s + r * Tkp;
-        const int64_t n = causal ? i0 + r + 1 : Tk; /* keys 0..i are visible to query i */
-        softmax_row(row, n);
-        for (int64_t j = n; j < Tk; j++) row[j] = 0.0f;
-        if (probs) memcpy(probs + (bh * Tq + i0 + r) * Tk, row, (size_t)Tk * sizeof(float));
-      }
-
-      /* out_rows[rows,Dh] = p[rows,Tk] v_h[Tk,Dh] */
-      gemm(rows, Dh, Tk, 1.0f, s, Tkp, 1, vh, D, out + qo, D, tl);
-    }
+    forward_head(out + h * Dh, probs ? probs + bh * Tq * Tk : NULL, q + h * Dh, kh, vh, b, Tq, Tk,
+                 D, Dh, causal, scale, QB, w, w + Dh * Tkp, w + Dh * Tkp + QB * Tkp);
   }
   if (oom)
     return gc_set_error(GC_ERR_OUT_OF_MEMORY, "attention scratch of %zu floats per thread", need);
@@ -261,6 +146,17 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
 }
 
 /* ---- backward ---------------------------------------------------------------------------- */
+
+/* <a, b> over n floats, in VW float lanes, then one horizontal step: the softmax backward's
+ * per-row dot, whose terms p dP are bounded by max |dP|, so fp32 lanes lose ~1e-7 of it. */
+static float dot_row(const float *a, const float *b, int64_t n) {
+  const int64_t nv = n / VW * VW;
+  vec acc = {0};
+  for (int64_t j = 0; j < nv; j += VW) acc = v_fma(v_load(a + j), v_load(b + j), acc);
+  float sum = v_hsum(acc);
+  for (int64_t j = nv; j < n; j++) sum += a[j] * b[j];
+  return sum;
+}
 
 /* dq[B,Tq,H*Dh], dk,dv[B,Tk,H*Dh] (=, each optional); dout[B,Tq,H*Dh]; q, k, v, probs as
  * forward. With P = probs:
@@ -279,7 +175,7 @@ gc_status be_attention_backward(be_ctx *bc, float *dq, float *dk, float *dv, con
 
 #pragma omp parallel for schedule(dynamic) if (BH > 1 && BH * Tq * Tk * Dh > 65536)
   for (int64_t bh = 0; bh < BH; bh++) {
-    float *vt = scratch_get(need);
+    float *vt = cpu_scratch(need * sizeof(float));
     if (!vt) {
 #pragma omp atomic write
       oom = 1;

@@ -47,7 +47,9 @@
  * on im2col + one GEMM, which per tap measured 3-10% slower.
  */
 #include "../core/backend.h"
+#include "scratch.h"
 #include "conv2d_dnnl.h"
+#include "winograd.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -62,19 +64,6 @@ enum { CONV_MIN_COLS = 256 };
  * single-threaded, else 1 (OpenBLAS parallelises each call itself). */
 static int blas_team(void) {
   return openblas_get_num_threads() > 1 ? 1 : omp_get_max_threads();
-}
-
-/* Grow-on-demand scratch, one per thread (OpenMP threads persist, so it is reused). */
-static _Thread_local float *g_scratch;
-static _Thread_local size_t g_scratch_floats;
-
-static float *scratch_get(size_t floats) {
-  if (floats <= g_scratch_floats) return g_scratch;
-  free(g_scratch);
-  size_t bytes = ((floats ? floats : 1) * sizeof(float) + 63) & ~(size_t)63;
-  g_scratch = aligned_alloc(64, bytes);
-  g_scratch_floats = g_scratch ? floats : 0;
-  return g_scratch;
 }
 
 /* Output columns ow in [lo, hi) read an input column inside [0, W) for kernel column kw. */
@@ -193,7 +182,7 @@ static gc_status shifted_taps(int backward, float *out, const float *in, const f
   int oom = 0;
 #pragma omp parallel num_threads(team)
   {
-    float *scratch = scratch_get(need);
+    float *scratch = cpu_scratch(need * sizeof(float));
     if (!scratch) {
 #pragma omp atomic write
       oom = 1;
@@ -312,6 +301,8 @@ static gc_status cl_backward_via_nchw(be_ctx *bc, float *dx, float *dw, float *d
 gc_status be_conv2d_forward(be_ctx *bc, float *y, const float *x, const float *w, const float *b,
                             int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
                             int64_t stride, int64_t pad, int64_t Ho, int64_t Wo, int cl) {
+  if (wino_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl))
+    return wino_conv3x3(y, x, w, b, B, C, O, H, W, 0);
   if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl))
     return dnnl_conv2d_forward(y, x, w, b, B, C, H, W, O, K, stride, pad, Ho, Wo, cl);
   if (cl) return cl_forward_via_nchw(bc, y, x, w, b, B, C, H, W, O, K, stride, pad, Ho, Wo);
@@ -325,7 +316,7 @@ gc_status be_conv2d_forward(be_ctx *bc, float *y, const float *x, const float *w
 
 #pragma omp parallel num_threads(p.team)
   {
-    float *scratch = need ? scratch_get(need) : NULL;
+    float *scratch = need ? cpu_scratch(need * sizeof(float)) : NULL;
     if (need && !scratch) {
 #pragma omp atomic write
       oom = 1;
@@ -377,6 +368,11 @@ gc_status be_conv2d_backward(be_ctx *bc, float *dx, float *dw, float *db, const 
                              int64_t W, int64_t O, int64_t K, int64_t stride, int64_t pad,
                              int64_t Ho, int64_t Wo, int cl) {
   if (!dx && !dw && !db) return GC_OK;
+  if (dx && wino_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl)) {
+    gc_status st = wino_conv3x3(dx, dy, w, NULL, B, O, C, H, W, 1);
+    if (st != GC_OK || (!dw && !db)) return st;
+    dx = NULL; /* done: dw and db below */
+  }
   if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl))
     return dnnl_conv2d_backward(dx, dw, db, dy, x, w, B, C, H, W, O, K, stride, pad, Ho, Wo, cl);
   if (cl)
@@ -406,7 +402,7 @@ gc_status be_conv2d_backward(be_ctx *bc, float *dx, float *dw, float *db, const 
 #pragma omp parallel num_threads(team)
   {
     const int t = omp_get_thread_num();
-    float *scratch = need ? scratch_get(need) : NULL;
+    float *scratch = need ? cpu_scratch(need * sizeof(float)) : NULL;
     if (need && !scratch) {
 #pragma omp atomic write
       oom = 1;

@@ -10,6 +10,7 @@
  * and OpenBLAS parallelises each call.
  */
 #include "../core/backend.h"
+#include "scratch.h"
 #include "matmul_dnnl.h"
 
 #include <cblas.h>
@@ -52,17 +53,6 @@ static void row_block(int64_t N, int team, int t, int64_t *r0, int64_t *r1) {
   *r1 = *r0 + per < N ? *r0 + per : N;
 }
 
-static _Thread_local void *g_scratch;
-static _Thread_local size_t g_scratch_bytes;
-
-/* Grow-on-demand scratch of this thread (OpenMP threads persist, so it is reused). */
-static void *scratch_get(size_t bytes) {
-  if (bytes <= g_scratch_bytes) return g_scratch;
-  free(g_scratch);
-  g_scratch = aligned_alloc(64, ((bytes ? bytes : 1) + 63) & ~(size_t)63);
-  g_scratch_bytes = g_scratch ? bytes : 0;
-  return g_scratch;
-}
 
 static gc_status check_blas_sizes(int64_t N, int64_t I, int64_t O) {
   if (N > INT_MAX || I > INT_MAX || O > INT_MAX)
@@ -158,7 +148,7 @@ static gc_status blas_linear_backward(float *dx, float *dw, float *db, const flo
     const int t = omp_get_thread_num();
     int64_t r0, r1;
     row_block(N, team, t, &r0, &r1);
-    char *scratch = dbp_bytes + dwp_bytes ? scratch_get(dbp_bytes + dwp_bytes) : NULL;
+    char *scratch = dbp_bytes + dwp_bytes ? cpu_scratch(dbp_bytes + dwp_bytes) : NULL;
     if (dbp_bytes + dwp_bytes && !scratch) {
 #pragma omp atomic write
       oom = 1;

@@ -1,0 +1,12 @@
+/* Per-thread scratch for the CPU kernels (scratch.c). */
+#ifndef GPU_CORE_CPU_SCRATCH_H
+#define GPU_CORE_CPU_SCRATCH_H
+
+#include <stddef.h>
+
+/* This thread's grow-on-demand buffer of at least `bytes` (64-byte aligned), or NULL when out of
+ * memory. OpenMP threads persist, so it is reused across calls; one buffer per thread, shared by
+ * every kernel (none calls another while holding it), so a call may not keep it past returning. */
+void *cpu_scratch(size_t bytes);
+
+#endif
