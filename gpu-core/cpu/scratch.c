@@ -3,13 +3,21 @@
 
 #include <stdlib.h>
 
-static _Thread_local void *g_scratch;
-static _Thread_local size_t g_scratch_bytes;
+typedef struct {
+  void *p;
+  size_t bytes;
+} buffer;
 
-void *cpu_scratch(size_t bytes) {
-  if (bytes <= g_scratch_bytes) return g_scratch;
-  free(g_scratch);
-  g_scratch = aligned_alloc(64, ((bytes ? bytes : 1) + 63) & ~(size_t)63);
-  g_scratch_bytes = g_scratch ? bytes : 0;
-  return g_scratch;
+static _Thread_local buffer g_own, g_team;
+
+static void *grow(buffer *b, size_t bytes) {
+  if (bytes <= b->bytes) return b->p;
+  free(b->p);
+  b->p = aligned_alloc(64, ((bytes ? bytes : 1) + 63) & ~(size_t)63);
+  b->bytes = b->p ? bytes : 0;
+  return b->p;
 }
+
+void *cpu_scratch(size_t bytes) { return grow(&g_own, bytes); }
+
+void *cpu_scratch_team(size_t bytes) { return grow(&g_team, bytes); }

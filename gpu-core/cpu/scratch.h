@@ -9,4 +9,10 @@
  * every kernel (none calls another while holding it), so a call may not keep it past returning. */
 void *cpu_scratch(size_t bytes);
 
+/* A second such buffer of the calling thread, for data it shares with its OpenMP team during one
+ * call (the Winograd weights): the team's members use cpu_scratch meanwhile, the caller too. A
+ * heap block per call would cost an mmap, its page faults and an munmap each time (these run to
+ * hundreds of KB, past glibc's mmap threshold). */
+void *cpu_scratch_team(size_t bytes);
+
 #endif
