@@ -22,6 +22,8 @@ function callFlops(op: string, args: unknown[]): number {
       return 2 * t(1).numel * (t(2).shape[0] ?? 0);
     case "linearBackward": // dx and dw: twice the forward (x at 4, w at 5)
       return 4 * t(4).numel * (t(5).shape[0] ?? 0);
+    case "gegluFeedForward": // x [N, I] w1 [2F, I]^T, then [N, F] w2 [O, F]^T (x at 1, w1 at 2, w2 at 4)
+      return 2 * t(1).numel * (t(2).shape[0] ?? 0) + (2 * t(1).numel * t(4).numel) / (t(2).shape[1] ?? 1);
     case "conv2dForward": // y numel x Cin k k
       return (2 * t(0).numel * t(2).numel) / (t(2).shape[0] ?? 1);
     case "conv2dBackward": // gy at 3, w at 5

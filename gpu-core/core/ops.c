@@ -550,6 +550,36 @@ gc_status gc_geglu_forward(gc_handle ctx, gc_handle y, gc_handle x) {
   return be_geglu_forward(c->be, F(y), F(x), N, D);
 }
 
+gc_status gc_geglu_feedforward_forward(gc_handle ctx, gc_handle y, gc_handle x, gc_handle w1,
+                                       gc_handle b1, gc_handle w2, gc_handle b2) {
+  OP_BEGIN("geglu_feedforward_forward");
+  ARG(y);
+  ARG(x);
+  ARG(w1);
+  OPT(b1);
+  ARG(w2);
+  OPT(b2);
+  CHECK(want_ndim(w1_t, "w1", 2, "[2F,I]"));
+  CHECK(want_ndim(w2_t, "w2", 2, "[O,F]"));
+  const int64_t F2 = w1_t->dims[0], I = w1_t->dims[1], O = w2_t->dims[0];
+  if (F2 % 2)
+    return gc_set_error(GC_ERR_SHAPE, "w1's first dim (%lld) must be even: [h | g]", (long long)F2);
+  if (w2_t->dims[1] != F2 / 2)
+    return gc_set_error(GC_ERR_SHAPE, "w2 takes %lld inputs but w1 gives %lld after GEGLU",
+                        (long long)w2_t->dims[1], (long long)(F2 / 2));
+  if (x_t->dims[x_t->ndim - 1] != I)
+    return gc_set_error(GC_ERR_SHAPE, "x's last dim is %lld but w1 expects %lld inputs",
+                        (long long)x_t->dims[x_t->ndim - 1], (long long)I);
+  const int64_t N = I ? x_t->numel / I : 0;
+  if (b1) CHECK(want_shape(b1_t, "b1", 1, &F2));
+  if (b2) CHECK(want_shape(b2_t, "b2", 1, &O));
+  int64_t want[GC_MAX_DIMS];
+  memcpy(want, x_t->dims, sizeof want);
+  want[x_t->ndim - 1] = O;
+  CHECK(want_shape(y_t, "y", x_t->ndim, want));
+  return be_geglu_feedforward_forward(c->be, F(y), F(x), F(w1), F(b1), F(w2), F(b2), N, I, F2 / 2, O);
+}
+
 gc_status gc_geglu_backward(gc_handle ctx, gc_handle dx, gc_handle dy, gc_handle x) {
   OP_BEGIN("geglu_backward");
   ARG(dx);

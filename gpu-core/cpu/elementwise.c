@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../core/backend.h"
+#include "scratch.h"
 #include "vmath.h"
 
 /* Below this many elements a loop runs on one thread. */
@@ -309,17 +310,18 @@ gc_status be_activation_backward(be_ctx *bc, gc_activation kind, float *dx, cons
 
 /* ---- GEGLU (diffusers): x = [h | g] along the last dim, y = h * gelu(g), erf form ---- */
 
+/* One row: yr[D] = h[D] * gelu(g[D]), x = [h | g]. */
+static inline void geglu_row(float *yr, const float *x, int64_t D) {
+  const float *h = x, *g = x + D;
+#pragma omp simd
+  for (int64_t i = 0; i < D; i++) yr[i] = h[i] * gelu_erf(g[i]);
+}
+
 // x is (N, 2D), y is (N, D)
 gc_status be_geglu_forward(be_ctx *bc, float *y, const float *x, int64_t N, int64_t D) {
   (void)bc;
 #pragma omp parallel for if (N * D > PAR_MIN / 8)
-  for (int64_t r = 0; r < N; r++) {
-    const float *h = x + r * 2 * D;
-    const float *g = h + D;
-    float *yr = y + r * D;
-#pragma omp simd
-    for (int64_t i = 0; i < D; i++) yr[i] = h[i] * gelu_erf(g[i]);
-  }
+  for (int64_t r = 0; r < N; r++) geglu_row(y + r * D, x + r * 2 * D, D);
   return GC_OK;
 }
 
@@ -341,5 +343,48 @@ gc_status be_geglu_backward(be_ctx *bc, float *dx, const float *dy, const float 
       dg[i] = d * h[i] * gelu_erf_grad(gi);
     }
   }
+  return GC_OK;
+}
+
+/* ---- the GEGLU feed-forward, fused for inference ---------------------------------------- */
+
+/* Floats of a row block's two intermediates, [R,2F] and [R,F], kept within this core's L2. */
+enum { FF_BLOCK_FLOATS = 1 << 17, FF_MIN_ROWS = 16, FF_MAX_ROWS = 1024 };
+
+/* y[N,O] = geglu(x[N,I] w1[2F,I]^T + b1) w2[O,F]^T + b2. Each thread takes blocks of R rows
+ * through the first product, GEGLU and the second product while the block's intermediates are
+ * in its cache; as three ops, the [N,2F] product went out to memory and came back for GEGLU,
+ * whose output went out and came back again (in the UNet's 16x16 transformers 24 MB per call,
+ * the first product's output alone costing it 2.85 instead of 1.65 ms). The products are the
+ * linear layer's (be_linear_forward), called inside this team, so each runs on its thread. */
+gc_status be_geglu_feedforward_forward(be_ctx *bc, float *y, const float *x, const float *w1,
+                                       const float *b1, const float *w2, const float *b2,
+                                       int64_t N, int64_t I, int64_t F, int64_t O) {
+  if (N == 0) return GC_OK;
+  int64_t R = FF_BLOCK_FLOATS / (3 * (F > 0 ? F : 1)) / FF_MIN_ROWS * FF_MIN_ROWS;
+  R = R < FF_MIN_ROWS ? FF_MIN_ROWS : R > FF_MAX_ROWS ? FF_MAX_ROWS : R;
+  const int64_t nblocks = (N + R - 1) / R;
+  const size_t need = (size_t)(3 * F * R) * sizeof(float); /* per thread: h [R,2F], g [R,F] */
+  gc_status failed = GC_OK;
+
+#pragma omp parallel for schedule(static) if (nblocks > 1)
+  for (int64_t blk = 0; blk < nblocks; blk++) {
+    float *h = cpu_scratch(need);
+    gc_status st = h ? GC_OK : GC_ERR_OUT_OF_MEMORY;
+    const int64_t r0 = blk * R, rows = N - r0 < R ? N - r0 : R;
+    float *g = h ? h + 2 * F * R : NULL;
+    if (st == GC_OK) st = be_linear_forward(bc, h, x + r0 * I, w1, b1, rows, I, 2 * F, 0);
+    if (st == GC_OK) {
+      for (int64_t r = 0; r < rows; r++) geglu_row(g + r * F, h + r * 2 * F, F);
+      st = be_linear_forward(bc, y + r0 * O, g, w2, b2, rows, F, O, 0);
+    }
+    if (st != GC_OK) {
+#pragma omp atomic write
+      failed = st;
+    }
+  }
+  if (failed != GC_OK)
+    return gc_set_error(failed, "geglu feed-forward: a block of %lld rows failed (scratch of %zu bytes per thread)",
+                        (long long)R, need);
   return GC_OK;
 }

@@ -62,6 +62,32 @@ describe("bad input is refused with a clear error", () => {
     for (const t of [x, w, y, flat, w3, yBad, lin, lw, ly, a, b, gx, stat, q, k, probs]) t.close();
   });
 
+  test("the fused feed-forward checks its weights against each other and x", () => {
+    const x = engine.zeros([4, 6]);
+    const y = engine.zeros([4, 6]);
+    const w1 = engine.zeros([10, 6]); // 2F = 10: F = 5
+    const w1Odd = engine.zeros([9, 6]);
+    const w2 = engine.zeros([6, 5]);
+    const w2Bad = engine.zeros([6, 4]);
+    const xBad = engine.zeros([4, 7]);
+    const b1Bad = engine.zeros([9]);
+    expectError(
+      () => engine.gegluFeedForward(y, x, w1Odd, null, w2, null),
+      "SHAPE",
+      /w1's first dim \(9\) must be even/,
+    );
+    expectError(
+      () => engine.gegluFeedForward(y, x, w1, null, w2Bad, null),
+      "SHAPE",
+      /w2 takes 4 inputs but w1 gives 5/,
+    );
+    expectError(() => engine.gegluFeedForward(y, xBad, w1, null, w2, null), "SHAPE", /last dim is 7 but w1 expects 6/);
+    expectError(() => engine.gegluFeedForward(y, x, w1, b1Bad, w2, null), "SHAPE", /b1 must have shape \[10\]/);
+    engine.gegluFeedForward(y, x, w1, null, w2, null); // and the engine still works
+    expect(Array.from(y.read())).toEqual(new Array(24).fill(0));
+    for (const t of [x, y, w1, w1Odd, w2, w2Bad, xBad, b1Bad]) t.close();
+  });
+
   test("out-of-range token ids, bad DDIM alphas, bad optimizer settings", () => {
     const ids = engine.fromInt32([0, 1, 70, 2], [1, 4]);
     const tok = engine.zeros([64, 8]);

@@ -223,6 +223,33 @@ function gegluRow(lead: number[], D: number): Row {
   };
 }
 
+/** The fused inference feed-forward, geglu(x w1^T + b1) w2^T + b2, against the three reference
+ * steps composed in float64 (forward only: the op has no backward). */
+function gegluFeedForwardRow(lead: number[], I: number, F: number, O: number, bias: boolean): Row {
+  const N = numel(lead);
+  return {
+    op: "geglu_feedforward",
+    label: `x${s([...lead, I])} w1${s([2 * F, I])} w2${s([O, F])}${bias ? " +bias" : ""}`,
+    build: (rng) =>
+      defineCase({
+        inputs: {
+          x: tensorInput("act", [...lead, I], rng, () => 2 * rng.normal()),
+          w1: tensorInput("param", [2 * F, I], rng, () => rng.normal() / Math.sqrt(I)),
+          b1: bias ? tensorInput("param", [2 * F], rng) : null,
+          w2: tensorInput("param", [O, F], rng, () => rng.normal() / Math.sqrt(F)),
+          b2: bias ? tensorInput("param", [O], rng) : null,
+        },
+        outputs: { y: [...lead, O] },
+        loss: ["y"],
+        ref: (x) => {
+          const h = ref.linear(x.x!, x.w1!, x.b1, N, I, 2 * F);
+          return { y: ref.linear(ref.geglu(h, N, F), x.w2!, x.b2, N, F, O) };
+        },
+        forward: (e, x, y) => e.gegluFeedForward(y.y!, x.x!, x.w1!, x.b1, x.w2!, x.b2),
+      }),
+  };
+}
+
 function attentionRow(B: number, Tq: number, Tk: number, H: number, Dh: number, causal: boolean, scale: number): Row {
   const W = H * Dh;
   // The engine takes scale as fp32 and uses (float)(1/sqrt(Dh)) for scale <= 0.
@@ -606,6 +633,8 @@ export const TABLE: Row[] = [
   activationRow("quick_gelu", [2, 3, 7]),
   activationRow("quick_gelu", [61]),
   gegluRow([3], 5),
+  gegluFeedForwardRow([2, 3], 8, 5, 6, true),
+  gegluFeedForwardRow([4], 6, 3, 7, false), // no biases
   gegluRow([2, 3], 8),
   attentionRow(2, 5, 5, 2, 3, false, 0), // self
   attentionRow(1, 6, 6, 3, 4, true, 0), // causal
@@ -666,6 +695,7 @@ export const TABLE: Row[] = [
   activationRow("gelu_tanh", [40000]),
   activationRow("quick_gelu", [40000]),
   gegluRow([64], 80),
+  gegluFeedForwardRow([700], 24, 40, 20, true), // several row blocks, the last ragged, in parallel
   attentionRow(2, 48, 48, 4, 8, false, 0),
   attentionRow(2, 48, 48, 4, 8, true, 0),
   attentionRow(2, 40, 77, 4, 8, false, 0),

@@ -116,9 +116,18 @@ describe("reference parity with diffusers / transformers", () => {
         const err = relErr(g.gradOf(tensors[name]!)!.read(), io.get(`grad.${name}`)!.data);
         if (err > worst.err) worst = { name, err };
       }
-      console.log(
-        `${label}: output rel err ${outErr.toExponential(2)}, worst gradient ${worst.err.toExponential(2)} (${worst.name}), ${shapes.length} parameters`,
+      // The same model for inference (frozen parameters, no input gradient): ops fused for
+      // inference (the UNet's feed-forwards) must give the same output.
+      const gi = new Graph(engine, parameterSource(params, { frozen: true }), arena);
+      const inferErr = relErr(
+        (c.define(cfg, gi as unknown as Layers<Shaped>, tensors) as Tensor).read(),
+        io.get(c.output)!.data,
       );
+      gi.dispose();
+      console.log(
+        `${label}: output rel err ${outErr.toExponential(2)} (inference ${inferErr.toExponential(2)}), worst gradient ${worst.err.toExponential(2)} (${worst.name}), ${shapes.length} parameters`,
+      );
+      expect(inferErr).toBeLessThan(1e-4);
       expect(worst.err).toBeLessThan(1e-3);
       g.dispose();
       arena.close();

@@ -46,6 +46,10 @@ export class FlopCounter implements Layers<Shaped> {
   geglu(x: Shaped): Shaped {
     return this.#shapes.geglu(x);
   }
+  feedForward(x: Shaped, name: string, inner: number): Shaped {
+    const dim = x.shape[x.shape.length - 1] ?? 0;
+    return this.linear(this.geglu(this.linear(x, `${name}.net.0.proj`, 2 * inner)), `${name}.net.2`, dim);
+  }
   add(a: Shaped, b: Shaped): Shaped {
     return this.#shapes.add(a, b);
   }

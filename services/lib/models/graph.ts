@@ -312,6 +312,28 @@ export class Graph implements Layers<Tensor> {
     return y;
   }
 
+  feedForward(x: Tensor, name: string, inner: number): Tensor {
+    const proj = `${name}.net.0.proj`;
+    const out = `${name}.net.2`;
+    const dim = x.shape[x.shape.length - 1] ?? 0;
+    const slots = [`${proj}.weight`, `${proj}.bias`, `${out}.weight`, `${out}.bias`].map((n) => this.#param(n));
+    const [w1, b1, w2, b2] = slots as [ParameterSlot, ParameterSlot, ParameterSlot, ParameterSlot];
+    const inference =
+      !this.#requires.has(x) &&
+      slots.every((p) => !p.grad) &&
+      !this.lora?.modules.has(proj) &&
+      !this.lora?.modules.has(out);
+    if (!inference) return this.linear(this.geglu(this.linear(x, proj, 2 * inner)), out, dim);
+    if (w1.value.shape.join() !== `${2 * inner},${dim}` || w2.value.shape.join() !== `${dim},${inner}`) {
+      throw new Error(
+        `${name}: weights [${w1.value.shape}] and [${w2.value.shape}], the model expects [${2 * inner},${dim}] and [${dim},${inner}]`,
+      );
+    }
+    const y = this.#new(x.shape);
+    this.engine.gegluFeedForward(y, x, w1.value, b1.value, w2.value, b2.value);
+    return y; // nothing upstream needs a gradient: no tape step
+  }
+
   geglu(x: Tensor): Tensor {
     const y = this.#new([...x.shape.slice(0, -1), (x.shape[x.shape.length - 1] ?? 0) / 2]);
     this.engine.gegluForward(y, x);

@@ -39,6 +39,10 @@ export interface Layers<T extends Shaped> {
   layerNorm(x: T, name: string, eps: number): T;
   act(kind: Activation, x: T): T;
   geglu(x: T): T;
+  /** diffusers' GEGLU FeedForward over x[..., D]: `${name}.net.0.proj` (D -> 2 inner), GEGLU,
+   * `${name}.net.2` (inner -> D). Graph runs it as one fused op when no gradient flows through
+   * it (inference), else as the three layers. */
+  feedForward(x: T, name: string, inner: number): T;
   /** q[B,Tq,C], k,v[B,Tk,C] -> [B,Tq,C]. */
   attention(q: T, k: T, v: T, heads: number, causal: boolean): T;
   /** a + b; b the same shape, a leading prefix of a's dims, or a's dims with a run of 1s (a
@@ -146,6 +150,10 @@ export class ShapeRecorder implements Layers<Shaped> {
 
   geglu(x: Shaped): Shaped {
     return new Shape([...x.shape.slice(0, -1), last(x.shape) / 2]);
+  }
+
+  feedForward(x: Shaped, name: string, inner: number): Shaped {
+    return this.linear(this.geglu(this.linear(x, `${name}.net.0.proj`, 2 * inner)), `${name}.net.2`, last(x.shape));
   }
 
   attention(q: Shaped, k: Shaped, _v: Shaped, heads: number, _causal: boolean): Shaped {

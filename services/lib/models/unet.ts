@@ -110,9 +110,7 @@ function transformer2d<T extends Shaped>(
   const n1 = L.layerNorm(h, `${blk}.norm1`, 1e-5);
   h = L.add(attention(L, n1, n1, `${blk}.attn1`, heads), h);
   h = L.add(attention(L, L.layerNorm(h, `${blk}.norm2`, 1e-5), context, `${blk}.attn2`, heads), h);
-  let f = L.geglu(L.linear(L.layerNorm(h, `${blk}.norm3`, 1e-5), `${blk}.ff.net.0.proj`, 8 * ch));
-  f = L.linear(f, `${blk}.ff.net.2`, ch);
-  h = L.add(f, h);
+  h = L.add(L.feedForward(L.layerNorm(h, `${blk}.norm3`, 1e-5), `${blk}.ff`, 4 * ch), h);
   h = L.reshape(h, [b, hh, ww, ch]);
   return L.add(L.conv2d(h, `${name}.proj_out`, ch, 1, 1, 0), x);
 }
