@@ -87,6 +87,19 @@ __attribute__((noinline, target("prefer-vector-width=512"))) static void softmax
   for (int64_t j = 0; j < nw; j += VW) v_store(x + j, v_load(x + j) * inv);
 }
 
+/* dst[n] = src[n] for a saved probability row: written now, read by the backward much later, so
+ * with non-temporal stores where the row allows (64-byte aligned, whole vectors), which skip
+ * reading the destination's lines into the cache first. */
+static void store_row(float *dst, const float *src, int64_t n) {
+#if defined(__AVX512F__)
+  if (((uintptr_t)dst & 63) == 0 && n % 16 == 0) {
+    for (int64_t j = 0; j < n; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+    return;
+  }
+#endif
+  memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
 /* One (batch, head): out rows of head h, probabilities to ph[Tq,Tk] when saved (else NULL).
  * Scratch kt[Dh,Tkp] (k_h^T, zero-padded), s[QB,Tkp] (a block's scores), tl (gemm's). */
 static void forward_head(float *out, float *ph, const float *q, const float *kh, const float *vh,
@@ -105,7 +118,7 @@ static void forward_head(float *out, float *ph, const float *q, const float *kh,
       const int64_t nw = round_up(n, VW) < Tkp ? round_up(n, VW) : Tkp;
       softmax_row(row, n, nw);
       for (int64_t j = n; j < Tk; j++) row[j] = 0.0f;
-      if (ph) memcpy(ph + (i0 + r) * Tk, row, (size_t)Tk * sizeof(float));
+      if (ph) store_row(ph + (i0 + r) * Tk, row, Tk);
     }
     gemm(rows, Dh, Tk, 1.0f, s, Tkp, 1, vh, D, out + qo, D, tl); /* p[rows,Tk] v_h[Tk,Dh] */
   }
@@ -140,6 +153,9 @@ gc_status be_attention_forward(be_ctx *bc, float *out, float *probs, const float
     forward_head(out + h * Dh, probs ? probs + bh * Tq * Tk : NULL, q + h * Dh, kh, vh, b, Tq, Tk,
                  D, Dh, causal, scale, QB, w, w + Dh * Tkp, w + Dh * Tkp + QB * Tkp);
   }
+#if defined(__AVX512F__)
+  if (probs) _mm_sfence(); /* the streamed rows are visible before the backward reads them */
+#endif
   if (oom)
     return gc_set_error(GC_ERR_OUT_OF_MEMORY, "attention scratch of %zu floats per thread", need);
   return GC_OK;

@@ -4,9 +4,11 @@
  * layout). Measured on the 2-core AVX-512 Xeon against OpenBLAS at the UNet's shapes: 2048x64x64
  * 399 vs 268 GFLOP/s, 8192x256x64 392 vs 193, 8192x64x512 379 vs 295, and LoRA's rank-4 products
  * 8192x4x64 183 vs 7 (OpenBLAS is poor at tiny K). The weight gradient (a reduction over the M
- * rows into a small [N,K]) stays on OpenBLAS, whose per-thread row blocks did better there (oneDNN
- * 132-244 GFLOP/s). accumulate is oneDNN's sum post-op (C += ...), which is how LoRA's branch and
- * its dx contribution are added without temporaries.
+ * rows into a small [N,K]) runs per thread on linear.c's row blocks, A = dy read in the "ba"
+ * layout, summed onto the thread's partial: one call over all rows ran at 132-244 GFLOP/s, below
+ * OpenBLAS's per-thread blocks, which these now beat by 1.1-1.3x. accumulate is oneDNN's sum
+ * post-op (C += ...), which is how LoRA's branch and its dx contribution are added without
+ * temporaries.
  *
  * Primitives are created once per (shape, layout, bias, accumulate) and cached for the process,
  * under a mutex; each call makes its own memory objects and stream (dnnl_call.c), so threads may
@@ -25,6 +27,7 @@ typedef struct mm_key {
   int64_t M, K, N;
   int64_t b_transposed; /* B[K,N] stored as [N,K] row-major (w^T), else [K,N] row-major */
   int64_t bias, sum;
+  int64_t a_transposed; /* A[M,K] stored as [K,M] row-major (dy^T), else [M,K] row-major */
 } mm_key;
 
 typedef struct mm_entry {
@@ -47,7 +50,7 @@ static const char *describe(const mm_key *k, char *buf, size_t n) {
 static dnnl_status_t entry_init(mm_entry *e) {
   const mm_key *k = &e->k;
   dnnl_dims_t ad = {k->M, k->K}, bd = {k->K, k->N}, biasd = {1, k->N}, cd = {k->M, k->N};
-  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->a, 2, ad, dnnl_f32, dnnl_ab));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->a, 2, ad, dnnl_f32, k->a_transposed ? dnnl_ba : dnnl_ab));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->b, 2, bd, dnnl_f32, k->b_transposed ? dnnl_ba : dnnl_ab));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->bias, 2, biasd, dnnl_f32, dnnl_ab));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&e->c, 2, cd, dnnl_f32, dnnl_ab));
@@ -129,13 +132,20 @@ static gc_status run(const mm_key *k, float *c, const float *a, const float *b, 
 
 gc_status dnnl_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t M,
                               int64_t K, int64_t N, int accumulate) {
-  const mm_key k = {M, K, N, 1, b != NULL, accumulate != 0};
+  const mm_key k = {M, K, N, 1, b != NULL, accumulate != 0, 0};
   return run(&k, y, x, w, b);
 }
 
 gc_status dnnl_linear_backward_data(float *dx, const float *dy, const float *w, int64_t M,
                                     int64_t K, int64_t N, int accumulate) {
   /* dx[M,K] = dy[M,N] w[N,K]: a product of M x N by N x K, B = w as stored */
-  const mm_key k = {M, N, K, 0, 0, accumulate != 0};
+  const mm_key k = {M, N, K, 0, 0, accumulate != 0, 0};
   return run(&k, dx, dy, w, NULL);
+}
+
+gc_status dnnl_linear_backward_weights(float *dw, const float *dy, const float *x, int64_t M,
+                                       int64_t K, int64_t N) {
+  /* dw[N,K] += dy[M,N]^T x[M,K]: a product of N x M by M x K, A = dy read transposed */
+  const mm_key k = {N, M, K, 0, 0, 1, 1};
+  return run(&k, dw, dy, x, NULL);
 }
