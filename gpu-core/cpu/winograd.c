@@ -25,7 +25,7 @@
  * The backward pass's dx is the same convolution of dy with the kernel flipped and its channel
  * roles swapped (stride 1, pad 1: w'[c][o][ky][kx] = w[o][c][2-ky][2-kx]), so it runs here too.
  * Its dw would follow from the same identity (dw_oc = G^T [sum_t (A dy_t A^T) .* (B^T d_t B)] G,
- * products of depth = tiles), but measured at the UNet's shapes it ran no faster than oneDNN's
+ * products of depth = tiles), but measured at the UNet's shapes it beat oneDNN's only at some
  * (min of 40 calls at batch 32: 64->64ch 32x32 6.1 vs 7.2 ms, 96->32ch 32x32 3.9 vs 5.1,
  * 128->64ch 16x16 2.7 vs 3.2, but 32->32ch 32x32 2.2 vs 1.8 and the 8x8 ones even): the
  * transforms of x and dy read both tensors from memory without overlapping the products, where
