@@ -67,8 +67,7 @@ static inline float v_hsum(vec v) {
  * went through the stack, 16 dependent scalar steps per row: self-attention 256x256 ran 4.4-4.9
  * ms per call with them, 4.1-4.3 without). The sum runs in float lanes: every term is in (0, 1]
  * and one of them is 1, so its relative error stays ~1e-7 at these lengths. */
-__attribute__((noinline, target("prefer-vector-width=512"))) static void softmax_row(float *x, int64_t n,
-                                                                          int64_t nw) {
+static void softmax_row(float *x, int64_t n, int64_t nw) {
   for (int64_t j = n; j < nw; j++) x[j] = -INFINITY;
   vec m = v_load(x);
   for (int64_t j = VW; j < nw; j += VW) m = v_max(m, v_load(x + j));

@@ -51,7 +51,7 @@ int wino_eligible(int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, int64_t
 /* Row c of U[xi][c][o] (xi = 4i + j) for the convolution from Ci to Co channels, o < Op (o >= Co:
  * 0): the kernel of output o and input c is w[o][c] (dgrad = 0, w [Co,Ci,3,3]), or w[c][o]
  * flipped (dgrad = 1, w [Ci,Co,3,3]). g [9,Op] is scratch. */
-__attribute__((target("prefer-vector-width=512"))) static void transform_weights(
+static void transform_weights(
     float *U, const float *w, float *g, int64_t Ci, int64_t Co, int64_t Op, int dgrad, int64_t c) {
   for (int64_t o = 0; o < Op; o++)
     for (int k = 0; k < 9; k++)
@@ -79,7 +79,7 @@ __attribute__((target("prefer-vector-width=512"))) static void transform_weights
 
 /* V rows tl of a block: the transformed 4x4 patch of tile t (image b, tile row ty, column tx) for
  * every input channel. v + xi * ldv is position xi's row; `zero` is Ci zeros (the padding). */
-__attribute__((target("prefer-vector-width=512"))) static void transform_input(
+static void transform_input(
     float *v, int64_t ldv, const float *x, const float *zero, int64_t b, int64_t ty, int64_t tx,
     int64_t H, int64_t W, int64_t Ci) {
   const float *p[16];
@@ -118,7 +118,7 @@ __attribute__((target("prefer-vector-width=512"))) static void transform_input(
 
 /* The 2x2 output pixels of tile t from its M row (m + xi * ldm), plus the bias; pixels past the
  * image's edge (odd H or W) go to `junk`. */
-__attribute__((target("prefer-vector-width=512"))) static void transform_output(
+static void transform_output(
     float *y, const float *m, int64_t ldm, const float *bias, float *junk, int64_t b, int64_t ty,
     int64_t tx, int64_t H, int64_t W, int64_t Co) {
   float *q[4];
