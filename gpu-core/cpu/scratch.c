@@ -11,7 +11,7 @@ typedef struct {
 static _Thread_local buffer g_own, g_team;
 
 static void *grow(buffer *b, size_t bytes) {
-  if (bytes <= b->bytes) return b->p;
+  if (b->p && bytes <= b->bytes) return b->p; /* (a first request of 0 bytes still allocates) */
   free(b->p);
   b->p = aligned_alloc(64, ((bytes ? bytes : 1) + 63) & ~(size_t)63);
   b->bytes = b->p ? bytes : 0;
