@@ -51,8 +51,8 @@ int wino_eligible(int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, int64_t
 /* Row c of U[xi][c][o] (xi = 4i + j) for the convolution from Ci to Co channels, o < Op (o >= Co:
  * 0): the kernel of output o and input c is w[o][c] (dgrad = 0, w [Co,Ci,3,3]), or w[c][o]
  * flipped (dgrad = 1, w [Ci,Co,3,3]). g [9,Op] is scratch. */
-static void transform_weights(
-    float *U, const float *w, float *g, int64_t Ci, int64_t Co, int64_t Op, int dgrad, int64_t c) {
+static void transform_weights(float *U, const float *w, float *g, int64_t Ci, int64_t Co,
+                              int64_t Op, int dgrad, int64_t c) {
   for (int64_t o = 0; o < Op; o++)
     for (int k = 0; k < 9; k++)
       g[k * Op + o] = o >= Co ? 0.0f : dgrad ? w[(c * Co + o) * 9 + 8 - k] : w[(o * Ci + c) * 9 + k];
@@ -79,9 +79,8 @@ static void transform_weights(
 
 /* V rows tl of a block: the transformed 4x4 patch of tile t (image b, tile row ty, column tx) for
  * every input channel. v + xi * ldv is position xi's row; `zero` is Ci zeros (the padding). */
-static void transform_input(
-    float *v, int64_t ldv, const float *x, const float *zero, int64_t b, int64_t ty, int64_t tx,
-    int64_t H, int64_t W, int64_t Ci) {
+static void transform_input(float *v, int64_t ldv, const float *x, const float *zero, int64_t b,
+                            int64_t ty, int64_t tx, int64_t H, int64_t W, int64_t Ci) {
   const float *p[16];
   const int64_t y0 = 2 * ty - 1, x0 = 2 * tx - 1;
   const int64_t corner = ((b * H + y0) * W + x0) * Ci; /* offset of pixel (y0, x0), maybe outside */
@@ -118,9 +117,8 @@ static void transform_input(
 
 /* The 2x2 output pixels of tile t from its M row (m + xi * ldm), plus the bias; pixels past the
  * image's edge (odd H or W) go to `junk`. */
-static void transform_output(
-    float *y, const float *m, int64_t ldm, const float *bias, float *junk, int64_t b, int64_t ty,
-    int64_t tx, int64_t H, int64_t W, int64_t Co) {
+static void transform_output(float *y, const float *m, int64_t ldm, const float *bias, float *junk,
+                             int64_t b, int64_t ty, int64_t tx, int64_t H, int64_t W, int64_t Co) {
   float *q[4];
   for (int r = 0; r < 2; r++)
     for (int s = 0; s < 2; s++) {
