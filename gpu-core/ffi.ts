@@ -52,7 +52,7 @@ export const symbols = {
   gc_activation_backward: { args: [H, i32, H, H, H], returns: i32 },
   gc_geglu_forward: { args: [H, H, H], returns: i32 },
   gc_geglu_backward: { args: [H, H, H, H], returns: i32 },
-  gc_geglu_feedforward_forward: { args: [H, H, H, H, H, H, H], returns: i32 },
+  gc_geglu_feedforward_forward: { args: [H, H, H, H, H, H, H, H, H], returns: i32 },
   gc_attention_forward: { args: [H, H, H, H, H, H, i32, i32, f32], returns: i32 },
   gc_attention_backward: { args: [H, H, H, H, H, H, H, H, H, i32, f32], returns: i32 },
   gc_embedding_forward: { args: [H, H, H, H, H], returns: i32 },
@@ -134,7 +134,7 @@ export interface ContextCalls<T> {
   gc_activation_backward: [kind: number, dx: T, dy: T, x: T];
   gc_geglu_forward: [y: T, x: T];
   gc_geglu_backward: [dx: T, dy: T, x: T];
-  gc_geglu_feedforward_forward: [y: T, x: T, w1: T, b1: T, w2: T, b2: T];
+  gc_geglu_feedforward_forward: [y: T, x: T, w1: T, b1: T, w2: T, b2: T, h: T, g: T];
   gc_attention_forward: [out: T, probs: T, q: T, k: T, v: T, heads: number, causal: number, scale: number];
   gc_attention_backward: [dq: T, dk: T, dv: T, dout: T, q: T, k: T, v: T, probs: T, heads: number, scale: number];
   gc_embedding_forward: [y: T, ids: T, tok: T, pos: T];

@@ -543,11 +543,20 @@ export class Engine {
   gegluBackward(dx: Tensor, dy: Tensor, x: Tensor): void {
     this.#call("gc_geglu_backward", dx, dy, x);
   }
-  /** y = geglu(x w1^T + b1) w2^T + b2 in one call, for inference (no backward): the CPU runs
-   * row blocks through all three steps in cache instead of writing the [N,2F] and [N,F]
-   * intermediates out. w1 [2F,I], w2 [O,F]. */
-  gegluFeedForward(y: Tensor, x: Tensor, w1: Tensor, b1: Optional<Tensor>, w2: Tensor, b2: Optional<Tensor>): void {
-    this.#call("gc_geglu_feedforward_forward", y, x, w1, b1, w2, b2);
+  /** y = geglu(x w1^T + b1) w2^T + b2 in one call: the CPU runs row blocks through all three
+   * steps while they are in cache. w1 [2F,I], w2 [O,F]; h [..,2F] and g [..,F] receive the
+   * intermediates when given (a backward needs them), inference passes neither. */
+  gegluFeedForward(
+    y: Tensor,
+    x: Tensor,
+    w1: Tensor,
+    b1: Optional<Tensor>,
+    w2: Tensor,
+    b2: Optional<Tensor>,
+    h: Optional<Tensor> = null,
+    g: Optional<Tensor> = null,
+  ): void {
+    this.#call("gc_geglu_feedforward_forward", y, x, w1, b1, w2, b2, h, g);
   }
   /** scale 0 means 1/sqrt(head size); probs [B,H,Tq,Tk] keeps the softmax for attentionBackward,
    * null when no backward follows. */

@@ -551,7 +551,8 @@ gc_status gc_geglu_forward(gc_handle ctx, gc_handle y, gc_handle x) {
 }
 
 gc_status gc_geglu_feedforward_forward(gc_handle ctx, gc_handle y, gc_handle x, gc_handle w1,
-                                       gc_handle b1, gc_handle w2, gc_handle b2) {
+                                       gc_handle b1, gc_handle w2, gc_handle b2, gc_handle h,
+                                       gc_handle g) {
   OP_BEGIN("geglu_feedforward_forward");
   ARG(y);
   ARG(x);
@@ -559,6 +560,8 @@ gc_status gc_geglu_feedforward_forward(gc_handle ctx, gc_handle y, gc_handle x, 
   OPT(b1);
   ARG(w2);
   OPT(b2);
+  OPT(h);
+  OPT(g);
   CHECK(want_ndim(w1_t, "w1", 2, "[2F,I]"));
   CHECK(want_ndim(w2_t, "w2", 2, "[O,F]"));
   const int64_t F2 = w1_t->dims[0], I = w1_t->dims[1], O = w2_t->dims[0];
@@ -577,7 +580,12 @@ gc_status gc_geglu_feedforward_forward(gc_handle ctx, gc_handle y, gc_handle x, 
   memcpy(want, x_t->dims, sizeof want);
   want[x_t->ndim - 1] = O;
   CHECK(want_shape(y_t, "y", x_t->ndim, want));
-  return be_geglu_feedforward_forward(c->be, F(y), F(x), F(w1), F(b1), F(w2), F(b2), N, I, F2 / 2, O);
+  want[x_t->ndim - 1] = F2;
+  if (h) CHECK(want_shape(h_t, "h", x_t->ndim, want));
+  want[x_t->ndim - 1] = F2 / 2;
+  if (g) CHECK(want_shape(g_t, "g", x_t->ndim, want));
+  return be_geglu_feedforward_forward(c->be, F(y), F(x), F(w1), F(b1), F(w2), F(b2), F(h), F(g), N,
+                                      I, F2 / 2, O);
 }
 
 gc_status gc_geglu_backward(gc_handle ctx, gc_handle dx, gc_handle dy, gc_handle x) {

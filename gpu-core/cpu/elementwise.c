@@ -355,28 +355,32 @@ enum { FF_BLOCK_FLOATS = 1 << 17, FF_MIN_ROWS = 16, FF_MAX_ROWS = 1024 };
  * through the first product, GEGLU and the second product while the block's intermediates are
  * in its cache; as three ops, the [N,2F] product went out to memory and came back for GEGLU,
  * whose output went out and came back again (in the UNet's 16x16 transformers 24 MB per call,
- * the first product's output alone costing it 2.85 instead of 1.65 ms). The products are the
- * linear layer's (be_linear_forward), called inside this team, so each runs on its thread. */
+ * the first product's output alone costing it 2.85 instead of 1.65 ms). With h and g given
+ * (training) the block's intermediates are written there instead of to scratch: still read back
+ * while in cache, written once. The products are the linear layer's (be_linear_forward), called
+ * inside this team, so each runs on its thread. */
 gc_status be_geglu_feedforward_forward(be_ctx *bc, float *y, const float *x, const float *w1,
-                                       const float *b1, const float *w2, const float *b2,
-                                       int64_t N, int64_t I, int64_t F, int64_t O) {
+                                       const float *b1, const float *w2, const float *b2, float *h,
+                                       float *g, int64_t N, int64_t I, int64_t F, int64_t O) {
   if (N == 0) return GC_OK;
   int64_t R = FF_BLOCK_FLOATS / (3 * (F > 0 ? F : 1)) / FF_MIN_ROWS * FF_MIN_ROWS;
   R = R < FF_MIN_ROWS ? FF_MIN_ROWS : R > FF_MAX_ROWS ? FF_MAX_ROWS : R;
   const int64_t nblocks = (N + R - 1) / R;
-  const size_t need = (size_t)(3 * F * R) * sizeof(float); /* per thread: h [R,2F], g [R,F] */
+  /* per thread, for what is not given: hb [R,2F], gb [R,F] */
+  const size_t need = (size_t)((h ? 0 : 2 * F * R) + (g ? 0 : F * R)) * sizeof(float);
   gc_status failed = GC_OK;
 
 #pragma omp parallel for schedule(static) if (nblocks > 1)
   for (int64_t blk = 0; blk < nblocks; blk++) {
-    float *h = cpu_scratch(need);
-    gc_status st = h ? GC_OK : GC_ERR_OUT_OF_MEMORY;
+    float *scratch = need ? cpu_scratch(need) : NULL;
+    gc_status st = need && !scratch ? GC_ERR_OUT_OF_MEMORY : GC_OK;
     const int64_t r0 = blk * R, rows = N - r0 < R ? N - r0 : R;
-    float *g = h ? h + 2 * F * R : NULL;
-    if (st == GC_OK) st = be_linear_forward(bc, h, x + r0 * I, w1, b1, rows, I, 2 * F, 0);
+    float *hb = h ? h + r0 * 2 * F : scratch;
+    float *gb = g ? g + r0 * F : scratch ? scratch + (h ? 0 : 2 * F * R) : NULL;
+    if (st == GC_OK) st = be_linear_forward(bc, hb, x + r0 * I, w1, b1, rows, I, 2 * F, 0);
     if (st == GC_OK) {
-      for (int64_t r = 0; r < rows; r++) geglu_row(g + r * F, h + r * 2 * F, F);
-      st = be_linear_forward(bc, y + r0 * O, g, w2, b2, rows, F, O, 0);
+      for (int64_t r = 0; r < rows; r++) geglu_row(gb + r * F, hb + r * 2 * F, F);
+      st = be_linear_forward(bc, y + r0 * O, gb, w2, b2, rows, F, O, 0);
     }
     if (st != GC_OK) {
 #pragma omp atomic write

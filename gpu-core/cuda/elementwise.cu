@@ -282,21 +282,23 @@ gc_status be_geglu_forward(be_ctx *bc, float *y, const float *x, int64_t N, int6
   return launch_status("geglu_forward");
 }
 
-/* The fused inference feed-forward (mirrors cpu/elementwise.c): the same three steps as the
- * unfused ops, through [N,2F] and [N,F] intermediates in the context scratch (a GPU has the
- * bandwidth the CPU's row blocks save). */
+/* The fused feed-forward (mirrors cpu/elementwise.c): the same three steps as the unfused ops,
+ * through the [N,2F] and [N,F] intermediates, the given h and g or the context scratch (a GPU
+ * has the bandwidth the CPU's row blocks save). */
 gc_status be_geglu_feedforward_forward(be_ctx *bc, float *y, const float *x, const float *w1,
-                                       const float *b1, const float *w2, const float *b2,
-                                       int64_t N, int64_t I, int64_t F, int64_t O) {
+                                       const float *b1, const float *w2, const float *b2, float *h,
+                                       float *g, int64_t N, int64_t I, int64_t F, int64_t O) {
   GC_CHECK(ctx_enter(bc));
   if (N <= 0) return GC_OK;
-  float *h = (float *)scratch_get(bc, (size_t)(3 * N * F) * sizeof(float));
-  if (!h) return gc_set_error(GC_ERR_OUT_OF_MEMORY, "geglu feed-forward: no scratch for [%lld,%lld]",
-                              (long long)N, (long long)(3 * F));
-  float *g = h + 2 * N * F;
-  GC_CHECK(be_linear_forward(bc, h, x, w1, b1, N, I, 2 * F, 0));
-  GC_CHECK(be_geglu_forward(bc, g, h, N, F));
-  return be_linear_forward(bc, y, g, w2, b2, N, F, O, 0);
+  const size_t need = (size_t)((h ? 0 : 2 * N * F) + (g ? 0 : N * F)) * sizeof(float);
+  float *scratch = need ? (float *)scratch_get(bc, need) : NULL;
+  if (need && !scratch)
+    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "geglu feed-forward: no scratch of %zu bytes", need);
+  float *hb = h ? h : scratch;
+  float *gb = g ? g : scratch + (h ? 0 : 2 * N * F);
+  GC_CHECK(be_linear_forward(bc, hb, x, w1, b1, N, I, 2 * F, 0));
+  GC_CHECK(be_geglu_forward(bc, gb, hb, N, F));
+  return be_linear_forward(bc, y, gb, w2, b2, N, F, O, 0);
 }
 
 gc_status be_geglu_backward(be_ctx *bc, float *dx, const float *dy, const float *x, int64_t N,

@@ -223,8 +223,9 @@ function gegluRow(lead: number[], D: number): Row {
   };
 }
 
-/** The fused inference feed-forward, geglu(x w1^T + b1) w2^T + b2, against the three reference
- * steps composed in float64 (forward only: the op has no backward). */
+/** The fused feed-forward, geglu(x w1^T + b1) w2^T + b2, and its saved intermediates h and g,
+ * against the three reference steps composed in float64 (forward only: a graph's backward runs
+ * the three ops' backwards, which have their own rows). */
 function gegluFeedForwardRow(lead: number[], I: number, F: number, O: number, bias: boolean): Row {
   const N = numel(lead);
   return {
@@ -239,13 +240,15 @@ function gegluFeedForwardRow(lead: number[], I: number, F: number, O: number, bi
           w2: tensorInput("param", [O, F], rng, () => rng.normal() / Math.sqrt(F)),
           b2: bias ? tensorInput("param", [O], rng) : null,
         },
-        outputs: { y: [...lead, O] },
+        outputs: { y: [...lead, O], h: [...lead, 2 * F], g: [...lead, F] },
         loss: ["y"],
+        optionalOutputs: ["h", "g"],
         ref: (x) => {
           const h = ref.linear(x.x!, x.w1!, x.b1, N, I, 2 * F);
-          return { y: ref.linear(ref.geglu(h, N, F), x.w2!, x.b2, N, F, O) };
+          const g = ref.geglu(h, N, F);
+          return { y: ref.linear(g, x.w2!, x.b2, N, F, O), h, g };
         },
-        forward: (e, x, y) => e.gegluFeedForward(y.y!, x.x!, x.w1!, x.b1, x.w2!, x.b2),
+        forward: (e, x, y) => e.gegluFeedForward(y.y!, x.x!, x.w1!, x.b1, x.w2!, x.b2, y.h, y.g),
       }),
   };
 }

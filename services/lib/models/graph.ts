@@ -316,22 +316,41 @@ export class Graph implements Layers<Tensor> {
     const proj = `${name}.net.0.proj`;
     const out = `${name}.net.2`;
     const dim = x.shape[x.shape.length - 1] ?? 0;
+    // LoRA on either product: its branch needs the unfused layers.
+    if (this.lora?.modules.has(proj) || this.lora?.modules.has(out)) {
+      return this.linear(this.geglu(this.linear(x, proj, 2 * inner)), out, dim);
+    }
     const slots = [`${proj}.weight`, `${proj}.bias`, `${out}.weight`, `${out}.bias`].map((n) => this.#param(n));
     const [w1, b1, w2, b2] = slots as [ParameterSlot, ParameterSlot, ParameterSlot, ParameterSlot];
-    const inference =
-      !this.#requires.has(x) &&
-      slots.every((p) => !p.grad) &&
-      !this.lora?.modules.has(proj) &&
-      !this.lora?.modules.has(out);
-    if (!inference) return this.linear(this.geglu(this.linear(x, proj, 2 * inner)), out, dim);
     if (w1.value.shape.join() !== `${2 * inner},${dim}` || w2.value.shape.join() !== `${dim},${inner}`) {
       throw new Error(
         `${name}: weights [${w1.value.shape}] and [${w2.value.shape}], the model expects [${2 * inner},${dim}] and [${dim},${inner}]`,
       );
     }
+    const lead = x.shape.slice(0, -1);
     const y = this.#new(x.shape);
-    this.engine.gegluFeedForward(y, x, w1.value, b1.value, w2.value, b2.value);
-    return y; // nothing upstream needs a gradient: no tape step
+    this.#mark(y, [x], slots);
+    if (!this.#requires.has(y)) {
+      // Inference: the intermediates never leave the cache.
+      this.engine.gegluFeedForward(y, x, w1.value, b1.value, w2.value, b2.value);
+      return y;
+    }
+    // Training: the intermediates are written out for the backward, which is the three layers'.
+    const h = this.#new([...lead, 2 * inner]);
+    const g = this.#new([...lead, inner]);
+    this.engine.gegluFeedForward(y, x, w1.value, b1.value, w2.value, b2.value, h, g);
+    this.#onBackward(y, (gy) => {
+      const dg = this.#gradBuffer(g.shape);
+      this.engine.linearBackward(dg, w2.grad, b2.grad, gy, g, w2.value);
+      const dh = this.#gradBuffer(h.shape);
+      this.engine.gegluBackward(dh, dg, h);
+      this.#release(dg);
+      const dx = this.#slot(x);
+      this.engine.linearBackward(dx, w1.grad, b1.grad, dh, x, w1.value);
+      this.#release(dh);
+      this.#commit(x, dx);
+    });
+    return y;
   }
 
   geglu(x: Tensor): Tensor {

@@ -40,8 +40,8 @@ export interface Layers<T extends Shaped> {
   act(kind: Activation, x: T): T;
   geglu(x: T): T;
   /** diffusers' GEGLU FeedForward over x[..., D]: `${name}.net.0.proj` (D -> 2 inner), GEGLU,
-   * `${name}.net.2` (inner -> D). Graph runs it as one fused op when no gradient flows through
-   * it (inference), else as the three layers. */
+   * `${name}.net.2` (inner -> D). Graph runs it as one fused op (saving the intermediates only
+   * when a gradient flows through it), or as the three layers when LoRA adapts either product. */
   feedForward(x: T, name: string, inner: number): T;
   /** q[B,Tq,C], k,v[B,Tk,C] -> [B,Tq,C]. */
   attention(q: T, k: T, v: T, heads: number, causal: boolean): T;
