@@ -34,8 +34,11 @@ static int64_t block_rows(int64_t I, int64_t O) {
 }
 
 /* Threads for a parallel region that calls BLAS: all of OpenMP's when OpenBLAS is
- * single-threaded, else 1 (OpenBLAS parallelises each call itself). */
+ * single-threaded, else 1 (OpenBLAS parallelises each call itself); 1 inside another parallel
+ * region (the fused feed-forward calls the linear layer from its threads), whose nested regions
+ * get one thread: a team of 2 would leave its second row block undone. */
 static int blas_team(void) {
+  if (omp_in_parallel()) return 1;
   return openblas_get_num_threads() > 1 ? 1 : omp_get_max_threads();
 }
 

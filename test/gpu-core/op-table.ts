@@ -698,7 +698,8 @@ export const TABLE: Row[] = [
   activationRow("gelu_tanh", [40000]),
   activationRow("quick_gelu", [40000]),
   gegluRow([64], 80),
-  gegluFeedForwardRow([700], 24, 40, 20, true), // several row blocks, the last ragged, in parallel
+  gegluFeedForwardRow([700], 24, 40, 20, true), // one row block of 700, products in parallel
+  gegluFeedForwardRow([500], 16, 200, 12, true), // three row blocks (the last ragged), one per thread
   attentionRow(2, 48, 48, 4, 8, false, 0),
   attentionRow(2, 48, 48, 4, 8, true, 0),
   attentionRow(2, 40, 77, 4, 8, false, 0),
