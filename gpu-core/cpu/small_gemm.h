@@ -110,12 +110,19 @@ static inline void gemm(int64_t M, int64_t N, int64_t K, float alpha, const floa
       bp = bt;
       lb = NR;
     }
-    if (w == NR) {
-      gemm_panel(M6, K, alpha, A, sam, sak, bp, lb, C + n, ldc);
-    } else {
-      gemm_panel(M6, K, alpha, A, sam, sak, bp, lb, ct, NR);
-      for (int64_t m = 0; m < M6; m++) memcpy(C + m * ldc + n, ct + m * NR, (size_t)w * sizeof(float));
+    float *cp = w == NR ? C + n : ct;
+    const int64_t lc = w == NR ? ldc : NR;
+    /* the row strides attention passes (its heads' widths and padded lengths, and 1 for a
+     * transposed operand) as constants: see gemm_panel */
+    switch (sam) {
+    case 1: gemm_panel(M6, K, alpha, A, 1, sak, bp, lb, cp, lc); break;
+    case 16: gemm_panel(M6, K, alpha, A, 16, sak, bp, lb, cp, lc); break;
+    case 64: gemm_panel(M6, K, alpha, A, 64, sak, bp, lb, cp, lc); break;
+    case 256: gemm_panel(M6, K, alpha, A, 256, sak, bp, lb, cp, lc); break;
+    default: gemm_panel(M6, K, alpha, A, sam, sak, bp, lb, cp, lc); break;
     }
+    if (w < NR)
+      for (int64_t m = 0; m < M6; m++) memcpy(C + m * ldc + n, ct + m * NR, (size_t)w * sizeof(float));
     if (mt) {
       gemm_panel(MR, K, alpha, at, 1, MR, bp, lb, c6, NR);
       for (int64_t m = 0; m < mt; m++)

@@ -706,6 +706,10 @@ export const TABLE: Row[] = [
   // Long enough that the CPU kernel splits the queries into blocks (~32768 / Tk rows each).
   attentionRow(1, 230, 300, 2, 4, false, 0),
   attentionRow(1, 230, 230, 2, 4, true, 0),
+  // Row strides the small GEMM has as constants: heads 64 wide in all (q, dout), 16 and 256
+  // padded keys (scores, dS).
+  attentionRow(2, 16, 16, 2, 32, false, 0),
+  attentionRow(1, 12, 250, 2, 32, false, 0),
   upsampleRow([2, 8, 24, 24]),
   upsampleRow([2, 24, 24, 8], "nhwc"),
   concatRow(2, 16, 8, [32, 32]),
