@@ -14,7 +14,6 @@
 #include "vmath.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 static int64_t max3(int64_t a, int64_t b, int64_t c) {

@@ -346,7 +346,7 @@ gc_status be_geglu_backward(be_ctx *bc, float *dx, const float *dy, const float 
   return GC_OK;
 }
 
-/* ---- the GEGLU feed-forward, fused for inference ---------------------------------------- */
+/* ---- the GEGLU feed-forward, fused ------------------------------------------------------- */
 
 /* Floats of a row block's two intermediates, [R,2F] and [R,F], kept within this core's L2. */
 enum { FF_BLOCK_FLOATS = 1 << 17, FF_MIN_ROWS = 16, FF_MAX_ROWS = 1024 };

@@ -58,7 +58,6 @@ static void row_block(int64_t N, int team, int t, int64_t *r0, int64_t *r1) {
   *r1 = *r0 + per < N ? *r0 + per : N;
 }
 
-
 static gc_status check_blas_sizes(int64_t N, int64_t I, int64_t O) {
   if (N > INT_MAX || I > INT_MAX || O > INT_MAX)
     return gc_set_error(GC_ERR_UNSUPPORTED, "linear sizes exceed the BLAS int range");

@@ -51,9 +51,9 @@ static inline void v_store(float *p, vec v) { *(vecu *)p = v; }
 
 /* C[M,16] = alpha A B for one 16-column panel, M a multiple of MR. A(m,k) = A[m*sam + k*sak]
  * (strides let the same kernel read A or A^T); B[K,16] rows at stride ldb; C rows at ldc.
- * Always inlined, so a caller that passes a constant sam gets the MR rows' addresses as
- * displacements from one register (a runtime sam costs a register per row, and GCC then spills
- * the loop's own counters: 240 vs 335 GFLOP/s in winograd.c's products at depth 64). */
+ * Always inlined, so a caller that passes a constant sam (gemm_panel_rows) gets the MR rows'
+ * addresses as displacements from one register (a runtime sam costs a register per row, and GCC
+ * then spills the loop's own counters: 240 vs 335 GFLOP/s in winograd.c's products at depth 64). */
 __attribute__((always_inline)) static inline void gemm_panel(int64_t M, int64_t K, float alpha, const float *A, int64_t sam,
                        int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc) {
   const vec va = v_splat(alpha);
@@ -80,6 +80,26 @@ __attribute__((always_inline)) static inline void gemm_panel(int64_t M, int64_t 
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 2
       for (int j = 0; j < NV; j++) v_store(C + (m + i) * ldc + j * VW, va * c[i][j]);
+  }
+}
+
+/* gemm_panel with the row strides the CPU kernels use as compile-time constants: 1 (an operand
+ * read transposed), attention's head widths and padded key counts, Winograd's channel counts;
+ * any other stride at run time. */
+static inline void gemm_panel_rows(int64_t M, int64_t K, float alpha, const float *A, int64_t sam,
+                                   int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc) {
+  switch (sam) {
+#define GEMM_PANEL_ROWS(s)                                                                         \
+  case s: gemm_panel(M, K, alpha, A, s, sak, B, ldb, C, ldc); break;
+    GEMM_PANEL_ROWS(1)
+    GEMM_PANEL_ROWS(16)
+    GEMM_PANEL_ROWS(32)
+    GEMM_PANEL_ROWS(64)
+    GEMM_PANEL_ROWS(96)
+    GEMM_PANEL_ROWS(128)
+    GEMM_PANEL_ROWS(256)
+#undef GEMM_PANEL_ROWS
+  default: gemm_panel(M, K, alpha, A, sam, sak, B, ldb, C, ldc); break;
   }
 }
 
@@ -110,19 +130,12 @@ static inline void gemm(int64_t M, int64_t N, int64_t K, float alpha, const floa
       bp = bt;
       lb = NR;
     }
-    float *cp = w == NR ? C + n : ct;
-    const int64_t lc = w == NR ? ldc : NR;
-    /* the row strides attention passes (its heads' widths and padded lengths, and 1 for a
-     * transposed operand) as constants: see gemm_panel */
-    switch (sam) {
-    case 1: gemm_panel(M6, K, alpha, A, 1, sak, bp, lb, cp, lc); break;
-    case 16: gemm_panel(M6, K, alpha, A, 16, sak, bp, lb, cp, lc); break;
-    case 64: gemm_panel(M6, K, alpha, A, 64, sak, bp, lb, cp, lc); break;
-    case 256: gemm_panel(M6, K, alpha, A, 256, sak, bp, lb, cp, lc); break;
-    default: gemm_panel(M6, K, alpha, A, sam, sak, bp, lb, cp, lc); break;
-    }
-    if (w < NR)
+    if (w == NR) {
+      gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, C + n, ldc);
+    } else {
+      gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, ct, NR);
       for (int64_t m = 0; m < M6; m++) memcpy(C + m * ldc + n, ct + m * NR, (size_t)w * sizeof(float));
+    }
     if (mt) {
       gemm_panel(MR, K, alpha, at, 1, MR, bp, lb, c6, NR);
       for (int64_t m = 0; m < mt; m++)

@@ -144,21 +144,12 @@ static void transform_output(float *y, const float *m, int64_t ldm, const float 
 }
 
 /* M_xi[rows,Op] = V_xi[rows,Ci] U_xi[Ci,Op] for the 16 positions (V_xi = V + xi * ldv, rows at
- * stride Ci; M_xi = M + xi * ldm). The UNet's channel counts get the kernel with Ci constant. */
+ * stride Ci; M_xi = M + xi * ldm). */
 static void products(int64_t rows, int64_t Ci, int64_t Op, const float *V, int64_t ldv,
                      const float *U, float *M, int64_t ldm) {
-#define WINO_PRODUCTS(ci)                                                                        \
-  for (int xi = 0; xi < 16; xi++)                                                                \
-    for (int64_t o = 0; o < Op; o += NR)                                                         \
-      gemm_panel(rows, ci, 1.0f, V + xi * ldv, ci, 1, U + xi * (ci) * Op + o, Op, M + xi * ldm + o, Op);
-  switch (Ci) {
-  case 32: WINO_PRODUCTS(32); break;
-  case 64: WINO_PRODUCTS(64); break;
-  case 96: WINO_PRODUCTS(96); break;
-  case 128: WINO_PRODUCTS(128); break;
-  default: WINO_PRODUCTS(Ci); break;
-  }
-#undef WINO_PRODUCTS
+  for (int xi = 0; xi < 16; xi++)
+    for (int64_t o = 0; o < Op; o += NR)
+      gemm_panel_rows(rows, Ci, 1.0f, V + xi * ldv, Ci, 1, U + xi * Ci * Op + o, Op, M + xi * ldm + o, Op);
 }
 
 gc_status wino_conv3x3(float *y, const float *x, const float *w, const float *bias, int64_t B,
