@@ -33,7 +33,7 @@
  * and each thread unfolds its image and calls sgemm itself, so one thread pool does all the work
  * and threads meet once per call. When OpenBLAS is threaded it parallelises each GEMM on its own
  * and the loop over images stays on the calling thread: BLAS is never called from a team of more
- * than one thread, so the two pools never oversubscribe the cores (see blas_team()).
+ * than one thread, so the two pools never oversubscribe the cores (see blas_team.h).
  *
  * 3x3, stride 1, pad 1 with at least SHIFTED_MIN_C input channels (of the UNet's, now only
  * conv_out, 32->3; the figures below were measured before oneDNN took the others) skip the
@@ -47,6 +47,7 @@
  * on im2col + one GEMM, which per tap measured 3-10% slower.
  */
 #include "../core/backend.h"
+#include "blas_team.h"
 #include "scratch.h"
 #include "conv2d_dnnl.h"
 #include "winograd.h"
@@ -59,12 +60,6 @@
 
 /* Images narrower than this many output pixels are grouped side by side into one wide GEMM. */
 enum { CONV_MIN_COLS = 256 };
-
-/* Threads for a parallel region that calls BLAS: all of OpenMP's when OpenBLAS is
- * single-threaded, else 1 (OpenBLAS parallelises each call itself). */
-static int blas_team(void) {
-  return openblas_get_num_threads() > 1 ? 1 : omp_get_max_threads();
-}
 
 /* Output columns ow in [lo, hi) read an input column inside [0, W) for kernel column kw. */
 static void valid_range(int64_t W, int64_t Wo, int64_t kw, int64_t stride, int64_t pad,

@@ -12,6 +12,7 @@
  * and OpenBLAS parallelises each call.
  */
 #include "../core/backend.h"
+#include "blas_team.h"
 #include "scratch.h"
 #include "matmul_dnnl.h"
 
@@ -31,15 +32,6 @@ enum { LINEAR_MAX_TEAM = 256, LINEAR_MIN_ROWS = 64 /* rows per thread worth a BL
 static int64_t block_rows(int64_t I, int64_t O) {
   const int64_t widest = I > O ? I : O;
   return widest > 256 ? INT64_MAX : 65536 / (widest > 0 ? widest : 1);
-}
-
-/* Threads for a parallel region that calls BLAS: all of OpenMP's when OpenBLAS is
- * single-threaded, else 1 (OpenBLAS parallelises each call itself); 1 inside another parallel
- * region (the fused feed-forward calls the linear layer from its threads), whose nested regions
- * get one thread: a team of 2 would leave its second row block undone. */
-static int blas_team(void) {
-  if (omp_in_parallel()) return 1;
-  return openblas_get_num_threads() > 1 ? 1 : omp_get_max_threads();
 }
 
 /* Threads for N rows: at most one per LINEAR_MIN_ROWS rows. */
