@@ -1,9 +1,9 @@
 /* Shared oneDNN plumbing for the CPU backend's oneDNN ops (see dnnl_call.h). */
 #include "dnnl_call.h"
+#include "scratch.h"
 
 #include <oneapi/dnnl/dnnl_debug.h>
 #include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -56,23 +56,16 @@ size_t dnnl_scratchpad(dnnl_primitive_t p) {
   return md ? dnnl_memory_desc_get_size(md) : 0;
 }
 
-static _Thread_local char *g_buf;
-static _Thread_local size_t g_buf_bytes;
-
 gc_status dnnl_call_begin(dnnl_call *c, dnnl_engine_t engine, size_t lib_bytes, size_t pad_bytes,
                           const char *op) {
   memset(c, 0, sizeof *c);
   c->engine = engine;
   const size_t need = lib_bytes + dnnl_al64(pad_bytes);
-  if (need > g_buf_bytes) {
-    free(g_buf);
-    g_buf = aligned_alloc(64, dnnl_al64(need ? need : 1));
-    g_buf_bytes = g_buf ? need : 0;
-    if (!g_buf)
-      return gc_set_error(GC_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of oneDNN buffers", op, need);
-  }
-  c->buf = g_buf;
-  c->pad = g_buf + lib_bytes;
+  char *buf = cpu_scratch_dnnl(need);
+  if (!buf)
+    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes of oneDNN buffers", op, need);
+  c->buf = buf;
+  c->pad = buf + lib_bytes;
   c->what = "stream creation";
   c->s = dnnl_stream_create(&c->stream, engine, dnnl_stream_default_flags);
   return c->s == dnnl_success ? GC_OK : dnnl_fail(c->s, c->what, op);

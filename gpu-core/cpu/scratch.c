@@ -8,7 +8,7 @@ typedef struct {
   size_t bytes;
 } buffer;
 
-static _Thread_local buffer g_own, g_team;
+static _Thread_local buffer g_own, g_team, g_dnnl;
 
 static void *grow(buffer *b, size_t bytes) {
   if (b->p && bytes <= b->bytes) return b->p; /* (a first request of 0 bytes still allocates) */
@@ -21,3 +21,5 @@ static void *grow(buffer *b, size_t bytes) {
 void *cpu_scratch(size_t bytes) { return grow(&g_own, bytes); }
 
 void *cpu_scratch_team(size_t bytes) { return grow(&g_team, bytes); }
+
+void *cpu_scratch_dnnl(size_t bytes) { return grow(&g_dnnl, bytes); }
