@@ -1,4 +1,4 @@
-/* Winograd F(2x2,3x3) convolutions for the CPU backend (winograd.c); conv2d.c decides which calls
+/* Winograd F(4x4,3x3) convolutions for the CPU backend (winograd.c); conv2d.c decides which calls
  * go here. */
 #ifndef GPU_CORE_CPU_WINOGRAD_H
 #define GPU_CORE_CPU_WINOGRAD_H

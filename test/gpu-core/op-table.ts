@@ -599,7 +599,7 @@ export const TABLE: Row[] = [
   conv2dRow(1, 3, 7, 7, 2, 3, 3, 0, false), // stride 3 > ... leaves input pixels no output reads
   conv2dRow(1, 2, 6, 5, 3, 5, 1, 2, true), // K=5 pad 2
   conv2dRow(2, 3, 5, 6, 2, 2, 2, 0, true), // K=2 stride 2, even kernel
-  conv2dRow(2, 16, 5, 7, 17, 3, 1, 1, true, "nhwc"), // channels-last 3x3: Winograd, odd sizes, 17 of 32 columns
+  conv2dRow(2, 16, 5, 7, 17, 3, 1, 1, true, "nhwc"), // channels-last 3x3: Winograd, sizes not a multiple of its 4x4 tiles, 17 of 32 columns
   conv2dRow(2, 32, 6, 6, 16, 3, 1, 1, false, "nhwc"), // Winograd, depth 32 (a constant-depth kernel)
   conv2dRow(1, 20, 4, 5, 24, 3, 1, 1, true, "nhwc"), // Winograd, depth 20 (vector tails)
   conv2dRow(2, 8, 5, 6, 16, 3, 1, 1, true, "nhwc"), // under 16 input channels: oneDNN's nhwc kernels
@@ -684,7 +684,7 @@ export const TABLE: Row[] = [
   conv2dRow(2, 8, 48, 48, 16, 3, 1, 1, true),
   conv2dRow(1, 16, 33, 31, 8, 3, 2, 1, true),
   conv2dRow(2, 8, 48, 48, 16, 3, 1, 1, true, "nhwc"),
-  conv2dRow(2, 16, 20, 18, 17, 3, 1, 1, true, "nhwc"), // Winograd: 8 blocks of tiles, the last ragged
+  conv2dRow(2, 16, 20, 18, 17, 3, 1, 1, true, "nhwc"), // Winograd: 5 blocks of 12 tiles, the last ragged; inner and border tiles
   conv2dRow(2, 12, 40, 40, 16, 3, 3, 0, true, "nhwc"), // negative right padding: via NCHW, in parallel
   linearRow([256], 64, 300, true),
   linearAccumulateRow([256], 64, 300, true),
