@@ -363,10 +363,10 @@ gc_status be_conv2d_backward(be_ctx *bc, float *dx, float *dw, float *db, const 
                              int64_t W, int64_t O, int64_t K, int64_t stride, int64_t pad,
                              int64_t Ho, int64_t Wo, int cl) {
   if (!dx && !dw && !db) return GC_OK;
-  if (dx && wino_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl)) {
-    gc_status st = wino_conv3x3(dx, dy, w, NULL, B, O, C, H, W, 1);
+  if (wino_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl)) {
+    gc_status st = dx ? wino_conv3x3(dx, dy, w, NULL, B, O, C, H, W, 1) : GC_OK;
     if (st != GC_OK || (!dw && !db)) return st;
-    dx = NULL; /* done: dw and db below */
+    return wino_conv3x3_dw(dw, db, dy, x, B, C, O, H, W);
   }
   if (dnnl_conv_eligible(C, H, W, O, K, stride, pad, Ho, Wo, cl))
     return dnnl_conv2d_backward(dx, dw, db, dy, x, w, B, C, H, W, O, K, stride, pad, Ho, Wo, cl);

@@ -49,13 +49,14 @@ enum { NR = 16, NV = NR / VW };
 static inline vec v_load(const float *p) { return *(const vecu *)p; }
 static inline void v_store(float *p, vec v) { *(vecu *)p = v; }
 
-/* C[M,16] = alpha A B for one 16-column panel, M a multiple of MR. A(m,k) = A[m*sam + k*sak]
- * (strides let the same kernel read A or A^T); B[K,16] rows at stride ldb; C rows at ldc.
+/* C[M,16] = alpha A B (acc = 0) or C[M,16] += alpha A B (acc = 1) for one 16-column panel, M a
+ * multiple of MR. A(m,k) = A[m*sam + k*sak] (strides let the same kernel read A or A^T); B[K,16]
+ * rows at stride ldb; C rows at ldc.
  * Always inlined, so a caller that passes a constant sam (gemm_panel_rows) gets the MR rows'
  * addresses as displacements from one register (a runtime sam costs a register per row, and GCC
  * then spills the loop's own counters: 240 vs 335 GFLOP/s in winograd.c's products at depth 64). */
 __attribute__((always_inline)) static inline void gemm_panel(int64_t M, int64_t K, float alpha, const float *A, int64_t sam,
-                       int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc) {
+                       int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
   const vec va = v_splat(alpha);
   for (int64_t m = 0; m + MR <= M; m += MR) {
     const float *a0 = A + m * sam;
@@ -79,7 +80,10 @@ __attribute__((always_inline)) static inline void gemm_panel(int64_t M, int64_t 
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 2
-      for (int j = 0; j < NV; j++) v_store(C + (m + i) * ldc + j * VW, va * c[i][j]);
+      for (int j = 0; j < NV; j++) {
+        float *cij = C + (m + i) * ldc + j * VW;
+        v_store(cij, acc ? v_fma(va, c[i][j], v_load(cij)) : va * c[i][j]);
+      }
   }
 }
 
@@ -87,10 +91,11 @@ __attribute__((always_inline)) static inline void gemm_panel(int64_t M, int64_t 
  * read transposed), attention's head widths and padded key counts, Winograd's channel counts;
  * any other stride at run time. */
 static inline void gemm_panel_rows(int64_t M, int64_t K, float alpha, const float *A, int64_t sam,
-                                   int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc) {
+                                   int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc,
+                                   int acc) {
   switch (sam) {
 #define GEMM_PANEL_ROWS(s)                                                                         \
-  case s: gemm_panel(M, K, alpha, A, s, sak, B, ldb, C, ldc); break;
+  case s: gemm_panel(M, K, alpha, A, s, sak, B, ldb, C, ldc, acc); break;
     GEMM_PANEL_ROWS(1)
     GEMM_PANEL_ROWS(16)
     GEMM_PANEL_ROWS(32)
@@ -99,7 +104,7 @@ static inline void gemm_panel_rows(int64_t M, int64_t K, float alpha, const floa
     GEMM_PANEL_ROWS(128)
     GEMM_PANEL_ROWS(256)
 #undef GEMM_PANEL_ROWS
-  default: gemm_panel(M, K, alpha, A, sam, sak, B, ldb, C, ldc); break;
+  default: gemm_panel(M, K, alpha, A, sam, sak, B, ldb, C, ldc, acc); break;
   }
 }
 
@@ -131,13 +136,13 @@ static inline void gemm(int64_t M, int64_t N, int64_t K, float alpha, const floa
       lb = NR;
     }
     if (w == NR) {
-      gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, C + n, ldc);
+      gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, C + n, ldc, 0);
     } else {
-      gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, ct, NR);
+      gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, ct, NR, 0);
       for (int64_t m = 0; m < M6; m++) memcpy(C + m * ldc + n, ct + m * NR, (size_t)w * sizeof(float));
     }
     if (mt) {
-      gemm_panel(MR, K, alpha, at, 1, MR, bp, lb, c6, NR);
+      gemm_panel(MR, K, alpha, at, 1, MR, bp, lb, c6, NR, 0);
       for (int64_t m = 0; m < mt; m++)
         memcpy(C + (M6 + m) * ldc + n, c6 + m * NR, (size_t)w * sizeof(float));
     }

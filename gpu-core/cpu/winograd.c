@@ -31,13 +31,16 @@
  *
  * The backward pass's dx is the same convolution of dy with the kernel flipped and its channel
  * roles swapped (stride 1, pad 1: w'[c][o][ky][kx] = w[o][c][2-ky][2-kx]), so it runs here too.
- * Its dw would follow from the same identity (dw_oc = G^T [sum_t (A dy_t A^T) .* (B^T d_t B)] G,
- * products of depth = tiles), but measured at the UNet's shapes with F(2x2, 3x3) it beat
- * oneDNN's only at some (min of 40 calls at batch 32: 64->64ch 32x32 6.1 vs 7.2 ms, 96->32ch
- * 32x32 3.9 vs 5.1, 128->64ch 16x16 2.7 vs 3.2, but 32->32ch 32x32 2.2 vs 1.8 and the 8x8 ones
- * even): the transforms of x and dy read both tensors from memory without overlapping the
- * products, where the direct kernel streams them once. ~1.4% of a training step was not worth a
- * second algorithm for dw, so dw and db stay on oneDNN.
+ * Its dw follows from the transpose of the same identity: dL/dU = sum over tiles of
+ * (A dy_t A^T) .* (B^T d_t B), so per position xi  Z_xi[C,O] = sum_t V_xi[t,C]^T D_xi[t,O]
+ * (depth = tiles, each thread summing its blocks into its own Z), then dw_oc = G^T Z_oc G. db
+ * comes free: position (1,1) of A dy A^T is the sum of the tile's 16 dy pixels. Measured against
+ * oneDNN's nhwc backward-weights kernel at batch 32 (min of 40 calls, dw + db): 32->32ch 32x32
+ * 2.13 -> 1.29 ms, 64->64ch 16x16 1.97 -> 1.14, 64->64ch 32x32 8.2 -> 3.9, 96->32ch 32x32 6.0 ->
+ * 3.1, 128->64ch 16x16 3.4 -> 2.0, 64->64ch 8x8 0.46-0.51 -> 0.41-0.43. (With F(2x2, 3x3) the same dw was 1.2-1.3x
+ * oneDNN at three shapes and slower at the rest: four transformed values per input pixel for x
+ * and again for dy against 2.25 here, and 16/36 of the direct products against 1/4.) Blocks go to
+ * threads statically, so a call sums the same tiles in the same order every time.
  *
  * The transform loops run across channels under `GCC ivdep`, not `omp simd`: GCC turns arrays
  * declared inside an `omp simd` body into per-lane arrays and then gives up on the 6x6 ones
@@ -49,6 +52,7 @@
 #include "small_gemm.h"
 
 #include <omp.h>
+#include <string.h>
 
 /* A tile: 4x4 output pixels from a 6x6 input patch; 36 positions xi = 6i + j per tile. */
 enum { TO = 4, TI = 6, NPOS = TI * TI };
@@ -178,7 +182,7 @@ static void products(int64_t rows, int64_t Ci, int64_t Op, const float *V, int64
                      const float *U, float *M, int64_t ldm) {
   for (int xi = 0; xi < NPOS; xi++)
     for (int64_t o = 0; o < Op; o += NR)
-      gemm_panel_rows(rows, Ci, 1.0f, V + xi * ldv, Ci, 1, U + xi * Ci * Op + o, Op, M + xi * ldm + o, Op);
+      gemm_panel_rows(rows, Ci, 1.0f, V + xi * ldv, Ci, 1, U + xi * Ci * Op + o, Op, M + xi * ldm + o, Op, 0);
 }
 
 gc_status wino_conv3x3(float *y, const float *x, const float *w, const float *bias, int64_t B,
@@ -236,5 +240,158 @@ gc_status wino_conv3x3(float *y, const float *x, const float *w, const float *bi
   }
   if (oom)
     return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d (Winograd) scratch of %zu floats per thread", need);
+  return GC_OK;
+}
+
+/* ---- dw and db ------------------------------------------------------------------------------ */
+
+/* A (6x4) on four values: dy's 1-D transform for the weight gradient. */
+static inline void a_1d(float *r, int64_t ld, float e0, float e1, float e2, float e3) {
+  const float p = e0 + e2, q = e1 + e3, p4 = e0 + 4.0f * e2, q2 = 2.0f * e1 + 8.0f * e3;
+  r[0 * ld] = e0;
+  r[1 * ld] = p + q;
+  r[2 * ld] = p - q;
+  r[3 * ld] = p4 + q2;
+  r[4 * ld] = p4 - q2;
+  r[5 * ld] = e3;
+}
+
+/* G^T (3x6) on six values: back from a transformed position to the 3 kernel taps. */
+static inline void gt_1d(float *k, int64_t ld, float z0, float z1, float z2, float z3, float z4, float z5) {
+  const float s12 = z1 + z2, d12 = z2 - z1, s34 = z3 + z4, d34 = z3 - z4;
+  k[0 * ld] = 0.25f * z0 - (1.0f / 6.0f) * s12 + (1.0f / 24.0f) * s34;
+  k[1 * ld] = (1.0f / 6.0f) * d12 + (1.0f / 12.0f) * d34;
+  k[2 * ld] = (1.0f / 6.0f) * (s34 - s12) + z5;
+}
+
+/* D rows of a block: A dy A^T of tile (b, ty, tx)'s 4x4 dy pixels for every output channel
+ * (d + xi * ldd is position xi's row). Pixels past the image's edge are zeros, through `patch`
+ * [16,O] as in transform_input. */
+static void transform_dy(float *d, int64_t ldd, const float *dy, float *patch, int64_t b,
+                         int64_t ty, int64_t tx, int64_t H, int64_t W, int64_t O) {
+  const int64_t oy = TO * ty, ox = TO * tx;
+  const float *e = dy + ((b * H + oy) * W + ox) * O;
+  int64_t rs = W * O;
+  if (!(oy + TO <= H && ox + TO <= W)) {
+    for (int i = 0; i < TO; i++)
+      for (int j = 0; j < TO; j++) {
+        const int inside = oy + i < H && ox + j < W;
+        for (int64_t o = 0; o < O; o++) patch[(i * TO + j) * O + o] = inside ? e[(i * W + j) * O + o] : 0.0f;
+      }
+    e = patch;
+    rs = TO * O;
+  }
+#pragma GCC ivdep
+  for (int64_t o = 0; o < O; o++) {
+    float t[TO][TI]; /* t[j] = A dy[:, j] (down tile column j), then row i of A dy A^T from t[.][i] */
+    for (int j = 0; j < TO; j++) {
+      const float *ej = e + j * O + o;
+      a_1d(t[j], 1, ej[0], ej[rs], ej[2 * rs], ej[3 * rs]);
+    }
+    for (int i = 0; i < TI; i++) a_1d(d + TI * i * ldd + o, ldd, t[0][i], t[1][i], t[2][i], t[3][i]);
+  }
+}
+
+/* dw[o][c] (+=) = G^T Z[.][c][o] G for input channel c: Z [36,Cp,Op] summed over the team's
+ * partial sums zs[0..nz). k [9,O] is scratch. */
+static void transform_dw(float *dw, float *const *zs, int nz, float *k, int64_t C, int64_t O,
+                         int64_t Cp, int64_t Op, int64_t c) {
+  const int64_t ld = Cp * Op; /* from one position to the next */
+#pragma GCC ivdep
+  for (int64_t o = 0; o < O; o++) {
+    float z[NPOS], s[3][TI];
+    for (int xi = 0; xi < NPOS; xi++) {
+      float v = zs[0][xi * ld + c * Op + o];
+      for (int p = 1; p < nz; p++) v += zs[p][xi * ld + c * Op + o];
+      z[xi] = v;
+    }
+    /* s[.][j] = G^T Z[:, j] (down column j), then kernel row ky from s[ky][.] */
+    for (int j = 0; j < TI; j++) gt_1d(&s[0][j], TI, z[j], z[TI + j], z[2 * TI + j], z[3 * TI + j], z[4 * TI + j], z[5 * TI + j]);
+    for (int ky = 0; ky < 3; ky++) gt_1d(k + 3 * ky * O + o, O, s[ky][0], s[ky][1], s[ky][2], s[ky][3], s[ky][4], s[ky][5]);
+  }
+  for (int64_t o = 0; o < O; o++)
+    for (int q = 0; q < 9; q++) dw[(o * C + c) * 9 + q] += k[q * O + o];
+}
+
+gc_status wino_conv3x3_dw(float *dw, float *db, const float *dy, const float *x, int64_t B,
+                          int64_t C, int64_t O, int64_t H, int64_t W) {
+  const int64_t Cp = (C + MR - 1) / MR * MR, Op = (O + NR - 1) / NR * NR;
+  const int64_t th = (H + TO - 1) / TO, tw = (W + TO - 1) / TO, T = B * th * tw;
+  if (T == 0) return GC_OK;
+  const int nt = omp_get_max_threads() < 64 ? omp_get_max_threads() : 64;
+  int team = 1;
+  /* TB: V [36,TB,Cp] and D [36,TB,Op] of a block within WINO_BLOCK_FLOATS (the products' depth:
+   * the deeper the fewer passes over each thread's Z), a few blocks per thread */
+  int64_t TB = WINO_BLOCK_FLOATS / (NPOS * (Cp + Op));
+  const int64_t fair = (T + 4 * nt - 1) / (4 * nt);
+  if (TB > fair) TB = fair;
+  if (TB < 1) TB = 1;
+  const int64_t nblocks = (T + TB - 1) / TB;
+  /* per thread: Z [36,Cp,Op], V, D, an input patch [36,C], a dy patch [16,O], db in double [O],
+   * then (kernel-tap scratch [9,O]) */
+  const size_t zf = (size_t)(NPOS * Cp * Op);
+  const size_t need = zf + (size_t)(NPOS * TB * (Cp + Op) + NPOS * C + TO * TO * O + 2 * O + 9 * O);
+  float *zs[64];
+  double *dbs[64];
+  int oom = 0;
+
+#pragma omp parallel num_threads(nt)
+  {
+    const int me = omp_get_thread_num();
+#pragma omp single
+    team = omp_get_num_threads(); /* 1 when called inside another parallel region */
+    float *Z = cpu_scratch(need * sizeof(float));
+    if (!Z) {
+#pragma omp atomic write
+      oom = 1;
+    }
+    float *V = Z ? Z + zf : NULL, *D = V ? V + NPOS * TB * Cp : NULL;
+    float *in = D ? D + NPOS * TB * Op : NULL, *out = in ? in + NPOS * C : NULL;
+    double *dbt = out ? (double *)(out + TO * TO * O) : NULL; /* 8-byte aligned: every size above is even */
+    float *kt = dbt ? (float *)(dbt + O) : NULL;
+    zs[me] = Z;
+    dbs[me] = dbt;
+    if (Z) {
+      memset(Z, 0, zf * sizeof(float));
+      memset(V, 0, (size_t)(NPOS * TB * Cp) * sizeof(float)); /* channels C..Cp stay 0 */
+      memset(D, 0, (size_t)(NPOS * TB * Op) * sizeof(float)); /* and outputs O..Op */
+      for (int64_t o = 0; o < O; o++) dbt[o] = 0.0;
+    }
+
+    /* static: the same blocks go into the same partial sums on every call (reproducible dw) */
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+      if (!Z) continue;
+      const int64_t t0 = blk * TB, n = T - t0 < TB ? T - t0 : TB;
+      for (int64_t tl = 0; tl < n; tl++) {
+        const int64_t t = t0 + tl, img = t / (th * tw), r = t % (th * tw);
+        transform_input(V + tl * Cp, TB * Cp, x, in, img, r / tw, r % tw, H, W, C);
+        transform_dy(D + tl * Op, TB * Op, dy, out, img, r / tw, r % tw, H, W, O);
+        /* position (1,1) of A dy A^T is the sum of the tile's 16 dy pixels: db's share */
+        if (db)
+          for (int64_t o = 0; o < O; o++) dbt[o] += D[(TI + 1) * TB * Op + tl * Op + o];
+      }
+      /* Z_xi[Cp,Op] += V_xi^T D_xi: depth n (this block's tiles) */
+      for (int xi = 0; xi < NPOS; xi++)
+        for (int64_t o = 0; o < Op; o += NR)
+          gemm_panel_rows(Cp, n, 1.0f, V + xi * TB * Cp, 1, Cp, D + xi * TB * Op + o, Op,
+                          Z + xi * Cp * Op + o, Op, 1);
+    }
+    /* the implicit barrier: every thread's Z is complete */
+    if (!oom) {
+      if (dw) {
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < C; c++) transform_dw(dw, zs, team, kt, C, O, Cp, Op, c);
+      }
+      if (db && me == 0)
+        for (int64_t o = 0; o < O; o++) {
+          double s = 0.0;
+          for (int p = 0; p < team; p++) s += dbs[p][o];
+          db[o] += (float)s;
+        }
+    }
+  }
+  if (oom)
+    return gc_set_error(GC_ERR_OUT_OF_MEMORY, "conv2d dw (Winograd) scratch of %zu floats per thread", need);
   return GC_OK;
 }

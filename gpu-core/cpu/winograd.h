@@ -20,4 +20,9 @@ int wino_eligible(int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, int64_t
 gc_status wino_conv3x3(float *y, const float *x, const float *w, const float *bias, int64_t B,
                        int64_t Ci, int64_t Co, int64_t H, int64_t W, int dgrad);
 
+/* dw[Co,Ci,3,3] (+=) and db[Co] (+=), each optional, of the same convolution from x[B,H,W,Ci] and
+ * dy[B,H,W,Co], by the transpose of the forward's identity. */
+gc_status wino_conv3x3_dw(float *dw, float *db, const float *dy, const float *x, int64_t B,
+                          int64_t Ci, int64_t Co, int64_t H, int64_t W);
+
 #endif
