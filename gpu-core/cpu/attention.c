@@ -109,7 +109,7 @@ static void forward_head(float *out, float *ph, const float *q, const float *kh,
     const int64_t rows = Tq - i0 < QB ? Tq - i0 : QB;
     const int64_t qo = b * Tq * D + i0 * D;
     /* s[rows,Tkp] = scale q_rows k_h^T, through kt so the kernel streams contiguous rows */
-    gemm(rows, Tkp, Dh, scale, q + qo, D, 1, kt, Tkp, s, Tkp, tl);
+    gemm(rows, Tkp, Dh, scale, q + qo, D, 1, kt, Tkp, s, Tkp, tl, 0);
     for (int64_t r = 0; r < rows; r++) { /* masked keys get exactly 0 */
       float *row = s + r * Tkp;
       const int64_t n = causal ? i0 + r + 1 : Tk; /* keys 0..i are visible to query i */
@@ -118,7 +118,7 @@ static void forward_head(float *out, float *ph, const float *q, const float *kh,
       for (int64_t j = n; j < Tk; j++) row[j] = 0.0f;
       if (ph) store_row(ph + (i0 + r) * Tk, row, Tk);
     }
-    gemm(rows, Dh, Tk, 1.0f, s, Tkp, 1, vh, D, out + qo, D, tl); /* p[rows,Tk] v_h[Tk,Dh] */
+    gemm(rows, Dh, Tk, 1.0f, s, Tkp, 1, vh, D, out + qo, D, tl, 0); /* p[rows,Tk] v_h[Tk,Dh] */
   }
 }
 
@@ -174,7 +174,12 @@ static float dot_row(const float *a, const float *b, int64_t n) {
 
 /* dq[B,Tq,H*Dh], dk,dv[B,Tk,H*Dh] (=, each optional); dout[B,Tq,H*Dh]; q, k, v, probs as
  * forward. With P = probs:
- *   dv = P^T dout, dP = dout v^T, dS = scale P (dP - rowsum(dP P)), dq = dS k, dk = dS^T q. */
+ *   dv = P^T dout, dP = dout v^T, dS = scale P (dP - rowsum(dP P)), dq = dS k, dk = dS^T q.
+ * Per (batch, head) in blocks of query rows, as the forward: a block's rows of P are read once
+ * from memory, in order (the softmax backward), and its dv and dk shares (P_blk^T dout_blk,
+ * dS_blk^T q_blk) are summed into dv and dk while they are in cache. Reading P column-wise
+ * for a whole-head dv = P^T dout instead cost as much as the rest of the backward (the
+ * probabilities come from memory: 33.5 MB per 256x256 call at batch 32). */
 gc_status be_attention_backward(be_ctx *bc, float *dq, float *dk, float *dv, const float *dout,
                                 const float *q, const float *k, const float *v,
                                 const float *probs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
@@ -182,9 +187,18 @@ gc_status be_attention_backward(be_ctx *bc, float *dq, float *dk, float *dv, con
   (void)bc;
   if (!dq && !dk && !dv) return GC_OK;
   const int64_t D = H * Dh, BH = B * H, Tkp = round_up(Tk, NR);
-  const int64_t tmp = gemm_tmp_floats(Tq > Tk ? Tq : Tk, max3(Tq, Tk, Dh));
-  /* per thread: vt[Dh,Tkp] (v^T padded), g[Tq,Tkp] (dP, then dS), gemm tmp */
-  const size_t need = (size_t)(Dh * Tkp + Tq * Tkp + tmp);
+  if (Tq == 0 || Tk == 0) { /* no rows to sum: zero gradients */
+    for (int64_t i = 0; i < B * Tk * D; i++) {
+      if (dk) dk[i] = 0.0f;
+      if (dv) dv[i] = 0.0f;
+    }
+    if (dq) memset(dq, 0, (size_t)(B * Tq * D) * sizeof(float));
+    return GC_OK;
+  }
+  const int64_t QB = query_block(Tq, Tkp);
+  const int64_t tmp = gemm_tmp_floats(QB > Tk ? QB : Tk, max3(QB, Tk, Dh));
+  /* per thread: vt[Dh,Tkp] (v^T padded), g[QB,Tkp] (a block's dP, then dS), gemm tmp */
+  const size_t need = (size_t)(Dh * Tkp + QB * Tkp + tmp);
   int oom = 0;
 
 #pragma omp parallel for schedule(dynamic) if (BH > 1 && BH * Tq * Tk * Dh > 65536)
@@ -195,31 +209,34 @@ gc_status be_attention_backward(be_ctx *bc, float *dq, float *dk, float *dv, con
       oom = 1;
       continue;
     }
-    float *g = vt + Dh * Tkp, *tl = g + Tq * Tkp;
+    float *g = vt + Dh * Tkp, *tl = g + QB * Tkp;
     const int64_t b = bh / H, h = bh % H;
     const int64_t qo = b * Tq * D + h * Dh, ko = b * Tk * D + h * Dh; /* head offsets */
     const float *ph = probs + bh * Tq * Tk;
+    if (dq || dk) transpose_pad(vt, Tkp, v + ko, D, Tk, Dh);
 
-    /* dv_h[Tk,Dh] = p^T dout_h: A(j,i) = p[i,j] */
-    if (dv) gemm(Tk, Dh, Tq, 1.0f, ph, 1, Tk, dout + qo, D, dv + ko, D, tl);
-    if (!dq && !dk) continue;
-
-    /* g[Tq,Tkp] = dout_h v_h^T */
-    transpose_pad(vt, Tkp, v + ko, D, Tk, Dh);
-    gemm(Tq, Tkp, Dh, 1.0f, dout + qo, D, 1, vt, Tkp, g, Tkp, tl);
-
-    /* softmax backward per row, the scale folded in: dS = scale p (dP - <dP, p>) */
-    for (int64_t i = 0; i < Tq; i++) {
-      float *gr = g + i * Tkp;
-      const float *pr = ph + i * Tk;
-      const float d = dot_row(gr, pr, Tk);
+    for (int64_t i0 = 0; i0 < Tq; i0 += QB) {
+      const int64_t rows = Tq - i0 < QB ? Tq - i0 : QB, qi = qo + i0 * D;
+      const float *pb = ph + i0 * Tk;
+      const int acc = i0 > 0; /* the first block writes dv and dk, the rest add */
+      if (dq || dk) {
+        /* g[rows,Tkp] = dout_blk v_h^T, then the softmax backward per row, the scale folded in:
+         * dS = scale p (dP - <dP, p>) */
+        gemm(rows, Tkp, Dh, 1.0f, dout + qi, D, 1, vt, Tkp, g, Tkp, tl, 0);
+        for (int64_t i = 0; i < rows; i++) {
+          float *gr = g + i * Tkp;
+          const float *pr = pb + i * Tk;
+          const float d = dot_row(gr, pr, Tk);
 #pragma omp simd
-      for (int64_t j = 0; j < Tk; j++) gr[j] = scale * pr[j] * (gr[j] - d);
+          for (int64_t j = 0; j < Tk; j++) gr[j] = scale * pr[j] * (gr[j] - d);
+        }
+      }
+      /* dv_h[Tk,Dh] (+)= p_blk^T dout_blk: A(j,i) = p[i,j], the block's rows now in cache */
+      if (dv) gemm(Tk, Dh, rows, 1.0f, pb, 1, Tk, dout + qi, D, dv + ko, D, tl, acc);
+      /* dq_blk[rows,Dh] = dS k_h; dk_h[Tk,Dh] (+)= dS^T q_blk: A(j,i) = dS[i,j] */
+      if (dq) gemm(rows, Dh, Tk, 1.0f, g, Tkp, 1, k + ko, D, dq + qi, D, tl, 0);
+      if (dk) gemm(Tk, Dh, rows, 1.0f, g, 1, Tkp, q + qi, D, dk + ko, D, tl, acc);
     }
-
-    /* dq_h[Tq,Dh] = dS k_h; dk_h[Tk,Dh] = dS^T q_h: A(j,i) = dS[i,j] */
-    if (dq) gemm(Tq, Dh, Tk, 1.0f, g, Tkp, 1, k + ko, D, dq + qo, D, tl);
-    if (dk) gemm(Tk, Dh, Tq, 1.0f, g, 1, Tkp, q + qo, D, dk + ko, D, tl);
   }
   if (oom)
     return gc_set_error(GC_ERR_OUT_OF_MEMORY, "attention scratch of %zu floats per thread", need);

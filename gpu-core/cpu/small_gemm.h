@@ -111,11 +111,11 @@ static inline void gemm_panel_rows(int64_t M, int64_t K, float alpha, const floa
 /* Floats of `tmp` that gemm needs for sizes up to M, K. */
 static inline int64_t gemm_tmp_floats(int64_t M, int64_t K) { return K * (NR + MR) + (M + MR) * NR; }
 
-/* C[M,N] = alpha A B (written), A as in gemm_panel, B[K,N] rows at stride ldb. Ragged edges
- * (the last M % MR rows, the last N % 16 columns) run through zero-padded copies in tmp, so the
- * kernel only ever sees full blocks. */
+/* C[M,N] = alpha A B (acc = 0) or C[M,N] += alpha A B (acc = 1), A as in gemm_panel, B[K,N] rows
+ * at stride ldb. Ragged edges (the last M % MR rows, the last N % 16 columns) run through
+ * zero-padded copies in tmp, so the kernel only ever sees full blocks. */
 static inline void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t sam,
-                 int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc, float *tmp) {
+                 int64_t sak, const float *B, int64_t ldb, float *C, int64_t ldc, float *tmp, int acc) {
   const int64_t M6 = M / MR * MR, mt = M - M6;
   float *bt = tmp;           /* [K,16]: a ragged column panel of B */
   float *at = bt + K * NR;   /* [K,MR]: the ragged rows of A, at(m,k) = at[k*MR + m] */
@@ -136,15 +136,17 @@ static inline void gemm(int64_t M, int64_t N, int64_t K, float alpha, const floa
       lb = NR;
     }
     if (w == NR) {
-      gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, C + n, ldc, 0);
+      gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, C + n, ldc, acc);
     } else {
       gemm_panel_rows(M6, K, alpha, A, sam, sak, bp, lb, ct, NR, 0);
-      for (int64_t m = 0; m < M6; m++) memcpy(C + m * ldc + n, ct + m * NR, (size_t)w * sizeof(float));
+      for (int64_t m = 0; m < M6; m++)
+        for (int64_t j = 0; j < w; j++) C[m * ldc + n + j] = (acc ? C[m * ldc + n + j] : 0.0f) + ct[m * NR + j];
     }
     if (mt) {
       gemm_panel(MR, K, alpha, at, 1, MR, bp, lb, c6, NR, 0);
       for (int64_t m = 0; m < mt; m++)
-        memcpy(C + (M6 + m) * ldc + n, c6 + m * NR, (size_t)w * sizeof(float));
+        for (int64_t j = 0; j < w; j++)
+          C[(M6 + m) * ldc + n + j] = (acc ? C[(M6 + m) * ldc + n + j] : 0.0f) + c6[m * NR + j];
     }
   }
 }

@@ -703,7 +703,8 @@ export const TABLE: Row[] = [
   attentionRow(2, 48, 48, 4, 8, false, 0),
   attentionRow(2, 48, 48, 4, 8, true, 0),
   attentionRow(2, 40, 77, 4, 8, false, 0),
-  // Long enough that the CPU kernel splits the queries into blocks (~32768 / Tk rows each).
+  // Long enough that the CPU kernel splits the queries into blocks (~32768 / Tk rows each), forward
+  // and backward (whose later blocks add into dk and dv).
   attentionRow(1, 230, 300, 2, 4, false, 0),
   attentionRow(1, 230, 230, 2, 4, true, 0),
   // Row strides the small GEMM has as constants: heads 64 wide in all (q, dout), 16 and 256
