@@ -181,8 +181,7 @@ static void transform_output(float *y, const float *m, int64_t ldm, const float 
 static void products(int64_t rows, int64_t Ci, int64_t Op, const float *V, int64_t ldv,
                      const float *U, float *M, int64_t ldm) {
   for (int xi = 0; xi < NPOS; xi++)
-    for (int64_t o = 0; o < Op; o += NR)
-      gemm_panel_rows(rows, Ci, 1.0f, V + xi * ldv, Ci, 1, U + xi * Ci * Op + o, Op, M + xi * ldm + o, Op, 0);
+    gemm_panels(rows, Op, Ci, 1.0f, V + xi * ldv, Ci, 1, U + xi * Ci * Op, M + xi * ldm, 0);
 }
 
 gc_status wino_conv3x3(float *y, const float *x, const float *w, const float *bias, int64_t B,
@@ -373,9 +372,7 @@ gc_status wino_conv3x3_dw(float *dw, float *db, const float *dy, const float *x,
       }
       /* Z_xi[Cp,Op] += V_xi^T D_xi: depth n (this block's tiles) */
       for (int xi = 0; xi < NPOS; xi++)
-        for (int64_t o = 0; o < Op; o += NR)
-          gemm_panel_rows(Cp, n, 1.0f, V + xi * TB * Cp, 1, Cp, D + xi * TB * Op + o, Op,
-                          Z + xi * Cp * Op + o, Op, 1);
+        gemm_panels(Cp, Op, n, 1.0f, V + xi * TB * Cp, 1, Cp, D + xi * TB * Op, Z + xi * Cp * Op, 1);
     }
     /* the implicit barrier: every thread's Z is complete */
     if (!oom) {

@@ -602,6 +602,7 @@ export const TABLE: Row[] = [
   conv2dRow(2, 16, 5, 7, 17, 3, 1, 1, true, "nhwc"), // channels-last 3x3: Winograd, sizes not a multiple of its 4x4 tiles, 17 of 32 columns
   conv2dRow(2, 32, 6, 6, 16, 3, 1, 1, false, "nhwc"), // Winograd, depth 32 (a constant-depth kernel)
   conv2dRow(1, 20, 4, 5, 24, 3, 1, 1, true, "nhwc"), // Winograd, depth 20 (vector tails)
+  conv2dRow(2, 16, 6, 7, 40, 3, 1, 1, true, "nhwc"), // Winograd, 48 padded outputs: a wide panel and a 16-column one
   conv2dRow(2, 8, 5, 6, 16, 3, 1, 1, true, "nhwc"), // under 16 input channels: oneDNN's nhwc kernels
   conv2dRow(2, 3, 6, 5, 4, 3, 1, 1, true, "nhwc"), // nhwc, 3 input channels (conv_in)
   conv2dRow(2, 8, 5, 4, 3, 3, 1, 1, false, "nhwc"), // nhwc, 3 output channels (conv_out)
