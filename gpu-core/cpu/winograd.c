@@ -364,14 +364,14 @@ gc_status wino_conv3x3_dw(float *dw, float *db, const float *dy, const float *x,
       const int64_t t0 = blk * TB, n = T - t0 < TB ? T - t0 : TB;
       for (int64_t tl = 0; tl < n; tl++) {
         const int64_t t = t0 + tl, img = t / (th * tw), r = t % (th * tw);
-        transform_input(V + tl * Cp, TB * Cp, x, in, img, r / tw, r % tw, H, W, C);
+        if (dw) transform_input(V + tl * Cp, TB * Cp, x, in, img, r / tw, r % tw, H, W, C);
         transform_dy(D + tl * Op, TB * Op, dy, out, img, r / tw, r % tw, H, W, O);
         /* position (1,1) of A dy A^T is the sum of the tile's 16 dy pixels: db's share */
         if (db)
           for (int64_t o = 0; o < O; o++) dbt[o] += D[(TI + 1) * TB * Op + tl * Op + o];
       }
       /* Z_xi[Cp,Op] += V_xi^T D_xi: depth n (this block's tiles) */
-      for (int xi = 0; xi < NPOS; xi++)
+      for (int xi = 0; dw && xi < NPOS; xi++)
         gemm_panels(Cp, Op, n, 1.0f, V + xi * TB * Cp, 1, Cp, D + xi * TB * Op, Z + xi * Cp * Op, 1);
     }
     /* the implicit barrier: every thread's Z is complete */
