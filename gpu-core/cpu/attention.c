@@ -59,7 +59,35 @@ static inline float v_hsum(vec v) {
 }
 #endif
 
-/* x[0..n) = softmax(x[0..n)) in place, x[n..nw) used as padding (nw = n rounded up to VW, within
+/* 2^x for x <= 0 (a softmax's scores less their row's max, in base-2 units): x = n + f with n an
+ * integer and |f| <= 1/2, 2^f = e^r for r = f ln 2 by the Cephes polynomial of vm_expf (~2 ulp),
+ * times 2^n by one scalef. A third fewer instructions than vm_expf on the natural-log scores
+ * (no two-part ln 2 reduction, no integer clamp and exponent build): the exp was most of the
+ * softmax, and the softmax ~45% of a 256x256 attention forward. -inf (the padding) and anything
+ * under -126 give 2^-126, a normal float; a NaN stays NaN. */
+#if defined(__AVX512F__)
+static inline vec v_exp2(vec x) {
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-126.0f), (__m512)x); /* NaN: the second operand */
+  const __m512 n = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_mul_ps(_mm512_sub_ps(v, n), _mm512_set1_ps(0.693147180559945f));
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return (vec)_mm512_scalef_ps(p, n);
+}
+#else
+static inline vec v_exp2(vec x) {
+  vec e;
+  for (int l = 0; l < VW; l++) e[l] = vm_expf(x[l] * 0.693147180559945f);
+  return e;
+}
+#endif
+
+/* x[0..n) = softmax(x[0..n) ln 2), i.e. of scores given in base-2 units, in place, x[n..nw) used as padding (nw = n rounded up to VW, within
  * the row's allocation): -inf there gives ~1e-38 after the exp, so every loop runs on whole
  * vectors (a scalar tail cost the UNet's 16-key cross-attention as much as its vector part), and
  * the max and the sum each take one shuffle-tree horizontal step (GCC's `omp simd` reductions
@@ -71,17 +99,14 @@ static void softmax_row(float *x, int64_t n, int64_t nw) {
   vec m = v_load(x);
   for (int64_t j = VW; j < nw; j += VW) m = v_max(m, v_load(x + j));
   const float mx = v_hmax(m);
-  float acc[VW] = {0};
+  const vec vmx = v_splat(mx);
+  vec acc = {0};
   for (int64_t j = 0; j < nw; j += VW) {
-    float *xj = x + j;
-#pragma omp simd
-    for (int l = 0; l < VW; l++) {
-      const float e = vm_expf(xj[l] - mx); /* <= 0 after the max: e in (0, 1] */
-      xj[l] = e;
-      acc[l] += e;
-    }
+    const vec e = v_exp2(v_load(x + j) - vmx); /* <= 0 after the max: e in (0, 1] */
+    v_store(x + j, e);
+    acc += e;
   }
-  const vec inv = v_splat(1.0f / v_hsum(v_load(acc)));
+  const vec inv = v_splat(1.0f / v_hsum(acc));
   for (int64_t j = 0; j < nw; j += VW) v_store(x + j, v_load(x + j) * inv);
 }
 
@@ -108,8 +133,9 @@ static void forward_head(float *out, float *ph, const float *q, const float *kh,
   for (int64_t i0 = 0; i0 < Tq; i0 += QB) {
     const int64_t rows = Tq - i0 < QB ? Tq - i0 : QB;
     const int64_t qo = b * Tq * D + i0 * D;
-    /* s[rows,Tkp] = scale q_rows k_h^T, through kt so the kernel streams contiguous rows */
-    gemm(rows, Tkp, Dh, scale, q + qo, D, 1, kt, Tkp, s, Tkp, tl, 0);
+    /* s[rows,Tkp] = scale log2(e) q_rows k_h^T (base-2 units for softmax_row), through kt so
+     * the kernel streams contiguous rows */
+    gemm(rows, Tkp, Dh, scale * 1.4426950408889634f, q + qo, D, 1, kt, Tkp, s, Tkp, tl, 0);
     for (int64_t r = 0; r < rows; r++) { /* masked keys get exactly 0 */
       float *row = s + r * Tkp;
       const int64_t n = causal ? i0 + r + 1 : Tk; /* keys 0..i are visible to query i */
