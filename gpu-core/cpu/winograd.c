@@ -1,20 +1,25 @@
 /*
  * 3x3 convolutions with stride 1 and padding 1 on channels-last images, by Winograd's minimal
- * filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016;
- * interpolation points 0, 1, -1, 2, -2 and infinity).
+ * filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016),
+ * with the interpolation points 0, 1, -1, 1/2, -2 and infinity (Barabasz et al., "Error analysis
+ * and improving the accuracy of Winograd convolution for deep neural networks", 2020).
  *
  * Every 4x4 block of output pixels (a tile) comes from the 6x6 input patch around it. With
- *   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],
- *   G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
- *   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1],
- * a tile's output for output channel o is  A^T [ sum_c (G g_oc G^T) .* (B^T d_c B) ] A,  so the
- * convolution becomes 36 independent products, one per position xi of the 6x6 transformed tile:
+ *   B^T = [2 -3 -4 3 2 0; 0 -2 1 5 2 0; 0 2 -5 1 2 0; 0 -2 -1 2 1 0; 0 1 -2 -1 2 0; 0 2 -3 -4 3 2],
+ *   G = [1/2 0 0; 1/6 1/6 1/6; -1/6 1/6 -1/6; -16/15 -8/15 -4/15; 1/30 -1/15 2/15; 0 0 1/2],
+ *   A^T = [1 1 1 1 1 0; 0 1 -1 1/2 -2 0; 0 1 1 1/4 4 0; 0 1 -1 1/8 -8 1]
+ * (the Toom-Cook construction for those points, rows of B^T doubled and of G halved where that
+ * makes B^T whole), a tile's output for output channel o is  A^T [ sum_c (G g_oc G^T) .*
+ * (B^T d_c B) ] A,  so the convolution becomes 36 independent products, one per position xi of
+ * the 6x6 transformed tile:
  *   M_xi[tiles, O] = V_xi[tiles, C] U_xi[C, O],   V = B^T d B (input), U = G g G^T (weights),
  * 36 C O multiply-adds per tile of 16 outputs against direct's 144 C O (4x fewer).
- * Accuracy: the transforms' coefficients (up to 8, and G's sixths) cost some rounding: against
- * the float64 reference the op table sees normalised errors of 6e-7 to 1.2e-6 (direct sums and
- * F(2x2, 3x3), whose transforms only add and halve: 1e-7; the op table allows 1e-5), unet_tiny's
- * output 2.1e-6 and worst gradient 1.3e-5 against diffusers (was 7.5e-7 / 2.9e-6; allowed 1e-4
+ * Accuracy: the products' float sums over the channels carry most of the rounding (their terms
+ * are larger than the outputs they cancel down to). Against the float64 reference the op table
+ * sees normalised errors of 4e-7 to 8e-7 (direct sums and F(2x2, 3x3), whose transforms only add
+ * and halve: 1e-7; the op table allows 1e-5); the points 0, +-1, +-2 gave 5e-7 to 1.2e-6 (an fp32
+ * simulation of one 64-channel tile: 1.7e-6 RMS against 1.1e-6 for these points). unet_tiny
+ * against diffusers: output 1.6e-6, worst gradient 9e-6 (direct: 7.5e-7 / 2.9e-6; allowed 1e-4
  * and 1e-3). Measured at batch 32, min of 40 calls, F(2x2) -> F(4x4): 32->32ch 32x32 1.54 ->
  * 1.04-1.13 ms, 64->64ch 16x16 1.30 -> 0.97-1.01, 64->64ch 32x32 5.1 -> 3.5-3.7, 96->32ch 32x32
  * 3.9 -> 2.6-3.0; the 8x8 images even (every tile touches the padding).
@@ -37,14 +42,17 @@
  * comes free: position (1,1) of A dy A^T is the sum of the tile's 16 dy pixels. Measured against
  * oneDNN's nhwc backward-weights kernel at batch 32 (min of 40 calls, dw + db): 32->32ch 32x32
  * 2.13 -> 1.29 ms, 64->64ch 16x16 1.97 -> 1.14, 64->64ch 32x32 8.2 -> 3.9, 96->32ch 32x32 6.0 ->
- * 3.1, 128->64ch 16x16 3.4 -> 2.0, 64->64ch 8x8 0.46-0.51 -> 0.41-0.43. (With F(2x2, 3x3) the same dw was 1.2-1.3x
- * oneDNN at three shapes and slower at the rest: four transformed values per input pixel for x
- * and again for dy against 2.25 here, and 16/36 of the direct products against 1/4.) Blocks go to
- * threads statically, so a call sums the same tiles in the same order every time.
+ * 3.1, 128->64ch 16x16 3.4 -> 2.0, 64->64ch 8x8 0.46-0.51 -> 0.41-0.43. (With F(2x2, 3x3) the
+ * same dw was 1.2-1.3x oneDNN at three shapes and slower at the rest: four transformed values per
+ * input pixel for x and again for dy against 2.25 here, and 16/36 of the direct products against
+ * 1/4.) Blocks go to threads statically, so a call sums the same tiles in the same order every
+ * time.
  *
  * The transform loops run across channels under `GCC ivdep`, not `omp simd`: GCC turns arrays
  * declared inside an `omp simd` body into per-lane arrays and then gives up on the 6x6 ones
- * (scatter stores), where a plain loop's arrays become registers.
+ * (scatter stores), where a plain loop's arrays become registers, once the loops over the six
+ * rows and columns inside are unrolled (`GCC unroll`: GCC's own limits left them rolled, and the
+ * channel loop scalar, 3x slower).
  */
 #include "winograd.h"
 
@@ -66,33 +74,38 @@ int wino_eligible(int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, int64_t
          O >= WINO_MIN_CHANNELS;
 }
 
-/* The three 1-D transforms (one row or column of six or three values). */
-static inline void g_1d(float *u, int64_t ld, float g0, float g1, float g2) { /* G g */
+/* The 1-D transforms (one row or column of six, four or three values), written with a stride:
+ * G g */
+static inline void g_1d(float *u, int64_t ld, float g0, float g1, float g2) {
   const float e = g0 + g2, s = (1.0f / 6.0f) * g1;
-  u[0 * ld] = 0.25f * g0;
-  u[1 * ld] = (-1.0f / 6.0f) * e - s;
-  u[2 * ld] = (-1.0f / 6.0f) * e + s;
-  u[3 * ld] = (1.0f / 24.0f) * g0 + (1.0f / 6.0f) * g2 + 0.5f * s;
-  u[4 * ld] = (1.0f / 24.0f) * g0 + (1.0f / 6.0f) * g2 - 0.5f * s;
-  u[5 * ld] = g2;
+  u[0 * ld] = 0.5f * g0;
+  u[1 * ld] = (1.0f / 6.0f) * e + s;
+  u[2 * ld] = s - (1.0f / 6.0f) * e;
+  u[3 * ld] = (-16.0f / 15.0f) * g0 - (8.0f / 15.0f) * g1 - (4.0f / 15.0f) * g2;
+  u[4 * ld] = (1.0f / 30.0f) * g0 - (1.0f / 15.0f) * g1 + (2.0f / 15.0f) * g2;
+  u[5 * ld] = 0.5f * g2;
 }
 
-static inline void bt_1d(float *v, int64_t ld, float d0, float d1, float d2, float d3, float d4, float d5) {
-  const float a = d4 - 4.0f * d2, b = 4.0f * d1 - d3, c = d4 - d2, e = 2.0f * (d1 - d3);
-  v[0 * ld] = 4.0f * d0 - 5.0f * d2 + d4;
-  v[1 * ld] = a - b;
-  v[2 * ld] = a + b;
-  v[3 * ld] = c - e;
-  v[4 * ld] = c + e;
-  v[5 * ld] = 4.0f * d1 - 5.0f * d3 + d5;
+/* B^T d */
+static inline void bt_1d(float *v, int64_t ld, float d0, float d1, float d2, float d3, float d4,
+                         float d5) {
+  const float e = 2.0f * d4 + d2;
+  v[0 * ld] = 2.0f * d0 - 3.0f * d1 - 4.0f * d2 + 3.0f * d3 + 2.0f * d4;
+  v[1 * ld] = 5.0f * d3 - 2.0f * d1 + e;
+  v[2 * ld] = 2.0f * d1 + d3 + 2.0f * d4 - 5.0f * d2;
+  v[3 * ld] = 2.0f * (d3 - d1) + d4 - d2;
+  v[4 * ld] = d1 - d3 + 2.0f * (d4 - d2);
+  v[5 * ld] = 2.0f * (d1 + d5) - 3.0f * d2 - 4.0f * d3 + 3.0f * d4;
 }
 
-static inline void at_1d(float *s, int64_t ld, float m0, float m1, float m2, float m3, float m4, float m5) {
-  const float a = m1 + m2, b = m1 - m2, c = m3 + m4, d = m3 - m4;
-  s[0 * ld] = m0 + a + c;
-  s[1 * ld] = b + 2.0f * d;
-  s[2 * ld] = a + 4.0f * c;
-  s[3 * ld] = b + 8.0f * d + m5;
+/* A^T m */
+static inline void at_1d(float *s, int64_t ld, float m0, float m1, float m2, float m3, float m4,
+                         float m5) {
+  const float a = m1 + m2, b = m1 - m2;
+  s[0 * ld] = m0 + a + m3 + m4;
+  s[1 * ld] = b + 0.5f * m3 - 2.0f * m4;
+  s[2 * ld] = a + 0.25f * m3 + 4.0f * m4;
+  s[3 * ld] = b + 0.125f * m3 - 8.0f * m4 + m5;
 }
 
 /* Row c of U[xi][c][o] for the convolution from Ci to Co channels, o < Op (o >= Co: 0): the kernel
@@ -107,8 +120,10 @@ static void transform_weights(float *U, const float *w, float *g, int64_t Ci, in
   for (int64_t o = 0; o < Op; o++) {
     /* t[kx] = G g[:, kx] (down the kernel's rows), then row i of (G g) G^T from t[.][i] */
     float t[3][TI];
+#pragma GCC unroll 6
     for (int kx = 0; kx < 3; kx++) g_1d(t[kx], 1, g[kx * Op + o], g[(3 + kx) * Op + o], g[(6 + kx) * Op + o]);
     const int64_t ld = Ci * Op; /* from one position xi to the next */
+#pragma GCC unroll 6
     for (int i = 0; i < TI; i++) g_1d(U + (TI * i * Ci + c) * Op + o, ld, t[0][i], t[1][i], t[2][i]);
   }
 }
@@ -137,10 +152,12 @@ static void transform_input(float *v, int64_t ldv, const float *x, float *patch,
   for (int64_t c = 0; c < Ci; c++) {
     /* t[j] = B^T d[:, j] (down patch column j), then row i of (B^T d) B from t[.][i] */
     float t[TI][TI];
+#pragma GCC unroll 6
     for (int j = 0; j < TI; j++) {
       const float *dj = d + j * Ci + c;
       bt_1d(t[j], 1, dj[0], dj[rs], dj[2 * rs], dj[3 * rs], dj[4 * rs], dj[5 * rs]);
     }
+#pragma GCC unroll 6
     for (int i = 0; i < TI; i++)
       bt_1d(v + TI * i * ldv + c, ldv, t[0][i], t[1][i], t[2][i], t[3][i], t[4][i], t[5][i]);
   }
@@ -159,14 +176,17 @@ static void transform_output(float *y, const float *m, int64_t ldm, const float 
   for (int64_t o = 0; o < Co; o++) {
     /* s[j] = A^T M[:, j] (down column j), then output row i from s[.][i] */
     float s[TI][TO];
+#pragma GCC unroll 6
     for (int j = 0; j < TI; j++) {
       const float *mj = m + j * ldm + o;
       at_1d(s[j], 1, mj[0], mj[TI * ldm], mj[2 * TI * ldm], mj[3 * TI * ldm], mj[4 * TI * ldm], mj[5 * TI * ldm]);
     }
     const float bo = bias ? bias[o] : 0.0f;
+#pragma GCC unroll 6
     for (int i = 0; i < TO; i++) {
       float r[TO];
       at_1d(r, 1, s[0][i], s[1][i], s[2][i], s[3][i], s[4][i], s[5][i]);
+#pragma GCC unroll 6
       for (int j = 0; j < TO; j++) q[i * rs + j * Co + o] = r[j] + bo;
     }
   }
@@ -246,21 +266,21 @@ gc_status wino_conv3x3(float *y, const float *x, const float *w, const float *bi
 
 /* A (6x4) on four values: dy's 1-D transform for the weight gradient. */
 static inline void a_1d(float *r, int64_t ld, float e0, float e1, float e2, float e3) {
-  const float p = e0 + e2, q = e1 + e3, p4 = e0 + 4.0f * e2, q2 = 2.0f * e1 + 8.0f * e3;
+  const float p = e0 + e2, q = e1 + e3;
   r[0 * ld] = e0;
   r[1 * ld] = p + q;
   r[2 * ld] = p - q;
-  r[3 * ld] = p4 + q2;
-  r[4 * ld] = p4 - q2;
+  r[3 * ld] = e0 + 0.5f * e1 + 0.25f * e2 + 0.125f * e3;
+  r[4 * ld] = e0 - 2.0f * e1 + 4.0f * e2 - 8.0f * e3;
   r[5 * ld] = e3;
 }
 
 /* G^T (3x6) on six values: back from a transformed position to the 3 kernel taps. */
 static inline void gt_1d(float *k, int64_t ld, float z0, float z1, float z2, float z3, float z4, float z5) {
-  const float s12 = z1 + z2, d12 = z2 - z1, s34 = z3 + z4, d34 = z3 - z4;
-  k[0 * ld] = 0.25f * z0 - (1.0f / 6.0f) * s12 + (1.0f / 24.0f) * s34;
-  k[1 * ld] = (1.0f / 6.0f) * d12 + (1.0f / 12.0f) * d34;
-  k[2 * ld] = (1.0f / 6.0f) * (s34 - s12) + z5;
+  const float s12 = (1.0f / 6.0f) * (z1 + z2), d12 = (1.0f / 6.0f) * (z1 - z2);
+  k[0 * ld] = 0.5f * z0 + d12 - (16.0f / 15.0f) * z3 + (1.0f / 30.0f) * z4;
+  k[1 * ld] = s12 - (8.0f / 15.0f) * z3 - (1.0f / 15.0f) * z4;
+  k[2 * ld] = d12 - (4.0f / 15.0f) * z3 + (2.0f / 15.0f) * z4 + 0.5f * z5;
 }
 
 /* D rows of a block: A dy A^T of tile (b, ty, tx)'s 4x4 dy pixels for every output channel
@@ -283,10 +303,12 @@ static void transform_dy(float *d, int64_t ldd, const float *dy, float *patch, i
 #pragma GCC ivdep
   for (int64_t o = 0; o < O; o++) {
     float t[TO][TI]; /* t[j] = A dy[:, j] (down tile column j), then row i of A dy A^T from t[.][i] */
+#pragma GCC unroll 6
     for (int j = 0; j < TO; j++) {
       const float *ej = e + j * O + o;
       a_1d(t[j], 1, ej[0], ej[rs], ej[2 * rs], ej[3 * rs]);
     }
+#pragma GCC unroll 6
     for (int i = 0; i < TI; i++) a_1d(d + TI * i * ldd + o, ldd, t[0][i], t[1][i], t[2][i], t[3][i]);
   }
 }
@@ -305,8 +327,10 @@ static void transform_dw(float *dw, float *const *zs, int nz, float *k, int64_t 
       z[xi] = v;
     }
     /* s[.][j] = G^T Z[:, j] (down column j), then kernel row ky from s[ky][.] */
-    for (int j = 0; j < TI; j++) gt_1d(&s[0][j], TI, z[j], z[TI + j], z[2 * TI + j], z[3 * TI + j], z[4 * TI + j], z[5 * TI + j]);
-    for (int ky = 0; ky < 3; ky++) gt_1d(k + 3 * ky * O + o, O, s[ky][0], s[ky][1], s[ky][2], s[ky][3], s[ky][4], s[ky][5]);
+    for (int j = 0; j < TI; j++)
+      gt_1d(&s[0][j], TI, z[j], z[TI + j], z[2 * TI + j], z[3 * TI + j], z[4 * TI + j], z[5 * TI + j]);
+    for (int ky = 0; ky < 3; ky++)
+      gt_1d(k + 3 * ky * O + o, O, s[ky][0], s[ky][1], s[ky][2], s[ky][3], s[ky][4], s[ky][5]);
   }
   for (int64_t o = 0; o < O; o++)
     for (int q = 0; q < 9; q++) dw[(o * C + c) * 9 + q] += k[q * O + o];
