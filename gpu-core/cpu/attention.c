@@ -91,10 +91,10 @@ static inline vec v_exp2(vec x) {
  * padding (nw = n rounded up to VW, within the row's allocation): -inf there gives ~1e-38 after
  * the exp, so every loop runs on whole vectors (a scalar tail cost the UNet's 16-key
  * cross-attention as much as its vector part), and the max and the sum each take one
- * shuffle-tree horizontal step (GCC's `omp simd` reductions
- * went through the stack, 16 dependent scalar steps per row: self-attention 256x256 ran 4.4-4.9
- * ms per call with them, 4.1-4.3 without). The sum runs in float lanes: every term is in (0, 1]
- * and one of them is 1, so its relative error stays ~1e-7 at these lengths. */
+ * shuffle-tree horizontal step (GCC's `omp simd` reductions went through the stack, 16
+ * dependent scalar steps per row: self-attention 256x256 ran 4.4-4.9 ms per call with them,
+ * 4.1-4.3 without). The sum runs in float lanes: every term is in (0, 1] and one of them is 1,
+ * so its relative error stays ~1e-7 at these lengths. */
 static void softmax_row(float *x, int64_t n, int64_t nw) {
   for (int64_t j = n; j < nw; j++) x[j] = -INFINITY;
   vec m = v_load(x);
