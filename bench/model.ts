@@ -2,9 +2,11 @@
 // architecture, the achieved GFLOP/s of their matrix products against the machine's sgemm rate
 // measured in the same run, and peak memory (engine bytes and process RSS).
 //
-//   npm run bench -- model [--json] [--batch 32] [--samples 3] [--profile]
+//   npm run bench -- model [--json] [--batch 32] [--samples 3] [--profile] [--profile-steps 3]
 //
-// --profile adds a per-op-kind table (bench/profile.ts) of one forward and one training step.
+// --profile adds a per-op-kind table (bench/profile.ts) of a forward and of a training step, each
+// the mean of --profile-steps repetitions (one step's per-op times vary by 10-30% on a shared
+// machine).
 import { Engine } from "../gpu-core/index.ts";
 import { WordTokenizer } from "../services/lib/data/tokenizer.ts";
 import { FlopCounter } from "../services/lib/models/flops.ts";
@@ -14,7 +16,7 @@ import { EMOJI_SCHEDULER, emojiTextEncoderConfig, emojiUNetConfig } from "../ser
 import { TextToImageModel } from "../services/lib/models/text-to-image.ts";
 import { PRETRAIN_DEFAULTS } from "../services/lib/training/pretrain.ts";
 import { flagValue } from "./flags.ts";
-import { profileEngine, profileTable } from "./profile.ts";
+import { perRepetition, profileEngine, profileTable } from "./profile.ts";
 import { sgemmGflops, timeIt } from "./sgemm.ts";
 
 export async function main(args: string[]): Promise<void> {
@@ -22,6 +24,7 @@ export async function main(args: string[]): Promise<void> {
   const flag = (name: string, fallback: number) => Number(flagValue(args, name, String(fallback)));
   const B = flag("--batch", 32);
   const samples = flag("--samples", 3);
+  const profileSteps = flag("--profile-steps", 3);
   const engine = Engine.open();
   const tokenizer = WordTokenizer.fromCaptions(["cat face"]);
   const unet = emojiUNetConfig(PRETRAIN_DEFAULTS.blockOutChannels, PRETRAIN_DEFAULTS.textHidden);
@@ -88,9 +91,10 @@ export async function main(args: string[]): Promise<void> {
     ] as const) {
       const stop = profileEngine(engine);
       const t0 = performance.now();
-      step(withBackward);
-      const wall = performance.now() - t0;
-      console.log(`\n${profileTable(title, stop())}\n(wall ${wall.toFixed(1)} ms)\n`);
+      for (let i = 0; i < profileSteps; i++) step(withBackward);
+      const wall = (performance.now() - t0) / profileSteps;
+      const rows = perRepetition(stop(), profileSteps);
+      console.log(`\n${profileTable(`${title}, mean of ${profileSteps}`, rows)}\n(wall ${wall.toFixed(1)} ms)\n`);
     }
   }
   for (const [k, v] of Object.entries(result)) {

@@ -69,6 +69,11 @@ export function profileEngine(engine: Engine): () => OpProfile[] {
   };
 }
 
+/** The rows of a profile taken over n repetitions of the same work, as one repetition's share. */
+export function perRepetition(rows: readonly OpProfile[], n: number): OpProfile[] {
+  return rows.map((r) => ({ ...r, calls: r.calls / n, ms: r.ms / n, bytes: r.bytes / n, flops: r.flops / n }));
+}
+
 /** A markdown table of a profile: ms, share, calls, GB/s, GFLOP/s per op kind. */
 export function profileTable(title: string, rows: readonly OpProfile[]): string {
   const total = rows.reduce((s, r) => s + r.ms, 0);
