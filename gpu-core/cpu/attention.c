@@ -215,10 +215,8 @@ gc_status be_attention_backward(be_ctx *bc, float *dq, float *dk, float *dv, con
   if (!dq && !dk && !dv) return GC_OK;
   const int64_t D = H * Dh, BH = B * H, Tkp = round_up(Tk, NR);
   if (Tq == 0 || Tk == 0) { /* no rows to sum: zero gradients */
-    for (int64_t i = 0; i < B * Tk * D; i++) {
-      if (dk) dk[i] = 0.0f;
-      if (dv) dv[i] = 0.0f;
-    }
+    if (dk) memset(dk, 0, (size_t)(B * Tk * D) * sizeof(float));
+    if (dv) memset(dv, 0, (size_t)(B * Tk * D) * sizeof(float));
     if (dq) memset(dq, 0, (size_t)(B * Tq * D) * sizeof(float));
     return GC_OK;
   }

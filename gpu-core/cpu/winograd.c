@@ -128,26 +128,36 @@ static void transform_weights(float *U, const float *w, float *g, int64_t Ci, in
   }
 }
 
+/* The n x n pixels of image b's [H,W,C] from (y0, x0) on, for the transforms to read from one
+ * base pointer at constant strides (an array of 36 pointers kept GCC from vectorising them):
+ * returns the top-left pixel's address in the image and *rs its row stride, or, for a window
+ * that reaches past the image (the padding, or a ragged last tile), `patch` [n*n,C] holding a
+ * copy with zeros outside, and rs = n C. */
+static const float *window(const float *img, float *patch, int64_t b, int64_t y0, int64_t x0, int n,
+                           int64_t H, int64_t W, int64_t C, int64_t *rs) {
+  const float *p = img + ((b * H + y0) * W + x0) * C; /* pixel (y0, x0), maybe outside */
+  if (y0 >= 0 && y0 + n <= H && x0 >= 0 && x0 + n <= W) {
+    *rs = W * C;
+    return p;
+  }
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) {
+      const int inside = y0 + i >= 0 && y0 + i < H && x0 + j >= 0 && x0 + j < W;
+      float *dst = patch + (i * n + j) * C;
+      const float *src = p + (i * W + j) * C;
+      for (int64_t c = 0; c < C; c++) dst[c] = inside ? src[c] : 0.0f;
+    }
+  *rs = n * C;
+  return patch;
+}
+
 /* V rows of a block: the transformed 6x6 patch of tile (image b, tile row ty, column tx) for
- * every input channel. v + xi * ldv is position xi's row. Tiles that reach past the image (the
- * padding) are first copied, zeros outside, into `patch` [36,Ci]; the transform then reads one
- * base pointer at constant strides (an array of 36 pointers kept GCC from vectorising it). */
+ * every input channel (padding through `patch` [36,Ci], see window). v + xi * ldv is position
+ * xi's row. */
 static void transform_input(float *v, int64_t ldv, const float *x, float *patch, int64_t b,
                             int64_t ty, int64_t tx, int64_t H, int64_t W, int64_t Ci) {
-  const int64_t y0 = TO * ty - 1, x0 = TO * tx - 1;
-  const float *d = x + ((b * H + y0) * W + x0) * Ci; /* pixel (y0, x0), maybe outside */
-  int64_t rs = W * Ci;                                 /* from one patch row to the next */
-  if (!(y0 >= 0 && y0 + TI <= H && x0 >= 0 && x0 + TI <= W)) {
-    for (int i = 0; i < TI; i++)
-      for (int j = 0; j < TI; j++) {
-        const int inside = y0 + i >= 0 && y0 + i < H && x0 + j >= 0 && x0 + j < W;
-        float *dst = patch + (i * TI + j) * Ci;
-        const float *src = d + (i * W + j) * Ci;
-        for (int64_t c = 0; c < Ci; c++) dst[c] = inside ? src[c] : 0.0f;
-      }
-    d = patch;
-    rs = TI * Ci;
-  }
+  int64_t rs; /* from one patch row to the next */
+  const float *d = window(x, patch, b, TO * ty - 1, TO * tx - 1, TI, H, W, Ci, &rs);
 #pragma GCC ivdep
   for (int64_t c = 0; c < Ci; c++) {
     /* t[j] = B^T d[:, j] (down patch column j), then row i of (B^T d) B from t[.][i] */
@@ -285,21 +295,11 @@ static inline void gt_1d(float *k, int64_t ld, float z0, float z1, float z2, flo
 
 /* D rows of a block: A dy A^T of tile (b, ty, tx)'s 4x4 dy pixels for every output channel
  * (d + xi * ldd is position xi's row). Pixels past the image's edge are zeros, through `patch`
- * [16,O] as in transform_input. */
+ * [16,O] (window). */
 static void transform_dy(float *d, int64_t ldd, const float *dy, float *patch, int64_t b,
                          int64_t ty, int64_t tx, int64_t H, int64_t W, int64_t O) {
-  const int64_t oy = TO * ty, ox = TO * tx;
-  const float *e = dy + ((b * H + oy) * W + ox) * O;
-  int64_t rs = W * O;
-  if (!(oy + TO <= H && ox + TO <= W)) {
-    for (int i = 0; i < TO; i++)
-      for (int j = 0; j < TO; j++) {
-        const int inside = oy + i < H && ox + j < W;
-        for (int64_t o = 0; o < O; o++) patch[(i * TO + j) * O + o] = inside ? e[(i * W + j) * O + o] : 0.0f;
-      }
-    e = patch;
-    rs = TO * O;
-  }
+  int64_t rs;
+  const float *e = window(dy, patch, b, TO * ty, TO * tx, TO, H, W, O, &rs);
 #pragma GCC ivdep
   for (int64_t o = 0; o < O; o++) {
     float t[TO][TI]; /* t[j] = A dy[:, j] (down tile column j), then row i of A dy A^T from t[.][i] */
